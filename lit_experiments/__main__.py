@@ -1,0 +1,3 @@
+from lit_experiments.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""LazyBuild: materialise lazily built parts with a dry run before freezing, the optimizer and the DDP wrap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+
+
+def uninitialized_names(module: torch.nn.Module) -> list[str]:
+    names = [n for n, p in module.named_parameters() if isinstance(p, UninitializedParameter)]
+    names += [n for n, b in module.named_buffers() if isinstance(b, UninitializedBuffer)]
+    return names
+
+
+def lazy_build(module: torch.nn.Module, batch: Any) -> None:
+    """Idempotent dry run: ``module.dry_run(batch)`` under ``no_grad`` in eval mode, then the mode is restored."""
+    was_training = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.no_grad():
+            dry = getattr(module, "dry_run", None)
+            dry(batch) if dry is not None else module(batch)
+    finally:
+        for m, mode in was_training.items():
+            m.train(mode)
+
+
+class LazyBuild(L.Callback):
+    """Runs on every rank in ``setup`` (before StageFreeze, ``configure_optimizers`` and the DDP wrap; F09, F36).
+
+    The dry run always happens (one forward per stage): sub-networks created in Python on first use are
+    as lazy as ``nn.Lazy*`` modules. The example batch comes from ``datamodule.example_batch()`` when the datamodule has one, else from the
+    first training batch. Afterwards no ``UninitializedParameter`` may remain.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "example_batch"):
+            batch = dm.example_batch()
+        else:
+            loader = trainer.fit_loop._data_source.dataloader()
+            batch = next(iter(loader))
+        lazy_build(pl_module, batch)
+        left = uninitialized_names(pl_module)
+        if left:
+            raise RuntimeError(
+                f"LazyBuild: after the dry run these are still uninitialised: {left}. dry_run() must reach every "
+                "lazy module so it exists before freezing and before the optimizer is built (F09, F36)"
+            )

@@ -1,0 +1,124 @@
+"""What a stage of a curriculum is: plain dataclasses that LightningCLI / jsonargparse parse from YAML."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+SCHEDULERS = (None, "cosine", "step", "warmup_cosine", "constant")
+
+
+@dataclass
+class OptimSpec:
+    """Optimizer (and optional scheduler) of one stage, built fresh for every ``fit`` (F08, F32).
+
+    Args:
+        name: a ``torch.optim`` class name (``AdamW``, ``SGD``...) or a dotted path to an optimizer class.
+        lr: learning rate.
+        weight_decay: weight decay.
+        kwargs: any other optimizer keyword (``momentum``, ``betas``...).
+        scheduler: ``None`` | ``cosine`` | ``step`` | ``warmup_cosine`` | ``constant``; stepped per optimizer step.
+        scheduler_kwargs: e.g. ``{"step_size": 100, "gamma": 0.5}`` for ``step``, ``{"eta_min": 0}`` for cosine.
+        warmup_steps: linear warm-up steps for ``warmup_cosine``.
+    """
+
+    name: str = "AdamW"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    scheduler: str | None = None
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    warmup_steps: int = 0
+
+    def optimizer_class(self) -> type[torch.optim.Optimizer]:
+        if "." in self.name:
+            module_name, _, attr = self.name.rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError) as err:
+                raise ValueError(f"optimizer.name={self.name!r}: cannot import it ({err})") from err
+        else:
+            cls = getattr(torch.optim, self.name, None)
+            if cls is None:
+                known = sorted(n for n in dir(torch.optim) if n[0].isupper() and n != "Optimizer")
+                raise ValueError(f"optimizer.name={self.name!r} is not a torch.optim class; expected one of {known}")
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            raise ValueError(f"optimizer.name={self.name!r} is not a torch.optim.Optimizer subclass")
+        return cls
+
+    def build(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"optimizer.scheduler={self.scheduler!r}; expected one of {SCHEDULERS}")
+        return self.optimizer_class()(params, lr=self.lr, weight_decay=self.weight_decay, **self.kwargs)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int):
+        """A per-step LR scheduler or ``None``. ``total_steps`` comes from the Trainer's estimate."""
+        kind = self.scheduler
+        if kind in (None, "constant"):
+            return None
+        total = max(1, int(total_steps))
+        if kind == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, **self.scheduler_kwargs)
+        if kind == "step":
+            kw = {"step_size": max(1, total // 3), "gamma": 0.1, **self.scheduler_kwargs}
+            return torch.optim.lr_scheduler.StepLR(optimizer, **kw)
+        warm = max(0, min(self.warmup_steps, total - 1))
+        eta_min_ratio = float(self.scheduler_kwargs.get("eta_min_ratio", 0.0))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            cos = 0.5 * (1.0 + torch.cos(torch.tensor(progress * torch.pi)).item())
+            return eta_min_ratio + (1 - eta_min_ratio) * cos
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class StageSpec:
+    """One stage of a curriculum.
+
+    Args:
+        name: stage name; prefixes every metric logged in the stage (F35) and names its directory.
+        max_epochs / max_steps: length of the stage (one of them).
+        optimizer: the stage's optimizer, built from the parameters trainable in this stage (F08).
+        trainable: globs over module or parameter names; a parameter is trainable when a glob matches its
+            full name or one of its module prefixes. Everything else is frozen (and its modules put in eval).
+        loss_weights: weights of named loss terms, read by the study through ``loss_weight(name)``.
+        args: study-specific stage arguments, handed to ``StudyModule.on_stage``.
+        data: datamodule attribute overrides for this stage (e.g. ``{"batch_size": 64}``).
+    """
+
+    name: str
+    max_epochs: int | None = None
+    max_steps: int = -1
+    optimizer: OptimSpec = field(default_factory=OptimSpec)
+    trainable: list[str] = field(default_factory=lambda: ["*"])
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"stage name {self.name!r} must be non-empty and contain no '/'")
+        if self.max_epochs is None and (self.max_steps is None or self.max_steps < 0):
+            raise ValueError(f"stage {self.name!r}: set max_epochs or max_steps")
+        if isinstance(self.optimizer, dict):
+            self.optimizer = OptimSpec(**self.optimizer)
+        if isinstance(self.trainable, str):
+            self.trainable = [self.trainable]
+
+    def is_trainable(self, param_name: str) -> bool:
+        return matches_any(param_name, self.trainable)
+
+
+def matches_any(param_name: str, globs: list[str]) -> bool:
+    """True when a glob matches ``param_name`` or one of its dotted module prefixes."""
+    parts = param_name.split(".")
+    candidates = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(c, g) for g in globs for c in candidates)

@@ -1,0 +1,211 @@
+"""Bases every study builds on: a stage-aware LightningModule and a LightningDataModule with safe loaders."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .specs import OptimSpec, StageSpec
+
+FIT_STAGE = "fit"
+
+
+class StudyModule(L.LightningModule):
+    """A LightningModule that knows its curriculum stage.
+
+    * ``configure_optimizers`` builds the stage's optimizer over the parameters trainable *now* (F08, F32).
+    * ``log`` prefixes metric names with the stage name inside a curriculum (F35).
+    * ``track`` hands targets / representations / losses to the TrainingHealth guard.
+    * ``log_figure`` / ``log_table`` / ``add_results`` write to the run dir (and wandb when on).
+    """
+
+    #: losses with a known floor, e.g. ``{"loss": 0.0}``; TrainingHealth flags values below it.
+    loss_lower_bounds: ClassVar[dict[str, float]] = {}
+    #: metric names the demo table prints (looked up in results.json ``test`` then ``final``).
+    headline_metrics: ClassVar[list[str]] = []
+
+    def __init__(self, optimizer: OptimSpec | None = None) -> None:
+        super().__init__()
+        self.default_optimizer = optimizer or OptimSpec()
+        self.stage: StageSpec = StageSpec(name=FIT_STAGE, max_epochs=1, optimizer=self.default_optimizer)
+        self._in_curriculum = False
+        self._tracking = False
+        self._tracked: dict[str, dict[str, torch.Tensor]] = {}
+        self.extra_results: dict[str, dict[str, Any]] = {}
+        self._run_dir: Path | None = None
+
+    # ----------------------------------------------------------------- stages
+    def set_stage(self, stage: StageSpec, in_curriculum: bool = True) -> None:
+        """Enter ``stage``: remembers it and calls :meth:`on_stage` (the study's override point)."""
+        self.stage = stage
+        self._in_curriculum = in_curriculum
+        self.on_stage(stage)
+
+    def on_stage(self, stage: StageSpec) -> None:
+        """Override to switch losses / paths / behaviour per stage (read ``stage.args``)."""
+
+    @property
+    def stage_name(self) -> str:
+        return self.stage.name
+
+    def loss_weight(self, name: str, default: float = 1.0) -> float:
+        return float(self.stage.loss_weights.get(name, default))
+
+    def metric_name(self, name: str) -> str:
+        if self._in_curriculum and not name.startswith(f"{self.stage.name}/"):
+            return f"{self.stage.name}/{name}"
+        return name
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:  # noqa: D102
+        super().log(self.metric_name(name), value, *args, **kwargs)
+
+    # ------------------------------------------------------------- optimizers
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        if not params:
+            raise RuntimeError(
+                f"stage {self.stage.name!r} has no trainable parameters (trainable globs {self.stage.trainable}); "
+                "a lazily built part may not exist yet or the globs match nothing (F09)"
+            )
+        spec = self.stage.optimizer
+        optimizer = spec.build(params)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        scheduler = spec.build_scheduler(optimizer, total)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --------------------------------------------------------- lazy building
+    def dry_run(self, batch: Any) -> None:
+        """A forward pass that builds every lazy part (called under ``torch.no_grad``). Override if needed."""
+        self(batch)
+
+    # ---------------------------------------------------------------- health
+    def track(
+        self,
+        *,
+        targets: dict[str, torch.Tensor] | None = None,
+        representations: dict[str, torch.Tensor] | None = None,
+        losses: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Declare tensors for the health guard. Cheap no-op outside its first-steps window."""
+        if not self._tracking:
+            return
+        for kind, values in (("targets", targets), ("representations", representations), ("losses", losses)):
+            if values:
+                self._tracked.setdefault(kind, {}).update(values)
+
+    def pop_tracked(self) -> dict[str, dict[str, torch.Tensor]]:
+        tracked, self._tracked = self._tracked, {}
+        return tracked
+
+    # -------------------------------------------------------------- outputs
+    @property
+    def run_dir(self) -> Path:
+        if self._run_dir is not None:
+            return self._run_dir
+        trainer = self._trainer
+        root = getattr(trainer, "run_dir", None) or (trainer.default_root_dir if trainer else ".")
+        return Path(root)
+
+    def _wandb(self):
+        trainer = self._trainer
+        for logger in (trainer.loggers if trainer is not None else []):
+            if type(logger).__name__ == "WandbLogger":
+                return logger
+        return None
+
+    def _is_rank_zero(self) -> bool:
+        return self._trainer is None or self.trainer.is_global_zero
+
+    def log_figure(self, name: str, fig: Any) -> Path | None:
+        """Save a matplotlib figure as PNG under ``run_dir/figures/<stage>/`` and to wandb when on."""
+        import matplotlib.pyplot as plt
+
+        path = None
+        if self._is_rank_zero():
+            path = self.run_dir / "figures" / self.stage.name / f"{name.replace('/', '_')}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            wb = self._wandb()
+            if wb is not None:
+                wb.log_image(key=self.metric_name(f"figures/{name}"), images=[str(path)])
+        plt.close(fig)
+        return path
+
+    def log_table(self, name: str, rows: list[dict[str, Any]]) -> Path | None:
+        """Write rows as CSV under ``run_dir/tables/<stage>/`` and as a wandb table when on."""
+        if not rows or not self._is_rank_zero():
+            return None
+        path = self.run_dir / "tables" / self.stage.name / f"{name.replace('/', '_')}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        wb = self._wandb()
+        if wb is not None:
+            wb.log_table(key=self.metric_name(f"tables/{name}"), columns=columns,
+                         data=[[row.get(c) for c in columns] for row in rows])
+        return path
+
+    def add_results(self, section: str, values: dict[str, Any]) -> None:
+        """Values merged into ``results.json[section]`` when the run writes it (numbers, lists, dicts)."""
+        clean = json.loads(json.dumps(values, default=_to_jsonable))
+        self.extra_results.setdefault(section, {}).update(clean)
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+class StudyDataModule(L.LightningDataModule):
+    """A LightningDataModule with an example batch for lazy builds and evaluation loaders that never pad (F37)."""
+
+    def __init__(self, batch_size: int = 32, num_workers: int = 0, eval_batch_size: int | None = None) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected >= 1")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.eval_batch_size = eval_batch_size
+
+    def example_batch(self) -> Any:
+        """A small batch for LazyBuild's dry run. Default: the first training batch."""
+        if getattr(self, "_example", None) is None:
+            self.setup("fit")
+            self._example = next(iter(self.train_dataloader()))
+        return self._example
+
+    def train_loader(self, dataset: Dataset, shuffle: bool = True, **kwargs: Any) -> DataLoader:
+        kwargs.setdefault("batch_size", self.batch_size)
+        kwargs.setdefault("num_workers", self.num_workers)
+        kwargs.setdefault("persistent_workers", kwargs["num_workers"] > 0)
+        return DataLoader(dataset, shuffle=shuffle, **kwargs)
+
+    def eval_loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        """Evaluation loader; under DDP each rank gets a disjoint, un-padded share of the samples (F37)."""
+        kwargs.setdefault("batch_size", self.eval_batch_size or self.batch_size)
+        kwargs.setdefault("num_workers", self.num_workers)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            kwargs["sampler"] = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(dataset, shuffle=False, **kwargs)

@@ -1,0 +1,105 @@
+"""LitTrainer: a Trainer with a run directory, CSV/wandb loggers, the core callbacks and a `curriculum` command."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from .freezing import StageFreeze
+from .health import TrainingHealth
+from .lazy import LazyBuild
+from .loggers import WandbSpec, csv_logger, make_wandb_logger
+from .specs import StageSpec
+
+CORE_CALLBACKS = (LazyBuild, StageFreeze, TrainingHealth)
+
+
+def default_run_dir() -> Path:
+    """``runs/<timestamp>``; shared with DDP ranks started by Lightning through ``$LIT_EXP_RUN_DIR``."""
+    env = os.environ.get("LIT_EXP_RUN_DIR")
+    if env:
+        return Path(env)
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    name = f"run-{run_id}" if run_id and run_id != "none" else time.strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / name
+    os.environ["LIT_EXP_RUN_DIR"] = str(path)
+    return path
+
+
+class LitTrainer(L.Trainer):
+    """Lightning's Trainer plus what every run of the workbench needs.
+
+    Args:
+        run_dir: where checkpoints, CSV logs, figures, config.yaml and results.json go
+            (default ``runs/<timestamp>``).
+        wandb: log to wandb as well (see :class:`WandbSpec`); offline automatically without an API key.
+        health: per-check policy of the TrainingHealth guard (``error`` / ``warn`` / ``off``).
+        health_steps: how many first steps of each stage the guard inspects.
+        **kwargs: every ``lightning.Trainer`` argument.
+    """
+
+    def __init__(self, run_dir: str | None = None, wandb: WandbSpec | None = None,
+                 health: dict[str, str] | None = None, health_steps: int = 3, **kwargs: Any) -> None:
+        self.run_dir = Path(run_dir) if run_dir else default_run_dir()
+        self.wandb_spec = wandb
+        self.health_policy = dict(health or {})
+        self.health_steps = health_steps
+        callbacks = kwargs.pop("callbacks", None) or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        from lightning.pytorch.cli import SaveConfigCallback
+
+        user = [cb for cb in callbacks if not isinstance(cb, (SaveConfigCallback, *CORE_CALLBACKS))]
+        # pristine copies: every curriculum stage gets new callback instances (F33)
+        self._pristine_callbacks = copy.deepcopy(user)
+        logger = kwargs.pop("logger", None)
+        if logger is None or logger is True:
+            logger = self.make_loggers(self.run_dir)
+        kwargs.setdefault("default_root_dir", str(self.run_dir))
+        self._base_kwargs = {k: v for k, v in kwargs.items() if k not in ("max_epochs", "max_steps", "default_root_dir")}
+        core = [LazyBuild(), StageFreeze(), TrainingHealth(self.health_policy, health_steps)]
+        super().__init__(callbacks=core + callbacks, logger=logger, **kwargs)
+
+    def make_loggers(self, directory: Path, with_wandb: bool = True) -> list:
+        loggers: list = [csv_logger(directory)]
+        if with_wandb and self.wandb_spec is not None:
+            wb = make_wandb_logger(self.wandb_spec, self.run_dir, self.run_dir.name)
+            if wb is not None:
+                loggers.append(wb)
+        return loggers
+
+    def stage_trainer(self, stage: StageSpec, stage_dir: Path, shared_loggers: list | None = None,
+                      checkpoint: bool = True) -> LitTrainer:
+        """A new Trainer for one stage: new callbacks, own log dir, the stage's length (F33, F34)."""
+        callbacks: list[Callback] = copy.deepcopy(self._pristine_callbacks)
+        kwargs = dict(self._base_kwargs)
+        if checkpoint:
+            callbacks.append(ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last=True, save_top_k=0))
+            kwargs["enable_checkpointing"] = True
+        loggers = [csv_logger(stage_dir)] + list(shared_loggers or [])
+        return LitTrainer(run_dir=str(self.run_dir), wandb=None, health=self.health_policy,
+                          health_steps=self.health_steps, callbacks=callbacks, logger=loggers,
+                          default_root_dir=str(stage_dir), max_epochs=stage.max_epochs, max_steps=stage.max_steps,
+                          **kwargs)
+
+    def curriculum(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,
+                   stages: list[StageSpec] | None = None, only: str | None = None, resume: str | None = None,
+                   test_after: bool = True) -> dict[str, Any]:
+        """Run the stages in order, each a fresh ``Trainer.fit`` with a fresh optimizer.
+
+        Args:
+            stages: the curriculum (see :class:`StageSpec`).
+            only: comma-separated stage names to run (e.g. ``adapter,samatha``); earlier finished stages'
+                weights are loaded from their checkpoints.
+            resume: a run directory; continues at the first unfinished stage (mid-stage from its last.ckpt).
+            test_after: run ``test`` once the last stage is done, if the datamodule has a test set.
+        """
+        from .curriculum import run_curriculum
+
+        return run_curriculum(self, model, datamodule, stages or [], only=only, resume=resume, test_after=test_after,
+                              config_files=getattr(self, "config_files", None))

@@ -1,0 +1,47 @@
+"""Vicara: one refinement step ``s_{t+1} = b s_t + (1 - b) Phi(s_t)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def refiner(dim: int, hidden_dim: int) -> nn.Sequential:
+    """Phi = Linear - LayerNorm - ReLU - Linear - Tanh (LayerNorm is per sample, never over the batch)."""
+    return nn.Sequential(nn.Linear(dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(),
+                         nn.Linear(hidden_dim, dim), nn.Tanh())
+
+
+class Vicara(nn.Module):
+    """Refiner with inertia ``beta``; one shared Phi or one Phi per probe (mixed with Vitakka's ``probs``).
+
+    Args:
+        dim: state dimension D.
+        hidden_dim: width of Phi.
+        beta: inertia b in ``s_{t+1} = b s_t + (1 - b) Phi(s_t)``, in [0, 1).
+        per_probe: one refiner per probe instead of a shared one.
+        n_probes: number of probes (needed when ``per_probe``).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int = 64, beta: float = 0.5, per_probe: bool = False,
+                 n_probes: int = 1) -> None:
+        super().__init__()
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Vicara: beta={beta} must lie in [0, 1)")
+        if per_probe and n_probes < 1:
+            raise ValueError(f"Vicara: per_probe needs n_probes >= 1, got {n_probes}")
+        self.beta = beta
+        self.per_probe = per_probe
+        count = n_probes if per_probe else 1
+        self.refiners = nn.ModuleList(refiner(dim, hidden_dim) for _ in range(count))
+
+    def phi(self, s: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.per_probe:
+            return self.refiners[0](s)
+        if probs is None or probs.shape[1] != len(self.refiners):
+            raise ValueError(f"Vicara(per_probe) needs probs of shape (B, {len(self.refiners)})")
+        outs = torch.stack([r(s) for r in self.refiners], dim=1)  # (B, K, D)
+        return (probs.unsqueeze(2) * outs).sum(dim=1)
+
+    def forward(self, s: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+        return self.beta * s + (1.0 - self.beta) * self.phi(s, probs)

@@ -1,0 +1,102 @@
+"""Slot decoders: each returns a reconstruction of the per-position target and masks over slots.
+
+* ``MLPDecoder`` (DINOSAUR): every slot is broadcast to the N positions, a learned position
+  embedding is added, a shared MLP outputs C feature channels + 1 alpha logit; the alpha softmax
+  over slots gives the masks and the reconstruction is the mask-weighted sum.
+* ``TransformerDecoder``: N learned position queries cross-attend to the slots; the attention of the
+  last block (averaged over heads) gives the masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .slot_attention import mlp
+
+
+@dataclass
+class DecoderOutput:
+    """``recon`` (B,N,C) reconstruction; ``masks`` (B,K,N) per-slot masks summing to 1 over K;
+    ``per_slot`` (B,K,N,C) per-slot reconstructions or None."""
+
+    recon: torch.Tensor
+    masks: torch.Tensor
+    per_slot: torch.Tensor | None = None
+
+
+class MLPDecoder(nn.Module):
+    def __init__(
+        self, slot_dim: int, out_dim: int, num_positions: int, hidden: int = 256, layers: int = 3
+    ) -> None:
+        super().__init__()
+        self.num_positions, self.out_dim = num_positions, out_dim
+        self.pos_emb = nn.Parameter(torch.randn(1, 1, num_positions, slot_dim) * 0.02)
+        self.mlp = mlp(slot_dim, hidden, out_dim + 1, layers=layers)
+
+    def forward(self, slots: torch.Tensor) -> DecoderOutput:
+        b, k, _ = slots.shape
+        x = slots.unsqueeze(2) + self.pos_emb  # (B,K,N,D)
+        out = self.mlp(x)
+        per_slot, alpha = out[..., : self.out_dim], out[..., self.out_dim]
+        masks = alpha.softmax(dim=1)  # (B,K,N): softmax over slots
+        recon = (per_slot * masks.unsqueeze(-1)).sum(dim=1)
+        return DecoderOutput(recon=recon, masks=masks, per_slot=per_slot)
+
+
+class _CrossBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_c = nn.LayerNorm(dim)
+        self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_m = nn.LayerNorm(dim)
+        self.mlp = mlp(dim, hidden, dim)
+
+    def forward(self, q: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.norm_q(q)
+        q = q + self.self_attn(h, h, h, need_weights=False)[0]
+        h = self.norm_c(q)
+        upd, attn = self.cross(h, slots, slots, need_weights=True, average_attn_weights=True)
+        q = q + upd
+        q = q + self.mlp(self.norm_m(q))
+        return q, attn  # attn (B,N,K): softmax over slots per position
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(
+        self,
+        slot_dim: int,
+        out_dim: int,
+        num_positions: int,
+        depth: int = 2,
+        heads: int = 4,
+        hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        if slot_dim % heads:
+            raise ValueError(f"slot_dim {slot_dim} must be divisible by heads {heads}")
+        self.queries = nn.Parameter(torch.randn(1, num_positions, slot_dim) * 0.02)
+        self.blocks = nn.ModuleList([_CrossBlock(slot_dim, heads, hidden) for _ in range(depth)])
+        self.norm = nn.LayerNorm(slot_dim)
+        self.head = nn.Linear(slot_dim, out_dim)
+
+    def forward(self, slots: torch.Tensor) -> DecoderOutput:
+        q = self.queries.expand(slots.shape[0], -1, -1)
+        attn = None
+        for block in self.blocks:
+            q, attn = block(q, slots)
+        assert attn is not None
+        return DecoderOutput(recon=self.head(self.norm(q)), masks=attn.transpose(1, 2))
+
+
+def build_decoder(
+    kind: str, slot_dim: int, out_dim: int, num_positions: int, hidden: int = 256, layers: int = 3
+) -> nn.Module:
+    if kind == "mlp":
+        return MLPDecoder(slot_dim, out_dim, num_positions, hidden=hidden, layers=layers)
+    if kind == "transformer":
+        return TransformerDecoder(slot_dim, out_dim, num_positions, depth=max(1, layers - 1), hidden=hidden)
+    raise ValueError(f"decoder must be 'mlp' or 'transformer', got {kind!r}")
