@@ -88,7 +88,7 @@ def run_curriculum(base: LitTrainer, model: L.LightningModule, datamodule: Any, 
     results.init_run(run_dir.name, type(model).__name__, config_files, plan=names)
     results.save()
     selected = parse_only(only, stages)
-    seed = int(__import__("os").environ.get("PL_GLOBAL_SEED", 0))
+    seed = base.seed
     shared = base.make_loggers(run_dir)[1:]  # wandb (one run for the whole curriculum), if asked
     pending_weights: Path | None = None  # weights on disk newer than the ones in memory
     for index, stage in enumerate(stages):
@@ -139,6 +139,7 @@ def run_curriculum(base: LitTrainer, model: L.LightningModule, datamodule: Any, 
         results.save()
     elif test_after and not done:
         rank_zero_warn(f"curriculum: not every stage is done ({names}); test skipped")
+    L.seed_everything(seed, workers=True, verbose=False)  # leave the process seeded as the run began
     for logger in shared:
         getattr(logger, "finalize", lambda *_: None)("success")
     rank_zero_info(f"results: {results.path}")

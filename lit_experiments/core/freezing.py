@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from .lazy import uninitialized_names
 from .specs import matches_any
 
 
@@ -15,6 +16,10 @@ def apply_stage_freeze(module: torch.nn.Module, trainable: list[str]) -> list[to
     A module with parameters or buffers but no trainable parameter in its subtree goes to eval mode, so
     BatchNorm statistics and dropout of frozen parts do not move.
     """
+    left = uninitialized_names(module)
+    if left:
+        raise RuntimeError(f"StageFreeze: {left} are still uninitialised lazy parameters; they must be built by a "
+                           "dry run (LazyBuild) before freezing, or this stage cannot train them (F09)")
     for name, param in module.named_parameters():
         param.requires_grad_(matches_any(name, trainable))
     module.train()

@@ -47,6 +47,8 @@ class LitTrainer(L.Trainer):
     def __init__(self, run_dir: str | None = None, wandb: WandbSpec | None = None,
                  health: dict[str, str] | None = None, health_steps: int = 3, **kwargs: Any) -> None:
         self.run_dir = Path(run_dir) if run_dir else default_run_dir()
+        # the run's seed (set by `seed_everything` before the Trainer is built); stage i uses seed + i
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.wandb_spec = wandb
         self.health_policy = dict(health or {})
         self.health_steps = health_steps

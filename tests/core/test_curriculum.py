@@ -1,0 +1,123 @@
+"""The curriculum engine: fresh optimizer per stage, freezing, BN stats, handover, resume, results.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lit_experiments.core.curriculum import parse_only
+from lit_experiments.core.specs import StageSpec, matches_any
+
+from .toys import RecordingToy, data, stages, trainer, weights
+
+THREE = (("encoder", 1, ["encoder", "head"]), ("head", 1, ["head"]), ("all", 1, ["*"]))
+
+
+def test_f08_each_stage_optimizer_holds_exactly_the_trainable_parameters(tmp_path):
+    model = RecordingToy()
+    trainer(tmp_path).curriculum(model, data(), stages(*THREE), test_after=False)
+    assert [r["stage"] for r in model.records] == ["encoder", "head", "all"]
+    for record in model.records:
+        assert record["in_optimizer"] == record["trainable"]
+    assert model.records[1]["trainable"] == ["head.bias", "head.weight"]
+    # a new optimizer object per stage (F08, F33)
+    assert len({r["optimizer_id"] for r in model.records}) == 3
+
+
+def test_trained_change_frozen_bit_identical_and_bn_stats_frozen(tmp_path):
+    model = RecordingToy(dropout=0.5)
+    dm = data()
+    t = trainer(tmp_path)
+    t.curriculum(model, dm, stages(("encoder", 1, ["encoder", "head"])), test_after=False)
+    after_one = weights(model)
+    t2 = trainer(tmp_path, name="run2")
+    t2.curriculum(model, dm, stages(("head", 2, ["head"])), test_after=False)
+    after_two = weights(model)
+    for key, value in after_one.items():
+        if key.startswith("encoder"):
+            # weights and BatchNorm running statistics of the frozen encoder do not move
+            assert torch.equal(value, after_two[key]), key
+    assert not torch.equal(after_one["head.weight"], after_two["head.weight"])
+    assert model.encoder[1].running_mean.abs().sum() > 0  # stats did move in the stage that trained it
+
+
+def test_f35_metrics_prefixed_by_stage_and_results_json(tmp_path):
+    model = RecordingToy()
+    out = trainer(tmp_path).curriculum(model, data(), stages(*THREE[:2]))
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["plan"] == ["encoder", "head"]
+    for name in ("encoder", "head"):
+        stage = saved["stages"][name]
+        assert stage["status"] == "done" and stage["steps"] > 0 and stage["wall_s"] > 0
+        assert stage["metrics"] and all(k.startswith(f"{name}/") for k in stage["metrics"])
+        assert (tmp_path / "run" / stage["checkpoint"]).exists()
+        assert (tmp_path / "run" / stage["dir"] / "metrics.csv").exists()  # one log dir per stage (F34)
+    assert "test/acc" in saved["test"] and 0.0 <= saved["test"]["acc" if False else "test/acc"] <= 1.0
+    assert out["test"] == saved["test"]
+    assert {"torch", "lightning"} <= set(saved["versions"])
+
+
+def test_weights_handed_forward_not_optimizer_state(tmp_path):
+    model = RecordingToy()
+    t = trainer(tmp_path)
+    t.curriculum(model, data(), stages(*THREE[:1]), test_after=False)
+    ckpt = torch.load(tmp_path / "run" / "stages" / "00_encoder" / "final.ckpt", weights_only=True)
+    assert set(ckpt) == {"state_dict"}  # the stage hand-over carries weights only
+    for key, value in ckpt["state_dict"].items():
+        assert torch.equal(value, model.state_dict()[key])
+
+
+def test_resume_gives_the_same_final_weights_as_one_run(tmp_path):
+    torch.manual_seed(0)
+    full_model = RecordingToy()
+    trainer(tmp_path, name="full").curriculum(full_model, data(), stages(*THREE), test_after=False)
+
+    torch.manual_seed(0)
+    part_model = RecordingToy()
+    trainer(tmp_path, name="part").curriculum(part_model, data(), stages(*THREE), only="encoder,head",
+                                              test_after=False)
+    partial = json.loads((tmp_path / "part" / "results.json").read_text())
+    assert "all" not in partial["stages"]
+
+    torch.manual_seed(1)  # a fresh process would start with different initial weights
+    resumed = RecordingToy()
+    trainer(tmp_path, name="elsewhere").curriculum(resumed, data(), stages(*THREE),
+                                                   resume=str(tmp_path / "part"), test_after=False)
+    assert [r["stage"] for r in resumed.records] == ["all"]
+    full, res = weights(full_model), weights(resumed)
+    assert full.keys() == res.keys()
+    for key in full:
+        assert torch.equal(full[key], res[key]), key
+
+
+def test_resume_refuses_a_different_plan_and_unknown_stage_names(tmp_path):
+    trainer(tmp_path).curriculum(RecordingToy(), data(), stages(*THREE[:1]), test_after=False)
+    with pytest.raises(ValueError, match="differ"):
+        trainer(tmp_path, name="x").curriculum(RecordingToy(), data(), stages(*THREE),
+                                               resume=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="nope"):
+        parse_only("encoder,nope", stages(*THREE))
+    with pytest.raises(FileNotFoundError, match="results.json"):
+        trainer(tmp_path, name="y").curriculum(RecordingToy(), data(), stages(*THREE), resume=str(tmp_path / "no"))
+
+
+def test_stage_data_overrides_and_bad_override(tmp_path):
+    dm = data()
+    spec = StageSpec(name="big", max_epochs=1, data={"batch_size": 32})
+    trainer(tmp_path).curriculum(RecordingToy(), dm, [spec], test_after=False)
+    assert dm.batch_size == 32
+    bad = StageSpec(name="bad", max_epochs=1, data={"batch_sise": 32})
+    with pytest.raises(ValueError, match="batch_sise"):
+        trainer(tmp_path, name="b").curriculum(RecordingToy(), data(), [bad], test_after=False)
+
+
+def test_glob_semantics_and_stage_validation():
+    assert matches_any("adapter.net.0.weight", ["adapter"])
+    assert matches_any("vitakka.probes", ["vitakka.*"])
+    assert not matches_any("adapter_extra.weight", ["adapter"])
+    with pytest.raises(ValueError, match="max_epochs or max_steps"):
+        StageSpec(name="x")
+    with pytest.raises(ValueError, match="Adamm"):
+        StageSpec(name="x", max_epochs=1, optimizer={"name": "Adamm"}).optimizer.build([torch.nn.Parameter(torch.ones(1))])
