@@ -45,7 +45,19 @@ class StudyModule(L.LightningModule):
         """Enter ``stage``: remembers it and calls :meth:`on_stage` (the study's override point)."""
         self.stage = stage
         self._in_curriculum = in_curriculum
+        self.reset_metrics()
         self.on_stage(stage)
+
+    def reset_metrics(self) -> None:
+        """Reset every torchmetrics state so no stage (or DDP hand-over) inherits another's samples."""
+        import torchmetrics
+
+        for sub in self.modules():
+            if isinstance(sub, torchmetrics.Metric):
+                sub.reset()
+
+    def on_fit_start(self) -> None:
+        self.reset_metrics()
 
     def on_stage(self, stage: StageSpec) -> None:
         """Override to switch losses / paths / behaviour per stage (read ``stage.args``)."""
