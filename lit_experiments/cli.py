@@ -55,6 +55,7 @@ class LitCLI(LightningCLI):
     def _finish(self, results: RunResults) -> None:
         for section, values in getattr(self.model, "extra_results", {}).items():
             results.merge(section, values)
+        results.set_headline(list(getattr(self.model, "headline_metrics", [])))
         path = results.save()
         rank_zero_info(f"results: {path}")
         if self.trainer.is_global_zero:
@@ -113,7 +114,10 @@ def main(argv: list[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in TOOLS:
         tool = importlib.import_module(TOOLS[args[0]])
-        return tool.main(args[1:])
+        code = tool.main(args[1:])
+        if argv is None:
+            sys.exit(code or 0)
+        return code
     build_cli(argv)  # None: LightningCLI reads sys.argv itself
     return None
 

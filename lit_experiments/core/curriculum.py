@@ -139,6 +139,8 @@ def run_curriculum(base: LitTrainer, model: L.LightningModule, datamodule: Any, 
         results.save()
     elif test_after and not done:
         rank_zero_warn(f"curriculum: not every stage is done ({names}); test skipped")
+    results.set_headline(list(getattr(model, "headline_metrics", [])))
+    results.save()
     L.seed_everything(seed, workers=True, verbose=False)  # leave the process seeded as the run began
     for logger in shared:
         getattr(logger, "finalize", lambda *_: None)("success")

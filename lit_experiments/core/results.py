@@ -79,6 +79,18 @@ class RunResults:
     def merge(self, section: str, values: dict[str, Any]) -> None:
         self.data.setdefault(section, {}).update(values)
 
+    def set_headline(self, names: list[str]) -> None:
+        """Copy the study's headline metrics (looked up in test, final, then stage metrics) to ``headline``."""
+        found = {}
+        sources = [self.data.get("test", {}), self.data.get("final", {})]
+        sources += [s.get("metrics", {}) for s in self.data.get("stages", {}).values()]
+        for name in names:
+            for source in sources:
+                if name in source:
+                    found[name] = source[name]
+                    break
+        self.data["headline"] = found
+
     def save(self) -> Path:
         if rank_zero_only.rank != 0:
             return self.path

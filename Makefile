@@ -1,0 +1,37 @@
+# lit_experiments: `make demo` and `make test` each work on a fresh machine (they create .venv first).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv demo test test-full lint bench clean
+
+# (re)install when the dependency file changed; otherwise a no-op
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-disabled} $(PY) -m lit_experiments demo
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q -n 2 --dist loadfile
+
+test-full: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q -n 2 --dist loadfile -m "slow or not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lit_experiments tests bench
+
+bench: $(STAMP)
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf runs lightning_logs wandb .feature_cache bench/out
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
