@@ -142,8 +142,11 @@ def run_curriculum(base: LitTrainer, model: L.LightningModule, datamodule: Any, 
     results.set_headline(list(getattr(model, "headline_metrics", [])))
     results.save()
     L.seed_everything(seed, workers=True, verbose=False)  # leave the process seeded as the run began
-    for logger in shared:
-        getattr(logger, "finalize", lambda *_: None)("success")
+    for logger in shared:  # the curriculum's wandb run ends with the curriculum
+        logger.finalize("success")
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()
     rank_zero_info(f"results: {results.path}")
     return results.data
 

@@ -121,3 +121,23 @@ def test_glob_semantics_and_stage_validation():
         StageSpec(name="x")
     with pytest.raises(ValueError, match="Adamm"):
         StageSpec(name="x", max_epochs=1, optimizer={"name": "Adamm"}).optimizer.build([torch.nn.Parameter(torch.ones(1))])
+
+
+def test_f33_every_stage_gets_new_callback_instances_and_a_new_trainer(tmp_path):
+    import lightning as L
+
+    class Probe(L.Callback):
+        def __init__(self):
+            self.fits = 0
+
+        def on_fit_start(self, trainer, pl_module):
+            self.fits += 1
+            pl_module.records.append({"stage": pl_module.stage.name, "callback": id(self), "fits": self.fits,
+                                      "trainer": id(trainer), "start_step": trainer.global_step})
+
+    model = RecordingToy()
+    trainer(tmp_path, callbacks=[Probe()]).curriculum(model, data(), stages(*THREE), test_after=False)
+    probes = [r for r in model.records if "callback" in r]
+    assert [p["stage"] for p in probes] == ["encoder", "head", "all"]
+    assert len({p["callback"] for p in probes}) == 3 and len({p["trainer"] for p in probes}) == 3
+    assert all(p["fits"] == 1 and p["start_step"] == 0 for p in probes)  # nothing carried over

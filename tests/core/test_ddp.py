@@ -34,7 +34,7 @@ def direct_val_loss(model) -> float:
     return torch.nn.functional.cross_entropy(logits, ds.y).item()
 
 
-def test_f37_two_process_curriculum_and_unpadded_evaluation(tmp_path):
+def test_f36_f37_two_process_curriculum_with_lazy_layer_and_unpadded_evaluation(tmp_path):
     run_dir = tmp_path / "ddp"
     trainer = LitTrainer(run_dir=str(run_dir), **{**FAST, "strategy": "ddp_spawn", "devices": 2})
     model = ToyModule()
