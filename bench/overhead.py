@@ -51,7 +51,7 @@ def bare_seconds_per_step(args) -> float:
     dm.setup("fit")
     model = ToyModule(hidden=args.hidden, num_classes=10)
     model(next(iter(dm.train_dataloader())))  # build the lazy layer
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)  # as OptimSpec(lr=1e-3)
     model.train()
     start, steps = None, 0
     for step, batch in enumerate(dm.train_dataloader()):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +41,9 @@ class FrozenBackbone(nn.Module):
     Subclasses implement :meth:`_layer_tokens` (normalised images -> one (B, N_l, C_l) tensor or
     (B, C_l, h_l, w_l) map per chosen layer) and :meth:`grid_size`.
     """
+
+    #: StageFreeze never makes this module's parameters trainable, whatever the stage's globs say.
+    always_frozen = True
 
     def __init__(
         self,
@@ -84,6 +88,20 @@ class FrozenBackbone(nn.Module):
         if requires_grad:
             raise RuntimeError(f"{self.name}: FrozenBackbone parameters cannot be made trainable")
         return self
+
+    def _refreeze(self) -> None:
+        """Undo outside unfreezing (e.g. a trainable glob '*' or LightningModule.unfreeze) and say so (F01)."""
+        thawed = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if thawed:
+            warnings.warn(
+                f"{self.name}: {len(thawed)} FrozenBackbone parameters (e.g. {thawed[0]}) were set trainable "
+                "from outside; they are frozen again (a frozen backbone is never trained; exclude it from "
+                "trainable globs)", stacklevel=3,
+            )
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+        if self.model.training:
+            super().train(False)
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -132,6 +150,7 @@ class FrozenBackbone(nn.Module):
             return self.features(x.reshape(b * t, *x.shape[2:])).reshape(b, t, -1, self.out_dim)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.name}.features expects (B,3,H,W) or (B,T,3,H,W), got {tuple(x.shape)}")
+        self._refreeze()
         outs = self._layer_tokens(self.normalize(x))
         gh, gw = self.grid_size(x.shape[-2], x.shape[-1])
         toks = []

@@ -13,6 +13,7 @@ from .specs import matches_any
 def apply_stage_freeze(module: torch.nn.Module, trainable: list[str]) -> list[torch.nn.Module]:
     """Set ``requires_grad`` from the globs; return the modules that hold no trainable parameter.
 
+    Modules with ``always_frozen = True`` (frozen backbones) stay frozen under any glob, ``*`` included.
     A module with parameters or buffers but no trainable parameter in its subtree goes to eval mode, so
     BatchNorm statistics and dropout of frozen parts do not move.
     """
@@ -20,8 +21,9 @@ def apply_stage_freeze(module: torch.nn.Module, trainable: list[str]) -> list[to
     if left:
         raise RuntimeError(f"StageFreeze: {left} are still uninitialised lazy parameters; they must be built by a "
                            "dry run (LazyBuild) before freezing, or this stage cannot train them (F09)")
+    pinned = {id(p) for sub in module.modules() if getattr(sub, "always_frozen", False) for p in sub.parameters()}
     for name, param in module.named_parameters():
-        param.requires_grad_(matches_any(name, trainable))
+        param.requires_grad_(id(param) not in pinned and matches_any(name, trainable))
     module.train()
     frozen: list[torch.nn.Module] = []
     for _name, sub in module.named_modules():

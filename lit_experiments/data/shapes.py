@@ -16,7 +16,8 @@ Conventions (also the contract the real-format readers follow):
 * ``labels`` float32 multi-hot over ``self.categories``; ``caption`` str naming every object
   nearest first ("a red metal square and a blue rubber circle").
 * ``phase`` int64 (T,) (scalar for images: frame 0 of the same schedule): 1 while object 1 holds
-  still, 0 while it moves. With ``motion=False`` nothing moves and the phase is always 1.
+  still, 0 while it moves. With ``motion=False`` nothing moves and the phase is always 1. Phase is a
+  temporal property; ``motion_blur=True`` also makes it visible in single frames (object 1 smeared).
 
 Metal objects carry a shading gradient and a specular highlight; rubber objects are flat
 (all their visible pixels share one colour). Rasterisation is vectorised numpy over each object's
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -35,16 +37,12 @@ from torch.utils.data import Dataset
 
 CATEGORIES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 225),
-    "yellow": (230, 200, 40),
-    "purple": (140, 60, 190),
-    "cyan": (30, 190, 205),
-    "orange": (240, 130, 30),
-    "pink": (235, 90, 170),
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 225), "yellow": (230, 200, 40),
+    "purple": (140, 60, 190), "cyan": (30, 190, 205), "orange": (240, 130, 30), "pink": (235, 90, 170),
 }
 MATERIALS: tuple[str, ...] = ("rubber", "metal")
+METAL = 1  # index of "metal" in MATERIALS
+BLUR_STEPS = 4  # sub-frame positions averaged for motion blur
 PLAIN_BACKGROUND: tuple[int, int, int] = (112, 112, 112)
 
 
@@ -86,6 +84,20 @@ def shape_mask(category: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return inside >= need
 
 
+def make_caption(objects: Sequence[Sequence[str | None]]) -> str:
+    """"a red metal square and an orange rubber circle" from (colour, material, category) triples.
+
+    ``None`` words are left out (readers whose format lacks colour or material).
+    """
+    parts = []
+    for words in objects:
+        text = " ".join(w for w in words if w)
+        parts.append(("an " if text[:1] in "aeiou" else "a ") + text)
+    if not parts:
+        return "an empty scene"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 @dataclass
 class Scene:
     """Everything needed to render one sample; arrays are indexed by object (0 = object id 1, nearest)."""
@@ -98,6 +110,7 @@ class Scene:
     positions: np.ndarray  # (T, n, 2) object centres in pixels (x, y)
     phase: np.ndarray  # (T,) 1 while object 1 holds still
     background: np.ndarray  # (H, W, 3) uint8
+    blur: np.ndarray | None = None  # (T, 2) displacement of object 1 into each frame (0 while still)
 
     @property
     def num_objects(self) -> int:
@@ -126,6 +139,7 @@ class ShapesWorld(Dataset):
         background: str = "plain",
         motion: bool = True,
         speed_range: tuple[float, float] = (0.03, 0.07),
+        motion_blur: bool = False,
     ) -> None:
         """
         Args:
@@ -141,6 +155,8 @@ class ShapesWorld(Dataset):
             motion: objects move with constant velocity and bounce off the borders; object 1 alternates
                 between holding still and moving (``phase``).
             speed_range: speed per frame as a fraction of the image side.
+            motion_blur: smear object 1 along its displacement while it moves (``phase`` 0), so the
+                phase is visible in a single frame (frame retrieval); its mask covers the smear.
         """
         cats = list(categories) if categories is not None else list(CATEGORIES)
         unknown = [c for c in cats if c not in CATEGORIES]
@@ -165,7 +181,10 @@ class ShapesWorld(Dataset):
         self.size_range = (float(size_range[0]), float(size_range[1]))
         self.background = background
         self.motion = bool(motion)
+        self.motion_blur = bool(motion_blur)
         self.speed_range = (float(speed_range[0]), float(speed_range[1]))
+        self._centres = np.arange(self.image_size, dtype=np.float32) + 0.5  # pixel centres
+        self._palette = np.asarray([COLORS[c] for c in self.COLOR_NAMES], dtype=np.float32)
 
     def __len__(self) -> int:
         return self.n
@@ -178,6 +197,7 @@ class ShapesWorld(Dataset):
             "min_objects": self.min_objects, "max_objects": self.max_objects, "seed": self.seed,
             "categories": self.categories, "materials": self.materials, "size_range": self.size_range,
             "background": self.background, "motion": self.motion, "speed_range": self.speed_range,
+            "motion_blur": self.motion_blur,
             "version": 1,
         }
 
@@ -197,24 +217,30 @@ class ShapesWorld(Dataset):
             raise IndexError(f"ShapesWorld index {index} out of range [0, {self.n})")
         rng, s = self.rng(index), self.image_size
         n = int(rng.integers(self.min_objects, self.max_objects + 1))
-        cats = rng.integers(0, len(self.categories), n)
-        colors = rng.integers(0, len(COLORS), n)
-        materials = np.asarray(self.materials)[rng.integers(0, len(self.materials), n)]
-        sizes = rng.uniform(*self.size_range, n)
-        rotations = rng.uniform(0, 2 * np.pi, n)
+        u = rng.random((7, n))  # one draw for every per-object scalar
+        cats = (u[0] * len(self.categories)).astype(np.int64)
+        colors = (u[1] * len(COLORS)).astype(np.int64)
+        materials = np.asarray(self.materials, dtype=np.int64)[(u[2] * len(self.materials)).astype(np.int64)]
+        lo_size, hi_size = self.size_range
+        sizes = lo_size + (hi_size - lo_size) * u[3]
+        rotations = 2 * np.pi * u[4]
         radii = sizes * s / 2
-        start = np.zeros((n, 2))
-        for k in range(n):  # rejection keeps every object at least partly visible in frame 0
-            for _ in range(30):
-                start[k] = rng.uniform(radii[k], s - radii[k], 2)
-                d = np.linalg.norm(start[:k] - start[k], axis=1)
-                if np.all(d > 0.75 * (radii[:k] + radii[k])):
-                    break
+        # rejection sampling keeps every object at least partly visible in frame 0: the first of 30
+        # candidate centres far enough from the objects placed before (else the last candidate)
+        cand = radii[None, :, None] + rng.random((30, n, 2)) * (s - 2 * radii)[None, :, None]
+        start = np.empty((n, 2))
+        for k in range(n):
+            if k:
+                diff = cand[:, k, None, :] - start[None, :k, :]
+                ok = ((diff**2).sum(-1) > (0.75 * (radii[:k] + radii[k])) ** 2).all(1)
+                start[k] = cand[int(np.argmax(ok)) if ok.any() else -1, k]
+            else:
+                start[k] = cand[0, k]
         t_len = self.num_frames or 1
         phase = self._phase(rng, t_len)
-        positions = self._trajectories(rng, start, radii, phase, t_len)
+        positions, blur = self._trajectories(start, radii, phase, t_len, u[5], u[6])
         background = self._background(rng)
-        return Scene(cats, colors, materials, sizes, rotations, positions, phase, background)
+        return Scene(cats, colors, materials, sizes, rotations, positions, phase, background, blur)
 
     def _phase(self, rng: np.random.Generator, t_len: int) -> np.ndarray:
         if not self.motion:
@@ -227,14 +253,20 @@ class ShapesWorld(Dataset):
             t, state = t + seg, 1 - state
         return phase
 
-    def _trajectories(self, rng, start, radii, phase, t_len) -> np.ndarray:
+    def _trajectories(self, start, radii, phase, t_len, u_angle, u_speed) -> tuple[np.ndarray, np.ndarray]:
+        """Centres (T, n, 2) with bounces, and object 1's displacement into each frame (T, 2)."""
         n, s = len(start), self.image_size
-        ang = rng.uniform(0, 2 * np.pi, n)
-        speed = rng.uniform(*self.speed_range, n) * s
+        pos = np.empty((t_len, n, 2))
+        pos[0] = start
+        ang = 2 * np.pi * u_angle
+        speed = (self.speed_range[0] + (self.speed_range[1] - self.speed_range[0]) * u_speed) * s
         vel = np.stack([np.cos(ang), np.sin(ang)], 1) * speed[:, None]
         if not self.motion:
             vel[:] = 0
-        pos = np.empty((t_len, n, 2))
+        blur = np.zeros((t_len, 2))
+        blur[0] = vel[0] * (phase[0] == 0)
+        if t_len == 1:
+            return pos, blur
         cur = start.copy()
         lo, hi = radii[:, None], s - radii[:, None]
         for t in range(t_len):
@@ -247,12 +279,13 @@ class ShapesWorld(Dataset):
                 cur = np.where(low, 2 * lo - cur, np.where(high, 2 * hi - cur, cur))
                 vel = np.where(low | high, -vel, vel)
             pos[t] = cur
-        return pos
+        blur[1:] = pos[1:, 0] - pos[:-1, 0]
+        return pos, blur
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
         s = self.image_size
-        if self.background == "plain":
-            return np.broadcast_to(np.asarray(PLAIN_BACKGROUND, np.uint8), (s, s, 3)).copy()
+        if self.background == "plain":  # shared read-only array; render() copies it
+            return np.broadcast_to(np.asarray(PLAIN_BACKGROUND, np.uint8), (s, s, 3))
         base = rng.uniform(90, 150)
         ang, freq = rng.uniform(0, np.pi), rng.uniform(3, 8) * 2 * np.pi / s
         yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
@@ -274,56 +307,75 @@ class ShapesWorld(Dataset):
         for k in range(scene.num_objects - 1, -1, -1):  # farthest first, object 1 last (on top)
             if k + 1 in skipped:
                 continue
-            cx, cy = scene.positions[t, k]
-            r = scene.sizes[k] * s / 2
-            reach = r * 1.25 + 1
-            x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 1, s)
-            y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 1, s)
-            if x0 >= x1 or y0 >= y1:
+            cx, cy = float(scene.positions[t, k, 0]), float(scene.positions[t, k, 1])
+            blur = scene.blur[t] if k == 0 and self.motion_blur and scene.blur is not None else None
+            if blur is None or not blur.any():
+                drawn = self._draw(scene, k, cx, cy)
+                if drawn is not None:
+                    ys, xs, pix = drawn
+                    img[ys, xs] = np.clip(pix + 0.5, 0, 255).astype(np.uint8)
+                    inst[ys, xs] = k + 1
                 continue
-            dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
-            dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
-            c, sn = np.cos(scene.rotations[k]), np.sin(scene.rotations[k])
-            u, v = (c * dx + sn * dy) / r, (-sn * dx + c * dy) / r
-            mask = shape_mask(self.categories[scene.categories[k]], u, v)
-            if not mask.any():
-                continue
-            colour = np.asarray(COLORS[self.COLOR_NAMES[scene.colors[k]]], np.float32)
-            patch = img[y0:y1, x0:x1]
-            if MATERIALS[scene.materials[k]] == "metal":
-                # light from the upper left: darkening gradient plus a specular spot
-                d = np.sqrt((dx / r + 0.4) ** 2 + (dy / r + 0.4) ** 2)
-                shade = 0.5 + 0.5 * np.clip(1.0 - d / 1.8, 0.0, 1.0)
-                spec = 0.85 * np.exp(-((d / 0.35) ** 2))
-                pix = (1 - spec[..., None]) * shade[..., None] * colour + spec[..., None] * 255.0
-                patch[mask] = np.clip(pix[mask] + 0.5, 0, 255).astype(np.uint8)
-            else:
-                patch[mask] = colour.astype(np.uint8)
-            inst[y0:y1, x0:x1][mask] = k + 1
+            acc, cnt = np.zeros((s, s, 3), np.float32), np.zeros((s, s), np.float32)
+            for j in range(BLUR_STEPS):  # average of sub-frame positions along the displacement
+                drawn = self._draw(scene, k, cx - blur[0] * j / BLUR_STEPS, cy - blur[1] * j / BLUR_STEPS)
+                if drawn is not None:
+                    acc[drawn[0], drawn[1]] += drawn[2]
+                    cnt[drawn[0], drawn[1]] += 1
+            m = cnt > 0
+            mix = (acc[m] + (BLUR_STEPS - cnt[m])[:, None] * img[m]) / BLUR_STEPS
+            img[m] = np.clip(mix + 0.5, 0, 255).astype(np.uint8)
+            inst[m] = k + 1
         return img, inst
+
+    def _draw(self, scene: Scene, k: int, cx: float, cy: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Pixels (ys, xs) covered by object ``k`` centred at (cx, cy) and their float colours (P, 3)."""
+        s = self.image_size
+        r = float(scene.sizes[k]) * s / 2
+        reach = r * 1.25 + 1
+        x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 1, s)
+        y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 1, s)
+        if x0 >= x1 or y0 >= y1:
+            return None
+        dx = (self._centres[x0:x1] - cx) / r  # normalised offsets (radius 1 = object radius)
+        dy = (self._centres[y0:y1, None] - cy) / r
+        rot = float(scene.rotations[k])
+        c, sn = math.cos(rot), math.sin(rot)
+        ys, xs = np.nonzero(shape_mask(self.categories[scene.categories[k]], c * dx + sn * dy, c * dy - sn * dx))
+        if len(ys) == 0:
+            return None
+        colour = self._palette[scene.colors[k]]
+        if scene.materials[k] == METAL:  # light from the upper left: shading gradient plus a specular spot
+            d = np.sqrt((dx[xs] + 0.4) ** 2 + (dy[ys, 0] + 0.4) ** 2)
+            shade = 0.5 + 0.5 * np.clip(1.0 - d / 1.8, 0.0, 1.0)
+            spec = 0.85 * np.exp(-((d / 0.35) ** 2))
+            pix = ((1 - spec) * shade)[:, None] * colour + (spec * 255.0)[:, None]
+        else:
+            pix = np.broadcast_to(colour, (len(ys), 3))
+        return ys + y0, xs + x0, pix
 
     # ------------------------------------------------------------------ samples
     def caption(self, scene: Scene) -> str:
         """Caption naming every object, nearest first."""
-        parts = [
-            f"a {self.COLOR_NAMES[scene.colors[k]]} {MATERIALS[scene.materials[k]]} {self.categories[scene.categories[k]]}"
-            for k in range(scene.num_objects)
-        ]
-        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        return make_caption([(self.COLOR_NAMES[c], MATERIALS[m], self.categories[g])
+                             for c, m, g in zip(scene.colors, scene.materials, scene.categories)])
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if index < 0:
             index += self.n
         scene = self.sample_scene(index)
-        frames = [self.render(scene, t) for t in range(len(scene.phase))]
-        imgs = torch.from_numpy(np.stack([f[0] for f in frames])).permute(0, 3, 1, 2).contiguous()
-        inst = torch.from_numpy(np.stack([f[1] for f in frames]))
         out: dict = {}
         if self.num_frames is None:
-            out["image"], out["instances"], out["phase"] = imgs[0], inst[0], torch.tensor(int(scene.phase[0]))
+            img, inst = self.render(scene, 0)
+            out["image"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+            out["instances"], out["phase"] = torch.from_numpy(inst), torch.tensor(int(scene.phase[0]))
         else:
-            out["video"], out["instances"], out["phase"] = imgs, inst, torch.from_numpy(scene.phase.copy())
+            frames = [self.render(scene, t) for t in range(len(scene.phase))]
+            imgs = np.stack([f[0] for f in frames]).transpose(0, 3, 1, 2)
+            out["video"] = torch.from_numpy(np.ascontiguousarray(imgs))
+            out["instances"] = torch.from_numpy(np.stack([f[1] for f in frames]))
+            out["phase"] = torch.from_numpy(scene.phase.copy())
         out.update(self.object_arrays(scene))
         out["caption"] = self.caption(scene)
         out["index"] = torch.tensor(index)
@@ -332,15 +384,12 @@ class ShapesWorld(Dataset):
     def object_arrays(self, scene: Scene) -> dict[str, torch.Tensor]:
         """Padded per-object arrays, ``num_objects`` and ``labels`` of ``scene``."""
         n, k = scene.num_objects, self.max_objects
-        category = torch.full((k,), -1, dtype=torch.int64)
-        color = torch.full((k,), -1, dtype=torch.int64)
-        material = torch.full((k,), -1, dtype=torch.int64)
-        size = torch.zeros(k, dtype=torch.float32)
-        category[:n] = torch.from_numpy(scene.categories.astype(np.int64))
-        color[:n] = torch.from_numpy(scene.colors.astype(np.int64))
-        material[:n] = torch.from_numpy(scene.materials.astype(np.int64))
-        size[:n] = torch.from_numpy(scene.sizes.astype(np.float32))
-        labels = torch.zeros(len(self.categories), dtype=torch.float32)
-        labels[category[:n]] = 1.0
-        return {"category": category, "color": color, "material": material, "size": size,
-                "num_objects": torch.tensor(n, dtype=torch.int64), "labels": labels}
+        ints = np.full((3, k), -1, dtype=np.int64)  # category, color, material
+        ints[0, :n], ints[1, :n], ints[2, :n] = scene.categories, scene.colors, scene.materials
+        size = np.zeros(k, dtype=np.float32)
+        size[:n] = scene.sizes
+        labels = np.zeros(len(self.categories), dtype=np.float32)
+        labels[scene.categories] = 1.0
+        t = torch.from_numpy(ints)
+        return {"category": t[0], "color": t[1], "material": t[2], "size": torch.from_numpy(size),
+                "num_objects": torch.tensor(n, dtype=torch.int64), "labels": torch.from_numpy(labels)}
