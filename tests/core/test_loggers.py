@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from lit_experiments.core import loggers
@@ -21,7 +23,12 @@ def test_f35_wandb_offline_records_two_stages_under_distinct_prefixes(tmp_path, 
                        test_after=False)
     files = list((tmp_path / "run").rglob("*.wandb"))
     assert len(files) == 1, files  # one wandb run for the whole curriculum
-    blob = files[0].read_bytes()
+    deadline = time.time() + 30  # wandb's writer is a separate process: wait for it to flush
+    while True:
+        blob = files[0].read_bytes()
+        if b"head/val/acc" in blob or time.time() > deadline:
+            break
+        time.sleep(0.5)
     assert b"encoder/train/loss" in blob and b"head/train/loss" in blob
     assert b"encoder/val/acc" in blob and b"head/val/acc" in blob
 
