@@ -48,7 +48,7 @@ def trust_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets)
 
 
-def path_sizes(batch_size: int, ratios: dict[str, float]) -> dict[str, int]:
+def path_sizes(batch_size: int, ratios: dict[str, float], require_clean: bool = True) -> dict[str, int]:
     """How many of ``batch_size`` samples each path gets, exactly proportional to ``ratios`` (largest remainder).
 
     Ratios are normalised to sum 1; unknown path names or negative ratios are errors (F13).
@@ -61,7 +61,7 @@ def path_sizes(batch_size: int, ratios: dict[str, float]) -> dict[str, int]:
     total = sum(ratios.values())
     if total <= 0:
         raise ValueError(f"stage-2 path ratios sum to {total}; at least one must be > 0")
-    if ratios.get("clean", 0.0) <= 0:
+    if require_clean and ratios.get("clean", 0.0) <= 0:
         raise ValueError("stage-2 needs a clean path (ratio > 0): without it trust has no notion of 'good' (F13)")
     exact = {k: batch_size * v / total for k, v in ratios.items()}
     sizes = {k: int(v) for k, v in exact.items()}

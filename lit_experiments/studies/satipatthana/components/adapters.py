@@ -45,10 +45,13 @@ class CNNAdapter(nn.Module):
         image_size: square image side; must be divisible by ``2 ** len(channels)``.
         latent_dim: size of ``z``.
         channels: output channels of each stride-2 convolution.
+        standardize_input: standardise each image on its own (per-channel mean, per-image std) first. Images
+            that are mostly one background colour otherwise give nearly identical ``z`` at initialisation
+            (batch collapse, which the health guard flags). Per sample, so no batch statistics (F11).
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 16, latent_dim: int = 32,
-                 channels: tuple[int, ...] | list[int] = (16, 32)) -> None:
+                 channels: tuple[int, ...] | list[int] = (16, 32), standardize_input: bool = True) -> None:
         super().__init__()
         channels = list(channels)
         if not channels:
@@ -67,9 +70,12 @@ class CNNAdapter(nn.Module):
         self.latent_dim = latent_dim
         self.in_dim = in_channels * image_size * image_size
         self.image_shape = (in_channels, image_size, image_size)
+        self.standardize_input = standardize_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             x = x.reshape(x.shape[0], *self.image_shape)
+        if self.standardize_input:
+            x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(1, 2, 3), keepdim=True) + 1e-3)
         return self.proj(self.conv(x).flatten(1))
 

@@ -121,8 +121,12 @@ class Sati(nn.Module):
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    if generator is None:
+        return torch.randn(like.shape, device=like.device, dtype=like.dtype)
+    return torch.randn(like.shape, generator=generator, device=generator.device).to(like)
 
 
 def _rand(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
+    if generator is None:
+        return torch.rand(n, device=like.device, dtype=like.dtype)
+    return torch.rand(n, generator=generator, device=generator.device).to(like)

@@ -6,10 +6,24 @@ import torch
 from torch import nn
 
 
-def refiner(dim: int, hidden_dim: int) -> nn.Sequential:
-    """Phi = Linear - LayerNorm - ReLU - Linear - Tanh (LayerNorm is per sample, never over the batch)."""
-    return nn.Sequential(nn.Linear(dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(),
-                         nn.Linear(hidden_dim, dim), nn.Tanh())
+def refiner(dim: int, hidden_dim: int, zero_bias: bool = True, out_init_scale: float = 1.0) -> nn.Sequential:
+    """Phi = Linear - LayerNorm - ReLU - Linear - Tanh (LayerNorm is per sample, never over the batch).
+
+    With ``zero_bias`` the linear biases start at 0: a random bias that dominates a small state makes the
+    LayerNorm output, hence Phi, nearly constant, and every trajectory then falls into one attractor at
+    initialisation (s* identical across the batch, which the collapse guard flags). ``out_init_scale``
+    scales the last layer's initial weights (1: PyTorch's default). Note: 0 is *not* safer under Adam: the
+    first update moves every output weight the same way, Phi becomes a near-constant map and, with
+    ``b^T`` ~ 0, every s* lands on its fixed point.
+    """
+    net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(),
+                        nn.Linear(hidden_dim, dim), nn.Tanh())
+    if zero_bias:
+        nn.init.zeros_(net[0].bias)
+        nn.init.zeros_(net[3].bias)
+    with torch.no_grad():
+        net[3].weight.mul_(out_init_scale)
+    return net
 
 
 class Vicara(nn.Module):
@@ -21,19 +35,23 @@ class Vicara(nn.Module):
         beta: inertia b in ``s_{t+1} = b s_t + (1 - b) Phi(s_t)``, in [0, 1).
         per_probe: one refiner per probe instead of a shared one.
         n_probes: number of probes (needed when ``per_probe``).
+        zero_bias_init: start Phi's biases at 0 (see :func:`refiner`).
+        out_init_scale: factor on the initial weights of Phi's last layer (see :func:`refiner`).
     """
 
     def __init__(self, dim: int, hidden_dim: int = 64, beta: float = 0.5, per_probe: bool = False,
-                 n_probes: int = 1) -> None:
+                 n_probes: int = 1, zero_bias_init: bool = True, out_init_scale: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"Vicara: beta={beta} must lie in [0, 1)")
+        if out_init_scale < 0:
+            raise ValueError(f"Vicara: out_init_scale={out_init_scale} must be >= 0")
         if per_probe and n_probes < 1:
             raise ValueError(f"Vicara: per_probe needs n_probes >= 1, got {n_probes}")
         self.beta = beta
         self.per_probe = per_probe
         count = n_probes if per_probe else 1
-        self.refiners = nn.ModuleList(refiner(dim, hidden_dim) for _ in range(count))
+        self.refiners = nn.ModuleList(refiner(dim, hidden_dim, zero_bias_init, out_init_scale) for _ in range(count))
 
     def phi(self, s: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         if not self.per_probe:

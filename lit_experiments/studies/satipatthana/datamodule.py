@@ -1,0 +1,261 @@
+"""Data for the Satipatthana study: make_circles (2-D), load_digits (images), ShapesWorld (images).
+
+Every batch is a dict:
+  ``x`` (B, ...) float input, ``y`` (B,) int64 label, ``x_void`` (B, ...) an out-of-distribution input of
+  the same shape (stage 1's void-energy term, stage 2's void path, the trust AUROC), ``void_kind`` (B,)
+  int64 index into ``void_kinds``.
+Splits are stratified and drawn once from ``seed``; void pools use their own seeds per split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
+
+from lit_experiments.core.study import StudyDataModule
+
+
+class SatipatthanaSet(Dataset):
+    """Item ``i`` is ``{x, y, x_void, void_kind}``.
+
+    With a void pool larger than the data (``random_void``) each item draws its void sample from the pool
+    with the global RNG (seeded by ``seed_everything``); otherwise void sample ``i`` is paired with item ``i``.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, x_void: torch.Tensor, void_kind: torch.Tensor,
+                 random_void: bool = False) -> None:
+        if len(x) != len(y) or len(x_void) != len(void_kind) or len(x_void) < len(x):
+            raise ValueError("SatipatthanaSet: x/y and x_void/void_kind must pair up, with at least one void "
+                             "sample per item")
+        self.x, self.y, self.x_void, self.void_kind = x, y, x_void, void_kind
+        self.random_void = random_void
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        j = int(torch.randint(len(self.x_void), ())) if self.random_void else i
+        return {"x": self.x[i], "y": self.y[i], "x_void": self.x_void[j], "void_kind": self.void_kind[j]}
+
+
+class SatipatthanaDataModule(StudyDataModule):
+    """Base: subclasses implement :meth:`load` (all samples) and :meth:`make_void` (OOD samples).
+
+    Args:
+        batch_size / eval_batch_size / num_workers: loader settings.
+        seed: seed of the split and of the void pools.
+        val_fraction / test_fraction: fractions of all samples (stratified).
+        void_kinds: which void generators to mix (equal shares).
+        train_void_factor: the training void pool holds this many void samples per training sample.
+        train_void_kinds: void kinds of the training pool (default: ``void_kinds``); val/test use ``void_kinds``.
+    """
+
+    known_void_kinds: tuple[str, ...] = ()
+
+    def __init__(self, batch_size: int = 64, eval_batch_size: int | None = 256, num_workers: int = 0, seed: int = 0,
+                 val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 void_kinds: list[str] | tuple[str, ...] | None = None, train_void_factor: int = 1,
+                 train_void_kinds: list[str] | tuple[str, ...] | None = None) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size)
+        if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(f"val_fraction={val_fraction}, test_fraction={test_fraction}: need fractions in [0, 1) "
+                             "with a test share > 0 and a non-empty train share")
+        kinds = list(void_kinds) if void_kinds is not None else list(self.known_void_kinds)
+        train_kinds = list(train_void_kinds) if train_void_kinds is not None else kinds
+        for name, value in (("void_kinds", kinds), ("train_void_kinds", train_kinds)):
+            bad = [k for k in value if k not in self.known_void_kinds]
+            if bad or not value:
+                raise ValueError(f"{name}={value}: expected a non-empty list from {list(self.known_void_kinds)}")
+        self.train_void_kinds = train_kinds
+        if train_void_factor < 1:
+            raise ValueError(f"train_void_factor={train_void_factor} must be >= 1")
+        self.train_void_factor = train_void_factor
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.void_kinds = kinds
+        self.splits: dict[str, SatipatthanaSet] = {}
+
+    # ---------------------------------------------------------- to implement
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def make_void(self, kind: str, n: int, gen: torch.Generator, reference: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- plumbing
+    @property
+    def num_classes(self) -> int:
+        self.setup()
+        return int(self.splits["train"].y.max()) + 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        self.setup()
+        return tuple(self.splits["train"].x.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.input_shape) == 3
+
+    def _voids(self, n: int, seed: int, reference: torch.Tensor,
+               names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` void samples in equal shares of ``names``; ``void_kind`` indexes ``self.void_kinds`` (-1: train-only kind)."""
+        names = names or self.void_kinds
+        gen = torch.Generator().manual_seed(seed)
+        share = np.array_split(np.arange(n), len(names))
+        parts = [self.make_void(k, len(idx), gen, reference) for k, idx in zip(names, share)]
+        kinds = torch.cat([torch.full((len(idx),), self.void_kinds.index(k) if k in self.void_kinds else -1,
+                                      dtype=torch.long) for k, idx in zip(names, share)])
+        x_void = torch.cat(parts)
+        perm = torch.randperm(n, generator=gen)
+        return x_void[perm], kinds[perm]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        x, y = self.load()
+        idx = np.arange(len(x))
+        rest, test = train_test_split(idx, test_size=self.test_fraction, random_state=self.seed, stratify=y.numpy())
+        val_share = self.val_fraction / (1 - self.test_fraction)
+        if self.val_fraction > 0:
+            train, val = train_test_split(rest, test_size=val_share, random_state=self.seed, stratify=y[rest].numpy())
+        else:
+            train, val = rest, rest[:0]
+        reference = x[train]
+        for offset, (name, part) in enumerate((("train", train), ("val", val), ("test", test))):
+            factor = self.train_void_factor if name == "train" else 1
+            names = self.train_void_kinds if name == "train" else self.void_kinds
+            xv, kv = self._voids(factor * len(part), self.seed * 1000 + 17 + offset, reference, names)
+            self.splits[name] = SatipatthanaSet(x[part], y[part], xv, kv, random_void=factor > 1)
+
+    def train_dataloader(self):
+        self.setup()
+        return self.train_loader(self.splits["train"])
+
+    def val_dataloader(self):
+        self.setup()
+        return self.eval_loader(self.splits["val"]) if len(self.splits["val"]) else []
+
+    def test_dataloader(self):
+        self.setup()
+        return self.eval_loader(self.splits["test"])
+
+    def baseline_data(self) -> dict[str, torch.Tensor]:
+        """The train split the baseline is trained on (the same samples the curriculum sees)."""
+        self.setup()
+        return {"x": self.splits["train"].x, "y": self.splits["train"].y}
+
+
+def min_distance_to(points: torch.Tensor, reference: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Distance of every point to its nearest reference point (chunked ``cdist``)."""
+    out = [torch.cdist(points[i:i + chunk], reference).min(dim=1).values for i in range(0, len(points), chunk)]
+    return torch.cat(out) if out else points.new_zeros(0)
+
+
+class CirclesDataModule(SatipatthanaDataModule):
+    """sklearn ``make_circles`` (2-D) with void sets filtered away from the training points.
+
+    Void kinds (every one rejects points closer than ``void_min_distance`` to a training point):
+    ``gaussian`` N(0, gaussian_std^2), ``uniform`` U[-uniform_range, uniform_range]^2 and ``filtered``
+    U[-1.5, 1.5]^2 (the data's own box, the hardest: holes and gaps between the rings).
+    """
+
+    known_void_kinds = ("gaussian", "uniform", "filtered")
+
+    def __init__(self, n_samples: int = 2000, noise: float = 0.1, factor: float = 0.5, void_min_distance: float = 0.1,
+                 gaussian_std: float = 1.0, uniform_range: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if n_samples < 20 or noise < 0 or not 0 < factor < 1 or void_min_distance < 0:
+            raise ValueError(f"CirclesDataModule: n_samples={n_samples} (>= 20), noise={noise} (>= 0), "
+                             f"factor={factor} (0..1), void_min_distance={void_min_distance} (>= 0)")
+        self.n_samples, self.noise, self.factor = n_samples, noise, factor
+        self.void_min_distance = void_min_distance
+        self.gaussian_std, self.uniform_range = gaussian_std, uniform_range
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from sklearn.datasets import make_circles
+
+        x, y = make_circles(n_samples=self.n_samples, noise=self.noise, factor=self.factor, random_state=self.seed)
+        return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+
+    def _propose(self, kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
+        if kind == "gaussian":
+            return self.gaussian_std * torch.randn(n, 2, generator=gen)
+        half = self.uniform_range if kind == "uniform" else 1.5
+        return (torch.rand(n, 2, generator=gen) * 2 - 1) * half
+
+    def make_void(self, kind: str, n: int, gen: torch.Generator, reference: torch.Tensor) -> torch.Tensor:
+        kept: list[torch.Tensor] = []
+        total = 0
+        for _ in range(100):
+            cand = self._propose(kind, max(4 * n, 64), gen)
+            cand = cand[min_distance_to(cand, reference) > self.void_min_distance]
+            kept.append(cand)
+            total += len(cand)
+            if total >= n:
+                return torch.cat(kept)[:n]
+        raise RuntimeError(f"void kind {kind!r}: could not draw {n} points farther than "
+                           f"void_min_distance={self.void_min_distance} from the data")
+
+
+class ImageDataModule(SatipatthanaDataModule):
+    """Image void kinds: ``gaussian`` (clamped N(mean, std) pixels), ``uniform`` U[0, 1] pixels and
+    ``scrambled`` (a training image with its pixels permuted: same intensities, no structure)."""
+
+    known_void_kinds = ("gaussian", "uniform", "scrambled")
+
+    def make_void(self, kind: str, n: int, gen: torch.Generator, reference: torch.Tensor) -> torch.Tensor:
+        shape = reference.shape[1:]
+        if kind == "gaussian":
+            mean, std = reference.mean().item(), reference.std().item()
+            return (mean + std * torch.randn(n, *shape, generator=gen)).clamp(0, 1)
+        if kind == "uniform":
+            return torch.rand(n, *shape, generator=gen)
+        src = reference[torch.randint(len(reference), (n,), generator=gen)].flatten(1)
+        perm = torch.argsort(torch.rand(src.shape, generator=gen), dim=1)
+        return src.gather(1, perm).reshape(n, *shape)
+
+
+class DigitsDataModule(ImageDataModule):
+    """sklearn ``load_digits`` (1797 8x8 images, 10 classes) resized bilinearly to ``image_size``, in [0, 1]."""
+
+    def __init__(self, image_size: int = 16, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if image_size < 8:
+            raise ValueError(f"DigitsDataModule: image_size={image_size} must be >= 8")
+        self.image_size = image_size
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        x = torch.as_tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        if self.image_size != 8:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return x.clamp(0, 1), torch.as_tensor(data.target, dtype=torch.long)
+
+
+class ShapesDataModule(ImageDataModule):
+    """ShapesWorld single-object images; the label is the object's category."""
+
+    def __init__(self, n_samples: int = 2000, image_size: int = 32, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if n_samples < 20 or image_size < 8:
+            raise ValueError(f"ShapesDataModule: n_samples={n_samples} (>= 20), image_size={image_size} (>= 8)")
+        self.n_samples, self.image_size = n_samples, image_size
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from lit_experiments.data.shapes import ShapesWorld
+
+        world = ShapesWorld(self.n_samples, image_size=self.image_size, num_frames=None, max_objects=1,
+                            seed=self.seed)
+        items = [world[i] for i in range(self.n_samples)]
+        x = torch.stack([torch.as_tensor(np.asarray(it["image"])) for it in items]).float() / 255.0
+        y = torch.as_tensor(np.stack([np.asarray(it["category"]).reshape(-1)[0] for it in items]), dtype=torch.long)
+        return x, y
