@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .slot_attention import mlp
+from .slot_attention import LearnedPositionalEmbedding, mlp
 
 
 @dataclass
@@ -27,18 +28,30 @@ class DecoderOutput:
 
 
 class MLPDecoder(nn.Module):
+    """Broadcast MLP decoder. The first layer is applied to slot and position separately and summed
+    (``W(s + p) = Ws + Wp``), which is exact and avoids materialising the (B,K,N,D) input."""
+
     def __init__(
-        self, slot_dim: int, out_dim: int, num_positions: int, hidden: int = 256, layers: int = 3
+        self,
+        slot_dim: int,
+        out_dim: int,
+        num_positions: int,
+        hidden: int = 256,
+        layers: int = 3,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
+        if layers < 2:
+            raise ValueError(f"MLPDecoder needs >= 2 layers, got {layers}")
         self.num_positions, self.out_dim = num_positions, out_dim
-        self.pos_emb = nn.Parameter(torch.randn(1, 1, num_positions, slot_dim) * 0.02)
-        self.mlp = mlp(slot_dim, hidden, out_dim + 1, layers=layers)
+        self.pos_emb = LearnedPositionalEmbedding(num_positions, slot_dim, grid).weight
+        self.first = nn.Linear(slot_dim, hidden)
+        self.rest = nn.Sequential(nn.ReLU(inplace=False), mlp(hidden, hidden, out_dim + 1, layers=layers - 1))
 
     def forward(self, slots: torch.Tensor) -> DecoderOutput:
-        b, k, _ = slots.shape
-        x = slots.unsqueeze(2) + self.pos_emb  # (B,K,N,D)
-        out = self.mlp(x)
+        h_slot = self.first(slots).unsqueeze(2)  # (B,K,1,H), includes the bias
+        h_pos = F.linear(self.pos_emb, self.first.weight)  # (N,H)
+        out = self.rest(h_slot + h_pos)  # (B,K,N,C+1)
         per_slot, alpha = out[..., : self.out_dim], out[..., self.out_dim]
         masks = alpha.softmax(dim=1)  # (B,K,N): softmax over slots
         recon = (per_slot * masks.unsqueeze(-1)).sum(dim=1)
@@ -74,11 +87,12 @@ class TransformerDecoder(nn.Module):
         depth: int = 2,
         heads: int = 4,
         hidden: int = 256,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if slot_dim % heads:
             raise ValueError(f"slot_dim {slot_dim} must be divisible by heads {heads}")
-        self.queries = nn.Parameter(torch.randn(1, num_positions, slot_dim) * 0.02)
+        self.queries = nn.Parameter(LearnedPositionalEmbedding(num_positions, slot_dim, grid).weight.data[None])
         self.blocks = nn.ModuleList([_CrossBlock(slot_dim, heads, hidden) for _ in range(depth)])
         self.norm = nn.LayerNorm(slot_dim)
         self.head = nn.Linear(slot_dim, out_dim)
@@ -93,10 +107,16 @@ class TransformerDecoder(nn.Module):
 
 
 def build_decoder(
-    kind: str, slot_dim: int, out_dim: int, num_positions: int, hidden: int = 256, layers: int = 3
+    kind: str,
+    slot_dim: int,
+    out_dim: int,
+    num_positions: int,
+    hidden: int = 256,
+    layers: int = 3,
+    grid: tuple[int, int] | None = None,
 ) -> nn.Module:
     if kind == "mlp":
-        return MLPDecoder(slot_dim, out_dim, num_positions, hidden=hidden, layers=layers)
+        return MLPDecoder(slot_dim, out_dim, num_positions, hidden=hidden, layers=layers, grid=grid)
     if kind == "transformer":
-        return TransformerDecoder(slot_dim, out_dim, num_positions, depth=max(1, layers - 1), hidden=hidden)
+        return TransformerDecoder(slot_dim, out_dim, num_positions, depth=max(1, layers - 1), hidden=hidden, grid=grid)
     raise ValueError(f"decoder must be 'mlp' or 'transformer', got {kind!r}")

@@ -86,7 +86,7 @@ class ColourEdgeEncoder(nn.Module):
         sq = F.avg_pool2d(images * images, self.patch)
         std = (sq - mean * mean).clamp_min(0).sqrt()
         cell = torch.cat([mean, self.edge_weight * std], dim=1).flatten(2).transpose(1, 2)  # (B,N,6)
-        return torch.cos(cell @ self.proj + self.phase) * math.sqrt(2.0 / self.dim) * math.sqrt(self.dim)
+        return torch.cos(cell @ self.proj + self.phase) * math.sqrt(2.0)  # ~unit variance per channel
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)

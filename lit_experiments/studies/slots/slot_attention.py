@@ -26,12 +26,36 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequentia
     return nn.Sequential(*mods)
 
 
-class LearnedPositionalEmbedding(nn.Module):
-    """A learned ``(N, D)`` table added to a ``(B, N, D)`` sequence (F04)."""
+def fourier_grid(grid: tuple[int, int], dim: int, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """(h*w, dim) smooth 2-D position code: sin/cos of random low frequencies of the (y, x) coordinates.
 
-    def __init__(self, num_positions: int, dim: int, std: float = 0.02) -> None:
+    Used to *initialise* learned position embeddings: neighbouring positions start similar, so slots
+    and masks are spatially coherent from the first step instead of after the table is learned.
+    """
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()], -1)  # (N, 2)
+    g = torch.Generator().manual_seed(seed)
+    freqs = torch.randn(2, (dim + 1) // 2, generator=g) * 1.5
+    ang = torch.pi * coords @ freqs
+    return torch.cat([ang.sin(), ang.cos()], -1)[:, :dim] * scale
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """A learned ``(N, D)`` table added to a ``(B, N, D)`` sequence (F04).
+
+    With ``grid=(h, w)`` it starts as a smooth Fourier code of the position, else small random values.
+    """
+
+    def __init__(
+        self, num_positions: int, dim: int, grid: tuple[int, int] | None = None, scale: float = 1.0
+    ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(num_positions, dim) * std)
+        if grid is not None and grid[0] * grid[1] == num_positions:
+            init = fourier_grid(grid, dim, scale)
+        else:
+            init = torch.randn(num_positions, dim) * 0.02
+        self.weight = nn.Parameter(init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] != self.weight.shape[0]:
@@ -89,6 +113,8 @@ class SlotAttention(nn.Module):
         num_positions: if given, a learned positional embedding of this many positions is added to
             the slot-attention input (F04).
         init: ``gaussian`` or ``learned`` slot initialisation.
+        grid: (h, w) of the N positions; initialises the positional embedding as a smooth code.
+        pos_scale: size of that initial code relative to the (LayerNorm-ed, MLP-ed) features.
     """
 
     def __init__(
@@ -102,6 +128,8 @@ class SlotAttention(nn.Module):
         mlp_hidden: int = 256,
         num_positions: int | None = None,
         init: str = "gaussian",
+        grid: tuple[int, int] | None = None,
+        pos_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if tau <= 0:
@@ -111,7 +139,9 @@ class SlotAttention(nn.Module):
         self.num_slots, self.slot_dim, self.iters, self.tau, self.eps = num_slots, slot_dim, iters, tau, eps
         self.input_norm = nn.LayerNorm(in_dim)
         self.input_mlp = mlp(in_dim, mlp_hidden, slot_dim)
-        self.pos_emb = LearnedPositionalEmbedding(num_positions, slot_dim) if num_positions else None
+        self.pos_emb = (
+            LearnedPositionalEmbedding(num_positions, slot_dim, grid, pos_scale) if num_positions else None
+        )
         self.norm_kv = nn.LayerNorm(slot_dim)
         self.to_k = nn.Linear(slot_dim, slot_dim, bias=False)
         self.to_v = nn.Linear(slot_dim, slot_dim, bias=False)

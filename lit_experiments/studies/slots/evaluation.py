@@ -1,0 +1,164 @@
+"""Evaluation of slot masks against instance ground truth (F05) and mask-overlay figures.
+
+Masks (B,T,K,N) on the feature grid are upsampled bilinearly to the GT size and reduced by argmax
+(``metrics.resize_masks``); GT is resized nearest only if its size differs. Scores are FG-ARI (GT id 0
+dropped), full ARI and mBO, per frame (every frame a sample) and per video (a clip is one sample).
+Samples are grouped by material (``metal`` / ``non-metal`` / ``mixed`` clips) when the data knows
+materials, else by the category of object 1 (``cat<k>``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from lit_experiments.metrics import ARIMetric, MBOMetric, ari, mbo, resize_masks
+
+METAL = 1
+
+
+def material_group(material: torch.Tensor, num_objects: torch.Tensor | int | None = None) -> str | None:
+    """'metal' (every object metal), 'non-metal' (none), 'mixed'; None when materials are unknown (-1)."""
+    m = material[material >= 0] if num_objects is None else material[: int(num_objects)]
+    if m.numel() == 0 or bool((m < 0).any()):
+        return None
+    metal = m == METAL
+    if bool(metal.all()):
+        return "metal"
+    if not bool(metal.any()):
+        return "non-metal"
+    return "mixed"
+
+
+def sample_groups(batch: dict) -> list[str] | None:
+    """One group name per clip of the batch (material split, else category of object 1), or None."""
+    b = batch["instances"].shape[0]
+    nums = batch.get("num_objects")
+    groups: list[str] = []
+    for i in range(b):
+        g = None
+        if "material" in batch:
+            g = material_group(batch["material"][i], None if nums is None else nums[i])
+        if g is None and "category" in batch and int(batch["category"][i][0]) >= 0:
+            g = f"cat{int(batch['category'][i][0])}"
+        if g is None:
+            return None
+        groups.append(g)
+    return groups
+
+
+def predicted_labels(masks: torch.Tensor, grid: tuple[int, int], gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,T,K,N) soft masks + (B,T,H,W) GT -> int label maps (B,T,H,W) for both, via the F05 path."""
+    b, t, k, n = masks.shape
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {grid} does not match {n} mask positions")
+    soft = masks.reshape(b * t, k, grid[0], grid[1]).float()
+    pred, target = resize_masks(soft, gt=gt.reshape(b * t, *gt.shape[-2:]))
+    return pred.view(b, t, *pred.shape[-2:]), target.view(b, t, *target.shape[-2:])
+
+
+def grid_partition(k: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Label map that splits every frame into ``k`` fixed rectangles (rows x cols ~ k), ignoring the image.
+
+    The trivial reference for FG-ARI: objects that lie in different parts of the frame are "separated"
+    by position alone, so a model's FG-ARI means little unless it beats this partition.
+    """
+    h, w = shape[-2:]
+    rows = max(1, int(k**0.5))
+    cols = -(-k // rows)
+    ys = torch.arange(h) * rows // h
+    xs = torch.arange(w) * cols // w
+    return (ys[:, None] * cols + xs[None, :]).expand(*shape).contiguous()
+
+
+class SegmentationScores(torch.nn.Module):
+    """FG-ARI / ARI / mBO per frame and per video, overall and per group, plus a per-sample table.
+
+    ``grid_fg_ari`` is the FG-ARI of :func:`grid_partition` with as many regions as slots (a
+    position-only baseline that a useful model has to beat).
+    """
+
+    def __init__(self, num_slots: int = 7) -> None:
+        super().__init__()
+        self.num_slots = num_slots
+        self.frame = torch.nn.ModuleDict({
+            "fg_ari": ARIMetric(True), "ari": ARIMetric(False), "mbo": MBOMetric(),
+            "grid_fg_ari": ARIMetric(True, name="grid_fg_ari"),
+        })
+        self.video = torch.nn.ModuleDict({
+            "fg_ari": ARIMetric(True, name="video_fg_ari"), "ari": ARIMetric(False, name="video_ari"),
+            "mbo": MBOMetric(name="video_mbo"),
+        })
+        self.rows: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        for m in (*self.frame.values(), *self.video.values()):
+            m.reset()
+        self.rows = []
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, batch: dict) -> None:
+        """``pred``/``target`` int (B,T,H,W)."""
+        b, t = target.shape[:2]
+        groups = sample_groups(batch)
+        frame_groups = None if groups is None else [g for g in groups for _ in range(t)]
+        pf, tf = pred.reshape(b * t, *pred.shape[2:]), target.reshape(b * t, *target.shape[2:])
+        for name, m in self.frame.items():
+            m.update(grid_partition(self.num_slots, tuple(pf.shape)) if name == "grid_fg_ari" else pf, tf, frame_groups)
+        for m in self.video.values():
+            m.update(pred, target, groups)
+        fg_video = ari(pred, target, True)
+        full_video = ari(pred, target, False)
+        mbo_video = mbo(pred, target)
+        fg_frames = ari(pf, tf, True).view(b, t)
+        idx = batch.get("index")
+        for i in range(b):
+            self.rows.append({
+                "index": int(idx[i]) if idx is not None else len(self.rows),
+                "group": groups[i] if groups else "",
+                "num_objects": int(batch["num_objects"][i]) if "num_objects" in batch else -1,
+                "video_fg_ari": _f(fg_video[i]), "video_ari": _f(full_video[i]), "video_mbo": _f(mbo_video[i]),
+                "frame_fg_ari_mean": _f(torch.nanmean(fg_frames[i])) if t else float("nan"),
+            })
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for m in (*self.frame.values(), *self.video.values()):
+            if m.values:  # metric saw at least one batch
+                out.update({k: float(v) for k, v in m.compute().items()})
+        return out
+
+
+def _f(x: torch.Tensor) -> float:
+    return float(x.item())
+
+
+def overlay_figure(video: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor, max_clips: int = 4, max_frames: int = 4):
+    """Matplotlib figure: per clip rows of frames, GT ids and predicted slot ids blended over the image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    video = video[:max_clips, :max_frames]
+    gt, pred = gt[: len(video), : video.shape[1]], pred[: len(video), : video.shape[1]]
+    n, t = video.shape[:2]
+    fig, axes = plt.subplots(n * 3, t, figsize=(1.6 * t, 1.6 * 3 * n), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for i in range(n):
+        for j in range(t):
+            img = video[i, j].permute(1, 2, 0).float().cpu().numpy()
+            img = img / 255.0 if img.max() > 1.0 else img
+            for r, (title, lab) in enumerate((("frame", None), ("GT", gt[i, j]), ("slots", pred[i, j]))):
+                ax = axes[3 * i + r, j]
+                shown = img
+                if lab is not None:
+                    colours = cmap(lab.cpu().numpy() % 20)[..., :3]
+                    shown = 0.4 * img + 0.6 * colours
+                ax.imshow(np.clip(shown, 0, 1))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    ax.set_ylabel(f"{title} {i}", fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,183 @@
+"""SlotsModule: SAVi / DINOSAUR slot attention on frozen features (or pixels), evaluated by FG-ARI.
+
+Batch keys (from :class:`~.datamodule.SlotsDataModule`): ``features`` float (B,T,N,C) frozen backbone
+features (feature path), ``video`` uint8 (B,T,3,H,W), ``instances`` int64 (B,T,H,W) (0 = background),
+optional ``material`` / ``category`` / ``num_objects`` / ``index``. Images are clips with T = 1.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from lit_experiments.core.specs import OptimSpec
+from lit_experiments.core.study import StudyModule
+
+from .evaluation import SegmentationScores, overlay_figure, predicted_labels
+from .losses import check_loss_name, reconstruction_loss, slot_diversity_loss
+from .model import SlotModel, SlotOutput
+
+
+class SlotsModule(StudyModule):
+    """Args mirror :class:`~.model.SlotModel`; plus
+
+    Args:
+        pos_scale: size of the slot-attention positional embedding's initial smooth code (F04).
+        loss: ``mse`` | ``cosine`` | ``channel_norm`` (per position over channels; F02, F03).
+        diversity_weight: weight of the slot-diversity term (seed: 0.1); stage ``loss_weights`` override
+            it as ``diversity`` (and ``recon`` for the reconstruction term).
+        eval_masks: ``decoder`` (alpha masks, DINOSAUR) or ``attn`` (last slot-attention iteration).
+        figure_clips: clips drawn in the mask-overlay figure of validation / test (0 = none).
+    """
+
+    loss_lower_bounds: ClassVar[dict[str, float]] = {"loss": 0.0, "recon": 0.0, "diversity": 0.0}
+    headline_metrics: ClassVar[list[str]] = [
+        "test/fg_ari", "test/fg_ari/metal", "test/fg_ari/non-metal", "test/grid_fg_ari", "test/video_fg_ari",
+    ]
+
+    def __init__(
+        self,
+        input: str = "features",
+        num_slots: int = 7,
+        slot_dim: int = 128,
+        mlp_hidden: int = 256,
+        iters: int = 3,
+        iters_video: int = 2,
+        tau: float = 0.5,
+        slot_init: str = "gaussian",
+        pos_emb: bool = True,
+        pos_scale: float = 1.0,
+        projection_dim: int | None = None,
+        decoder: str = "mlp",
+        decoder_hidden: int = 256,
+        decoder_layers: int = 3,
+        predictor: bool = True,
+        pixel_channels: int = 32,
+        pixel_downsample: int = 1,
+        grid_size: tuple[int, int] | None = None,
+        loss: str = "mse",
+        diversity_weight: float = 0.1,
+        eval_masks: str = "decoder",
+        figure_clips: int = 4,
+        optimizer: OptimSpec | None = None,
+    ) -> None:
+        super().__init__(optimizer)
+        self.save_hyperparameters()
+        self.loss_name = check_loss_name(loss)
+        if diversity_weight < 0:
+            raise ValueError(f"diversity_weight must be >= 0, got {diversity_weight}")
+        if eval_masks not in ("decoder", "attn"):
+            raise ValueError(f"eval_masks must be 'decoder' or 'attn', got {eval_masks!r}")
+        self.diversity_weight, self.eval_masks, self.figure_clips = diversity_weight, eval_masks, figure_clips
+        self.model = SlotModel(
+            input=input, num_slots=num_slots, slot_dim=slot_dim, mlp_hidden=mlp_hidden, iters=iters,
+            iters_video=iters_video, tau=tau, slot_init=slot_init, pos_emb=pos_emb, pos_scale=pos_scale,
+            projection_dim=projection_dim,
+            decoder=decoder, decoder_hidden=decoder_hidden, decoder_layers=decoder_layers, predictor=predictor,
+            pixel_channels=pixel_channels, pixel_downsample=pixel_downsample, grid_size=grid_size,
+        )
+        self.val_scores = SegmentationScores(num_slots)
+        self.test_scores = SegmentationScores(num_slots)
+        self._figure_batch: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ model
+    def forward(self, batch: dict) -> SlotOutput:
+        return self.model(batch)
+
+    def dry_run(self, batch: dict) -> None:
+        self.model.build(_to(batch, self.device))
+        self.model(_to(batch, self.device))
+
+    def losses(self, out: SlotOutput) -> dict[str, torch.Tensor]:
+        rl = reconstruction_loss(out.recon, out.target, self.loss_name)
+        div = slot_diversity_loss(out.slots)
+        w_div = self.loss_weight("diversity", self.diversity_weight)
+        total = self.loss_weight("recon", 1.0) * rl.loss + w_div * div
+        return {"loss": total, "recon": rl.loss, "diversity": div, "recon_rel": rl.relative}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        terms = self.losses(out)
+        # F01: the guard fails the run if the reconstruction target carries grad
+        self.track(
+            targets={"recon_target": out.target},
+            representations={"slots": out.slots[:, 0]},
+            losses={"loss": terms["loss"], "recon": terms["recon"], "diversity": terms["diversity"]},
+        )
+        b = out.slots.shape[0]
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=b)
+        return terms["loss"]
+
+    # ------------------------------------------------------------- evaluation
+    def masks_for_eval(self, out: SlotOutput) -> torch.Tensor:
+        return out.masks if self.eval_masks == "decoder" else out.attn
+
+    def _eval_step(self, batch: dict, scores: SegmentationScores, split: str) -> None:
+        out = self(batch)
+        terms = self.losses(out)
+        b = out.slots.shape[0]
+        for name in ("loss", "recon", "recon_rel"):
+            self.log(f"{split}/{name}", terms[name].detach(), batch_size=b, on_epoch=True)
+        if "instances" not in batch:
+            return
+        gt = batch["instances"]
+        gt = gt.unsqueeze(1) if gt.dim() == 3 else gt
+        pred, target = predicted_labels(self.masks_for_eval(out), out.grid, gt)
+        scores.update(pred.cpu(), target.cpu(), _cpu_meta(batch))
+        if self._figure_batch is None and self.figure_clips > 0:
+            video = batch.get("video", batch.get("image"))
+            if video is not None:
+                video = video.unsqueeze(1) if video.dim() == 4 else video
+                self._figure_batch = {"video": video[: self.figure_clips].cpu(),
+                                      "gt": target[: self.figure_clips].cpu(),
+                                      "pred": pred[: self.figure_clips].cpu()}
+
+    def _eval_end(self, scores: SegmentationScores, split: str) -> dict[str, float]:
+        values = scores.compute()
+        for key, value in values.items():
+            if "_count" in key or "_skipped" in key:
+                continue
+            self.log(f"{split}/{key}", value, sync_dist=False)
+        if split == "test":
+            self.log_table("test/per_sample", scores.rows)
+            self.add_results("slots_test", values)
+        if self._figure_batch is not None and not self.trainer.sanity_checking:
+            fb = self._figure_batch
+            self.log_figure(f"{split}/masks", overlay_figure(fb["video"], fb["gt"], fb["pred"], self.figure_clips))
+        self._figure_batch = None
+        scores.reset()
+        return values
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_scores.reset()
+        self._figure_batch = None
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_scores, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end(self.val_scores, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_scores.reset()
+        self._figure_batch = None
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_scores, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end(self.test_scores, "test")
+
+
+_META_KEYS = ("material", "category", "num_objects", "index")
+
+
+def _cpu_meta(batch: dict) -> dict:
+    return {k: batch[k].cpu() for k in _META_KEYS if k in batch and isinstance(batch[k], torch.Tensor)} | {
+        "instances": batch["instances"]
+    }
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,44 @@
+"""Small builders shared by the slots tests (tiny ShapesWorld clips, colour_edge features, tiny models)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lit_experiments.core.specs import OptimSpec
+from lit_experiments.core.trainer import LitTrainer
+from lit_experiments.studies.slots.datamodule import SlotsDataModule
+from lit_experiments.studies.slots.module import SlotsModule
+
+TINY_MODEL = dict(num_slots=4, slot_dim=16, mlp_hidden=16, decoder_hidden=16, figure_clips=2)
+
+
+def tiny_data(**kw: Any) -> SlotsDataModule:
+    args: dict[str, Any] = dict(
+        dataset="shapes", n_train=8, n_val=4, n_test=4, batch_size=4,
+        shapes={"image_size": 32, "num_frames": 2, "min_objects": 1, "max_objects": 3},
+        backbone="colour_edge", model_kwargs={"patch": 4, "dim": 16, "bandwidth": 8.0}, cache_dir="cache",
+    )
+    args.update(kw)
+    return SlotsDataModule(**args)
+
+
+def tiny_module(cls: type[SlotsModule] = SlotsModule, **kw: Any) -> SlotsModule:
+    return cls(**{**TINY_MODEL, "optimizer": OptimSpec(lr=1e-3), **kw})
+
+
+def tiny_trainer(steps: int = 2, **kw: Any) -> LitTrainer:
+    return LitTrainer(
+        run_dir="run", accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, **kw,
+    )
+
+
+def batch_of(dm: SlotsDataModule, split: str = "train") -> dict:
+    dm.setup("fit" if split in ("train", "val") else "test")
+    loader = dm.train_dataloader() if split == "train" else dm.val_dataloader()
+    return next(iter(loader))
+
+
+def video_batch(b: int = 2, t: int = 3, n: int = 16, c: int = 8) -> dict[str, torch.Tensor]:
+    return {"features": torch.randn(b, t, n, c), "feature_grid": torch.tensor([[4, 4]] * b)}

@@ -1,0 +1,149 @@
+"""Regression tests for LESSONS F01-F06 (each fails when its bug is put back)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_experiments.cli import main as cli_main
+from lit_experiments.core.health import TrainingHealthError
+from lit_experiments.studies.slots.analyze import feature_stats
+from lit_experiments.studies.slots.analyze import main as analyze_main
+from lit_experiments.studies.slots.evaluation import SegmentationScores, predicted_labels
+from lit_experiments.studies.slots.losses import check_loss_name, reconstruction_loss
+from lit_experiments.studies.slots.model import Encoded, SlotModel
+from lit_experiments.studies.slots.module import SlotsModule
+from lit_experiments.studies.slots.slot_attention import SlotAttention
+
+from .helpers import tiny_data, tiny_module, tiny_trainer
+
+
+class _TargetThroughProjection(SlotModel):
+    """The seed's bug put back: the reconstruction target is the trainable projection's output."""
+
+    def encode(self, batch: dict) -> Encoded:
+        enc = super().encode(batch)
+        return Encoded(sa_input=enc.sa_input, target=enc.sa_input, grid=enc.grid)
+
+
+class _BuggySlots(SlotsModule):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        cfg = self.hparams
+        self.model = _TargetThroughProjection(
+            num_slots=cfg.num_slots, slot_dim=cfg.slot_dim, mlp_hidden=cfg.mlp_hidden,
+            decoder_hidden=cfg.decoder_hidden, projection_dim=cfg.projection_dim,
+        )
+
+
+def test_f01_target_through_trainable_projection_is_caught_by_health_guard():
+    dm = tiny_data()
+    with pytest.raises(TrainingHealthError, match="recon_target"):
+        tiny_trainer(steps=2).fit(tiny_module(_BuggySlots, projection_dim=8), datamodule=dm)
+
+
+def test_f01_projection_feeds_slot_attention_only_and_target_is_frozen():
+    dm = tiny_data()
+    module = tiny_module(projection_dim=8)
+    trainer = tiny_trainer(steps=3)
+    trainer.fit(module, datamodule=dm)  # the guard passes on the correct module
+    assert trainer.global_step == 3
+    batch = next(iter(dm.train_dataloader()))
+    enc = module.model.encode(batch)
+    assert enc.sa_input.shape[-1] == 8 and enc.sa_input.requires_grad
+    assert not enc.target.requires_grad
+    torch.testing.assert_close(enc.target, batch["features"].float())  # the frozen feature itself
+
+
+@pytest.mark.parametrize("name", ["spatial", "spatial_norm", "instance_norm"])
+def test_f02_spatial_normalisation_is_rejected(name):
+    with pytest.raises(ValueError, match="F02"):
+        check_loss_name(name)
+    with pytest.raises(ValueError, match="F02"):
+        SlotsModule(loss=name)
+
+
+def test_f02_channel_norm_keeps_position_differences():
+    # one channel-constant shift per position is removed; a per-channel offset over space is not
+    target = torch.randn(2, 16, 8)
+    spatially_flattened = target - target.mean(dim=1, keepdim=True)  # what spatial normalisation would do
+    assert reconstruction_loss(spatially_flattened, target, "channel_norm").loss > 1e-3
+
+
+def test_f03_channel_norm_is_invariant_to_backbone_feature_scale_mse_is_not():
+    torch.manual_seed(0)
+    target, recon = torch.randn(2, 3, 16, 8), torch.randn(2, 3, 16, 8)
+    for scale in (2.4, 4.0):  # DINOv2-like vs DINOv1-like feature std
+        cn = reconstruction_loss(scale * recon, scale * target, "channel_norm")
+        ref = reconstruction_loss(recon, target, "channel_norm")
+        torch.testing.assert_close(cn.loss, ref.loss, rtol=1e-4, atol=1e-5)
+        mse = reconstruction_loss(scale * recon, scale * target, "mse")
+        mse_ref = reconstruction_loss(recon, target, "mse")
+        assert mse.loss.item() == pytest.approx(scale**2 * mse_ref.loss.item(), rel=1e-4)
+        # the reported relative loss compares backbones with different scales
+        assert mse.relative.item() == pytest.approx(mse_ref.relative.item(), rel=1e-4)
+
+
+def test_f04_positional_embedding_changes_the_slot_attention_input():
+    torch.manual_seed(0)
+    with_pos = SlotAttention(8, 16, 3, num_positions=16, grid=(4, 4))
+    without = SlotAttention(8, 16, 3, num_positions=None)
+    without.load_state_dict({k: v for k, v in with_pos.state_dict().items() if not k.startswith("pos_emb")})
+    feats = torch.randn(1, 1, 8).expand(2, 16, 8)  # identical features at every position
+    x_on, x_off = with_pos.prepare_input(feats), without.prepare_input(feats)
+    assert not torch.allclose(x_on, x_off)
+    torch.testing.assert_close(x_on - x_off, with_pos.pos_emb.weight.expand(2, -1, -1))
+    assert x_off[0].std(dim=0).max() < 1e-5 < x_on[0].std(dim=0).max()  # positions only differ with pos-emb
+
+
+def test_f05_ground_truth_masks_score_one_after_the_resize_path():
+    torch.manual_seed(0)
+    # (B,T,h,w) ids on the 8x8 feature grid: vertical bands of random ids (0 = background), so that
+    # the bilinear upsampling of one-hot masks reproduces them exactly
+    cols = torch.randint(0, 4, (2, 3, 1, 8))
+    cols[..., :2] = 0
+    cols[..., 2:4] = 1
+    coarse = cols.expand(2, 3, 8, 8).contiguous()
+    gt = coarse.repeat_interleave(4, dim=-1).repeat_interleave(4, dim=-2)  # (B,T,32,32)
+    masks = torch.nn.functional.one_hot(coarse, 4).permute(0, 1, 4, 2, 3).flatten(-2).float()  # (B,T,K,N)
+    pred, target = predicted_labels(masks, (8, 8), gt)
+    scores = SegmentationScores()
+    scores.update(pred, target, {"instances": gt})
+    out = scores.compute()
+    for key in ("fg_ari", "ari", "video_fg_ari", "video_ari", "mbo"):
+        assert out[key] == pytest.approx(1.0), key
+    # a transposed grid (masks and GT resized inconsistently) must not score 1
+    wrong, _ = predicted_labels(masks.view(2, 3, 4, 8, 8).transpose(-1, -2).flatten(-2), (8, 8), gt)
+    bad = SegmentationScores()
+    bad.update(wrong, target, {"instances": gt})
+    assert bad.compute()["fg_ari"] < 0.9
+
+
+def test_f06_analysis_ranks_structured_features_above_flat(tmp_path, capsys):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 4, (4, 64))
+    codes = torch.randn(4, 32) * 3
+    structured = codes[ids] + 0.1 * torch.randn(4, 64, 32)  # objects with distinct features
+    flat = torch.randn(1, 1, 32) * 3 + 0.1 * torch.randn(4, 64, 32)  # the same feature everywhere
+    assert feature_stats(structured)["ratio"] > 5 * feature_stats(flat)["ratio"]
+    # the command writes a CSV + plot and ranks layers by ratio
+    code = analyze_main(["--backbone", "colour_edge", "--n", "4", "--image-size", "32", "--out", str(tmp_path)])
+    assert code == 0
+    assert cli_main(["slots-analyze", "--backbone", "colour_edge", "--n", "2", "--image-size", "32",
+                     "--out", str(tmp_path / "cli")]) == 0
+    csv_text = (tmp_path / "colour_edge_layers.csv").read_text()
+    assert "spatial_std" in csv_text and (tmp_path / "colour_edge_layers.png").stat().st_size > 0
+    assert "ratio" in capsys.readouterr().out
+
+
+def test_grid_baseline_is_reported_and_scores_position_only_separation():
+    from lit_experiments.studies.slots.evaluation import grid_partition
+
+    gt = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    gt[..., :2, :2] = 1  # two objects in opposite corners: a fixed 2x2 partition separates them
+    gt[..., 6:, 6:] = 2
+    part = grid_partition(4, tuple(gt.shape))
+    assert part.unique().numel() == 4
+    scores = SegmentationScores(num_slots=4)
+    scores.update(torch.zeros_like(gt), gt, {"instances": gt})  # one slot everywhere: FG-ARI 0
+    out = scores.compute()
+    assert out["fg_ari"] == pytest.approx(0.0) and out["grid_fg_ari"] == pytest.approx(1.0)

@@ -1,0 +1,127 @@
+"""Shapes and behaviour of the slot model parts: slot attention, SAVi predictor, decoders, losses."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_experiments.studies.slots.datamodule import SlotsDataModule
+from lit_experiments.studies.slots.decoders import MLPDecoder, TransformerDecoder, build_decoder
+from lit_experiments.studies.slots.losses import reconstruction_loss, slot_diversity_loss
+from lit_experiments.studies.slots.model import SlotModel
+from lit_experiments.studies.slots.module import SlotsModule
+from lit_experiments.studies.slots.predictor import TransformerPredictor
+from lit_experiments.studies.slots.slot_attention import SlotAttention
+
+from .helpers import video_batch
+
+
+def test_predictor_keeps_slot_shape_and_mixes_slots():
+    torch.manual_seed(0)
+    pred = TransformerPredictor(16, heads=4, hidden=32)
+    slots = torch.randn(2, 5, 16)
+    out = pred(slots)
+    assert out.shape == (2, 5, 16)
+    assert not torch.allclose(out, slots)
+    changed = slots.clone()
+    changed[:, 0] = torch.randn(2, 16)  # one slot changes -> the others' predictions change too (attention among slots)
+    assert not torch.allclose(pred(changed)[:, 1], out[:, 1])
+    with pytest.raises(ValueError):
+        pred(torch.randn(5, 16))
+
+
+def test_video_model_shapes_and_iteration_schedule():
+    torch.manual_seed(0)
+    model = SlotModel(num_slots=4, slot_dim=16, mlp_hidden=16, decoder_hidden=16, iters=3, iters_video=2)
+    batch = video_batch(b=2, t=3, n=16, c=8)
+    model.build(batch)
+    calls = []
+    model.slot_attention.gru.register_forward_hook(lambda *a: calls.append(1))
+    out = model(batch)
+    assert len(calls) == 3 + 2 + 2  # 3 iterations on frame 0, 2 on each later frame
+    assert out.slots.shape == (2, 3, 4, 16)
+    assert out.masks.shape == out.attn.shape == (2, 3, 4, 16)
+    assert out.recon.shape == out.target.shape == (2, 3, 16, 8)
+    torch.testing.assert_close(out.masks.sum(2), torch.ones(2, 3, 16))
+    torch.testing.assert_close(out.attn.sum(2), torch.ones(2, 3, 16))
+    assert out.grid == (4, 4) and model.predictor is not None
+    assert not out.target.requires_grad and out.recon.requires_grad
+
+
+def test_without_predictor_frames_are_grouped_independently():
+    torch.manual_seed(0)
+    model = SlotModel(num_slots=3, slot_dim=8, mlp_hidden=8, decoder_hidden=8, predictor=False, slot_init="learned")
+    batch = video_batch(b=1, t=2, n=16, c=8)
+    out = model(batch)
+    batch2 = {**batch, "features": batch["features"].clone()}
+    batch2["features"][:, 0] = torch.randn_like(batch2["features"][:, 0])
+    out2 = model(batch2)
+    torch.testing.assert_close(out.slots[:, 1], out2.slots[:, 1])
+    assert not torch.allclose(out.slots[:, 0], out2.slots[:, 0])
+
+
+def test_slot_attention_softmax_is_over_slots_and_tau_sharpens():
+    torch.manual_seed(0)
+    feats = torch.randn(2, 20, 8)
+    sa = SlotAttention(8, 16, 4, iters=1, tau=1.0, init="learned")
+    soft = sa(feats).attn
+    sa.tau = 0.1
+    sharp = sa(feats).attn
+    torch.testing.assert_close(soft.sum(1), torch.ones(2, 20))
+    assert sharp.max(1).values.mean() > soft.max(1).values.mean()
+    with pytest.raises(ValueError):
+        SlotAttention(8, 16, 4, tau=0.0)
+    with pytest.raises(ValueError):
+        SlotAttention(8, 16, 4, init="zeros")
+
+
+def test_decoders_return_masks_that_partition_positions():
+    slots = torch.randn(3, 4, 16)
+    for kind in ("mlp", "transformer"):
+        dec = build_decoder(kind, 16, 10, 36, hidden=32, layers=3, grid=(6, 6))
+        out = dec(slots)
+        assert out.recon.shape == (3, 36, 10) and out.masks.shape == (3, 4, 36)
+        torch.testing.assert_close(out.masks.sum(1), torch.ones(3, 36))
+    assert isinstance(build_decoder("mlp", 16, 10, 36), MLPDecoder)
+    assert isinstance(build_decoder("transformer", 16, 10, 36), TransformerDecoder)
+    with pytest.raises(ValueError):
+        build_decoder("conv", 16, 10, 36)
+
+
+def test_pixel_path_reconstructs_frames_with_a_trainable_encoder():
+    torch.manual_seed(0)
+    model = SlotModel(input="pixels", num_slots=3, slot_dim=16, mlp_hidden=16, decoder_hidden=16, pixel_channels=8)
+    video = torch.randint(0, 256, (2, 2, 3, 16, 16), dtype=torch.uint8)
+    out = model({"video": video})
+    assert out.recon.shape == (2, 2, 256, 3) and out.masks.shape == (2, 2, 3, 256)
+    assert out.grid == (16, 16)
+    assert 0.0 <= out.target.min() and out.target.max() <= 1.0 and not out.target.requires_grad
+    out.recon.sum().backward()
+    assert model.pixel_encoder.net[0].weight.grad is not None
+
+
+def test_losses_and_diversity_range():
+    t = torch.randn(2, 16, 8)
+    assert reconstruction_loss(t.clone(), t, "mse").loss.item() == pytest.approx(0.0, abs=1e-7)
+    assert reconstruction_loss(t.clone(), t, "cosine").loss.item() == pytest.approx(0.0, abs=1e-6)
+    # predicting the per-sample mean feature explains none of the variance over positions
+    mean = t.mean(dim=1, keepdim=True).expand_as(t)
+    assert reconstruction_loss(mean, t, "mse").relative.item() == pytest.approx(1.0, rel=1e-4)
+    same = torch.ones(2, 4, 8)
+    orth = torch.eye(4).unsqueeze(0).repeat(2, 1, 1)
+    assert slot_diversity_loss(same).item() == pytest.approx(1.0)
+    assert slot_diversity_loss(orth).item() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="unknown"):
+        reconstruction_loss(t, t, "l1")
+
+
+def test_bad_configuration_raises_clear_errors():
+    with pytest.raises(ValueError, match="input"):
+        SlotModel(input="tokens")
+    with pytest.raises(ValueError, match="projection_dim"):
+        SlotModel(input="pixels", projection_dim=8)
+    with pytest.raises(ValueError, match="eval_masks"):
+        SlotsModule(eval_masks="argmax")
+    with pytest.raises(ValueError, match="movi_root"):
+        SlotsDataModule(dataset="movi")
+    with pytest.raises(ValueError, match="grid"):
+        SlotModel()({"features": torch.randn(1, 1, 15, 4)})
