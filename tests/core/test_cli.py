@@ -71,7 +71,7 @@ def test_wrong_type_fails_with_its_name(capsys):
     assert code != 0 and "hidden" in out
 
 
-def test_f32_f34_curriculum_run_writes_results_and_one_config(tmp_path, capsys):
+def test_f34_curriculum_run_writes_results_and_one_config(tmp_path, capsys):
     run_dir = tmp_path / "r"
     cli = build_cli(["curriculum", "-c", str(TOY), f"--trainer.run_dir={run_dir}", "--trainer.max_epochs=1"])
     assert cli.trainer.run_dir == run_dir
@@ -90,3 +90,14 @@ def test_fit_subcommand_writes_results(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["stages"]["fit"]["status"] == "done" and results["stages"]["fit"]["steps"] > 0
     assert "val/acc" in results["final"]  # plain fit: no stage prefix
+
+
+def test_f32_cli_builds_no_optimizer_at_start_up(capsys):
+    from lit_experiments.core.study import StudyModule
+
+    cli = build_cli(["-c", str(TOY.with_name("fit.yaml"))], run=False)
+    # LightningCLI's automatic optimizer would patch configure_optimizers on the instance
+    assert "configure_optimizers" not in vars(cli.model)
+    assert type(cli.model).configure_optimizers is StudyModule.configure_optimizers
+    code, out = run_cli(["fit", "-c", str(TOY.with_name("fit.yaml")), "--optimizer", "Adam", "--print_config"], capsys)
+    assert code != 0 and "optimizer" in out
