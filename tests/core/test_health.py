@@ -7,8 +7,21 @@ import torch
 
 from lit_experiments.core.health import TrainingHealth, TrainingHealthError
 
-from .toys import (CachedOptimizerToy, CollapsedToy, DetachedLogToy, LateBuiltToy, NaNLossToy, NegativeLossToy,
-                   RecordingToy, TrainableTargetToy, data, no_lazy_build, stages, trainer, weights)
+from .toys import (
+    CachedOptimizerToy,
+    CollapsedToy,
+    DetachedLogToy,
+    LateBuiltToy,
+    NaNLossToy,
+    NegativeLossToy,
+    RecordingToy,
+    TrainableTargetToy,
+    data,
+    no_lazy_build,
+    stages,
+    trainer,
+    weights,
+)
 
 TWO = (("encoder", 1, ["encoder", "head"]), ("head", 1, ["head"]))
 
