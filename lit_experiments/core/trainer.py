@@ -81,7 +81,7 @@ class LitTrainer(L.Trainer):
         callbacks: list[Callback] = copy.deepcopy(self._pristine_callbacks)
         kwargs = dict(self._base_kwargs)
         if checkpoint:
-            callbacks.append(ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last=True, save_top_k=0))
+            callbacks.append(ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last="link", save_top_k=1))
             kwargs["enable_checkpointing"] = True
         loggers = [csv_logger(stage_dir)] + list(shared_loggers or [])
         return LitTrainer(run_dir=str(self.run_dir), wandb=None, health=self.health_policy,

@@ -141,3 +141,28 @@ def test_f33_every_stage_gets_new_callback_instances_and_a_new_trainer(tmp_path)
     assert [p["stage"] for p in probes] == ["encoder", "head", "all"]
     assert len({p["callback"] for p in probes}) == 3 and len({p["trainer"] for p in probes}) == 3
     assert all(p["fits"] == 1 and p["start_step"] == 0 for p in probes)  # nothing carried over
+
+
+def test_resume_mid_stage_continues_from_the_last_checkpoint(tmp_path):
+    import lightning as L
+
+    class Crash(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if pl_module.stage.name == "head" and trainer.current_epoch == 1:
+                raise RuntimeError("power cut")
+
+    spec = stages(("encoder", 1, ["encoder", "head"]), ("head", 2, ["head"]))
+    with pytest.raises(RuntimeError, match="power cut"):
+        trainer(tmp_path, callbacks=[Crash()]).curriculum(RecordingToy(), data(), spec, test_after=False)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["stages"]["encoder"]["status"] == "done"  # nothing written before the error is lost
+    assert saved["stages"]["head"]["status"] == "running"
+    assert (tmp_path / "run" / "stages" / "01_head" / "checkpoints" / "last.ckpt").exists()
+
+    model = RecordingToy()
+    trainer(tmp_path, name="again").curriculum(model, data(), spec, resume=str(tmp_path / "run"), test_after=False)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    steps_per_epoch = saved["stages"]["encoder"]["steps"]
+    assert [r["stage"] for r in model.records] == ["head"]
+    assert saved["stages"]["head"]["status"] == "done"
+    assert saved["stages"]["head"]["epochs"] == 2 and saved["stages"]["head"]["steps"] == 2 * steps_per_epoch
