@@ -1,9 +1,9 @@
 """Test-wide settings: nothing downloads, nothing reaches wandb's servers, small thread pools."""
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ["HF_HUB_OFFLINE"] = "1"  # forced, whatever the caller's environment says: tests never download
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "disabled"  # tests that need wandb set offline mode in a temp dir themselves
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("PL_DISABLE_FORK", "1")
 

@@ -99,7 +99,8 @@ def test_layers_concat_and_mean():
         build_backbone("vit_small_patch14_dinov2", img_size=28, model_kwargs=TINY_VIT, layers=[5])
 
 
-def test_pretrained_true_offline_gives_clear_error():
+def test_pretrained_true_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never reach the hub from a test
     with pytest.raises(BackboneWeightsError, match="vit_small_patch14_dinov2.*HF_HUB_OFFLINE=1.*pretrained=PATH"):
         build_backbone("vit_small_patch14_dinov2", pretrained=True, img_size=28, model_kwargs=TINY_VIT)
 
