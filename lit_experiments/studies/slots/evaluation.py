@@ -79,13 +79,15 @@ class SegmentationScores(torch.nn.Module):
     position-only baseline that a useful model has to beat).
     """
 
-    def __init__(self, num_slots: int = 7) -> None:
+    def __init__(self, num_slots: int = 7, alt_masks: str | None = None) -> None:
         super().__init__()
         self.num_slots = num_slots
         self.frame = torch.nn.ModuleDict({
             "fg_ari": ARIMetric(True), "ari": ARIMetric(False), "mbo": MBOMetric(),
             "grid_fg_ari": ARIMetric(True, name="grid_fg_ari"),
         })
+        # FG-ARI of the other mask source (decoder alphas vs slot-attention weights), frame level
+        self.alt = ARIMetric(True, name=f"fg_ari_{alt_masks}") if alt_masks else None
         self.video = torch.nn.ModuleDict({
             "fg_ari": ARIMetric(True, name="video_fg_ari"), "ari": ARIMetric(False, name="video_ari"),
             "mbo": MBOMetric(name="video_mbo"),
@@ -93,12 +95,14 @@ class SegmentationScores(torch.nn.Module):
         self.rows: list[dict[str, Any]] = []
 
     def reset(self) -> None:
-        for m in (*self.frame.values(), *self.video.values()):
+        for m in (*self.frame.values(), *self.video.values(), *([self.alt] if self.alt else [])):
             m.reset()
         self.rows = []
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, batch: dict) -> None:
-        """``pred``/``target`` int (B,T,H,W)."""
+    def update(
+        self, pred: torch.Tensor, target: torch.Tensor, batch: dict, alt_pred: torch.Tensor | None = None
+    ) -> None:
+        """``pred``/``target`` int (B,T,H,W); ``alt_pred`` the labels of the other mask source."""
         b, t = target.shape[:2]
         groups = sample_groups(batch)
         frame_groups = None if groups is None else [g for g in groups for _ in range(t)]
@@ -107,6 +111,8 @@ class SegmentationScores(torch.nn.Module):
             m.update(grid_partition(self.num_slots, tuple(pf.shape)) if name == "grid_fg_ari" else pf, tf, frame_groups)
         for m in self.video.values():
             m.update(pred, target, groups)
+        if self.alt is not None and alt_pred is not None:
+            self.alt.update(alt_pred.reshape(b * t, *alt_pred.shape[2:]), tf, frame_groups)
         fg_video = ari(pred, target, True)
         full_video = ari(pred, target, False)
         mbo_video = mbo(pred, target)
@@ -123,7 +129,7 @@ class SegmentationScores(torch.nn.Module):
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for m in (*self.frame.values(), *self.video.values()):
+        for m in (*self.frame.values(), *self.video.values(), *([self.alt] if self.alt else [])):
             if m.values:  # metric saw at least one batch
                 out.update({k: float(v) for k, v in m.compute().items()})
         return out

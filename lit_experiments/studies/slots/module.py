@@ -76,8 +76,9 @@ class SlotsModule(StudyModule):
             decoder=decoder, decoder_hidden=decoder_hidden, decoder_layers=decoder_layers, predictor=predictor,
             pixel_channels=pixel_channels, pixel_downsample=pixel_downsample, grid_size=grid_size,
         )
-        self.val_scores = SegmentationScores(num_slots)
-        self.test_scores = SegmentationScores(num_slots)
+        alt = "attn" if eval_masks == "decoder" else "decoder"
+        self.val_scores = SegmentationScores(num_slots, alt_masks=alt)
+        self.test_scores = SegmentationScores(num_slots, alt_masks=alt)
         self._figure_batch: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ model
@@ -124,7 +125,10 @@ class SlotsModule(StudyModule):
         gt = batch["instances"]
         gt = gt.unsqueeze(1) if gt.dim() == 3 else gt
         pred, target = predicted_labels(self.masks_for_eval(out), out.grid, gt)
-        scores.update(pred.cpu(), target.cpu(), _cpu_meta(batch))
+        alt_masks = out.attn if self.eval_masks == "decoder" else out.masks
+        alt_grid = out.grid if alt_masks.shape[-1] == out.masks.shape[-1] else _sa_grid(alt_masks.shape[-1], out.grid)
+        alt_pred = predicted_labels(alt_masks, alt_grid, gt)[0] if alt_grid else None
+        scores.update(pred.cpu(), target.cpu(), _cpu_meta(batch), None if alt_pred is None else alt_pred.cpu())
         if self._figure_batch is None and self.figure_clips > 0:
             video = batch.get("video", batch.get("image"))
             if video is not None:
@@ -168,6 +172,14 @@ class SlotsModule(StudyModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_end(self.test_scores, "test")
+
+
+def _sa_grid(n: int, grid: tuple[int, int]) -> tuple[int, int] | None:
+    """Grid of ``n`` slot-attention positions with the aspect of ``grid`` (pixel path), None if none fits."""
+    for f in (1, 2, 4, 8, 16):
+        if (grid[0] // f) * (grid[1] // f) == n and grid[0] % f == 0 and grid[1] % f == 0:
+            return grid[0] // f, grid[1] // f
+    return None
 
 
 _META_KEYS = ("material", "category", "num_objects", "index")

@@ -147,3 +147,40 @@ def test_grid_baseline_is_reported_and_scores_position_only_separation():
     scores.update(torch.zeros_like(gt), gt, {"instances": gt})  # one slot everywhere: FG-ARI 0
     out = scores.compute()
     assert out["fg_ari"] == pytest.approx(0.0) and out["grid_fg_ari"] == pytest.approx(1.0)
+
+
+def test_both_mask_sources_are_scored_and_match_a_direct_ari():
+    from lit_experiments.metrics import ari
+
+    torch.manual_seed(0)
+    dm = tiny_data()
+    module = tiny_module(eval_masks="decoder")
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    module.dry_run(batch)
+    module.eval()
+    with torch.no_grad():
+        out = module(batch)
+    gt = batch["instances"]
+    scores = module.val_scores
+    scores.reset()
+    pred, target = predicted_labels(out.masks, out.grid, gt)
+    alt, _ = predicted_labels(out.attn, out.grid, gt)
+    scores.update(pred, target, {"instances": gt}, alt)
+    values = scores.compute()
+    flat = (target.flatten(0, 1),)
+    direct_dec = torch.nanmean(ari(pred.flatten(0, 1), *flat, True))
+    direct_attn = torch.nanmean(ari(alt.flatten(0, 1), *flat, True))
+    assert values["fg_ari"] == pytest.approx(float(direct_dec), abs=1e-5)
+    assert values["fg_ari_attn"] == pytest.approx(float(direct_attn), abs=1e-5)
+    assert not torch.equal(pred, alt)  # the two sources really are different masks
+
+
+def test_validation_logs_the_other_mask_source(tmp_path):
+    dm = tiny_data()
+    trainer = tiny_trainer(steps=1)
+    module = tiny_module(eval_masks="attn")
+    trainer.fit(module, dm)
+    trainer.validate(module, dm, verbose=False)
+    keys = set(trainer.callback_metrics)
+    assert any(k.endswith("val/fg_ari_decoder") for k in keys), sorted(keys)
