@@ -79,6 +79,7 @@ class SlotModel(nn.Module):
         slot_init: str = "gaussian",
         pos_emb: bool = True,
         pos_scale: float = 1.0,
+        bilevel: bool = False,
         projection_dim: int | None = None,
         decoder: str = "mlp",
         decoder_hidden: int = 256,
@@ -95,8 +96,8 @@ class SlotModel(nn.Module):
             raise ValueError("projection_dim applies to the frozen-feature path (input='features') only")
         self.cfg = dict(
             num_slots=num_slots, slot_dim=slot_dim, mlp_hidden=mlp_hidden, iters=iters, tau=tau,
-            slot_init=slot_init, pos_emb=pos_emb, pos_scale=pos_scale, decoder=decoder, decoder_hidden=decoder_hidden,
-            decoder_layers=decoder_layers,
+            slot_init=slot_init, pos_emb=pos_emb, pos_scale=pos_scale, bilevel=bilevel, decoder=decoder,
+            decoder_hidden=decoder_hidden, decoder_layers=decoder_layers,
         )
         self.input, self.iters_video, self.use_predictor = input, iters_video, predictor
         self.projection_dim, self.grid_size = projection_dim, tuple(grid_size) if grid_size else None
@@ -126,7 +127,7 @@ class SlotModel(nn.Module):
         self.slot_attention = SlotAttention(
             c_in, c["slot_dim"], c["num_slots"], c["iters"], c["tau"], mlp_hidden=c["mlp_hidden"],
             num_positions=n if c["pos_emb"] else None, init=c["slot_init"], grid=enc.sa_grid,
-            pos_scale=c["pos_scale"],
+            pos_scale=c["pos_scale"], bilevel=c["bilevel"],
         )
         self.decoder = build_decoder(
             c["decoder"], c["slot_dim"], enc.target.shape[-1], enc.target.shape[-2],

@@ -23,6 +23,7 @@ class SlotsModule(StudyModule):
 
     Args:
         pos_scale: size of the slot-attention positional embedding's initial smooth code (F04).
+        bilevel: BO-QSA training of slot attention (detached iterations, straight-through init).
         loss: ``mse`` | ``cosine`` | ``channel_norm`` (per position over channels; F02, F03).
         diversity_weight: weight of the slot-diversity term (seed: 0.1); stage ``loss_weights`` override
             it as ``diversity`` (and ``recon`` for the reconstruction term).
@@ -47,6 +48,7 @@ class SlotsModule(StudyModule):
         slot_init: str = "gaussian",
         pos_emb: bool = True,
         pos_scale: float = 1.0,
+        bilevel: bool = False,
         projection_dim: int | None = None,
         decoder: str = "mlp",
         decoder_hidden: int = 256,
@@ -72,6 +74,7 @@ class SlotsModule(StudyModule):
         self.model = SlotModel(
             input=input, num_slots=num_slots, slot_dim=slot_dim, mlp_hidden=mlp_hidden, iters=iters,
             iters_video=iters_video, tau=tau, slot_init=slot_init, pos_emb=pos_emb, pos_scale=pos_scale,
+            bilevel=bilevel,
             projection_dim=projection_dim,
             decoder=decoder, decoder_hidden=decoder_hidden, decoder_layers=decoder_layers, predictor=predictor,
             pixel_channels=pixel_channels, pixel_downsample=pixel_downsample, grid_size=grid_size,

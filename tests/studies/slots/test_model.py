@@ -125,3 +125,28 @@ def test_bad_configuration_raises_clear_errors():
         SlotsDataModule(dataset="movi")
     with pytest.raises(ValueError, match="grid"):
         SlotModel()({"features": torch.randn(1, 1, 15, 4)})
+
+
+def test_bilevel_slot_attention_same_forward_straight_through_init_gradient():
+    torch.manual_seed(0)
+    feats = torch.randn(2, 20, 8)
+    plain = SlotAttention(8, 16, 4, iters=3, init="learned")
+    bilevel = SlotAttention(8, 16, 4, iters=3, init="learned", bilevel=True)
+    bilevel.load_state_dict(plain.state_dict())
+    out_p, out_b = plain(feats), bilevel(feats)
+    torch.testing.assert_close(out_b.slots, out_p.slots)  # BO-QSA changes gradients only
+    out_b.slots.pow(2).sum().backward()
+    got = bilevel.init.slots.grad.clone()
+    # reference: two iterations without grad, then one with grad from a leaf; its grad is the init's
+    bilevel.zero_grad()
+    with torch.no_grad():
+        mid = bilevel(feats, iters=2).slots
+    leaf = mid.clone().requires_grad_(True)
+    plain_last = SlotAttention(8, 16, 4, iters=1, init="learned")
+    plain_last.load_state_dict(plain.state_dict())
+    plain_last(feats, slots=leaf).slots.pow(2).sum().backward()
+    torch.testing.assert_close(got, leaf.grad.sum(0, keepdim=True))
+    # the full unrolled gradient differs (earlier iterations contribute there)
+    plain.zero_grad()
+    out_p.slots.pow(2).sum().backward()
+    assert not torch.allclose(plain.init.slots.grad, got)
