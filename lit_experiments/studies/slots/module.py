@@ -34,6 +34,7 @@ class SlotsModule(StudyModule):
     loss_lower_bounds: ClassVar[dict[str, float]] = {"loss": 0.0, "recon": 0.0, "diversity": 0.0}
     headline_metrics: ClassVar[list[str]] = [
         "test/fg_ari", "test/fg_ari/metal", "test/fg_ari/non-metal", "test/grid_fg_ari", "test/video_fg_ari",
+        "test/fg_ari_attn", "test/fg_ari_decoder",
     ]
 
     def __init__(
