@@ -25,6 +25,7 @@ from .core.trainer import LitTrainer
 TOOLS = {
     "data": "lit_experiments.data.tools",
     "slots-analyze": "lit_experiments.studies.slots.analyze",
+    "curves": "lit_experiments.core.curves",
     "demo": "lit_experiments.demo",
 }
 
