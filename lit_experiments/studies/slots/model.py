@@ -49,6 +49,11 @@ class SlotOutput:
     attn: torch.Tensor
     slots: torch.Tensor
     grid: tuple[int, int]
+    sa_grid: tuple[int, int] | None = None  # (h, w) of ``attn``; differs from ``grid`` on the pixel path
+
+    def __post_init__(self) -> None:
+        if self.sa_grid is None:
+            self.sa_grid = self.grid
 
 
 def frames_of(x: torch.Tensor, frame_dims: int) -> torch.Tensor:
@@ -186,7 +191,9 @@ class SlotModel(nn.Module):
         dec = self.decoder(slots.reshape(b * t, k, d))
         recon = dec.recon.view(b, t, *dec.recon.shape[1:])
         masks = dec.masks.view(b, t, *dec.masks.shape[1:])
-        return SlotOutput(target=enc.target, recon=recon, masks=masks, attn=attn, slots=slots, grid=enc.grid)
+        return SlotOutput(
+            target=enc.target, recon=recon, masks=masks, attn=attn, slots=slots, grid=enc.grid, sa_grid=enc.sa_grid
+        )
 
 
 def _batch_grid(batch: dict) -> tuple[int, int] | None:

@@ -176,11 +176,32 @@ def test_both_mask_sources_are_scored_and_match_a_direct_ari():
     assert not torch.equal(pred, alt)  # the two sources really are different masks
 
 
-def test_validation_logs_the_other_mask_source(tmp_path):
-    dm = tiny_data()
+@pytest.mark.parametrize("path,source", [("features", "attn"), ("pixels", "attn"), ("pixels", "decoder")])
+def test_validation_logs_the_other_mask_source(tmp_path, path, source):
+    # on the pixel path the attention lives on the downsampled encoder grid, the decoder on pixels
+    dm = tiny_data(input=path)
     trainer = tiny_trainer(steps=1)
-    module = tiny_module(eval_masks="attn")
+    module = tiny_module(eval_masks=source, input=path, pixel_channels=8)
     trainer.fit(module, dm)
     trainer.validate(module, dm, verbose=False)
     keys = set(trainer.callback_metrics)
-    assert any(k.endswith("val/fg_ari_decoder") for k in keys), sorted(keys)
+    other = "decoder" if source == "attn" else "attn"
+    assert any(k.endswith("val/fg_ari") for k in keys), sorted(keys)
+    assert any(k.endswith(f"val/fg_ari_{other}") for k in keys), sorted(keys)
+
+
+class _SameClipForAll(SlotsModule):
+    """A cache / loader bug put back: every clip of the batch carries the first clip's features."""
+
+    def training_step(self, batch, batch_idx):
+        batch = dict(batch)
+        batch["features"] = batch["features"][:1].expand_as(batch["features"]).contiguous()
+        return super().training_step(batch, batch_idx)
+
+
+def test_identical_inputs_across_the_batch_are_caught_but_learned_init_is_not_flagged():
+    with pytest.raises(TrainingHealthError, match="inputs"):
+        tiny_trainer(steps=2).fit(tiny_module(_SameClipForAll), tiny_data())
+    trainer = tiny_trainer(steps=2)
+    trainer.fit(tiny_module(slot_init="learned", bilevel=True, input="pixels", pixel_channels=8), tiny_data(input="pixels"))
+    assert trainer.global_step == 2
