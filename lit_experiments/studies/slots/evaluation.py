@@ -94,8 +94,11 @@ class SegmentationScores(torch.nn.Module):
         })
         self.rows: list[dict[str, Any]] = []
 
+    def _metrics(self) -> list[torch.nn.Module]:
+        return [*self.frame.values(), *self.video.values(), *([self.alt] if self.alt is not None else [])]
+
     def reset(self) -> None:
-        for m in (*self.frame.values(), *self.video.values(), *([self.alt] if self.alt else [])):
+        for m in self._metrics():
             m.reset()
         self.rows = []
 
@@ -129,7 +132,7 @@ class SegmentationScores(torch.nn.Module):
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for m in (*self.frame.values(), *self.video.values(), *([self.alt] if self.alt else [])):
+        for m in self._metrics():
             if m.values:  # metric saw at least one batch
                 out.update({k: float(v) for k, v in m.compute().items()})
         return out
