@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     curves: list[Curve] = []
     for spec in args.runs:
-        label, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
+        label, sep, path = spec.partition("=")  # LABEL=DIR; the first '=' only, so DIR may contain '='
         try:
-            curves += read_curves(Path(path), args.metric, label or None)
+            curves += read_curves(Path(path if sep else spec), args.metric, (label if sep else None) or None)
         except (FileNotFoundError, KeyError) as err:
             print(f"lit-exp curves: {err.args[0] if err.args else err}")
             return 2
