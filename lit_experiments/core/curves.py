@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     curves: list[Curve] = []
     for spec in args.runs:
         label, sep, path = spec.partition("=")  # LABEL=DIR; the first '=' only, so DIR may contain '='
+        if not sep:
+            label, path = "", spec
         try:
-            curves += read_curves(Path(path if sep else spec), args.metric, (label if sep else None) or None)
+            curves += read_curves(Path(path), args.metric, label or None)
         except (FileNotFoundError, KeyError) as err:
             print(f"lit-exp curves: {err.args[0] if err.args else err}")
             return 2
