@@ -1,7 +1,8 @@
 """`make demo`: run every ``configs/*/demo.yaml`` one after the other and print their headline metrics.
 
-A config with a ``stages:`` list runs as ``lit-exp curriculum``, otherwise as ``lit-exp fit``. Each demo runs in
-its own process, so one failing demo is reported and the others still run.
+A config with a ``stages:`` list (after composing its ``# base:`` files) runs as ``lit-exp curriculum``, otherwise
+as ``lit-exp fit``. Each demo runs in its own process, so one failing demo is reported and the others still run.
+Every invocation writes to a new folder (``runs/demo/<timestamp>/<study>``): earlier demo runs are never touched.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from lit_experiments.core.configs import composition, load_composed
 
 
 def find_demos(config_root: Path, only: list[str] | None = None) -> list[Path]:
@@ -26,9 +27,10 @@ def find_demos(config_root: Path, only: list[str] | None = None) -> list[Path]:
 
 def run_demo(config: Path, out_root: Path, extra: list[str]) -> dict:
     study = config.parent.name
-    sub = "curriculum" if "stages" in (yaml.safe_load(config.read_text()) or {}) else "fit"
+    sub = "curriculum" if "stages" in load_composed(config) else "fit"
     run_dir = out_root / study
-    cmd = [sys.executable, "-m", "lit_experiments", sub, "-c", str(config), f"--trainer.run_dir={run_dir}", *extra]
+    files = [a for f in composition(config) for a in ("-c", str(f))]
+    cmd = [sys.executable, "-m", "lit_experiments", sub, *files, f"--trainer.run_dir={run_dir}", *extra]
     print(f"\n=== demo {study}: {' '.join(cmd[2:])}", flush=True)
     start = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
@@ -51,14 +53,17 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lit-exp demo", description=__doc__)
     parser.add_argument("--configs", default="configs", help="folder holding <study>/demo.yaml")
-    parser.add_argument("--out", default="runs/demo", help="run directories go to OUT/<study>")
+    parser.add_argument("--out", default=None, help="run directories go to OUT/<study> (default: a new "
+                        "runs/demo/<timestamp>)")
     parser.add_argument("--only", nargs="*", help="study names to run (default: all)")
     args, extra = parser.parse_known_args(argv)
     demos = find_demos(Path(args.configs), args.only)
     if not demos:
         print(f"no demo configs found under {args.configs}/*/demo.yaml", file=sys.stderr)
         return 1
-    rows = [run_demo(config, Path(args.out), extra) for config in demos]
+    out = Path(args.out) if args.out else Path("runs/demo") / time.strftime("%Y%m%d-%H%M%S")
+    args.out = str(out)
+    rows = [run_demo(config, out, extra) for config in demos]
     table = format_table(rows)
     print("\n" + table)
     Path(args.out).mkdir(parents=True, exist_ok=True)
