@@ -2,125 +2,151 @@
 
     lit-exp fit -c configs/X/run.yaml [-c more.yaml] [--trainer.max_epochs 3]
     lit-exp curriculum -c configs/satipatthana/demo.yaml [--only adapter,samatha] [--resume runs/...]
+    lit-exp test -c configs/X/run.yaml --ckpt_path runs/X/stages/01_head/final.ckpt
     lit-exp data shapes --out DIR --format movi        (data tools)
-    lit-exp slots-analyze --backbone ...               (backbone analysis of the slots study)
+    lit-exp slots-analyze --backbone ...               (a study's tool, registered in its plugin.py)
+
+This module imports neither torch nor lightning: ``lit-exp --help`` and the plain tools start fast; the
+LightningCLI (:mod:`lit_experiments.litcli`) is imported for a Lightning subcommand only. Errors of the
+workbench, of the config and of the data are printed as one short block on stderr (exit code 2 for the
+config, 1 at run time); ``--debug`` or ``LIT_EXP_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from . import registry
 
-from .core.results import RunResults, to_float_dict
-from .core.study import StudyModule
-from .core.trainer import LitTrainer
+# non-Lightning commands of the core: name -> module with ``main(argv)``; studies add theirs in their plugin.py
+registry.register_tool("data", "lit_experiments.data.tools")
+registry.register_tool("curves", "lit_experiments.core.curves")
+registry.register_tool("demo", "lit_experiments.demo")
 
-#: non-Lightning commands: name -> module with ``main(argv)``
-TOOLS = {
-    "data": "lit_experiments.data.tools",
-    "slots-analyze": "lit_experiments.studies.slots.analyze",
-    "curves": "lit_experiments.core.curves",
-    "demo": "lit_experiments.demo",
+#: Lightning subcommands and what they do (the fast ``--help`` lists them without importing Lightning)
+SUBCOMMANDS = {
+    "fit": "train one stage (a config without `stages:`)",
+    "curriculum": "run every stage of a config's `stages:` list, each a new Trainer, then test",
+    "validate": "score a checkpoint on the validation set (--ckpt_path; writes <run_dir>/eval/)",
+    "test": "score a checkpoint on the test set (--ckpt_path; writes <run_dir>/eval/)",
+    "predict": "write the study's outputs for the test set to files (--ckpt_path; <run_dir>/eval/)",
 }
-
-DESCRIPTION = ("lit_experiments: vision studies as LightningModule + LightningDataModule pairs, run from YAML. "
-               "Other commands: " + ", ".join(f"`lit-exp {t}`" for t in TOOLS) + ".")
+CONFIG_FLAGS = ("-c", "--config")
 
 
-class LitCLI(LightningCLI):
-    """LightningCLI with a `curriculum` subcommand and results.json for every run."""
-
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        commands = dict(LightningCLI.subcommands())
-        commands["curriculum"] = {"model", "datamodule"}
-        return commands
-
-    # ---------------------------------------------------------------- helpers
-    def _config_files(self) -> list[str]:
-        cfg = self.config.get(str(self.subcommand), self.config)
-        files = cfg.get("config") or []
-        return [str(getattr(f, "absolute", f)) if not isinstance(f, str) else f for f in files]
-
-    def _results(self) -> RunResults:
-        results = RunResults(self.trainer.run_dir)
-        results.init_run(self.trainer.run_dir.name, type(self.model).__name__, self._config_files())
-        return results
-
-    def _finish(self, results: RunResults) -> None:
-        for section, values in getattr(self.model, "extra_results", {}).items():
-            results.merge(section, values)
-        results.set_headline(list(getattr(self.model, "headline_metrics", [])))
-        path = results.save()
-        rank_zero_info(f"results: {path}")
-        if self.trainer.is_global_zero:
-            print(f"results.json: {path}")
-
-    # ------------------------------------------------------------------ hooks
-    def before_curriculum(self) -> None:
-        # the resolved config, saved once per run (F34); stage trainers get no SaveConfigCallback
-        cfg = self.config[self.subcommand]
-        run_dir = Path(cfg.get("resume") or self.trainer.run_dir)
-        self.trainer.config_files = self._config_files()
-        if self.trainer.is_global_zero:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self._parser(self.subcommand).save(cfg, run_dir / "config.yaml", skip_none=False, overwrite=True,
-                                               multifile=False)
-
-    def after_fit(self) -> None:
-        results = self._results()
-        results.set_stage("fit", {"status": "done", "metrics": to_float_dict(self.trainer.callback_metrics),
-                                  "epochs": self.trainer.current_epoch, "steps": self.trainer.global_step})
-        results.merge("final", to_float_dict(self.trainer.callback_metrics))
-        self._finish(results)
-
-    def after_validate(self) -> None:
-        results = self._results()
-        results.merge("validate", to_float_dict(self.trainer.callback_metrics))
-        self._finish(results)
-
-    def after_test(self) -> None:
-        results = self._results()
-        results.merge("test", to_float_dict(self.trainer.callback_metrics))
-        self._finish(results)
-
-    def after_curriculum(self) -> None:
-        if self.trainer.is_global_zero:
-            print(f"results.json: {Path(self.trainer.run_dir) / 'results.json'}")
+def description() -> str:
+    return ("lit_experiments: vision studies as LightningModule + LightningDataModule pairs, run from YAML. "
+            "Other commands: " + ", ".join(f"`lit-exp {t}`" for t in registry.tools()) + ".")
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> LitCLI:
-    return LitCLI(
-        StudyModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_class=LitTrainer,
-        auto_configure_optimizers=False,  # optimizers are built per fit by the module (F32)
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        parser_kwargs={"description": DESCRIPTION},
-        args=args,
-        run=run,
-    )
+def _summary(module: str) -> str:
+    """First docstring line of a tool's module of this package, read without importing it (nor its parents)."""
+    head, _, rest = module.partition(".")
+    if head != __package__ or not rest:
+        return ""
+    base = Path(__file__).parent.joinpath(*rest.split("."))
+    try:
+        source = (base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py").read_text()
+        doc = ast.get_docstring(ast.parse(source)) or ""
+    except (OSError, SyntaxError):
+        return ""
+    return doc.strip().splitlines()[0].replace("``", "`") if doc.strip() else ""
+
+
+def fast_help() -> str:
+    """``lit-exp --help`` without building the LightningCLI parser."""
+    lines = ["usage: lit-exp [--debug] SUBCOMMAND [-c CONFIG.yaml ...] [--key value ...]",
+             "       lit-exp TOOL [tool options]", "", description(), "", "Lightning subcommands "
+             "(`lit-exp SUBCOMMAND --help` lists every option):"]
+    lines += [f"  {name:<12} {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "Tools (`lit-exp TOOL --help`):"]
+    lines += [f"  {name:<14} {_summary(module)}" for name, module in registry.tools().items()]
+    lines += ["", "Options:", "  -h, --help   this message",
+              "  --debug      full traceback on an error (also: LIT_EXP_DEBUG=1)"]
+    return "\n".join(lines)
+
+
+def _config_files(args: list[str]) -> list[str]:
+    files = []
+    for i, arg in enumerate(args):
+        if arg in CONFIG_FLAGS and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> Any:
+    """The LightningCLI (:class:`lit_experiments.litcli.LitCLI`) for ``args`` (``None``: ``sys.argv``)."""
+    from .litcli import build_cli as _build
+
+    return _build(args, run=run, description=description())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LitCLI":
+        from .litcli import LitCLI
+
+        return LitCLI
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _run(args: list[str], from_argv: bool) -> Any:
+    tools = registry.tools()
+    if args and args[0] in tools:
+        return importlib.import_module(tools[args[0]]).main(args[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print(fast_help(), file=sys.stdout if args else sys.stderr)
+        raise SystemExit(0 if args else 2)
+    if not args[0].startswith("-") and args[0] not in SUBCOMMANDS:
+        from .core.errors import ConfigError
+
+        raise ConfigError(f"unknown subcommand or tool {args[0]!r}; expected one of "
+                          f"{', '.join(list(SUBCOMMANDS) + list(tools))}")
+    from .core.errors import check_yaml_file
+
+    for path in _config_files(args):
+        check_yaml_file(path)  # names the file and line of a YAML error (jsonargparse says `<unicode string>`)
+    build_cli(None if from_argv else args)
+    return None
 
 
 def main(argv: list[str] | None = None) -> Any:
+    """Entry point of ``lit-exp`` and ``python -m lit_experiments``; ``argv=None`` reads ``sys.argv``.
+
+    Called with ``argv`` (tests, scripts) a tool's return code is returned and an error raises ``SystemExit``;
+    as the console script it exits with the code.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in TOOLS:
-        tool = importlib.import_module(TOOLS[args[0]])
-        code = tool.main(args[1:])
-        if argv is None:
-            sys.exit(code or 0)
-        return code
-    build_cli(argv)  # None: LightningCLI reads sys.argv itself
-    return None
+    debug = os.environ.get("LIT_EXP_DEBUG", "").lower() not in ("", "0", "false", "no")
+    if "--debug" in args and (args[0] == "--debug" or args[0] in SUBCOMMANDS):
+        args.remove("--debug")
+        debug = True
+    if argv is None and args != sys.argv[1:]:
+        sys.argv[1:] = args  # LightningCLI reads sys.argv itself when argv is None
+    try:
+        code = _run(args, from_argv=argv is None)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - known errors become one block, bugs keep their traceback
+        if debug:
+            raise
+        from .core.errors import explain
+
+        report = explain(exc, args[0] if args and args[0] in SUBCOMMANDS else None)
+        if report is None:
+            raise
+        sys.stdout.flush()
+        print(report.render(), file=sys.stderr)
+        raise SystemExit(report.exit_code) from None
+    if argv is None:
+        sys.exit(code or 0)
+    return code
 
 
 if __name__ == "__main__":

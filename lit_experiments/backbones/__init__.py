@@ -8,7 +8,7 @@
 * timm CNNs: ``resnet18`` (any timm model without ``blocks``), feature map flattened to tokens.
 
 Other names come from the registry (``lit_experiments.registry``): a study registers its own
-backbones in its ``plugin.py`` (e.g. the slots study's ``colour_edge``).
+backbones in its ``plugin.py``.
 
 ``pretrained``: ``False`` random init, ``True`` hub cache (``HF_HUB_OFFLINE`` honoured), or a PATH to a
 local weight file. ``model_kwargs`` are passed to the model constructor (tiny test variants:

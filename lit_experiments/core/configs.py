@@ -6,7 +6,7 @@ its own folder::
     # base: _base_movi.yaml
     model:
       init_args:
-        loss: {class_path: lit_experiments.studies.slots.losses.CosineLoss}
+        loss: {init_args: {kind: cosine}}
 
 ``lit-exp curriculum -c configs/slots/dinov2_mse.yaml`` then runs ``_base_movi.yaml`` composed with the delta
 (the CLI inserts the bases, said once); ``-c _base_movi.yaml -c dinov2_mse.yaml`` is the same run. Composition

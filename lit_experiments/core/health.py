@@ -1,8 +1,15 @@
-"""TrainingHealth: runtime guards for the failure modes of LESSONS.md, checked during each stage's first steps."""
+"""TrainingHealth: runtime guards for the failure modes of LESSONS.md.
+
+Checked during each stage's first ``check_steps`` steps: gradients, optimizer set, targets, loss terms, batch
+collapse. Checked for the whole stage: a finite loss (accumulated on the device, read every N steps and at
+the end), every trainable parameter reached by a gradient (also when the stage is shorter than the window)
+and a stage that ran at least one optimizer step.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -21,9 +28,12 @@ CHECKS: dict[str, tuple[str, str, str]] = {
                            "the optimizer was built before this stage's freezing or reused from an earlier stage"),
     "uninitialized": ("error", "F09/F36", "a lazy module was never reached by dry_run()"),
     "zero_trainable": ("error", "F09", "the stage's `trainable` globs match nothing that exists"),
+    "zero_steps": ("error", "F33",
+                   "a Trainer reused from an earlier fit (its counters already at max_steps/max_epochs), an empty "
+                   "training dataloader, or a checkpoint that already reached the stage's length"),
     "target_grad": ("error", "F01",
                     "the target is computed through trainable weights (e.g. a trainable projection); compute "
-                    "targets under no_grad from the frozen source"),
+                    "targets under no_grad from a frozen source"),
     "detached_loss": ("error", "F07",
                       "the loss term has no graph: it was computed from detached copies (a log), so it trains nothing"),
     "nonfinite_loss": ("error", "-", "NaN/inf in the loss: check learning rate, log of 0, division by 0"),
@@ -35,36 +45,63 @@ CHECKS: dict[str, tuple[str, str, str]] = {
 }
 POLICIES = ("error", "warn", "off")
 
+#: what ``StudyModule.track(targets=...)`` accepts as the source of a target
+Source = torch.nn.Module | torch.Tensor | str | Iterable[Any]
 
-class TrainingHealthError(RuntimeError):
+
+class HealthError(RuntimeError):
+    """A guard found a run that would train wrongly (bad globs, lazy parts, a failed health check).
+
+    The message is complete on its own (what, where, likely cause with the LESSONS id), so a CLI can print
+    it as one block without the traceback.
+    """
+
+
+class TrainingHealthError(HealthError):
     """A health check failed with policy ``error``."""
 
 
 class TrainingHealth(L.Callback):
-    """Checks the first ``check_steps`` optimisation steps of every stage.
+    """Runtime guards of every fit / curriculum stage (see :data:`CHECKS`).
 
     Args:
         policy: per-check override of ``error`` / ``warn`` / ``off`` (names in :data:`CHECKS`).
-        check_steps: how many steps of each stage are inspected.
+        check_steps: how many first steps of each stage get the detailed checks (targets, loss terms,
+            collapse, gradients); the no-gradient verdict is given after them or at the end of a shorter stage.
         collapse_cosine: mean off-diagonal cosine above which a batch representation counts as collapsed.
         collapse_std: mean per-feature std (of L2-normalised rows) below which it counts as collapsed.
+        finite_every: the loss of every step is checked for NaN/inf on the device; the flag is read (one
+            sync) every ``finite_every`` steps and at the end of the stage. ``None``: the Trainer's
+            ``log_every_n_steps``, where Lightning syncs for logging anyway.
     """
 
     def __init__(self, policy: dict[str, str] | None = None, check_steps: int = 3,
-                 collapse_cosine: float = 0.999, collapse_std: float = 1e-4) -> None:
+                 collapse_cosine: float = 0.999, collapse_std: float = 1e-4, finite_every: int | None = None) -> None:
         policy = dict(policy or {})
         for key, value in policy.items():
             if key not in CHECKS:
                 raise ValueError(f"TrainingHealth policy key {key!r} unknown; expected one of {sorted(CHECKS)}")
             if value not in POLICIES:
                 raise ValueError(f"TrainingHealth policy[{key!r}]={value!r}; expected one of {POLICIES}")
+        if finite_every is not None and finite_every < 1:
+            raise ValueError(f"TrainingHealth finite_every={finite_every}: expected >= 1 or None")
         self.policy = {k: policy.get(k, v[0]) for k, v in CHECKS.items()}
         self.check_steps = check_steps
         self.collapse_cosine = collapse_cosine
         self.collapse_std = collapse_std
-        self._seen_grad: set[str] = set()
-        self._steps = 0
+        self.finite_every = finite_every
         self.reports: list[str] = []
+        self._reset(0)
+
+    def _reset(self, start_step: int) -> None:
+        self._seen_grad: set[str] = set()
+        self._steps = 0  # training batches of this fit inside the detailed window
+        self._grad_steps = 0  # optimizer steps whose gradients were inspected
+        self._no_grad_done = False
+        self._batches = 0  # training batches of this fit
+        self._bad_step: torch.Tensor | None = None  # first batch (1-based) with a non-finite loss, -1 if none
+        self._finite_done = False
+        self._start_step = start_step
 
     # ---------------------------------------------------------------- helpers
     def _stage(self, pl_module: L.LightningModule) -> str:
@@ -86,28 +123,37 @@ class TrainingHealth(L.Callback):
         return self._steps < self.check_steps
 
     # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # before a checkpoint's training state is restored: a fresh Trainer is at step 0 here
+        self._reset(trainer.global_step)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._steps = 0
-        self._seen_grad = set()
+        self._reset(self._start_step)
         left = uninitialized_names(pl_module)
         if left:
             self._fail("uninitialized", pl_module, f"uninitialised parameters/buffers {left}")
         trainable = {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
         if not trainable:
             self._fail("zero_trainable", pl_module, "0 trainable parameters")
+        self._check_optimizer(trainer, pl_module, trainable)
+        pl_module._tracking = True
+
+    def _check_optimizer(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                         trainable: dict[str, torch.nn.Parameter]) -> None:
         in_opt = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
         missing = [n for n, p in trainable.items() if id(p) not in in_opt]
         names = {id(p): n for n, p in pl_module.named_parameters()}
-        extra = [names.get(i, "<a tensor outside this module>") for i in in_opt if i not in {id(p) for p in trainable.values()}]
+        train_ids = {id(p) for p in trainable.values()}
+        extra = [names.get(i, "<a tensor outside this module>") for i in in_opt if i not in train_ids]
         if missing or extra:
             self._fail("optimizer_mismatch", pl_module,
-                       f"optimizer parameter set != trainable set; trainable but not optimised: {missing[:8]}"
-                       f"{' ...' if len(missing) > 8 else ''}; optimised but frozen or foreign: {extra[:8]}")
-        pl_module._tracking = True
+                       f"optimizer parameter set != trainable set; trainable but not optimised: {_few(missing)}; "
+                       f"optimised but frozen or foreign: {_few(extra)}")
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
-        if not self._active():
+        if self._grad_steps >= self.check_steps:
             return
+        self._grad_steps += 1
         for name, param in pl_module.named_parameters():
             if not param.requires_grad or param.grad is None:
                 continue
@@ -117,29 +163,97 @@ class TrainingHealth(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not self._active():
-            return
-        tracked = pl_module.pop_tracked() if hasattr(pl_module, "pop_tracked") else {}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self._batches += 1
+        if isinstance(loss, torch.Tensor):
+            self._accumulate_finite(loss)
+        every = self.finite_every or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
+        if self._batches % every == 0:
+            self._check_finite(trainer, pl_module)
+        if self._active():
+            self._check_window(pl_module, loss)
+            self._steps += 1
+            if not self._active():
+                pl_module._tracking = False
+        if not self._no_grad_done and self._grad_steps >= self.check_steps:
+            self._check_no_grad(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module._tracking = False
+        self._check_finite(trainer, pl_module)
+        if not self._no_grad_done and self._grad_steps > 0:  # a stage shorter than the window
+            self._check_no_grad(pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        steps = trainer.global_step - self._start_step
+        if steps > 0 or trainer.interrupted or not _asked_for_steps(trainer):
+            return
+        if self._start_step > 0:
+            why = (f"the Trainer had already run {self._start_step} step(s) before this fit: it is reused from an "
+                   f"earlier fit/stage (max_steps={trainer.max_steps}, max_epochs={trainer.max_epochs} already "
+                   "reached); build a new Trainer per stage")
+        elif trainer.num_training_batches == 0:
+            why = "the training dataloader has 0 batches (empty data or a split smaller than one batch with drop_last)"
+        else:
+            why = (f"max_steps={trainer.max_steps}, max_epochs={trainer.max_epochs} were reached before any step "
+                   f"(restored epoch {trainer.current_epoch})")
+        self._fail("zero_steps", pl_module, f"the stage ran 0 optimizer steps: {why}")
+
+    # ------------------------------------------------------------- checks
+    def _accumulate_finite(self, loss: torch.Tensor) -> None:
+        """Remember the first batch whose loss is not finite, on the loss's device (no host sync)."""
+        bad = ~torch.isfinite(loss.detach()).all()
+        if self._bad_step is None:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        first = bad & (self._bad_step < 0)
+        self._bad_step = torch.where(first, self._batches, self._bad_step)
+
+    def _check_finite(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bad_step is None or self._finite_done:
+            return
+        bad = self._bad_step
+        if trainer.world_size > 1:  # every rank checks at the same batch counts: agree on the first bad step
+            big = 1 << 40
+            code = trainer.strategy.reduce(torch.where(bad > 0, big - bad, 0), reduce_op="max")
+            bad = torch.where(code > 0, big - code, -1)
+        step = int(bad.item())
+        if step > 0:
+            self._finite_done = True
+            self._fail("nonfinite_loss", pl_module,
+                       f"the training loss is not finite at step {step} of this stage (first non-finite step, "
+                       f"global step {self._start_step + step}; found by the check after step {self._batches})")
+
+    def _check_no_grad(self, pl_module: L.LightningModule) -> None:
+        self._no_grad_done = True
+        trainable = [n for n, p in pl_module.named_parameters() if p.requires_grad]
+        never = [n for n in trainable if n not in self._seen_grad]
+        if never:
+            self._fail("no_grad", pl_module,
+                       f"{len(never)} trainable parameter(s) got no gradient in {self._grad_steps} step(s): "
+                       f"{_few(never)}")
+
+    def _check_window(self, pl_module: L.LightningModule, loss: Any) -> None:
+        tracked = pl_module.pop_tracked() if hasattr(pl_module, "pop_tracked") else {}
         losses = dict(tracked.get("losses", {}))
         with_graph = set(losses)  # tracked terms come from the module undetached; Lightning's copy is detached
         if isinstance(loss, torch.Tensor):
             losses.setdefault("loss", loss)
         self._check_losses(pl_module, losses, with_graph)
+        sources = tracked.get("target_sources", {})
         for name, target in tracked.get("targets", {}).items():
             if isinstance(target, torch.Tensor) and target.requires_grad:
                 self._fail("target_grad", pl_module, f"target {name!r} requires grad")
+            if sources.get(name) is not None:
+                self._check_source(pl_module, name, sources[name])
         for name, rep in tracked.get("representations", {}).items():
             self._check_collapse(pl_module, name, rep)
-        self._steps += 1
-        if not self._active():
-            pl_module._tracking = False
-            trainable = [n for n, p in pl_module.named_parameters() if p.requires_grad]
-            never = [n for n in trainable if n not in self._seen_grad]
-            if never and trainer.global_step > 0:
-                self._fail("no_grad", pl_module,
-                           f"{len(never)} trainable parameter(s) got no gradient in {self.check_steps} steps: "
-                           f"{never[:8]}{' ...' if len(never) > 8 else ''}")
+
+    def _check_source(self, pl_module: L.LightningModule, name: str, source: Source) -> None:
+        live = [n for n, p in source_parameters(pl_module, source, name) if p.requires_grad]
+        if live:
+            self._fail("target_grad", pl_module,
+                       f"target {name!r} is computed from a source with trainable parameters in this stage "
+                       f"{_few(live)} (with or without no_grad the target moves with the model)")
 
     def _check_losses(self, pl_module: L.LightningModule, losses: dict[str, torch.Tensor],
                       with_graph: set[str]) -> None:
@@ -151,7 +265,9 @@ class TrainingHealth(L.Callback):
                 self._fail("detached_loss", pl_module, f"loss term {name!r} does not require grad")
             v = value.detach().float()
             if not torch.isfinite(v).all():
-                self._fail("nonfinite_loss", pl_module, f"loss {name!r} = {v.flatten()[:4].tolist()}")
+                self._finite_done = True
+                self._fail("nonfinite_loss", pl_module,
+                           f"loss {name!r} = {v.flatten()[:4].tolist()} at step {self._batches} of this stage")
                 continue
             if name in bounds and v.min().item() < bounds[name] - 1e-6:
                 self._fail("loss_bound", pl_module,
@@ -172,6 +288,43 @@ class TrainingHealth(L.Callback):
             self._fail("collapse", pl_module,
                        f"representation {name!r} collapsed across the batch (mean pairwise cosine "
                        f"{mean_cos.item():.4f}, mean per-feature std {std.item():.2e}, batch {n})")
+
+
+def source_parameters(module: torch.nn.Module, source: Source, target: str = "?") -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` pairs a target's declared source stands for.
+
+    A source is a sub-module (or its dotted name in ``module``), a parameter / tensor, or a list of these.
+    A plain tensor stands for itself: it counts as trainable when it requires grad.
+    """
+    names = {id(p): n for n, p in module.named_parameters()}
+    if isinstance(source, str):
+        try:
+            source = module.get_submodule(source)
+        except AttributeError:
+            try:
+                source = module.get_parameter(source)
+            except AttributeError:
+                raise ValueError(f"track(targets=...): source {source!r} of target {target!r} is neither a "
+                                 f"sub-module nor a parameter of {type(module).__name__}; top-level parts: "
+                                 f"{[n for n, _ in module.named_children()]}") from None
+    if isinstance(source, torch.nn.Module):
+        return [(names.get(id(p), f"<{type(source).__name__} parameter>"), p) for p in source.parameters()]
+    if isinstance(source, torch.Tensor):
+        return [(names.get(id(source), f"<tensor {tuple(source.shape)}>"), source)]
+    if isinstance(source, Iterable):
+        return [pair for item in source for pair in source_parameters(module, item, target)]
+    raise TypeError(f"track(targets=...): source of target {target!r} is a {type(source).__name__}; expected a "
+                    "module, a module name, a parameter/tensor or a list of these")
+
+
+def _asked_for_steps(trainer: L.Trainer) -> bool:
+    if trainer.max_steps == 0 or trainer.max_epochs == 0 or trainer.limit_train_batches == 0:
+        return False
+    return True
+
+
+def _few(names: list[str], k: int = 8) -> str:
+    return f"{names[:k]}{' ...' if len(names) > k else ''}"
 
 
 def _had_graph_expected(value: torch.Tensor) -> bool:

@@ -40,15 +40,25 @@ class LazyBuild(L.Callback):
         if stage != "fit":
             return
         dm = trainer.datamodule
-        if dm is not None and hasattr(dm, "example_batch"):
-            batch = dm.example_batch()
-        else:
-            loader = trainer.fit_loop._data_source.dataloader()
-            batch = next(iter(loader))
+        try:
+            if dm is not None and hasattr(dm, "example_batch"):
+                batch = dm.example_batch()
+            else:
+                loader = trainer.fit_loop._data_source.dataloader()
+                batch = next(iter(loader))
+        except StopIteration:
+            from .health import HealthError
+
+            raise HealthError(f"LazyBuild: the training dataloader of {type(dm).__name__} is empty: no example batch "
+                              "for the dry run (check the data path, the split sizes and drop_last)") from None
         lazy_build(pl_module, batch)
         left = uninitialized_names(pl_module)
         if left:
-            raise RuntimeError(
-                f"LazyBuild: after the dry run these are still uninitialised: {left}. dry_run() must reach every "
-                "lazy module so it exists before freezing and before the optimizer is built (F09, F36)"
+            from .health import HealthError  # health imports this module
+
+            stage = getattr(getattr(pl_module, "stage", None), "name", "fit")
+            raise HealthError(
+                f"LazyBuild: stage {stage!r}: after the dry run these are still uninitialised: {left}. "
+                f"{type(pl_module).__name__}.dry_run() must reach every lazy module so it exists before freezing "
+                "and before the optimizer is built (F09, F36)"
             )

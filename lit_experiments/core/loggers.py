@@ -1,9 +1,14 @@
-"""Loggers: CSV always (in the run dir); wandb when asked, offline automatically without an API key (F38)."""
+"""Loggers: CSV always (in the run dir); wandb when asked, offline automatically without an API key (F38).
+
+Importing this module also silences Lightning's advertising tips (litlogger, litmodels) in the console.
+"""
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +17,30 @@ from lightning.pytorch.utilities import rank_zero_info
 
 WANDB_MODES = ("online", "offline", "disabled")
 _told_offline = False
+#: loggers through which Lightning's ``rank_zero_info`` prints (lightning 2.6)
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class AdvertisingFilter(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("💡 Tip:") or ("litlogger" in message or "litmodels" in message)
+                    and "pypi.org" in message)
+
+
+def silence_lightning_tips() -> None:
+    """Install :class:`AdvertisingFilter` once on Lightning's rank-zero loggers (and drop a deprecation
+    notice Lightning 2.6 triggers inside torch's pytree on every run, which no user can act on)."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    for name in RANK_ZERO_LOGGERS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, AdvertisingFilter) for f in log.filters):
+            log.addFilter(AdvertisingFilter())
+
+
+silence_lightning_tips()
 
 
 @dataclass

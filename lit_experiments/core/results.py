@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -33,6 +34,44 @@ def git_sha(cwd: Path | None = None) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def error_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for results.json."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def finite_or_null(value: Any, notes: dict[str, str], path: str = "", nulls: set[str] | None = None) -> Any:
+    """``value`` with every non-finite float replaced by ``None``; ``notes[path] = "nan" | "inf" | "-inf"``.
+
+    ``nulls`` collects the paths of every ``None`` in the result (an earlier note stays valid only there).
+    """
+    nulls = set() if nulls is None else nulls
+    if isinstance(value, float) and not math.isfinite(value):
+        notes[path] = str(value)
+        value = None
+    if value is None:
+        nulls.add(path)
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v, notes, f"{path}.{k}" if path else str(k), nulls) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_null(v, notes, f"{path}.{i}", nulls) for i, v in enumerate(value)]
+    return value
+
+
+def format_test_table(data: dict[str, Any]) -> str:
+    """A short aligned table of a run's test metrics (empty string when it has none)."""
+    test = data.get("test") or {}
+    if not test:
+        return ""
+    width = max(len(k) for k in test)
+    lines = [f"test metrics ({data.get('run_name', 'run')}):"]
+    for key, value in test.items():
+        shown = "nan/inf (null)" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"  {key:<{width}}  {shown}")
+    return "\n".join(lines)
 
 
 def to_float_dict(metrics: dict[str, Any]) -> dict[str, float]:
@@ -92,10 +131,18 @@ class RunResults:
         self.data["headline"] = found
 
     def save(self) -> Path:
+        """Write strict JSON: non-finite numbers become ``null`` and their keys are listed in ``nonfinite``."""
+        old: dict[str, str] = dict(self.data.get("nonfinite", {}))
+        notes: dict[str, str] = {}
+        nulls: set[str] = set()
+        self.data = finite_or_null({k: v for k, v in self.data.items() if k != "nonfinite"}, notes, "", nulls)
+        notes = {**{k: v for k, v in old.items() if k in nulls}, **notes}
+        if notes:
+            self.data["nonfinite"] = notes
         if rank_zero_only.rank != 0:
             return self.path
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False, default=str))
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False, default=str, allow_nan=False))
         os.replace(tmp, self.path)
         return self.path

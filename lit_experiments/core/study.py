@@ -36,7 +36,7 @@ class StudyModule(L.LightningModule):
         self.stage: StageSpec = StageSpec(name=FIT_STAGE, max_epochs=1, optimizer=self.default_optimizer)
         self._in_curriculum = False
         self._tracking = False
-        self._tracked: dict[str, dict[str, torch.Tensor]] = {}
+        self._tracked: dict[str, dict[str, Any]] = {}
         self.extra_results: dict[str, dict[str, Any]] = {}
         self._run_dir: Path | None = None
 
@@ -105,18 +105,49 @@ class StudyModule(L.LightningModule):
     def track(
         self,
         *,
-        targets: dict[str, torch.Tensor] | None = None,
+        targets: dict[str, torch.Tensor | tuple[torch.Tensor, Any]] | None = None,
         representations: dict[str, torch.Tensor] | None = None,
         losses: dict[str, torch.Tensor] | None = None,
+        sources: dict[str, Any] | None = None,
     ) -> None:
-        """Declare tensors for the health guard. Cheap no-op outside its first-steps window."""
+        """Declare tensors for the TrainingHealth guard. Cheap no-op outside its first-steps window.
+
+        Args:
+            targets: tensors a loss regresses to. A target must not require grad (F01). Give its source as
+                ``{"name": (tensor, source)}`` (or through ``sources``) and the guard also fails when the
+                source has a parameter trainable in this stage, which ``no_grad`` hides: e.g.
+                ``self.track(targets={"recon_target": (target, self.projection)})``.
+            representations: ``(B, ...)`` tensors that must differ across the batch (collapse check).
+            losses: loss terms as they enter the loss (with their graph): a detached term is an error (F07).
+            sources: ``{"target name": source}``; a source is a sub-module, its dotted name, a parameter /
+                tensor, or a list of these.
+        """
         if not self._tracking:
             return
-        for kind, values in (("targets", targets), ("representations", representations), ("losses", losses)):
+        if targets:
+            plain: dict[str, torch.Tensor] = {}
+            for name, value in targets.items():
+                if isinstance(value, tuple):
+                    if len(value) != 2:
+                        raise ValueError(f"track(targets={{{name!r}: ...}}): expected a tensor or a "
+                                         f"(tensor, source) pair, got a tuple of {len(value)}")
+                    value, source = value
+                    self._tracked.setdefault("target_sources", {})[name] = source
+                plain[name] = value
+            self._tracked.setdefault("targets", {}).update(plain)
+        if sources:
+            unknown = sorted(set(sources) - set(targets or {}))
+            if unknown:
+                raise ValueError(f"track(sources=...): {unknown} name no target given in the same call; "
+                                 f"targets: {sorted(targets or {})}")
+            self._tracked.setdefault("target_sources", {}).update(sources)
+        for kind, values in (("representations", representations), ("losses", losses)):
             if values:
                 self._tracked.setdefault(kind, {}).update(values)
 
-    def pop_tracked(self) -> dict[str, dict[str, torch.Tensor]]:
+    def pop_tracked(self) -> dict[str, dict[str, Any]]:
+        """What ``track`` collected since the last call: ``targets``, ``target_sources``, ``representations``,
+        ``losses``."""
         tracked, self._tracked = self._tracked, {}
         return tracked
 
@@ -202,6 +233,16 @@ class StudyDataModule(L.LightningDataModule):
             self.setup("fit")
             self._example = next(iter(self.train_dataloader()))
         return self._example
+
+    def predict_dataloader(self) -> Any:
+        """``lit-exp predict`` runs on the test split by default (the study's ``test_dataloader``)."""
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        if not is_overridden("test_dataloader", self, StudyDataModule):
+            raise NotImplementedError(f"{type(self).__name__} has neither predict_dataloader nor test_dataloader: "
+                                      "define one of them to run `lit-exp predict`")
+        self.setup("test")
+        return self.test_dataloader()
 
     def train_loader(self, dataset: Dataset, shuffle: bool = True, **kwargs: Any) -> DataLoader:
         kwargs.setdefault("batch_size", self.batch_size)

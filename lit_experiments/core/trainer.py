@@ -6,7 +6,7 @@ import copy
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -15,6 +15,7 @@ from .freezing import StageFreeze
 from .health import TrainingHealth
 from .lazy import LazyBuild
 from .loggers import WandbSpec, csv_logger, make_wandb_logger
+from .rundir import AppendingCSVLogger
 from .specs import StageSpec
 
 CORE_CALLBACKS = (LazyBuild, StageFreeze, TrainingHealth)
@@ -63,6 +64,10 @@ class LitTrainer(L.Trainer):
         if logger is None or logger is True:
             logger = self.make_loggers(self.run_dir)
         kwargs.setdefault("default_root_dir", str(self.run_dir))
+        # an explicit --trainer.max_epochs / max_steps replaces every curriculum stage's own length
+        self.length_override = {k: kwargs[k] for k, unset in (("max_epochs", None), ("max_steps", -1))
+                                if kwargs.get(k, unset) != unset}
+        self.config_yaml: str | None = None  # the resolved CLI config, saved / compared by the curriculum
         self._base_kwargs = {k: v for k, v in kwargs.items() if k not in ("max_epochs", "max_steps", "default_root_dir")}
         core = [LazyBuild(), StageFreeze(), TrainingHealth(self.health_policy, health_steps)]
         super().__init__(callbacks=core + callbacks, logger=logger, **kwargs)
@@ -75,33 +80,64 @@ class LitTrainer(L.Trainer):
                 loggers.append(wb)
         return loggers
 
+    def set_run_config(self, config_yaml: str, config_files: list[str] | None = None) -> None:
+        """Hand the resolved config (YAML text) to the run: the curriculum saves it once the run dir is
+        settled, or compares it with the saved one on ``--resume``."""
+        self.config_yaml = config_yaml
+        self.config_files = list(config_files or [])
+
+    def stage_length(self, stage: StageSpec) -> dict[str, Any]:
+        """``max_epochs`` / ``max_steps`` of a stage: its own, or the explicit trainer ones for every stage."""
+        if self.length_override:
+            return {"max_epochs": self.length_override.get("max_epochs"),
+                    "max_steps": self.length_override.get("max_steps", -1)}
+        return {"max_epochs": stage.max_epochs, "max_steps": stage.max_steps}
+
+    def length_note(self, stages: list[StageSpec]) -> str | None:
+        """What an explicit trainer length does to a curriculum, said once; ``None`` when none was given."""
+        if not self.length_override:
+            return None
+        given = ", ".join(f"--trainer.{k}={v}" for k, v in self.length_override.items())
+        own = ", ".join(f"{s.name}: max_epochs={s.max_epochs}" if s.max_epochs is not None
+                        else f"{s.name}: max_steps={s.max_steps}" for s in stages)
+        return f"{given} applies to every stage (their own lengths: {own})"
+
     def stage_trainer(self, stage: StageSpec, stage_dir: Path, shared_loggers: list | None = None,
                       checkpoint: bool = True) -> LitTrainer:
-        """A new Trainer for one stage: new callbacks, own log dir, the stage's length (F33, F34)."""
+        """A new Trainer for one stage: new callbacks, own log dir, the stage's length (F33, F34).
+
+        The stage's ``metrics.csv`` is continued, never deleted (a mid-stage resume appends to it).
+        """
         callbacks: list[Callback] = copy.deepcopy(self._pristine_callbacks)
         kwargs = dict(self._base_kwargs)
         if checkpoint:
             callbacks.append(ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last="link", save_top_k=1))
             kwargs["enable_checkpointing"] = True
-        loggers = [csv_logger(stage_dir)] + list(shared_loggers or [])
+        loggers = [AppendingCSVLogger(stage_dir)] + list(shared_loggers or [])
         return LitTrainer(run_dir=str(self.run_dir), wandb=None, health=self.health_policy,
                           health_steps=self.health_steps, callbacks=callbacks, logger=loggers,
-                          default_root_dir=str(stage_dir), max_epochs=stage.max_epochs, max_steps=stage.max_steps,
-                          **kwargs)
+                          default_root_dir=str(stage_dir), **self.stage_length(stage), **kwargs)
 
     def curriculum(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,
                    stages: list[StageSpec] | None = None, only: str | None = None, resume: str | None = None,
-                   test_after: bool = True) -> dict[str, Any]:
+                   test_after: bool = True, resume_changed: bool = False,
+                   on_existing: Literal["suffix", "refuse"] | None = None) -> dict[str, Any]:
         """Run the stages in order, each a fresh ``Trainer.fit`` with a fresh optimizer.
 
         Args:
             stages: the curriculum (see :class:`StageSpec`).
             only: comma-separated stage names to run (e.g. ``adapter,samatha``); earlier finished stages'
-                weights are loaded from their checkpoints.
+                weights are loaded from their checkpoints. A stage run while an earlier one is not done is
+                marked ``out_of_order``; a later ``--resume`` re-runs every stage from the first not done.
             resume: a run directory; continues at the first unfinished stage (mid-stage from its last.ckpt).
+                The config must equal the run's saved config.yaml (unless ``resume_changed``).
             test_after: run ``test`` once the last stage is done, if the datamodule has a test set.
+            resume_changed: accept a config that differs from the run's; the differences go to results.json
+                and the new config to ``config.resume-N.yaml``.
+            on_existing: a new run whose ``run_dir`` already holds a run: ``suffix`` (default: write to
+                ``<run_dir>-2``...) or ``refuse``; default from ``$LIT_EXP_ON_EXISTING``.
         """
         from .curriculum import run_curriculum
 
         return run_curriculum(self, model, datamodule, stages or [], only=only, resume=resume, test_after=test_after,
-                              config_files=getattr(self, "config_files", None))
+                              resume_changed=resume_changed, on_existing=on_existing)

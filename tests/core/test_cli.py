@@ -101,3 +101,150 @@ def test_f32_cli_builds_no_optimizer_at_start_up(capsys):
     assert type(cli.model).configure_optimizers is StudyModule.configure_optimizers
     code, out = run_cli(["fit", "-c", str(TOY.with_name("fit.yaml")), "--optimizer", "Adam", "--print_config"], capsys)
     assert code != 0 and "optimizer" in out
+
+
+# ------------------------------------------------------------------ errors fit on one screen (issue 11, item 3)
+def run_split(args, capsys):
+    import logging
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # handlers hold an earlier stderr
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.stream = sys.stderr
+    try:
+        code = main([str(a) for a in args]) or 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _bad_yaml(tmp):
+    path = tmp / "broken.yaml"
+    path.write_text("model:\n  init_args: {hidden: 3\ntrainer:\n  max_epochs: 1\n")
+    return path
+
+
+def _unknown_key(tmp):
+    path = tmp / "hiden.yaml"
+    path.write_text(TOY.read_text().replace("hidden: 32", "hiden: 32"))
+    return path
+
+
+def _batch_zero(tmp):
+    path = tmp / "bs0.yaml"
+    path.write_text("data:\n  init_args: {batch_size: 0}\n")
+    return path
+
+
+FIT = TOY.with_name("fit.yaml")
+ERROR_CASES = {
+    "abbreviated option": (lambda tmp: ["fit", "-c", FIT, "--trainer.max_epoch", "1"], 2,
+                           ["--trainer.max_epoch", "did you mean --trainer.max_epochs"]),
+    "wrong type": (lambda tmp: ["fit", "-c", FIT, "--model.init_args.hidden", "many"], 2,
+                   ["model.init_args.hidden", "many"]),
+    "unknown key": (lambda tmp: ["curriculum", "-c", _unknown_key(tmp)], 2, ["hiden"]),
+    "missing config": (lambda tmp: ["fit", "-c", tmp / "nope.yaml"], 2, ["nope.yaml", "not found"]),
+    "yaml syntax": (lambda tmp: ["fit", "-c", FIT, "-c", _bad_yaml(tmp)], 2, ["broken.yaml", "line 3"]),
+    "fit with a curriculum": (lambda tmp: ["fit", "-c", TOY], 2, ["stages", "lit-exp curriculum"]),
+    "unknown subcommand": (lambda tmp: ["fitt", "-c", FIT], 2, ["fitt", "curriculum"]),
+    "bad value in a constructor": (lambda tmp: ["fit", "-c", FIT, "-c", _batch_zero(tmp)], 1,
+                                   ["batch_size=0", "study.py"]),
+    "curriculum without stages": (lambda tmp: ["curriculum", "-c", FIT, f"--trainer.run_dir={tmp / 'r'}"], 1,
+                                  ["stages"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_errors_are_one_short_block_without_traceback(case, tmp_path, capsys):
+    make_args, expected_code, needles = ERROR_CASES[case]
+    code, out, err = run_split(make_args(tmp_path), capsys)
+    assert code == expected_code, err
+    block = err[err.index("lit-exp: error:"):].strip().splitlines()
+    assert len(block) <= 8, err
+    assert "Traceback" not in err and "usage:" not in err and "NoneType" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_debug_flag_and_env_show_the_traceback(tmp_path, monkeypatch):
+    args = ["fit", "-c", str(FIT), "-c", str(_batch_zero(tmp_path))]
+    with pytest.raises(ValueError, match="batch_size=0"):
+        main([*args, "--debug"])
+    monkeypatch.setenv("LIT_EXP_DEBUG", "1")
+    with pytest.raises(ValueError, match="batch_size=0"):
+        main(args)
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only known error kinds are shortened; an unexpected TypeError (a bug) propagates untouched."""
+    import lit_experiments.cli as cli
+
+    def broken(args=None, run=True):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cli, "build_cli", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        main(["fit", "-c", str(FIT)])
+
+
+def test_guard_error_with_a_lessons_id_is_short(monkeypatch, capsys):
+    import lit_experiments.cli as cli
+
+    def guard(args=None, run=True):
+        raise RuntimeError("stage 'head': parameter head.weight got no gradient (F07)\nlikely cause: detached loss")
+
+    monkeypatch.setattr(cli, "build_cli", guard)
+    code, out, err = run_split(["fit", "-c", FIT], capsys)
+    assert code == 1 and "head.weight" in err and "(F07)" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------- progress and output (item 7)
+def test_progress_bar_policy():
+    from lit_experiments.litcli import progress_bar_wanted
+
+    assert progress_bar_wanted([], env={}, tty=True) is True
+    assert progress_bar_wanted([], env={"CI": "true"}, tty=True) is False
+    assert progress_bar_wanted([], env={}, tty=False) is False
+    assert progress_bar_wanted(["--trainer.enable_progress_bar", "false"], env={}, tty=True) is None
+    assert progress_bar_wanted(["--trainer.enable_progress_bar=true"], env={"CI": "1"}, tty=False) is None
+
+
+def test_progress_bar_on_a_terminal_despite_the_yaml(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert yaml.safe_load(FIT.read_text())["trainer"].get("enable_progress_bar", True) in (False, True)
+    cli = build_cli(["-c", str(FIT)], run=False)
+    assert cli.trainer.progress_bar_callback is not None
+    monkeypatch.setenv("CI", "true")
+    assert build_cli(["-c", str(FIT)], run=False).trainer.progress_bar_callback is None
+    explicit = build_cli(["-c", str(FIT), "--trainer.enable_progress_bar=true"], run=False)
+    assert explicit.trainer.progress_bar_callback is not None
+
+
+def test_lightning_advertising_tips_are_silenced(tmp_path, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    code, out, err = run_split(["fit", "-c", FIT, f"--trainer.run_dir={tmp_path / 'r'}", "--trainer.max_steps=1"],
+                               capsys)
+    assert code == 0, err
+    assert "GPU available" in caplog.text  # Lightning's other info lines still come through
+    for text in (out, err, caplog.text):
+        assert "Tip:" not in text and "litlogger" not in text and "litmodels" not in text
+    assert out.count("results.json:") == 1
+
+
+def test_help_starts_fast_without_torch_or_lightning():
+    code = ("import sys, time; t = time.perf_counter(); from lit_experiments.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('SECONDS', time.perf_counter() - t, 'torch' in sys.modules, 'lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("SECONDS"))
+    _, seconds, torch_loaded, lightning_loaded = line.split()
+    print(f"lit-exp --help in-process: {float(seconds):.2f} s")
+    assert torch_loaded == "False" and lightning_loaded == "False"
+    assert float(seconds) < 10  # loose bound for a loaded machine; measured ~0.1 s
+    for word in ("fit", "validate", "test", "predict", "curriculum", "data", "curves", "demo", "--debug"):
+        assert word in out.stdout

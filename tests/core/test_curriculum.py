@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from lit_experiments.core.curriculum import parse_only
+from lit_experiments.core.curves import read_curves
+from lit_experiments.core.rundir import RunDirError
 from lit_experiments.core.specs import StageSpec, matches_any
+from lit_experiments.core.trainer import LitTrainer
 
 from .toys import RecordingToy, data, stages, trainer, weights
 
@@ -64,7 +67,8 @@ def test_weights_handed_forward_not_optimizer_state(tmp_path):
     t = trainer(tmp_path)
     t.curriculum(model, data(), stages(*THREE[:1]), test_after=False)
     ckpt = torch.load(tmp_path / "run" / "stages" / "00_encoder" / "final.ckpt", weights_only=True)
-    assert set(ckpt) == {"state_dict"}  # the stage hand-over carries weights only
+    assert set(ckpt) == {"state_dict", "study"}  # the stage hand-over carries weights only (and the study)
+    assert ckpt["study"] == "RecordingToy"
     for key, value in ckpt["state_dict"].items():
         assert torch.equal(value, model.state_dict()[key])
 
@@ -94,12 +98,14 @@ def test_resume_gives_the_same_final_weights_as_one_run(tmp_path):
 
 def test_resume_refuses_a_different_plan_and_unknown_stage_names(tmp_path):
     trainer(tmp_path).curriculum(RecordingToy(), data(), stages(*THREE[:1]), test_after=False)
-    with pytest.raises(ValueError, match="differ"):
+    before = (tmp_path / "run" / "results.json").read_bytes()
+    with pytest.raises(RunDirError, match="differ"):
         trainer(tmp_path, name="x").curriculum(RecordingToy(), data(), stages(*THREE),
                                                resume=str(tmp_path / "run"))
+    assert (tmp_path / "run" / "results.json").read_bytes() == before  # a refused resume writes nothing
     with pytest.raises(ValueError, match="nope"):
         parse_only("encoder,nope", stages(*THREE))
-    with pytest.raises(FileNotFoundError, match="results.json"):
+    with pytest.raises(RunDirError, match="results.json"):
         trainer(tmp_path, name="y").curriculum(RecordingToy(), data(), stages(*THREE), resume=str(tmp_path / "no"))
 
 
@@ -143,7 +149,9 @@ def test_f33_every_stage_gets_new_callback_instances_and_a_new_trainer(tmp_path)
     assert all(p["fits"] == 1 and p["start_step"] == 0 for p in probes)  # nothing carried over
 
 
-def test_resume_mid_stage_continues_from_the_last_checkpoint(tmp_path):
+def test_resume_mid_stage_continues_from_the_last_checkpoint_and_appends_to_its_curve(tmp_path):
+    import csv
+
     import lightning as L
 
     class Crash(L.Callback):
@@ -156,13 +164,72 @@ def test_resume_mid_stage_continues_from_the_last_checkpoint(tmp_path):
         trainer(tmp_path, callbacks=[Crash()]).curriculum(RecordingToy(), data(), spec, test_after=False)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["stages"]["encoder"]["status"] == "done"  # nothing written before the error is lost
-    assert saved["stages"]["head"]["status"] == "running"
+    head = saved["stages"]["head"]
+    assert head["status"] == "failed" and head["error"] == "RuntimeError: power cut" and head["failed_at"]
+    assert saved["status"] == "failed"
     assert (tmp_path / "run" / "stages" / "01_head" / "checkpoints" / "last.ckpt").exists()
+    log = tmp_path / "run" / "stages" / "01_head" / "metrics.csv"
+    with log.open(newline="") as fh:
+        first_rows = list(csv.DictReader(fh))
+    steps_per_epoch = saved["stages"]["encoder"]["steps"]
+    first_losses = {int(r["step"]): r["head/train/loss"] for r in first_rows if r.get("head/train/loss")}
+    assert sorted(first_losses) == list(range(steps_per_epoch))  # epoch 0 of the head stage was logged
 
     model = RecordingToy()
     trainer(tmp_path, name="again").curriculum(model, data(), spec, resume=str(tmp_path / "run"), test_after=False)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    steps_per_epoch = saved["stages"]["encoder"]["steps"]
     assert [r["stage"] for r in model.records] == ["head"]
     assert saved["stages"]["head"]["status"] == "done"
     assert saved["stages"]["head"]["epochs"] == 2 and saved["stages"]["head"]["steps"] == 2 * steps_per_epoch
+    # the stage's curve before the crash is still there, continued by the resume: one row per step, no gap
+    with log.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    losses = {int(r["step"]): r["head/train/loss"] for r in rows if r.get("head/train/loss")}
+    assert sorted(losses) == list(range(2 * steps_per_epoch))
+    assert all(losses[step] == value for step, value in first_losses.items())
+    assert len([r for r in rows if r.get("head/train/loss")]) == 2 * steps_per_epoch
+    curve = read_curves(tmp_path / "run", ["head/train/loss"])[0]  # what `lit-exp curves` draws
+    assert len(curve.steps) == 2 * steps_per_epoch and curve.steps == sorted(set(curve.steps))
+
+
+def test_f33_a_stage_trainer_used_twice_is_an_error(tmp_path, monkeypatch):
+    original = LitTrainer.stage_trainer
+    cache = {}
+
+    def reused(self, stage, stage_dir, shared_loggers=None, checkpoint=True):  # F33 put back
+        if "trainer" not in cache:
+            cache["trainer"] = original(self, stage, stage_dir, shared_loggers, checkpoint)
+        return cache["trainer"]
+
+    monkeypatch.setattr(LitTrainer, "stage_trainer", reused)
+    with pytest.raises(RuntimeError, match="F33"):
+        trainer(tmp_path).curriculum(RecordingToy(), data(), stages(*THREE), test_after=False)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["stages"]["encoder"]["status"] == "done" and saved["stages"]["head"]["status"] == "failed"
+    assert "F33" in saved["stages"]["head"]["error"]
+
+
+def test_stage_lengths_follow_an_explicit_trainer_length(tmp_path):
+    out = trainer(tmp_path, max_steps=2).curriculum(RecordingToy(), data(), stages(*THREE), test_after=False)
+    assert [out["stages"][s]["steps"] for s in ("encoder", "head", "all")] == [2, 2, 2]
+    assert out["length_override"] == {"max_steps": 2}
+    plain = trainer(tmp_path, name="plain").curriculum(RecordingToy(), data(), stages(*THREE[:1]), test_after=False)
+    assert plain["stages"]["encoder"]["steps"] == 4 and "length_override" not in plain  # 64 samples / 16
+
+
+def test_a_nan_metric_leaves_strict_json_with_a_note(tmp_path):
+    class NaNMetricToy(RecordingToy):
+        def validation_step(self, batch, batch_idx):
+            super().validation_step(batch, batch_idx)
+            self.log("val/ratio", float("nan"), on_epoch=True)
+
+    out = trainer(tmp_path).curriculum(NaNMetricToy(), data(), stages(*THREE[:1]), test_after=False)
+    assert out["status"] == "done"
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    saved = json.loads((tmp_path / "run" / "results.json").read_text(), parse_constant=refuse)
+    assert saved["stages"]["encoder"]["metrics"]["encoder/val/ratio"] is None
+    assert saved["stages"]["encoder"]["metrics"]["encoder/val/acc"] >= 0.0
+    assert saved["nonfinite"]["stages.encoder.metrics.encoder/val/ratio"] == "nan"

@@ -1,10 +1,12 @@
-"""StageFreeze unit behaviour: globs, eval mode of frozen parts, pinned frozen backbones."""
+"""StageFreeze unit behaviour: globs, eval mode of frozen parts, pinned frozen backbones, dead globs."""
 
 from __future__ import annotations
 
+import pytest
 from torch import nn
 
 from lit_experiments.core.freezing import apply_stage_freeze, component_table
+from lit_experiments.core.health import HealthError
 
 
 class Pinned(nn.Module):
@@ -44,3 +46,27 @@ def test_always_frozen_modules_stay_frozen_under_a_star_glob():
     assert all(p.requires_grad for p in net.head.parameters())
     table = component_table(net, "s")
     assert "backbone" in table and "stage 's'" in table
+
+
+def test_f09_dead_glob_among_live_ones_is_an_error_naming_it():
+    net = Net()
+    with pytest.raises(HealthError) as info:
+        apply_stage_freeze(net, ["head", "adapter.9.*"], stage="tune")
+    message = str(info.value)
+    assert "'adapter.9.*' matches no parameter" in message and "stage 'tune'" in message and "F09" in message
+    assert "'head' matches" not in message  # only the dead glob is blamed
+    assert "nearest names: ['adapter" in message  # the closest real names
+    assert "['backbone', 'adapter', 'head']" in message  # the parts with parameters
+
+
+def test_glob_that_selects_only_an_always_frozen_backbone_is_an_error():
+    with pytest.raises(HealthError, match=r"'backbone' matches only parameters of always-frozen modules"):
+        apply_stage_freeze(Net(), ["backbone", "head"])
+
+
+def test_live_globs_pass_and_a_star_over_a_pinned_backbone_is_not_dead():
+    net = Net()
+    apply_stage_freeze(net, ["adapter.0", "head.weight"])
+    assert [n for n, p in net.named_parameters() if p.requires_grad] == ["adapter.0.weight", "adapter.0.bias",
+                                                                         "head.weight"]
+    apply_stage_freeze(net, ["*"])

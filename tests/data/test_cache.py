@@ -1,5 +1,8 @@
-"""FeatureCache: hits, invalidation, corruption, random transforms, atomicity, workers, DDP-style waiting."""
+"""FeatureCache: hits, invalidation, corruption, random transforms, atomicity, workers, DDP-style waiting,
+checksums, non-finite features, progress output and the global random state."""
+import contextlib
 import json
+import random
 
 import numpy as np
 import pytest
@@ -9,7 +12,14 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from lit_experiments.backbones import build_backbone
-from lit_experiments.data.cache import FeatureCache, RandomTransformError, find_random_transforms
+from lit_experiments.data import cache as cache_module
+from lit_experiments.data.cache import (
+    CacheCorruptError,
+    FeatureCache,
+    NonFiniteFeaturesError,
+    RandomTransformError,
+    find_random_transforms,
+)
 from lit_experiments.data.shapes import ShapesWorld
 
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}
@@ -216,3 +226,115 @@ def test_lock_of_a_dead_builder_is_broken(tmp_path, vit, capsys):
     lock.write_text(f"{socket.gethostname()}:999999999")
     c = _cache(tmp_path, vit, world)
     assert c.built_now and "breaking stale lock" in capsys.readouterr().out and not lock.exists()
+
+
+class Poisoned(Counting):
+    """Sets sample ``index`` (global position in the build) to ``value`` in the backbone's output."""
+
+    def __init__(self, backbone, index: int, value: float, batch_size: int = 4):
+        super().__init__(backbone)
+        self.index, self.value, self.batch_size = index, value, batch_size
+
+    def features(self, x):
+        out = super().features(x).clone()
+        k, row = divmod(self.index, self.batch_size)
+        if self.calls - 1 == k:
+            out[row, 1, 2] = self.value
+        return out
+
+
+class DrawsRandomness(Counting):
+    """A backbone (or anything else run at build time) that draws from the torch / numpy / python RNGs."""
+
+    def features(self, x):
+        torch.rand(3), np.random.rand(3), random.random()
+        return super().features(x)
+
+
+def _rng_states():
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def _assert_same_states(before, after):
+    assert torch.equal(before[0], after[0]), "global torch RNG moved"
+    assert np.array_equal(before[1], after[1]), "global numpy RNG moved"
+    assert before[2] == after[2], "python random moved"
+
+
+def test_cache_build_and_open_leave_global_rng_untouched(tmp_path, vit):
+    """Seed per purpose: building (or opening) a cache before training must not move the RNG training sees."""
+    world = ShapesWorld(10, 32, seed=1)
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    before = _rng_states()
+    built = _cache(tmp_path, DrawsRandomness(vit), world, num_workers=0)
+    assert built.built_now
+    _assert_same_states(before, _rng_states())
+    opened = _cache(tmp_path, DrawsRandomness(vit), world)
+    assert not opened.built_now
+    _assert_same_states(before, _rng_states())
+
+
+def test_build_dataloader_does_not_draw_from_global_torch_rng(tmp_path, vit, monkeypatch):
+    """Without the RNG guard around it, the build itself (its DataLoader's base seed) must not draw either."""
+    monkeypatch.setattr(cache_module, "isolated_rng", contextlib.nullcontext)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    assert _cache(tmp_path, vit, ShapesWorld(6, 32, seed=1)).built_now
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_same_size_corrupt_shard_is_rejected_naming_the_file(tmp_path, vit):
+    world = ShapesWorld(6, 32, seed=1)
+    c = _cache(tmp_path, vit, world, shard_size=4)
+    assert all(isinstance(sh["crc32"], int) for sh in c.manifest["shards"])
+    shard = c.path / "shard_00001.npy"
+    raw = bytearray(shard.read_bytes())
+    raw[-7] ^= 0x40  # one byte of feature data, same size: the size check cannot see it
+    shard.write_bytes(bytes(raw))
+    assert c.check() is None
+    with pytest.raises(CacheCorruptError, match=rf"{shard}.*corrupt.*delete {c.path}.*rebuild"):
+        _cache(tmp_path, vit, world, shard_size=4)
+    assert shard.read_bytes() == bytes(raw)  # rejected, not silently rebuilt over (the evidence stays)
+    unchecked = _cache(tmp_path, vit, world, shard_size=4, verify=False)
+    assert not unchecked.built_now and len(unchecked) == 6
+
+
+@pytest.mark.parametrize("value, what", [(float("nan"), "NaN / inf"), (float("inf"), "NaN / inf"),
+                                         (1e6, "float16 range")])
+def test_non_finite_features_at_build_are_refused(tmp_path, vit, value, what):
+    world = ShapesWorld(12, 32, seed=1)
+    with pytest.raises(NonFiniteFeaturesError, match=rf"backbone '{vit.name}'.*{what}.*sample 6 of ShapesWorld"):
+        _cache(tmp_path, Poisoned(vit, index=6, value=value), world)
+    root = tmp_path / "cache"
+    assert not list(root.rglob("manifest.json")) and not list(root.glob("*.lock")) and not list(root.glob(".tmp*"))
+
+
+def test_failed_rebuild_keeps_what_was_there(tmp_path, vit):
+    """A build that fails removes only its own temporary files: the copy being rebuilt and other caches stay."""
+    world, other = ShapesWorld(8, 32, seed=1), ShapesWorld(8, 32, seed=2)
+    stale = _cache(tmp_path, vit, world, shard_size=4)
+    kept = _cache(tmp_path, vit, other, shard_size=4)
+    ref = stale[5]["features"]
+    shard = stale.path / "shard_00001.npy"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    snapshot = {p: p.read_bytes() for p in sorted((tmp_path / "cache").rglob("*")) if p.is_file()}
+    with pytest.raises(NonFiniteFeaturesError):
+        _cache(tmp_path, Poisoned(vit, index=5, value=float("nan")), world, shard_size=4)
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "cache").rglob("*")) if p.is_file()} == snapshot
+    assert not list((tmp_path / "cache").glob(".*"))  # no temporary or trash directory left
+    rebuilt = _cache(tmp_path, vit, world, shard_size=4)
+    assert rebuilt.built_now and torch.equal(rebuilt[5]["features"], ref)
+    assert not list((tmp_path / "cache").glob(".*"))  # the replaced copy's trash is gone too
+    assert kept.check() is None and not _cache(tmp_path, vit, other, shard_size=4).built_now
+
+
+def test_build_progress_lines_in_logs_and_quiet_when_asked(tmp_path, vit, capsys):
+    world = ShapesWorld(12, 32, seed=1)
+    FeatureCache(tmp_path / "a", vit, world, batch_size=4, transform=v2.Resize((28, 28), antialias=True))
+    out = capsys.readouterr().out  # stderr is not a terminal under pytest: lines instead of a bar
+    steps = [line for line in out.splitlines() if "samples (" in line]
+    assert [s.split(": ")[1].split(" samples")[0] for s in steps] == ["4/12", "8/12", "12/12"]
+    assert "(100%)" in steps[-1] and "built 12 samples" in out
+    FeatureCache(tmp_path / "b", vit, world, batch_size=4, progress=False, transform=v2.Resize((28, 28), antialias=True))
+    out = capsys.readouterr().out
+    assert "samples (" not in out and "building" in out and "built 12 samples" in out

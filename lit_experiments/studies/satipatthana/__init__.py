@@ -1,5 +1,7 @@
 """Satipatthana study: adapter -> Samatha (Vitakka, Vicara, Sati) -> Vipassana -> task decoder, as a 4-stage
-curriculum (``configs/satipatthana/*.yaml``), on make_circles, load_digits and ShapesWorld.
+curriculum plus a baseline stage (``configs/satipatthana/``: ``demo.yaml`` the circles base, ``v41.yaml`` a
+delta of it; ``digits.yaml`` the image base, ``shapes.yaml`` a delta of it), on make_circles, load_digits and
+ShapesWorld.
 
 Where it departs from tamatebox/satipatthana-framework (on purpose):
 
@@ -15,4 +17,20 @@ Where it departs from tamatebox/satipatthana-framework (on purpose):
   output weights coherently and, without warm-up, some seeds pull every s* onto one state (collapse guard).
 * Every void set (Gaussian, uniform, box) is filtered to lie farther than ``void_min_distance`` from the
   training points; the test reports trust / AUROC per void kind.
+* The plain baseline (MLP or CNN) is a part of the module trained in its own ``baseline`` stage (same loader,
+  optimizer spec and health guards as the other stages), never inside a test hook; its layers are built under
+  their own seed so it does not shift the other parts' initialisation.
+* Evaluation is DDP-safe (F44): every test number is a torchmetrics ``Metric`` (accuracy, trust means,
+  ``BinaryAUROC``, ``PeakSignalNoiseRatio``); the test's augmented / drunk noise is seeded per sample by its
+  index in the split and the mismatch path pairs each sample with a fixed partner (``x_partner``), so a 2-rank
+  test reports what a 1-rank test reports. The seed drew noise per batch and paired mismatches inside a batch.
+* Sizes that follow from other parts are filled in: ``TaskDecoder(in_dim: null)`` gets ``D + context_dim``
+  from Vitakka and Vipassana at construction; MLPs are ``torchvision.ops.MLP``.
+
+LESSONS rows covered (tests in ``tests/studies/satipatthana/``): F07 (``SamathaOutput.stability_pair`` vs the
+detached ``SantanaLog``, through the module's stage loss), F08 / F09 (per-stage optimizer, lazy Vipassana built
+before freezing; bugs put back into the product), F10 (separate train / eval gate thresholds, collapse guard),
+F11 / F14 (per-sample trust inputs and energy), F12 (the Trainer's lr per stage equals the YAML's), F13 (paths
+and ratios, clean path), F15 (Upsample + Conv2d decoder), F16 (probe diversity), F17 (drunk constants in
+``Sati.drunk``, per-sample skips), F18 (unsquashed logits), F37 / F44 (un-padded, rank-reduced test metrics).
 """

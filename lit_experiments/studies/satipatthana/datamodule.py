@@ -3,7 +3,10 @@
 Every batch is a dict:
   ``x`` (B, ...) float input, ``y`` (B,) int64 label, ``x_void`` (B, ...) an out-of-distribution input of
   the same shape (stage 1's void-energy term, stage 2's void path, the trust AUROC), ``void_kind`` (B,)
-  int64 index into ``void_kinds``.
+  int64 index into ``void_kinds``, ``index`` (B,) int64 position of the sample in its split and ``x_partner``
+  (B, ...) the input of another sample of the split (item ``(i + n // 2) % n``). The test seeds each sample's
+  noise by ``index`` and builds the mismatch path from ``x_partner``, so a sample's test numbers do not depend
+  on the batch or rank it lands in (F44).
 Splits are stratified and drawn once from ``seed``; void pools use their own seeds per split.
 """
 
@@ -21,7 +24,7 @@ from lit_experiments.core.study import StudyDataModule
 
 
 class SatipatthanaSet(Dataset):
-    """Item ``i`` is ``{x, y, x_void, void_kind}``.
+    """Item ``i`` is ``{x, y, x_void, void_kind, index, x_partner}``.
 
     With a void pool larger than the data (``random_void``) each item draws its void sample from the pool
     with the global RNG (seeded by ``seed_everything``); otherwise void sample ``i`` is paired with item ``i``.
@@ -40,7 +43,9 @@ class SatipatthanaSet(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         j = int(torch.randint(len(self.x_void), ())) if self.random_void else i
-        return {"x": self.x[i], "y": self.y[i], "x_void": self.x_void[j], "void_kind": self.void_kind[j]}
+        partner = (i + len(self.x) // 2) % len(self.x)
+        return {"x": self.x[i], "y": self.y[i], "x_void": self.x_void[j], "void_kind": self.void_kind[j],
+                "index": torch.tensor(i, dtype=torch.long), "x_partner": self.x[partner]}
 
 
 class SatipatthanaDataModule(StudyDataModule):
@@ -146,10 +151,6 @@ class SatipatthanaDataModule(StudyDataModule):
         self.setup()
         return self.eval_loader(self.splits["test"])
 
-    def baseline_data(self) -> dict[str, torch.Tensor]:
-        """The train split the baseline is trained on (the same samples the curriculum sees)."""
-        self.setup()
-        return {"x": self.splits["train"].x, "y": self.splits["train"].y}
 
 
 def min_distance_to(points: torch.Tensor, reference: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

@@ -9,29 +9,60 @@ learning rate per stage by its ``optimizer`` (F12). Batches: see ``datamodule.py
 * vipassana: BCE of trust over the clean / augmented / drunk / mismatch / void paths, built from the same
              batch with the configured ratios (F13); Samatha runs without gradients.
 * decoder:   CE of the task decoder on ``[s*; v_ctx]`` (logits unsquashed, F18).
+* baseline:  CE of the plain baseline part (``evaluation/baseline.py``) on the same train split.
 * fit:       plain ``lit-exp fit``: all of the above at once.
+
+Test: every number goes through a torchmetrics ``Metric`` (``evaluation/metrics.py``), reduced across ranks
+(F44); each sample's test noise is seeded by its index in the split, so no number depends on the batch or the
+rank a sample lands in. Validation terms are logged with ``sync_dist=True`` (weighted mean over ranks).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_experiments.core.specs import OptimSpec, StageSpec
 from lit_experiments.core.study import StudyModule
 
 from . import losses as L
-from .components import DrunkConfig, SamathaOutput, Sati, TaskDecoder, Vicara, Vitakka
+from .components import PerSampleNoise, SamathaOutput, Sati, TaskDecoder, Vicara, Vitakka
 from .components.vipassana import VipassanaInput, VipassanaOutput
-from .evaluation import BaselineSpec, EvalCollector, plots, train_baseline
+from .evaluation import SatipatthanaTestMetrics, plots
 
-STAGES = ("adapter", "samatha", "vipassana", "decoder", "fit")
+STAGES = ("adapter", "samatha", "vipassana", "decoder", "baseline", "fit")
 DEFAULT_RATIOS = {"clean": 0.3, "augmented": 0.25, "drunk": 0.15, "mismatch": 0.15, "void": 0.15}
-STAGE_ARGS = {"path_ratios", "augment_std", "void_margin"}
+NOT_LOSSES = ("acc", "baseline_acc")  # terms that are logged but never summed into the loss
+
+
+@dataclass
+class StageArgs:
+    """Defaults of the stage arguments; a stage's ``args:`` overrides any of them for that stage.
+
+    Attributes:
+        path_ratios: stage-2 path ratios (F13), normalised to sum 1; a clean path is required.
+        augment_std: input noise std at severity 1 on the augmented path.
+        void_margin: margin of the stage-1 void energy term (``log1p`` energy units).
+    """
+
+    path_ratios: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATIOS))
+    augment_std: float = 0.3
+    void_margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.augment_std < 0:
+            raise ValueError(f"stage args: augment_std={self.augment_std} must be >= 0")
+        self.path_ratios = dict(self.path_ratios)
+        L.path_sizes(64, self.path_ratios)  # names, values and the clean path checked now, not at stage 2
+        self.augment_std, self.void_margin = float(self.augment_std), float(self.void_margin)
+
+
+STAGE_ARGS = {f.name for f in fields(StageArgs)}
 
 
 @dataclass
@@ -57,48 +88,49 @@ class SatipatthanaModule(StudyModule):
 
     Args:
         adapter: input -> z (``MLPAdapter`` / ``CNNAdapter``).
-        vitakka / vicara / sati: the Samatha parts.
+        vitakka / vicara / sati: the Samatha parts (drunk-mode constants live in ``sati.drunk``, F17).
         vipassana: ``VipassanaV40`` or ``VipassanaV41``.
         recon_decoder: state -> input reconstruction (``MLPDecoder`` / ``ConvDecoder``).
-        task_decoder: ``TaskDecoder`` on ``[s*; v_ctx]``.
-        num_classes: classes of the task (sizes the label-guidance head).
+        task_decoder: ``TaskDecoder`` on ``[s*; v_ctx]``; its ``in_dim: null`` is filled in here from the state
+            size and ``vipassana.context_dim``.
+        num_classes: classes of the task (sizes the label-guidance head and the baseline).
         label_guidance: add a linear head on s* trained with CE in the samatha stage.
-        drunk: drunk-mode constants (F17).
-        path_ratios: stage-2 path ratios (F13); a stage's ``args.path_ratios`` overrides them.
-        augment_std: input noise std at severity 1 on the augmented path.
-        void_margin: margin of the stage-1 void energy term (``log1p`` energy units).
-        baseline: the plain model trained on the same split at test time.
+        stage_args: defaults of the stage arguments (path ratios, augment std, void margin).
+        baseline: a plain model (``MLPBaseline`` / ``CNNBaseline``) trained in the ``baseline`` stage and scored
+            at test time as ``test/baseline_acc``; None: no baseline.
         optimizer: the optimizer of a plain ``fit``.
     """
 
     headline_metrics: ClassVar[list[str]] = ["test/acc", "test/baseline_acc", "test/trust_clean", "test/trust_drunk",
                                              "test/trust_void", "test/trust_auroc", "test/psnr"]
     loss_lower_bounds: ClassVar[dict[str, float]] = {"stability": 0.0, "recon": 0.0, "trust_bce": 0.0,
-                                                      "task_ce": 0.0, "guidance": 0.0}
+                                                      "task_ce": 0.0, "guidance": 0.0, "baseline_ce": 0.0}
 
     def __init__(self, adapter: nn.Module, vitakka: Vitakka, vicara: Vicara, vipassana: nn.Module,
                  recon_decoder: nn.Module, task_decoder: TaskDecoder, num_classes: int, sati: Sati | None = None,
-                 label_guidance: bool = True, drunk: DrunkConfig | None = None,
-                 path_ratios: dict[str, float] | None = None, augment_std: float = 0.3, void_margin: float = 1.0,
-                 baseline: BaselineSpec | None = None, optimizer: OptimSpec | None = None) -> None:
+                 label_guidance: bool = True, stage_args: StageArgs | None = None, baseline: nn.Module | None = None,
+                 optimizer: OptimSpec | None = None) -> None:
         super().__init__(optimizer=optimizer)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes} must be >= 2")
-        if augment_std < 0:
-            raise ValueError(f"augment_std={augment_std} must be >= 0")
         self.adapter, self.vitakka, self.vicara = adapter, vitakka, vicara
         self.sati = sati or Sati()
         self.vipassana, self.recon_decoder, self.task_decoder = vipassana, recon_decoder, task_decoder
         dim = vitakka.probes.shape[1]
+        if task_decoder.net is None and hasattr(vipassana, "context_dim"):  # in_dim: null -> D + context_dim
+            task_decoder.build(dim + (vipassana.context_dim if task_decoder.use_context else 0))
         self.aux_head = nn.Linear(dim, num_classes) if label_guidance else None
         self.num_classes = num_classes
-        self.drunk = drunk or DrunkConfig()
-        self.default_ratios = dict(path_ratios or DEFAULT_RATIOS)
-        L.path_sizes(64, self.default_ratios)  # validates names and values now, not at stage 2
-        self.default_augment_std, self.default_void_margin = augment_std, void_margin
-        self.baseline = baseline or BaselineSpec()
+        for name, part in (("task_decoder", task_decoder), ("baseline", baseline)):
+            n = getattr(part, "num_classes", None)
+            if part is not None and n is not None and n != num_classes:
+                raise ValueError(f"{name}.num_classes={n} differs from the module's num_classes={num_classes}")
+        if baseline is not None and getattr(baseline, "num_classes", 0) is None:
+            baseline.num_classes = num_classes
+        self.baseline = baseline
+        self.stage_defaults = stage_args or StageArgs()
         self._configure_stage_args({})
-        self._collector: EvalCollector | None = None
+        self.test_metrics: SatipatthanaTestMetrics | None = None
 
     # ------------------------------------------------------------------ stages
     def on_stage(self, stage: StageSpec) -> None:
@@ -110,15 +142,13 @@ class SatipatthanaModule(StudyModule):
         unknown = set(args) - STAGE_ARGS
         if unknown:
             raise ValueError(f"stage args {sorted(unknown)} unknown; expected a subset of {sorted(STAGE_ARGS)}")
-        self.path_ratios = dict(args.get("path_ratios", self.default_ratios))
-        L.path_sizes(64, self.path_ratios)
-        self.augment_std = float(args.get("augment_std", self.default_augment_std))
-        self.void_margin = float(args.get("void_margin", self.default_void_margin))
+        current = replace(self.stage_defaults, **args)
+        self.path_ratios, self.augment_std, self.void_margin = current.path_ratios, current.augment_std, current.void_margin
 
     # ----------------------------------------------------------------- forward
-    def samatha(self, x: torch.Tensor, drunk: bool = False, generator: torch.Generator | None = None) -> SamathaOutput:
-        z = self.adapter(x)
-        return self.sati(self.vicara, self.vitakka(z), self.drunk if drunk else None, generator)
+    def samatha(self, x: torch.Tensor, drunk: bool = False,
+                generator: torch.Generator | PerSampleNoise | None = None) -> SamathaOutput:
+        return self.sati(self.vicara, self.vitakka(self.adapter(x)), drunk, generator)
 
     def _samatha_grad(self) -> bool:
         return any(p.requires_grad for m in (self.adapter, self.vitakka, self.vicara) for p in m.parameters())
@@ -145,6 +175,8 @@ class SatipatthanaModule(StudyModule):
         if self.aux_head is not None:
             self.aux_head(out.s_star)
         self.task_decoder(out.s_star, self.analyse(out, batch["x"]).v_ctx)
+        if self.baseline is not None:
+            self.baseline(batch["x"])
 
     # ------------------------------------------------------------------ losses
     def adapter_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -220,21 +252,30 @@ class SatipatthanaModule(StudyModule):
         self.track(representations={"s_star": out.s_star})
         return {"task_ce": F.cross_entropy(logits, batch["y"]), "acc": (logits.argmax(1) == batch["y"]).float().mean()}
 
+    def baseline_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.baseline is None:
+            raise ValueError("stage 'baseline' needs a `baseline:` part (MLPBaseline / CNNBaseline) in the model")
+        logits = self.baseline(batch["x"])
+        if self.training and torch.is_grad_enabled() and hasattr(self.baseline, "trained_steps"):
+            self.baseline.trained_steps += 1
+        return {"baseline_ce": F.cross_entropy(logits, batch["y"]),
+                "baseline_acc": (logits.argmax(1) == batch["y"]).float().mean()}
+
     def stage_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         name = self.stage.name
         if name == "fit":
-            return {**self.samatha_loss(batch), **self.vipassana_loss(batch), **self.decoder_loss(batch)}
+            terms = {**self.samatha_loss(batch), **self.vipassana_loss(batch), **self.decoder_loss(batch)}
+            return {**terms, **self.baseline_loss(batch)} if self.baseline is not None else terms
         return getattr(self, f"{name}_loss")(batch)
 
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         defaults = {"stability": 0.1, "diversity": 0.1, "void_energy": 0.0}
-        total = sum(self.loss_weight(k, defaults.get(k, 1.0)) * v for k, v in terms.items() if k != "acc")
-        return total
+        return sum(self.loss_weight(k, defaults.get(k, 1.0)) * v for k, v in terms.items() if k not in NOT_LOSSES)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         terms = self.stage_terms(batch)
         loss = self._total(terms)
-        self.track(losses={k: v for k, v in terms.items() if k != "acc"})
+        self.track(losses={k: v for k, v in terms.items() if k not in NOT_LOSSES})
         bs = batch["x"].shape[0]
         for k, v in terms.items():
             self.log(f"train/{k}", v.detach(), batch_size=bs)
@@ -244,52 +285,65 @@ class SatipatthanaModule(StudyModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         terms = self.stage_terms(batch)
         bs = batch["x"].shape[0]
-        for k, v in terms.items():
-            self.log(f"val/{k}", v, batch_size=bs)
-        self.log("val/loss", self._total(terms), batch_size=bs)
+        for k, v in terms.items():  # sync_dist: the epoch value is the batch-size weighted mean over all ranks
+            self.log(f"val/{k}", v, batch_size=bs, sync_dist=True)
+        self.log("val/loss", self._total(terms), batch_size=bs, sync_dist=True)
 
     # -------------------------------------------------------------------- test
+    def _baseline_scored(self) -> bool:
+        b = self.baseline
+        return b is not None and int(getattr(b, "trained_steps", torch.ones(()))) > 0
+
     def on_test_epoch_start(self) -> None:
         dm = self.trainer.datamodule
-        self._collector = EvalCollector(void_kinds=list(getattr(dm, "void_kinds", [])))
+        if self.baseline is not None and not self._baseline_scored():
+            rank_zero_warn("SatipatthanaModule: the baseline never trained (no `baseline` stage ran); "
+                           "test/baseline_acc is not reported")
+        self.test_metrics = SatipatthanaTestMetrics(
+            self.num_classes, list(getattr(dm, "void_kinds", [])), image=bool(getattr(dm, "is_image", False)),
+            baseline=self._baseline_scored(), max_steps=self.sati.max_steps).to(self.device)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        from .evaluation.report import psnr
-
-        c, x = self._collector, batch["x"]
-        gen = torch.Generator().manual_seed(10_000 + batch_idx)
+        """Every path on every sample; noise seeded per sample (``index``), mismatch from ``x_partner``."""
+        x, index = batch["x"], batch["index"]
         clean = self.samatha(x)
         vip = self.analyse(clean, x)
-        c.logits.append(self.task_decoder(clean.s_star, vip.v_ctx).cpu())
-        c.y.append(batch["y"].cpu())
-        c.x.append(x.cpu())
-        c.x_void.append(batch["x_void"].cpu())
-        c.void_kind.append(batch["void_kind"].cpu())
-        if x.dim() == 4:
-            c.psnr.append(psnr(self.recon_decoder(clean.s_star), x).cpu())
-        for path in L.PATHS:  # every path on the whole batch
-            p = self.paths(x, batch["x_void"], {path: 1.0}, generator=gen, require_clean=False)
-            c.trust[path].append(torch.sigmoid(p.trust_logit[p.path == L.PATHS.index(path)]).cpu())
-        c.add_trajectories("clean", clean.santana.step_energy)
-        c.add_trajectories("drunk", self.samatha(x, drunk=True, generator=gen).santana.step_energy)
-        c.add_trajectories("void", self.samatha(batch["x_void"]).santana.step_energy)
+        aug_noise = PerSampleNoise(index * 4 + 1)
+        severity = aug_noise.rand((len(x),)).to(x)
+        xa = x + self.augment_std * severity.view(-1, *([1] * (x.dim() - 1))) * aug_noise.randn(x.shape).to(x)
+        drunk = self.samatha(x, drunk=True, generator=PerSampleNoise(index * 4 + 2))
+        void = self.samatha(batch["x_void"])
+        partner = self.samatha(batch["x_partner"]).s_star  # s* of another sample with this sample's trajectory
+        trust = {"clean": vip.trust, "augmented": self.analyse(self.samatha(xa), xa).trust,
+                 "drunk": self.analyse(drunk, x).trust, "mismatch": self.analyse(clean, x, s_star=partner).trust,
+                 "void": self.analyse(void, batch["x_void"]).trust}
+        self.test_metrics.update(
+            index=index, y=batch["y"], logits=self.task_decoder(clean.s_star, vip.v_ctx), trust=trust,
+            void_kind=batch["void_kind"],
+            energy={"clean": clean.santana.step_energy, "drunk": drunk.santana.step_energy,
+                    "void": void.santana.step_energy},
+            baseline_logits=self.baseline(x) if self._baseline_scored() else None,
+            recon=self.recon_decoder(clean.s_star) if x.dim() == 4 else None, x=x)
 
     def on_test_epoch_end(self) -> None:
-        c = self._collector
-        dm = self.trainer.datamodule
-        base = dm.baseline_data() if hasattr(dm, "baseline_data") else None
-        x_test = c.cat(c.x)
-        preds = train_baseline(self.baseline, base["x"], base["y"], x_test, self.num_classes) if base else None
-        metrics = c.metrics(preds)
+        m = self.test_metrics
+        metrics = m.compute()  # collective: synced across ranks
+        samples = m.gathered()
         for k, v in metrics.items():
             self.log(f"test/{k}", v)
-        self.add_results("test", {**{f"test/{k}": v for k, v in metrics.items()}, "test/n_test": len(x_test),
-                                  "test/void_kinds": c.void_kinds})
-        self.log_figure("trust_histograms", plots.trust_histograms({k: c.cat(v) for k, v in c.trust.items()}))
-        self.log_figure("energy_trajectories", plots.energy_trajectories({k: c.cat_steps(v) for k, v in c.energy.items()}))
-        if x_test.dim() == 2 and x_test.shape[1] == 2:
-            self.log_figure("decision_boundary", plots.decision_boundary(
-                self._grid_predict, x_test, c.cat(c.y), c.cat(c.x_void)))
+        self.add_results("test", {**{f"test/{k}": v for k, v in metrics.items()},
+                                  "test/n_test": len(samples["trust_clean"]),
+                                  "test/void_kinds": m.void_kinds})
+        if self._is_rank_zero():
+            self.log_figure("trust_histograms", plots.trust_histograms({p: samples[f"trust_{p}"] for p in L.PATHS}))
+            keep = slice(0, 64)
+            self.log_figure("energy_trajectories", plots.energy_trajectories(
+                {p: samples[f"energy_{p}"][keep].T for p in ("clean", "drunk", "void")}))
+            test = getattr(self.trainer.datamodule, "splits", {}).get("test")
+            if test is not None and test.x.dim() == 2 and test.x.shape[1] == 2:
+                self.log_figure("decision_boundary", plots.decision_boundary(self._grid_predict, test.x, test.y,
+                                                                             test.x_void))
+        self.test_metrics = None
 
     def _grid_predict(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():

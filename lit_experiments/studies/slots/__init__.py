@@ -1,0 +1,31 @@
+"""slots: SAVi / DINOSAUR slot attention on frozen features (or pixels), scored by FG-ARI (seed 000).
+
+A ``SlotsModule`` receives its parts by constructor (``class_path`` in the YAML; sizes that follow from the
+data or from another part are built from the first batch by the module's dry run, never typed twice):
+
+* encoder   ``encoders.FeatureInput`` (frozen features, optional trainable projection) | ``encoders.PixelEncoder``
+* grouper   ``slot_attention.SlotAttention`` with its init part ``GaussianSlotInit`` | ``LearnedSlotInit``
+* predictor ``predictor.TransformerPredictor`` (SAVi) | null (each frame grouped on its own, DINOSAUR)
+* decoder   ``decoders.MLPDecoder`` | ``decoders.TransformerDecoder``
+* loss      ``losses.ReconstructionLoss(kind=mse | cosine | channel_norm)``
+
+``datamodule.SlotsDataModule`` serves ShapesWorld videos or converted MOVi clips, with frozen features cached
+on disk; ``plugin.py`` registers the ``colour_edge`` backbone and the ``slots-analyze`` tool. Configs:
+``configs/slots/_base_movi.yaml`` (the seed's real run) with one delta per seed run, ``demo.yaml`` (CPU)
+with ``shapes_long`` / ``pixels_demo`` as deltas.
+
+Where it departs from the seed: the reconstruction target is the frozen feature itself, never a trainable
+projection's output (the seed's CLIP bug); scale is handled per position over channels, spatial
+normalisation is refused; the loss is also reported relative to the target's variance; a learned positional
+embedding (initialised as a smooth Fourier code) is added to the slot-attention input; evaluation upsamples
+soft masks bilinearly before the argmax and ignores the background in FG-ARI; both mask sources (decoder
+alphas and slot attention) are scored, against a fixed grid partition with one region per slot; optional
+BO-QSA (``bilevel``) training and learned slot queries; a pixel path; a CPU demo on ShapesWorld with a fixed
+colour/edge encoder instead of MOVi + pretrained ViTs.
+
+LESSONS rows covered (tests in ``tests/studies/slots/``): F01 (``encoders.FeatureInput`` + the TrainingHealth
+target guard; ``test_f01_*``), F02 / F03 (``losses``; ``test_f02_*``, ``test_f03_*``), F04
+(``slot_attention.LearnedPositionalEmbedding``; ``test_f04_*``), F05 (``evaluation.predicted_labels``;
+``test_f05_*`` with four wrong-resize mutants), F06 (``analyze``; ``test_f06_*``), F44 (every val / test number
+through a torchmetrics ``Metric``; ``test_ddp.py::test_f44_*``).
+"""

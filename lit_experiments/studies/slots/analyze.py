@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
-from .datamodule import Resize, make_backbone
+from lit_experiments.backbones import build_backbone
+
+from .datamodule import Resize
 
 
 def feature_stats(feats: torch.Tensor) -> dict[str, float]:
@@ -58,12 +60,12 @@ def layer_features(backbone: Any, images: torch.Tensor) -> dict[str, torch.Tenso
 def analyze_backbone(name: str, images: torch.Tensor, layers: list[int] | None = None, **build: Any) -> list[dict]:
     """Per-layer statistics of backbone ``name`` on (B,3,H,W) images in [0,1]."""
     if layers is None and name != "colour_edge":
-        depth = _depth(make_backbone(name, **build))
+        depth = _depth(build_backbone(name, **build))
         layers = list(range(depth)) if depth else None
     kwargs = dict(build)
     if name != "colour_edge":
         kwargs["layers"] = layers
-    backbone = make_backbone(name, **kwargs)
+    backbone = build_backbone(name, **kwargs)
     if getattr(backbone, "layer_reduce", "concat") != "concat":
         raise ValueError("analysis needs the concat layer reduction")
     rows = []

@@ -43,6 +43,14 @@ class Resize:
 class ColourEdgeBackbone(ColourEdgeEncoder):
     """``ColourEdgeEncoder`` with the frozen-backbone extras the feature cache needs."""
 
+    @classmethod
+    def from_registry(cls, name: str, pretrained: bool | str = False, layers: list[int] | None = None,
+                      img_size: int | None = None, model_kwargs: dict | None = None) -> ColourEdgeBackbone:
+        """The registry's factory for ``colour_edge`` (see ``plugin.py``): fixed weights, no checkpoint."""
+        if pretrained:
+            raise ValueError("backbone 'colour_edge' is a fixed hand-designed encoder: it has no pretrained weights")
+        return cls(**(model_kwargs or {}))
+
     def cache_key(self) -> str:
         return self.name
 
@@ -52,15 +60,6 @@ class ColourEdgeBackbone(ColourEdgeEncoder):
             b, t = images.shape[:2]
             return super().features(images.flatten(0, 1)).view(b, t, -1, self.dim)
         return super().features(images)
-
-
-def make_backbone(name: str, pretrained: bool | str = False, layers: list[int] | None = None,
-                  img_size: int | None = None, model_kwargs: dict | None = None) -> Any:
-    if name == "colour_edge":
-        return ColourEdgeBackbone(**(model_kwargs or {}))
-    from lit_experiments.backbones import build_backbone
-
-    return build_backbone(name, pretrained=pretrained, layers=layers, img_size=img_size, model_kwargs=model_kwargs)
 
 
 class OnTheFlyFeatures(Dataset):
@@ -169,7 +168,9 @@ class SlotsDataModule(StudyDataModule):
     @property
     def backbone(self) -> Any:
         if self._backbone is None:
-            self._backbone = make_backbone(**self.backbone_args)
+            from lit_experiments.backbones import build_backbone
+
+            self._backbone = build_backbone(**self.backbone_args)
         return self._backbone
 
     def feature_split(self, split: str) -> Dataset:
@@ -181,7 +182,7 @@ class SlotsDataModule(StudyDataModule):
         transform = Resize(size) if size else None
         if self.cache_features:
             # training needs only the features: the clips themselves are not re-rendered / re-read per step
-            ds: Dataset = FeatureCache(Path(self.cache_dir), bb, raw, transform=transform, progress=False,
+            ds: Dataset = FeatureCache(Path(self.cache_dir), bb, raw, transform=transform, progress=None,
                                        include_items=split != "train")
         else:
             ds = OnTheFlyFeatures(bb, raw, transform)

@@ -27,26 +27,39 @@ class DecoderOutput:
     per_slot: torch.Tensor | None = None
 
 
-class MLPDecoder(nn.Module):
-    """Broadcast MLP decoder. The first layer is applied to slot and position separately and summed
-    (``W(s + p) = Ws + Wp``), which is exact and avoids materialising the (B,K,N,D) input."""
+class SlotDecoder(nn.Module):
+    """Base of the decoder parts: ``build(slot_dim, out_dim, num_positions, grid)`` from the first batch
+    (slot size from the grouper, channels and positions from the reconstruction target), then
+    ``forward(slots (B,K,D)) -> DecoderOutput``. The constructor takes only the decoder's own choices."""
 
-    def __init__(
-        self,
-        slot_dim: int,
-        out_dim: int,
-        num_positions: int,
-        hidden: int = 256,
-        layers: int = 3,
-        grid: tuple[int, int] | None = None,
-    ) -> None:
+    built = False
+
+    def build(self, slot_dim: int, out_dim: int, num_positions: int, grid: tuple[int, int] | None = None) -> None:
+        raise NotImplementedError
+
+
+class MLPDecoder(SlotDecoder):
+    """Broadcast MLP decoder (DINOSAUR). The first layer is applied to slot and position separately and
+    summed (``W(s + p) = Ws + Wp``), which is exact and avoids materialising the (B,K,N,D) input.
+
+    Args:
+        hidden: hidden width; layers: linear layers (>= 2). Sizes come from :meth:`build`.
+    """
+
+    def __init__(self, hidden: int = 256, layers: int = 3) -> None:
         super().__init__()
         if layers < 2:
             raise ValueError(f"MLPDecoder needs >= 2 layers, got {layers}")
+        self.hidden, self.layers = hidden, layers
+
+    def build(self, slot_dim: int, out_dim: int, num_positions: int, grid: tuple[int, int] | None = None) -> None:
+        if self.built:
+            return
         self.num_positions, self.out_dim = num_positions, out_dim
         self.pos_emb = LearnedPositionalEmbedding(num_positions, slot_dim, grid).weight
-        self.first = nn.Linear(slot_dim, hidden)
-        self.rest = nn.Sequential(nn.ReLU(inplace=False), mlp(hidden, hidden, out_dim + 1, layers=layers - 1))
+        self.first = nn.Linear(slot_dim, self.hidden)
+        self.rest = nn.Sequential(nn.ReLU(inplace=False), mlp(self.hidden, self.hidden, out_dim + 1, self.layers - 1))
+        self.built = True
 
     def forward(self, slots: torch.Tensor) -> DecoderOutput:
         h_slot = self.first(slots).unsqueeze(2)  # (B,K,1,H), includes the bias
@@ -78,24 +91,24 @@ class _CrossBlock(nn.Module):
         return q, attn  # attn (B,N,K): softmax over slots per position
 
 
-class TransformerDecoder(nn.Module):
-    def __init__(
-        self,
-        slot_dim: int,
-        out_dim: int,
-        num_positions: int,
-        depth: int = 2,
-        heads: int = 4,
-        hidden: int = 256,
-        grid: tuple[int, int] | None = None,
-    ) -> None:
+class TransformerDecoder(SlotDecoder):
+    """N learned position queries cross-attend to the slots; the last block's attention (mean over heads)
+    gives the masks. Args: ``depth`` blocks, ``heads``, MLP ``hidden``; sizes as in :class:`MLPDecoder`."""
+
+    def __init__(self, depth: int = 2, heads: int = 4, hidden: int = 256) -> None:
         super().__init__()
-        if slot_dim % heads:
-            raise ValueError(f"slot_dim {slot_dim} must be divisible by heads {heads}")
+        self.depth, self.heads, self.hidden = depth, heads, hidden
+
+    def build(self, slot_dim: int, out_dim: int, num_positions: int, grid: tuple[int, int] | None = None) -> None:
+        if self.built:
+            return
+        if slot_dim % self.heads:
+            raise ValueError(f"TransformerDecoder: slot_dim {slot_dim} must be divisible by heads {self.heads}")
         self.queries = nn.Parameter(LearnedPositionalEmbedding(num_positions, slot_dim, grid).weight.data[None])
-        self.blocks = nn.ModuleList([_CrossBlock(slot_dim, heads, hidden) for _ in range(depth)])
+        self.blocks = nn.ModuleList([_CrossBlock(slot_dim, self.heads, self.hidden) for _ in range(self.depth)])
         self.norm = nn.LayerNorm(slot_dim)
         self.head = nn.Linear(slot_dim, out_dim)
+        self.built = True
 
     def forward(self, slots: torch.Tensor) -> DecoderOutput:
         q = self.queries.expand(slots.shape[0], -1, -1)
@@ -104,19 +117,3 @@ class TransformerDecoder(nn.Module):
             q, attn = block(q, slots)
         assert attn is not None
         return DecoderOutput(recon=self.head(self.norm(q)), masks=attn.transpose(1, 2))
-
-
-def build_decoder(
-    kind: str,
-    slot_dim: int,
-    out_dim: int,
-    num_positions: int,
-    hidden: int = 256,
-    layers: int = 3,
-    grid: tuple[int, int] | None = None,
-) -> nn.Module:
-    if kind == "mlp":
-        return MLPDecoder(slot_dim, out_dim, num_positions, hidden=hidden, layers=layers, grid=grid)
-    if kind == "transformer":
-        return TransformerDecoder(slot_dim, out_dim, num_positions, depth=max(1, layers - 1), hidden=hidden, grid=grid)
-    raise ValueError(f"decoder must be 'mlp' or 'transformer', got {kind!r}")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lit_experiments.metrics import ARIMetric, MBOMetric, ari, mbo, resize_masks
+from lit_experiments.metrics._dist import gather_objects
 
 METAL = 1
 
@@ -75,6 +76,9 @@ def grid_partition(k: int, shape: tuple[int, ...]) -> torch.Tensor:
 class SegmentationScores(torch.nn.Module):
     """FG-ARI / ARI / mBO per frame and per video, overall and per group, plus a per-sample table.
 
+    The scores are torchmetrics ``Metric`` states (``dist_reduce_fx="cat"``), so :meth:`compute` returns
+    values reduced over every rank's samples; :meth:`all_rows` all-gathers the per-sample table.
+
     ``grid_fg_ari`` is the FG-ARI of :func:`grid_partition` with as many regions as slots (a
     position-only baseline that a useful model has to beat).
     """
@@ -131,11 +135,17 @@ class SegmentationScores(torch.nn.Module):
             })
 
     def compute(self) -> dict[str, float]:
+        """Every score over the samples of all ranks (torchmetrics syncs the states in ``compute``)."""
         out: dict[str, float] = {}
         for m in self._metrics():
-            if m.values:  # metric saw at least one batch
+            if m.update_called:  # metric saw at least one batch
                 out.update({k: float(v) for k, v in m.compute().items()})
         return out
+
+    def all_rows(self) -> list[dict[str, Any]]:
+        """The per-sample rows of every rank (all-gathered under DDP), sorted by sample index."""
+        rows = [row for part in gather_objects(self.rows) for row in part]
+        return sorted(rows, key=lambda r: r["index"])
 
 
 def _f(x: torch.Tensor) -> float:

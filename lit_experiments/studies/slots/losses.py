@@ -41,8 +41,8 @@ def to_loss_space(x: torch.Tensor, name: str) -> torch.Tensor:
 
 @dataclass
 class ReconLoss:
-    """``loss`` (with grad) for the optimizer; ``relative`` (detached): the loss as a fraction of the
-    loss-space target's variance over positions (1.0 = no better than predicting the mean feature),
+    """``loss`` (with grad) for the optimizer; ``relative`` (detached): per frame, the squared error as a
+    fraction of the loss-space target's variance over positions (1.0 = no better than predicting the mean feature),
     comparable across backbones with different feature scales (F03)."""
 
     loss: torch.Tensor
@@ -58,16 +58,31 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, name: str = "
         loss = (1.0 - F.cosine_similarity(recon, target, dim=-1)).mean()
         # relative: squared distance of unit vectors, over their spread
         r, t = to_loss_space(recon, name), to_loss_space(target, name)
-        rel_num = (r - t).pow(2).sum(-1).mean()
     else:
         r, t = to_loss_space(recon, name), to_loss_space(target, name)
         loss = F.mse_loss(r, t)
-        rel_num = (r - t).pow(2).sum(-1).mean()
     with torch.no_grad():
+        # per frame (error over the frame's own spread), then the mean over frames: a batch's value is the
+        # mean of its frames' values, so batch-size-weighted means over batches / ranks are exact (DDP)
+        flat_r = r.detach().reshape(-1, r.shape[-2], r.shape[-1])
         flat_t = t.reshape(-1, t.shape[-2], t.shape[-1])  # (B', N, C)
-        var = flat_t.var(dim=1, unbiased=False).sum(-1).mean().clamp_min(1e-12)
-        relative = rel_num.detach() / var
+        var = flat_t.var(dim=1, unbiased=False).sum(-1).clamp_min(1e-12)
+        relative = ((flat_r - flat_t).pow(2).sum(-1).mean(-1) / var).mean()
     return ReconLoss(loss=loss, relative=relative)
+
+
+class ReconstructionLoss:
+    """The reconstruction-loss part: ``kind`` ``mse`` | ``cosine`` | ``channel_norm`` (per position over
+    channels; F02, F03). Asking for a spatial normalisation raises (F02). Called as ``loss(recon, target)``."""
+
+    def __init__(self, kind: str = "mse") -> None:
+        self.kind = check_loss_name(kind)
+
+    def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> ReconLoss:
+        return reconstruction_loss(recon, target, self.kind)
+
+    def __repr__(self) -> str:
+        return f"ReconstructionLoss(kind={self.kind!r})"
 
 
 def slot_diversity_loss(slots: torch.Tensor) -> torch.Tensor:

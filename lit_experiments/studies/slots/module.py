@@ -6,29 +6,42 @@ optional ``material`` / ``category`` / ``num_objects`` / ``index``. Images are c
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from torchmetrics import MeanMetric
 
 from lit_experiments.core.specs import OptimSpec
 from lit_experiments.core.study import StudyModule
 
+from .decoders import MLPDecoder, SlotDecoder
+from .encoders import FeatureInput, SlotEncoder
 from .evaluation import SegmentationScores, overlay_figure, predicted_labels
-from .losses import check_loss_name, reconstruction_loss, slot_diversity_loss
+from .losses import ReconstructionLoss, slot_diversity_loss
 from .model import SlotModel, SlotOutput
+from .predictor import TransformerPredictor
+from .slot_attention import SlotAttention
+
+EVAL_LOSSES = ("loss", "recon", "recon_rel")
 
 
 class SlotsModule(StudyModule):
-    """Args mirror :class:`~.model.SlotModel`; plus
+    """Slot attention over frozen features or pixels; every part is a constructor argument.
 
     Args:
-        pos_scale: size of the slot-attention positional embedding's initial smooth code (F04).
-        bilevel: BO-QSA training of slot attention (detached iterations, straight-through init).
-        loss: ``mse`` | ``cosine`` | ``channel_norm`` (per position over channels; F02, F03).
+        encoder: ``FeatureInput`` (frozen features, optional trainable projection; F01) or ``PixelEncoder``.
+        grouper: ``SlotAttention`` (slot size, slots, iterations, init part, BO-QSA, positional embedding F04);
+            its input size and grid are taken from the first batch.
+        decoder: ``MLPDecoder`` (DINOSAUR) or ``TransformerDecoder``; slot size, channels and positions inferred.
+        predictor: ``TransformerPredictor`` (SAVi: slots carried from frame to frame) or None (each frame
+            grouped on its own, DINOSAUR).
+        loss: ``ReconstructionLoss(kind=mse | cosine | channel_norm)`` (F02, F03).
         diversity_weight: weight of the slot-diversity term (seed: 0.1); stage ``loss_weights`` override
             it as ``diversity`` (and ``recon`` for the reconstruction term).
-        eval_masks: ``decoder`` (alpha masks, DINOSAUR) or ``attn`` (last slot-attention iteration).
+        eval_masks: ``decoder`` (alpha masks, DINOSAUR) or ``attn`` (last slot-attention iteration); the
+            other source is scored too, as ``fg_ari_<other>``.
         figure_clips: clips drawn in the mask-overlay figure of validation / test (0 = none).
+        optimizer: the optimizer of a plain ``fit`` (curriculum stages give their own).
     """
 
     loss_lower_bounds: ClassVar[dict[str, float]] = {"loss": 0.0, "recon": 0.0, "diversity": 0.0}
@@ -39,50 +52,34 @@ class SlotsModule(StudyModule):
 
     def __init__(
         self,
-        input: str = "features",
-        num_slots: int = 7,
-        slot_dim: int = 128,
-        mlp_hidden: int = 256,
-        iters: int = 3,
-        iters_video: int = 2,
-        tau: float = 0.5,
-        slot_init: str = "gaussian",
-        pos_emb: bool = True,
-        pos_scale: float = 1.0,
-        bilevel: bool = False,
-        projection_dim: int | None = None,
-        decoder: str = "mlp",
-        decoder_hidden: int = 256,
-        decoder_layers: int = 3,
-        predictor: bool = True,
-        pixel_channels: int = 32,
-        pixel_downsample: int = 1,
-        grid_size: tuple[int, int] | None = None,
-        loss: str = "mse",
+        encoder: SlotEncoder | None = None,
+        grouper: SlotAttention | None = None,
+        decoder: SlotDecoder | None = None,
+        predictor: TransformerPredictor | None = None,
+        loss: ReconstructionLoss | None = None,
         diversity_weight: float = 0.1,
-        eval_masks: str = "decoder",
+        eval_masks: Literal["decoder", "attn"] = "decoder",
         figure_clips: int = 4,
         optimizer: OptimSpec | None = None,
     ) -> None:
         super().__init__(optimizer)
-        self.save_hyperparameters()
-        self.loss_name = check_loss_name(loss)
+        self.save_hyperparameters(ignore=["encoder", "grouper", "decoder", "predictor", "loss"])
         if diversity_weight < 0:
             raise ValueError(f"diversity_weight must be >= 0, got {diversity_weight}")
         if eval_masks not in ("decoder", "attn"):
             raise ValueError(f"eval_masks must be 'decoder' or 'attn', got {eval_masks!r}")
+        self.recon_loss = loss or ReconstructionLoss()
         self.diversity_weight, self.eval_masks, self.figure_clips = diversity_weight, eval_masks, figure_clips
-        self.model = SlotModel(
-            input=input, num_slots=num_slots, slot_dim=slot_dim, mlp_hidden=mlp_hidden, iters=iters,
-            iters_video=iters_video, tau=tau, slot_init=slot_init, pos_emb=pos_emb, pos_scale=pos_scale,
-            bilevel=bilevel,
-            projection_dim=projection_dim,
-            decoder=decoder, decoder_hidden=decoder_hidden, decoder_layers=decoder_layers, predictor=predictor,
-            pixel_channels=pixel_channels, pixel_downsample=pixel_downsample, grid_size=grid_size,
-        )
+        self.model = SlotModel(encoder or FeatureInput(), grouper or SlotAttention(), decoder or MLPDecoder(),
+                               predictor)
         self.alt_masks = "attn" if eval_masks == "decoder" else "decoder"  # scored too, as fg_ari_<alt>
+        num_slots = self.model.grouper.num_slots
         self.val_scores = SegmentationScores(num_slots, alt_masks=self.alt_masks)
         self.test_scores = SegmentationScores(num_slots, alt_masks=self.alt_masks)
+        # eval losses as torchmetrics means (weighted by clips), reduced across ranks like the scores
+        self.eval_losses = torch.nn.ModuleDict(
+            {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in EVAL_LOSSES}
+        )
         self._figure_batch: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ model
@@ -94,7 +91,7 @@ class SlotsModule(StudyModule):
         self.model(_to(batch, self.device))
 
     def losses(self, out: SlotOutput) -> dict[str, torch.Tensor]:
-        rl = reconstruction_loss(out.recon, out.target, self.loss_name)
+        rl = self.recon_loss(out.recon, out.target)
         div = slot_diversity_loss(out.slots)
         w_div = self.loss_weight("diversity", self.diversity_weight)
         total = self.loss_weight("recon", 1.0) * rl.loss + w_div * div
@@ -129,8 +126,8 @@ class SlotsModule(StudyModule):
         out = self(batch)
         terms = self.losses(out)
         b = out.slots.shape[0]
-        for name in ("loss", "recon", "recon_rel"):
-            self.log(f"{split}/{name}", terms[name].detach(), batch_size=b, on_epoch=True)
+        for name in EVAL_LOSSES:
+            self.eval_losses[f"{split}_{name}"].update(terms[name].detach(), b)
         if "instances" not in batch:
             return
         gt = batch["instances"]
@@ -147,13 +144,21 @@ class SlotsModule(StudyModule):
                                       "pred": pred[: self.figure_clips].cpu()}
 
     def _eval_end(self, scores: SegmentationScores, split: str) -> dict[str, float]:
-        values = scores.compute()
+        # every number below is reduced across ranks by torchmetrics (compute() syncs), so logging it
+        # with sync_dist=False is right: a 2-rank run reports what a 1-rank run reports (F44)
+        values = {}
+        for name in EVAL_LOSSES:
+            metric = self.eval_losses[f"{split}_{name}"]
+            if metric.update_called:
+                values[name] = float(metric.compute())
+            metric.reset()
+        values.update(scores.compute())
         for key, value in values.items():
             if "_count" in key or "_skipped" in key:
                 continue
             self.log(f"{split}/{key}", value, sync_dist=False)
         if split == "test":
-            self.log_table("test/per_sample", scores.rows)
+            self.log_table("test/per_sample", scores.all_rows())
             self.add_results("slots_test", values)
         if self._figure_batch is not None and not self.trainer.sanity_checking:
             fb = self._figure_batch

@@ -11,19 +11,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torchvision.ops import MLP
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:
-    """Plain ReLU MLP with ``layers`` linear layers (>= 1)."""
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> MLP:
+    """ReLU MLP with ``layers`` linear layers (>= 1): ``torchvision.ops.MLP`` (its p=0 dropouts are no-ops)."""
     if layers < 1:
         raise ValueError(f"mlp needs >= 1 layer, got {layers}")
-    mods: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(layers - 1):
-        mods += [nn.Linear(dim, hidden), nn.ReLU(inplace=True)]
-        dim = hidden
-    mods.append(nn.Linear(dim, out_dim))
-    return nn.Sequential(*mods)
+    return MLP(in_dim, [hidden] * (layers - 1) + [out_dim])
 
 
 def fourier_grid(grid: tuple[int, int], dim: int, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
@@ -67,26 +62,42 @@ class LearnedPositionalEmbedding(nn.Module):
 
 
 class SlotInit(nn.Module):
-    """Initial slots: ``gaussian`` (learned mu / log-sigma, sampled) or ``learned`` (one vector per slot)."""
+    """Base of the initial-slot parts; sizes (``num_slots``, ``dim``) come from the slot attention at build."""
 
-    def __init__(self, num_slots: int, dim: int, mode: str = "gaussian") -> None:
-        super().__init__()
-        if mode not in ("gaussian", "learned"):
-            raise ValueError(f"slot init must be 'gaussian' or 'learned', got {mode!r}")
-        self.mode, self.num_slots, self.dim = mode, num_slots, dim
-        if mode == "gaussian":
-            self.mu = nn.Parameter(torch.randn(1, 1, dim) * dim**-0.5)
-            self.log_sigma = nn.Parameter(torch.full((1, 1, dim), math.log(dim**-0.5)))
-        else:
-            self.slots = nn.Parameter(torch.randn(1, num_slots, dim) * dim**-0.5)
+    num_slots: int
+    dim: int
+
+    def build(self, num_slots: int, dim: int) -> None:
+        raise NotImplementedError
 
     def forward(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.mode == "learned":
-            return self.slots.expand(batch_size, -1, -1)
+        raise NotImplementedError
+
+
+class GaussianSlotInit(SlotInit):
+    """Slots sampled from a learned Gaussian (shared mu / log-sigma; Locatello et al.), new noise every call."""
+
+    def build(self, num_slots: int, dim: int) -> None:
+        self.num_slots, self.dim = num_slots, dim
+        self.mu = nn.Parameter(torch.randn(1, 1, dim) * dim**-0.5)
+        self.log_sigma = nn.Parameter(torch.full((1, 1, dim), math.log(dim**-0.5)))
+
+    def forward(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         noise = torch.randn(
             batch_size, self.num_slots, self.dim, device=self.mu.device, dtype=self.mu.dtype, generator=generator
         )
         return self.mu + self.log_sigma.exp() * noise
+
+
+class LearnedSlotInit(SlotInit):
+    """One learned query vector per slot (deterministic init; pairs well with ``bilevel``, BO-QSA)."""
+
+    def build(self, num_slots: int, dim: int) -> None:
+        self.num_slots, self.dim = num_slots, dim
+        self.slots = nn.Parameter(torch.randn(1, num_slots, dim) * dim**-0.5)
+
+    def forward(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.slots.expand(batch_size, -1, -1)
 
 
 @dataclass
@@ -100,62 +111,84 @@ class SlotAttentionOutput:
 
 
 class SlotAttention(nn.Module):
-    """Iterative slot attention with softmax over slots at temperature ``tau``.
+    """Iterative slot attention with softmax over slots at temperature ``tau`` (the study's grouper).
+
+    Sizes that follow from the data are built lazily: ``in_dim`` (channels of the input) and ``grid``
+    (h, w of the positions, sizing the positional embedding) are ``None`` in a config and filled by
+    :meth:`build` from the first batch (the module's dry run). Given here, the part is built at once.
 
     Args:
-        in_dim: feature channels C of the input.
-        slot_dim: slot size D (also the key / value size).
+        slot_dim: slot size D (also the key / value size); decoders and predictors read it from here.
         num_slots: K.
-        iters: default number of iterations.
+        iters: iterations on a frame grouped from the initial slots.
+        iters_video: iterations on later frames whose slots a predictor carried over (None: ``iters``).
         tau: softmax temperature (seed: 0.5); logits are ``q.k / sqrt(D) / tau``.
-        eps: added to the attention before the weighted mean.
         mlp_hidden: hidden size of the residual MLP and of the input MLP.
-        num_positions: if given, a learned positional embedding of this many positions is added to
-            the slot-attention input (F04).
-        init: ``gaussian`` or ``learned`` slot initialisation.
-        grid: (h, w) of the N positions; initialises the positional embedding as a smooth code.
-        pos_scale: size of that initial code relative to the (LayerNorm-ed, MLP-ed) features.
+        pos_emb: add a learned positional embedding of the ``grid`` positions to the input (F04).
+        pos_scale: size of that embedding's initial smooth code relative to the (LayerNorm-ed, MLP-ed) features.
         bilevel: BO-QSA (Jia et al., ICLR 2023): all iterations but the last run on detached slots and
-            the initial slots get the gradient of the last iteration straight through. With ``learned``
+            the initial slots get the gradient of the last iteration straight through. With a learned
             init this makes the slot queries converge faster and more stably.
+        init: the initial-slot part (default :class:`GaussianSlotInit`).
+        eps: added to the attention before the weighted mean.
+        in_dim / grid: the data-shaped sizes (see above).
     """
 
     def __init__(
         self,
-        in_dim: int,
         slot_dim: int = 128,
         num_slots: int = 7,
         iters: int = 3,
+        iters_video: int | None = None,
         tau: float = 0.5,
-        eps: float = 1e-8,
         mlp_hidden: int = 256,
-        num_positions: int | None = None,
-        init: str = "gaussian",
-        grid: tuple[int, int] | None = None,
+        pos_emb: bool = True,
         pos_scale: float = 1.0,
         bilevel: bool = False,
+        init: SlotInit | None = None,
+        eps: float = 1e-8,
+        in_dim: int | None = None,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        self.bilevel = bilevel
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        if iters < 1:
-            raise ValueError(f"iters must be >= 1, got {iters}")
+        if iters < 1 or (iters_video is not None and iters_video < 1):
+            raise ValueError(f"iters / iters_video must be >= 1, got {iters} / {iters_video}")
         self.num_slots, self.slot_dim, self.iters, self.tau, self.eps = num_slots, slot_dim, iters, tau, eps
+        self.iters_video = iters_video or iters
+        self.mlp_hidden, self.use_pos_emb, self.pos_scale, self.bilevel = mlp_hidden, pos_emb, pos_scale, bilevel
+        self.init = init if init is not None else GaussianSlotInit()
+        self.pos_emb: LearnedPositionalEmbedding | None = None
+        self.built = False
+        if in_dim is not None:
+            self.build(in_dim, grid)
+
+    def build(self, in_dim: int, grid: tuple[int, int] | None = None) -> None:
+        """Create the layers for ``in_dim`` input channels on a ``grid`` of positions (idempotent).
+
+        Layers are created in the order of the original (eager) module, so a seed gives the same weights.
+        """
+        if self.built:
+            return
+        if self.use_pos_emb and grid is None:
+            raise ValueError("SlotAttention(pos_emb=True) needs the grid (h, w) of the input positions")
+        d = self.slot_dim
         self.input_norm = nn.LayerNorm(in_dim)
-        self.input_mlp = mlp(in_dim, mlp_hidden, slot_dim)
-        self.pos_emb = (
-            LearnedPositionalEmbedding(num_positions, slot_dim, grid, pos_scale) if num_positions else None
-        )
-        self.norm_kv = nn.LayerNorm(slot_dim)
-        self.to_k = nn.Linear(slot_dim, slot_dim, bias=False)
-        self.to_v = nn.Linear(slot_dim, slot_dim, bias=False)
-        self.norm_slots = nn.LayerNorm(slot_dim)
-        self.to_q = nn.Linear(slot_dim, slot_dim, bias=False)
-        self.gru = nn.GRUCell(slot_dim, slot_dim)
-        self.norm_mlp = nn.LayerNorm(slot_dim)
-        self.mlp = mlp(slot_dim, mlp_hidden, slot_dim)
-        self.init = SlotInit(num_slots, slot_dim, init)
+        self.input_mlp = mlp(in_dim, self.mlp_hidden, d)
+        if self.use_pos_emb:
+            assert grid is not None
+            self.pos_emb = LearnedPositionalEmbedding(grid[0] * grid[1], d, tuple(grid), self.pos_scale)
+        self.norm_kv = nn.LayerNorm(d)
+        self.to_k = nn.Linear(d, d, bias=False)
+        self.to_v = nn.Linear(d, d, bias=False)
+        self.norm_slots = nn.LayerNorm(d)
+        self.to_q = nn.Linear(d, d, bias=False)
+        self.gru = nn.GRUCell(d, d)
+        self.norm_mlp = nn.LayerNorm(d)
+        self.mlp = mlp(d, self.mlp_hidden, d)
+        self.init.build(self.num_slots, d)
+        self.built = True
 
     def prepare_input(self, features: torch.Tensor) -> torch.Tensor:
         """LayerNorm + MLP (+ positional embedding): the sequence slot attention attends over."""
@@ -169,6 +202,8 @@ class SlotAttention(nn.Module):
     ) -> SlotAttentionOutput:
         if features.dim() != 3:
             raise ValueError(f"slot attention expects (B, N, C) features, got shape {tuple(features.shape)}")
+        if not self.built:
+            raise RuntimeError("SlotAttention is not built: call build(in_dim, grid) (the module's dry run does)")
         b = features.shape[0]
         x = self.prepare_input(features)
         kv = self.norm_kv(x)

@@ -1,29 +1,51 @@
-"""A tiny classification study: the smallest complete example of a StudyModule (used by tests and bench)."""
+"""A tiny classification study: the smallest complete example of a StudyModule (used by tests and bench).
+
+Its shape is the shape of every study: the parts (``encoder``, ``head``) are constructor arguments, given in
+the YAML as ``class_path`` / ``init_args`` (see ``configs/toy/fit.yaml``). A size that follows from another part
+is inferred, not typed twice: the head is an ``nn.LazyLinear`` whose input size the dry run of ``LazyBuild``
+fills in. ``num_classes``, which the metrics need as well, is checked against the head.
+"""
 
 from __future__ import annotations
 
 import torch
 import torchmetrics
 from torch import nn
+from torchvision.ops import MLP
 
 from lit_experiments.core.specs import OptimSpec
 from lit_experiments.core.study import StudyModule
 
 
+def mlp_encoder(in_dim: int = 8, hidden: int = 32, dropout: float = 0.1) -> MLP:
+    """The default encoder: ``Linear -> BatchNorm -> ReLU -> Dropout -> Linear -> Dropout`` (width ``hidden``)."""
+    return MLP(in_dim, [hidden, hidden], norm_layer=nn.BatchNorm1d, dropout=dropout)
+
+
 class ToyModule(StudyModule):
-    """MLP encoder with BatchNorm + dropout and a lazily built head, trained with cross-entropy.
+    """Classifier ``head(encoder(x))`` trained with cross-entropy.
 
     Batch: ``{"x": float (B, D), "y": int64 (B,)}``.
+
+    Args:
+        encoder: ``(B, D) -> (B, F)``; default ``mlp_encoder(in_dim, hidden, dropout)``.
+        head: ``(B, F) -> (B, num_classes)``; default ``nn.LazyLinear(num_classes)`` (F inferred).
+        num_classes: classes of the task (the accuracy metrics and the default head).
+        in_dim, hidden, dropout: of the default encoder only (``in_dim``: the data's ``dim``).
+        optimizer: the optimizer of a plain ``fit`` (a curriculum sets one per stage).
     """
 
     loss_lower_bounds = {"loss": 0.0, "ce": 0.0}
     headline_metrics = ["test/acc"]
 
-    def __init__(self, hidden: int = 32, num_classes: int = 3, dropout: float = 0.1,
-                 optimizer: OptimSpec | None = None) -> None:
+    def __init__(self, encoder: nn.Module | None = None, head: nn.Module | None = None, num_classes: int = 3,
+                 in_dim: int = 8, hidden: int = 32, dropout: float = 0.1, optimizer: OptimSpec | None = None) -> None:
         super().__init__(optimizer)
-        self.encoder = nn.Sequential(nn.LazyLinear(hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout))
-        self.head = nn.Linear(hidden, num_classes)
+        self.encoder = encoder if encoder is not None else mlp_encoder(in_dim, hidden, dropout)
+        self.head = head if head is not None else nn.LazyLinear(num_classes)
+        if getattr(self.head, "out_features", num_classes) != num_classes:
+            raise ValueError(f"ToyModule: head.out_features={self.head.out_features} but num_classes={num_classes}; "
+                             "they must match")
         self.val_loss = torchmetrics.MeanMetric()
         self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
@@ -36,8 +58,7 @@ class ToyModule(StudyModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         features = self.encoder(batch["x"])
-        logits = self.head(features)
-        loss = nn.functional.cross_entropy(logits, batch["y"])
+        loss = nn.functional.cross_entropy(self.head(features), batch["y"])
         self.track(representations={"features": features}, losses={"ce": loss})
         self.log("train/loss", loss, prog_bar=True)
         return loss

@@ -11,8 +11,7 @@ from lit_experiments.studies.satipatthana.datamodule import (
     ShapesDataModule,
     min_distance_to,
 )
-from lit_experiments.studies.satipatthana.evaluation import BaselineSpec, EvalCollector, train_baseline
-from lit_experiments.studies.satipatthana.evaluation.report import auroc, psnr
+from lit_experiments.studies.satipatthana.evaluation import CNNBaseline, MLPBaseline, SatipatthanaTestMetrics
 
 
 def test_circles_splits_and_void_sets_away_from_the_data():
@@ -26,7 +25,9 @@ def test_circles_splits_and_void_sets_away_from_the_data():
         assert (min_distance_to(split.x_void, train.x) > 0.1).all()
         assert set(split.void_kind.unique().tolist()) == {0, 1, 2}
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"x", "y", "x_void", "void_kind"} and batch["x"].shape == (16, 2)
+    assert set(batch) == {"x", "y", "x_void", "void_kind", "index", "x_partner"} and batch["x"].shape == (16, 2)
+    item = dm.splits["test"][3]
+    assert int(item["index"]) == 3 and torch.equal(item["x_partner"], dm.splits["test"].x[(3 + 40) % 80])
     test = dm.splits["test"]
     assert torch.bincount(test.y).tolist() == [40, 40]  # stratified
     only = CirclesDataModule(n_samples=400, batch_size=16, train_void_kinds=["filtered"])
@@ -60,7 +61,6 @@ def test_digits_images_and_image_voids():
 
 
 def test_shapes_datamodule_classifies_the_object_category():
-    pytest.importorskip("lit_experiments.data.shapes")
     dm = ShapesDataModule(n_samples=60, image_size=16, batch_size=8)
     dm.setup()
     assert dm.input_shape == (3, 16, 16)
@@ -68,31 +68,73 @@ def test_shapes_datamodule_classifies_the_object_category():
     assert y.min() >= 0 and y.max() < 6 and y.unique().numel() > 1
 
 
-def test_auroc_psnr_and_collector_metrics():
-    assert auroc(torch.tensor([0.9, 0.8]), torch.tensor([0.1, 0.2])) == 1.0
-    assert auroc(torch.tensor([0.1]), torch.tensor([0.9])) == 0.0
-    x = torch.rand(2, 1, 4, 4)
-    assert torch.allclose(psnr(x + 0.1, x).clamp(max=100), psnr(x + 0.1, x))
-    assert psnr(x, x).min() > 90
-    c = EvalCollector(void_kinds=["a", "b"])
-    c.logits.append(torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]))
-    c.y.append(torch.tensor([0, 1, 1]))
-    c.trust["clean"].append(torch.tensor([0.9, 0.8, 0.7]))
-    c.trust["void"].append(torch.tensor([0.1, 0.75, 0.2]))
-    c.void_kind.append(torch.tensor([0, 1, 0]))
-    m = c.metrics(baseline_preds=torch.tensor([0, 1, 1]))
-    assert m["acc"] == pytest.approx(2 / 3) and m["baseline_acc"] == 1.0
-    assert m["trust_auroc"] == pytest.approx(8 / 9) and m["trust_auroc_a"] == 1.0
-    assert m["trust_void"] == pytest.approx(1.05 / 3)
+def test_test_metrics_match_sklearn_and_numpy():
+    """Accuracy, trust means, AUROC (sklearn.roc_auc_score) and PSNR (numpy) from SatipatthanaTestMetrics."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    gen = torch.Generator().manual_seed(0)
+    n, kinds = 50, ["a", "b"]
+    m = SatipatthanaTestMetrics(3, kinds, image=True, baseline=True, max_steps=4)
+    y = torch.randint(3, (n,), generator=gen)
+    logits, base = torch.randn(n, 3, generator=gen), torch.randn(n, 3, generator=gen)
+    trust = {p: torch.rand(n, generator=gen) for p in ("clean", "augmented", "drunk", "mismatch", "void")}
+    trust["clean"] = (trust["clean"] + 0.3).clamp(max=1)
+    void_kind = torch.randint(2, (n,), generator=gen)
+    x = torch.rand(n, 1, 4, 4, generator=gen)
+    recon = x + 0.1 * torch.randn(x.shape, generator=gen)
+    energy = {p: torch.rand(3, n, generator=gen) for p in ("clean", "drunk", "void")}
+    for chunk in torch.split(torch.arange(n), [17, 20, 13]):  # batches of different sizes
+        m.update(index=chunk, y=y[chunk], logits=logits[chunk], trust={k: v[chunk] for k, v in trust.items()},
+                 void_kind=void_kind[chunk], energy={k: v[:, chunk] for k, v in energy.items()},
+                 baseline_logits=base[chunk], recon=recon[chunk], x=x[chunk])
+    out = m.compute()
+    assert out["acc"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    assert out["baseline_acc"] == pytest.approx(float((base.argmax(1) == y).float().mean()))
+    for p, v in trust.items():
+        assert out[f"trust_{p}"] == pytest.approx(float(v.mean()), abs=1e-6)
+
+    def ref_auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+        labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        return roc_auc_score(labels, np.r_[pos.numpy(), neg.numpy()])
+
+    assert out["trust_auroc"] == pytest.approx(ref_auroc(trust["clean"], trust["void"]), abs=1e-6)
+    assert out["trust_auroc_drunk"] == pytest.approx(ref_auroc(trust["clean"], trust["drunk"]), abs=1e-6)
+    for i, k in enumerate(kinds):
+        sel = trust["void"][void_kind == i]
+        assert out[f"trust_auroc_{k}"] == pytest.approx(ref_auroc(trust["clean"], sel), abs=1e-6)
+        assert out[f"trust_void_{k}"] == pytest.approx(float(sel.mean()), abs=1e-6)
+    xn, rn = x.numpy().reshape(n, -1), recon.clamp(0, 1).numpy().reshape(n, -1)
+    psnr_np = np.mean(10 * np.log10(1.0 / ((rn - xn) ** 2).mean(axis=1)))
+    assert out["psnr"] == pytest.approx(psnr_np, rel=1e-5)
+    samples = m.gathered()
+    assert torch.equal(samples["trust_void"], trust["void"]) and samples["energy_drunk"].shape == (n, 4)
+    assert torch.equal(samples["energy_drunk"][:, :3], energy["drunk"].T)
 
 
-def test_baseline_trains_inside_inference_mode():
+def test_baseline_parts_learn_under_their_own_seed_and_leave_the_global_rng_alone():
     from sklearn.datasets import make_circles
 
     x, y = make_circles(300, noise=0.05, factor=0.5, random_state=0)
     x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
-    with torch.inference_mode():  # Lightning's test loop
-        preds = train_baseline(BaselineSpec(epochs=40), x[:200], y[:200], x[200:], 2)
-    assert (preds == y[200:]).float().mean() > 0.95
-    with pytest.raises(ValueError):
-        BaselineSpec(kind="svm")
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    model = MLPBaseline(hidden_dim=32, num_classes=2, seed=0)
+    model(x[:2])  # lazy build under its own seed
+    assert torch.equal(torch.rand(1), before)  # the global RNG did not move
+    again = MLPBaseline(hidden_dim=32, num_classes=2, seed=0)
+    again(x[:2])
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(model(x[:200]), y[:200])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (model(x[200:]).argmax(1) == y[200:]).float().mean() > 0.95
+    assert CNNBaseline(8, num_classes=3)(torch.rand(2, 1, 8, 8)).shape == (2, 3)
+    for bad in (lambda: MLPBaseline(hidden_dim=0), lambda: CNNBaseline(num_classes=1),
+                lambda: CNNBaseline(8, num_classes=3)(torch.rand(2, 5))):
+        with pytest.raises(ValueError):
+            bad()

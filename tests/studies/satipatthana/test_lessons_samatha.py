@@ -8,7 +8,7 @@ import torch
 from lit_experiments.core.health import TrainingHealth, TrainingHealthError
 from lit_experiments.studies.satipatthana.components import DrunkConfig, SantanaLog, Sati, Vicara, Vitakka
 from lit_experiments.studies.satipatthana.components.vitakka import VitakkaOutput
-from lit_experiments.studies.satipatthana.losses import probe_diversity_loss, stability_loss
+from lit_experiments.studies.satipatthana.losses import probe_diversity_loss
 
 from .conftest import circles_batch, make_module
 
@@ -20,20 +20,47 @@ def _run(dim: int = 8, batch: int = 16, drunk: DrunkConfig | None = None, steps:
     return Sati(max_steps=steps)(vicara, vitakka(z), drunk), (vitakka, vicara)
 
 
-def test_f07_stability_loss_reads_the_pair_with_grad_not_the_detached_log():
-    out, (vitakka, vicara) = _run()
-    loss = stability_loss(out.stability_pair)
-    assert loss.requires_grad
-    loss.backward()
-    grads = [p.grad for p in vicara.parameters()]
+def test_f07_samatha_stage_loss_trains_through_stability_pair_and_the_guard_catches_the_log_bug(tmp_path,
+                                                                                                    monkeypatch):
+    """Through the module's stage loss; then the seed's bug put back into the product's Sati (stability_pair
+    made of the detached log's states): the same value, no gradient, and TrainingHealth stops the stage."""
+    from dataclasses import replace
+
+    import lit_experiments.studies.satipatthana.components.sati as sati_mod
+    from lit_experiments.core.freezing import apply_stage_freeze
+    from lit_experiments.core.specs import StageSpec
+    from lit_experiments.core.trainer import LitTrainer
+    from lit_experiments.studies.satipatthana.datamodule import CirclesDataModule
+
+    trainable = ["adapter", "vitakka", "vicara", "recon_decoder", "aux_head"]
+    stage = StageSpec("samatha", max_steps=2, trainable=trainable)
+    module = make_module()
+    module.set_stage(stage, in_curriculum=False)
+    apply_stage_freeze(module, trainable)
+    batch = circles_batch()
+    good = module.stage_terms(batch)["stability"]
+    assert good.requires_grad
+    good.backward()
+    grads = [p.grad for p in module.vicara.parameters()]
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
-    # the buggy variant: the same loss computed from the SantanaLog's states has no graph at all
-    log = out.santana
-    buggy = stability_loss((log.states[-1], log.states[-2]))
-    assert not buggy.requires_grad
-    assert torch.allclose(buggy, loss.detach())  # same value, no gradient: exactly the seed's flat loss
+
+    original = sati_mod.Sati.forward
+
+    def from_the_log(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        return replace(out, stability_pair=(out.santana.final(), out.santana.before_final()))
+
+    monkeypatch.setattr(sati_mod.Sati, "forward", from_the_log)
+    buggy = module.stage_terms(batch)["stability"]
+    assert not buggy.requires_grad and torch.allclose(buggy, good.detach())  # the seed's flat 1.023
+    trainer = LitTrainer(run_dir=str(tmp_path / "run"), accelerator="cpu", devices=1, logger=None,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(TrainingHealthError, match="stability"):
+        trainer.curriculum(make_module(), CirclesDataModule(n_samples=100, batch_size=32), [stage],
+                           test_after=False)
+    log = module.samatha(batch["x"]).santana
     with pytest.raises(ValueError, match="detached"):
-        SantanaLog(states=out.s_star.unsqueeze(0), steps=log.steps, step_energy=log.step_energy)
+        SantanaLog(states=log.states.requires_grad_(), steps=log.steps, step_energy=log.step_energy)
 
 
 class _SharedHardGateVitakka(Vitakka):

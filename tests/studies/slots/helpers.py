@@ -8,9 +8,11 @@ import torch
 from lit_experiments.core.specs import OptimSpec
 from lit_experiments.core.trainer import LitTrainer
 from lit_experiments.studies.slots.datamodule import SlotsDataModule
+from lit_experiments.studies.slots.decoders import MLPDecoder
+from lit_experiments.studies.slots.encoders import FeatureInput, PixelEncoder
 from lit_experiments.studies.slots.module import SlotsModule
-
-TINY_MODEL = dict(num_slots=4, slot_dim=16, mlp_hidden=16, decoder_hidden=16, figure_clips=2)
+from lit_experiments.studies.slots.predictor import TransformerPredictor
+from lit_experiments.studies.slots.slot_attention import LearnedSlotInit, SlotAttention
 
 
 def tiny_data(**kw: Any) -> SlotsDataModule:
@@ -23,8 +25,20 @@ def tiny_data(**kw: Any) -> SlotsDataModule:
     return SlotsDataModule(**args)
 
 
-def tiny_module(cls: type[SlotsModule] = SlotsModule, **kw: Any) -> SlotsModule:
-    return cls(**{**TINY_MODEL, "optimizer": OptimSpec(lr=1e-3), **kw})
+def tiny_parts(pixels: bool = False, projection_dim: int | None = None, learned: bool = False,
+               bilevel: bool = False, num_slots: int = 4, dim: int = 16, predictor: bool = True) -> dict[str, Any]:
+    """Constructor parts of a tiny slot model (the same shapes the YAML configs build)."""
+    return dict(
+        encoder=PixelEncoder(8) if pixels else FeatureInput(projection_dim),
+        grouper=SlotAttention(dim, num_slots, mlp_hidden=dim, bilevel=bilevel,
+                              init=LearnedSlotInit() if learned else None),
+        decoder=MLPDecoder(dim),
+        predictor=TransformerPredictor(hidden=dim) if predictor else None,
+    )
+
+
+def tiny_module(cls: type[SlotsModule] = SlotsModule, parts: dict[str, Any] | None = None, **kw: Any) -> SlotsModule:
+    return cls(**{**(parts or tiny_parts()), "figure_clips": 2, "optimizer": OptimSpec(lr=1e-3), **kw})
 
 
 def tiny_trainer(steps: int = 2, **kw: Any) -> LitTrainer:

@@ -1,49 +1,45 @@
 """Regression tests for LESSONS F01-F06 (each fails when its bug is put back)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lit_experiments.cli import main as cli_main
 from lit_experiments.core.health import TrainingHealthError
+from lit_experiments.metrics import ARIMetric
+from lit_experiments.studies.slots import evaluation
 from lit_experiments.studies.slots.analyze import feature_stats
 from lit_experiments.studies.slots.analyze import main as analyze_main
+from lit_experiments.studies.slots.encoders import Encoded, FeatureInput
 from lit_experiments.studies.slots.evaluation import SegmentationScores, predicted_labels
-from lit_experiments.studies.slots.losses import check_loss_name, reconstruction_loss
-from lit_experiments.studies.slots.model import Encoded, SlotModel
+from lit_experiments.studies.slots.losses import ReconstructionLoss, check_loss_name, reconstruction_loss
 from lit_experiments.studies.slots.module import SlotsModule
 from lit_experiments.studies.slots.slot_attention import SlotAttention
 
-from .helpers import tiny_data, tiny_module, tiny_trainer
+from .helpers import tiny_data, tiny_module, tiny_parts, tiny_trainer
 
 
-class _TargetThroughProjection(SlotModel):
-    """The seed's bug put back: the reconstruction target is the trainable projection's output."""
+def test_f01_target_through_trainable_projection_is_caught_by_health_guard(monkeypatch):
+    """The seed's bug put back into the product: FeatureInput returns its trainable projection as the target."""
+    product_forward = FeatureInput.forward
 
-    def encode(self, batch: dict) -> Encoded:
-        enc = super().encode(batch)
+    def target_through_projection(self: FeatureInput, batch: dict) -> Encoded:
+        enc = product_forward(self, batch)
         return Encoded(sa_input=enc.sa_input, target=enc.sa_input, grid=enc.grid)
 
-
-class _BuggySlots(SlotsModule):
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        cfg = self.hparams
-        self.model = _TargetThroughProjection(
-            num_slots=cfg.num_slots, slot_dim=cfg.slot_dim, mlp_hidden=cfg.mlp_hidden,
-            decoder_hidden=cfg.decoder_hidden, projection_dim=cfg.projection_dim,
-        )
-
-
-def test_f01_target_through_trainable_projection_is_caught_by_health_guard():
-    dm = tiny_data()
+    monkeypatch.setattr(FeatureInput, "forward", target_through_projection)
+    # the reconstruction must still match the target's size: project to the feature size itself
+    module = tiny_module(parts=tiny_parts(projection_dim=16))
     with pytest.raises(TrainingHealthError, match="recon_target"):
-        tiny_trainer(steps=2).fit(tiny_module(_BuggySlots, projection_dim=8), datamodule=dm)
+        tiny_trainer(steps=2).fit(module, datamodule=tiny_data())
 
 
 def test_f01_projection_feeds_slot_attention_only_and_target_is_frozen():
     dm = tiny_data()
-    module = tiny_module(projection_dim=8)
+    module = tiny_module(parts=tiny_parts(projection_dim=8))
     trainer = tiny_trainer(steps=3)
     trainer.fit(module, datamodule=dm)  # the guard passes on the correct module
     assert trainer.global_step == 3
@@ -59,7 +55,7 @@ def test_f02_spatial_normalisation_is_rejected(name):
     with pytest.raises(ValueError, match="F02"):
         check_loss_name(name)
     with pytest.raises(ValueError, match="F02"):
-        SlotsModule(loss=name)
+        ReconstructionLoss(name)
 
 
 def test_f02_channel_norm_keeps_position_differences():
@@ -85,8 +81,8 @@ def test_f03_channel_norm_is_invariant_to_backbone_feature_scale_mse_is_not():
 
 def test_f04_positional_embedding_changes_the_slot_attention_input():
     torch.manual_seed(0)
-    with_pos = SlotAttention(8, 16, 3, num_positions=16, grid=(4, 4))
-    without = SlotAttention(8, 16, 3, num_positions=None)
+    with_pos = SlotAttention(16, 3, in_dim=8, grid=(4, 4))
+    without = SlotAttention(16, 3, in_dim=8, pos_emb=False)
     without.load_state_dict({k: v for k, v in with_pos.state_dict().items() if not k.startswith("pos_emb")})
     feats = torch.randn(1, 1, 8).expand(2, 16, 8)  # identical features at every position
     x_on, x_off = with_pos.prepare_input(feats), without.prepare_input(feats)
@@ -95,27 +91,77 @@ def test_f04_positional_embedding_changes_the_slot_attention_input():
     assert x_off[0].std(dim=0).max() < 1e-5 < x_on[0].std(dim=0).max()  # positions only differ with pos-emb
 
 
-def test_f05_ground_truth_masks_score_one_after_the_resize_path():
-    torch.manual_seed(0)
-    # (B,T,h,w) ids on the 8x8 feature grid: vertical bands of random ids (0 = background), so that
-    # the bilinear upsampling of one-hot masks reproduces them exactly
-    cols = torch.randint(0, 4, (2, 3, 1, 8))
-    cols[..., :2] = 0
-    cols[..., 2:4] = 1
-    coarse = cols.expand(2, 3, 8, 8).contiguous()
-    gt = coarse.repeat_interleave(4, dim=-1).repeat_interleave(4, dim=-2)  # (B,T,32,32)
-    masks = torch.nn.functional.one_hot(coarse, 4).permute(0, 1, 4, 2, 3).flatten(-2).float()  # (B,T,K,N)
-    pred, target = predicted_labels(masks, (8, 8), gt)
-    scores = SegmentationScores()
+def _f05_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth soft masks (B,T,K,N) on an 8x8 grid and GT (B,T,32,32) that is their F05-correct reading.
+
+    The GT is built from the rule itself (bilinear upsampling of the soft masks, then argmax), written here
+    with ``F.interpolate``; slots 0 and 1 both become GT background (id 0), so the background is split
+    between two slots: FG-ARI (background ignored) is 1, full ARI is not.
+    """
+    g = torch.Generator().manual_seed(0)
+    logits = F.avg_pool2d(torch.randn(6, 5, 12, 12, generator=g) * 4, 5, stride=1)  # smooth, (6,K=5,8,8)
+    soft = logits.softmax(dim=1)
+    up = F.interpolate(soft, size=(32, 32), mode="bilinear", align_corners=False)
+    labels = up.argmax(dim=1)
+    gt = torch.tensor([0, 0, 1, 2, 3])[labels]  # slots 0 and 1 -> background
+    return soft.flatten(-2).view(2, 3, 5, 64), gt.view(2, 3, 32, 32)
+
+
+def _f05_check() -> None:
+    """Raises AssertionError when the evaluation path departs from F05 (run on the product, and on mutants)."""
+    masks, gt = _f05_case()
+    pred, target = evaluation.predicted_labels(masks, (8, 8), gt)
+    assert torch.equal(target, gt), "GT must be scored at its own resolution, ids untouched"
+    scores = SegmentationScores(num_slots=5)
     scores.update(pred, target, {"instances": gt})
     out = scores.compute()
-    for key in ("fg_ari", "ari", "video_fg_ari", "video_ari", "mbo"):
-        assert out[key] == pytest.approx(1.0), key
-    # a transposed grid (masks and GT resized inconsistently) must not score 1
-    wrong, _ = predicted_labels(masks.view(2, 3, 4, 8, 8).transpose(-1, -2).flatten(-2), (8, 8), gt)
-    bad = SegmentationScores()
-    bad.update(wrong, target, {"instances": gt})
-    assert bad.compute()["fg_ari"] < 0.9
+    for key in ("fg_ari", "video_fg_ari"):
+        assert out[key] == pytest.approx(1.0, abs=1e-9), (key, out[key])
+    assert out["ari"] < 0.99  # the split background counts in full ARI
+
+
+def test_f05_soft_masks_are_upsampled_bilinear_then_argmax_and_background_is_ignored():
+    _f05_check()
+    # the case is sensitive: blocky (grid-cell) labels of the same masks do not match the GT
+    masks, gt = _f05_case()
+    blocky = masks.view(6, 5, 8, 8).argmax(1).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    assert not torch.equal(torch.tensor([0, 0, 1, 2, 3])[blocky], gt.view(6, 32, 32))
+
+
+def _argmax_before_upsampling(soft, size=None, gt=None):
+    labels = soft.argmax(1, keepdim=True).float()
+    pred = F.interpolate(labels, size=tuple(gt.shape[-2:]), mode="nearest").squeeze(1).long()
+    return pred, gt
+
+
+def _nearest_upsampling(soft, size=None, gt=None):
+    return F.interpolate(soft, size=tuple(gt.shape[-2:]), mode="nearest").argmax(1), gt
+
+
+def _gt_bilinear_to_the_grid(soft, size=None, gt=None):
+    small = F.interpolate(gt[:, None].float(), size=tuple(soft.shape[-2:]), mode="bilinear", align_corners=False)
+    return soft.argmax(1), small.round().long()[:, 0]
+
+
+class _BackgroundCountedARI(ARIMetric):
+    def __init__(self, foreground_only: bool = True, name: str | None = None, **kw) -> None:
+        super().__init__(False, name=name or ("fg_ari" if foreground_only else "ari"), **kw)
+
+
+F05_MUTANTS: dict[str, tuple[str, Callable]] = {
+    "argmax_before_upsampling": ("resize_masks", _argmax_before_upsampling),
+    "nearest_upsampling": ("resize_masks", _nearest_upsampling),
+    "gt_bilinear": ("resize_masks", _gt_bilinear_to_the_grid),
+    "background_in_fg_ari": ("ARIMetric", _BackgroundCountedARI),
+}
+
+
+@pytest.mark.parametrize("mutant", sorted(F05_MUTANTS))
+def test_f05_each_wrong_resize_put_into_the_product_fails_the_check(monkeypatch, mutant):
+    attr, replacement = F05_MUTANTS[mutant]
+    monkeypatch.setattr(evaluation, attr, replacement)  # the product's own evaluation path
+    with pytest.raises(AssertionError):
+        _f05_check()
 
 
 def test_f06_analysis_ranks_structured_features_above_flat(tmp_path, capsys):
@@ -181,7 +227,7 @@ def test_validation_logs_the_other_mask_source(tmp_path, path, source):
     # on the pixel path the attention lives on the downsampled encoder grid, the decoder on pixels
     dm = tiny_data(input=path)
     trainer = tiny_trainer(steps=1)
-    module = tiny_module(eval_masks=source, input=path, pixel_channels=8)
+    module = tiny_module(parts=tiny_parts(pixels=path == "pixels"), eval_masks=source)
     trainer.fit(module, dm)
     trainer.validate(module, dm, verbose=False)
     keys = set(trainer.callback_metrics)
@@ -203,5 +249,6 @@ def test_identical_inputs_across_the_batch_are_caught_but_learned_init_is_not_fl
     with pytest.raises(TrainingHealthError, match="inputs"):
         tiny_trainer(steps=2).fit(tiny_module(_SameClipForAll), tiny_data())
     trainer = tiny_trainer(steps=2)
-    trainer.fit(tiny_module(slot_init="learned", bilevel=True, input="pixels", pixel_channels=8), tiny_data(input="pixels"))
+    module = tiny_module(parts=tiny_parts(pixels=True, learned=True, bilevel=True))
+    trainer.fit(module, tiny_data(input="pixels"))
     assert trainer.global_step == 2

@@ -5,19 +5,24 @@ import pytest
 import torch
 
 from lit_experiments.studies.slots.datamodule import SlotsDataModule
-from lit_experiments.studies.slots.decoders import MLPDecoder, TransformerDecoder, build_decoder
-from lit_experiments.studies.slots.losses import reconstruction_loss, slot_diversity_loss
+from lit_experiments.studies.slots.decoders import MLPDecoder, TransformerDecoder
+from lit_experiments.studies.slots.encoders import FeatureInput, PixelEncoder
+from lit_experiments.studies.slots.losses import ReconstructionLoss, reconstruction_loss, slot_diversity_loss
 from lit_experiments.studies.slots.model import SlotModel
 from lit_experiments.studies.slots.module import SlotsModule
 from lit_experiments.studies.slots.predictor import TransformerPredictor
-from lit_experiments.studies.slots.slot_attention import SlotAttention
+from lit_experiments.studies.slots.slot_attention import GaussianSlotInit, LearnedSlotInit, SlotAttention
 
-from .helpers import video_batch
+from .helpers import tiny_parts, video_batch
+
+
+def model_of(**kw) -> SlotModel:
+    return SlotModel(**{k: v for k, v in tiny_parts(**kw).items()})
 
 
 def test_predictor_keeps_slot_shape_and_mixes_slots():
     torch.manual_seed(0)
-    pred = TransformerPredictor(16, heads=4, hidden=32)
+    pred = TransformerPredictor(hidden=32, heads=4, slot_dim=16)
     slots = torch.randn(2, 5, 16)
     out = pred(slots)
     assert out.shape == (2, 5, 16)
@@ -31,11 +36,12 @@ def test_predictor_keeps_slot_shape_and_mixes_slots():
 
 def test_video_model_shapes_and_iteration_schedule():
     torch.manual_seed(0)
-    model = SlotModel(num_slots=4, slot_dim=16, mlp_hidden=16, decoder_hidden=16, iters=3, iters_video=2)
+    model = model_of()
+    model.grouper.iters_video = 2
     batch = video_batch(b=2, t=3, n=16, c=8)
     model.build(batch)
     calls = []
-    model.slot_attention.gru.register_forward_hook(lambda *a: calls.append(1))
+    model.grouper.gru.register_forward_hook(lambda *a: calls.append(1))
     out = model(batch)
     assert len(calls) == 3 + 2 + 2  # 3 iterations on frame 0, 2 on each later frame
     assert out.slots.shape == (2, 3, 4, 16)
@@ -43,13 +49,16 @@ def test_video_model_shapes_and_iteration_schedule():
     assert out.recon.shape == out.target.shape == (2, 3, 16, 8)
     torch.testing.assert_close(out.masks.sum(2), torch.ones(2, 3, 16))
     torch.testing.assert_close(out.attn.sum(2), torch.ones(2, 3, 16))
-    assert out.grid == (4, 4) and model.predictor is not None
+    assert out.grid == (4, 4) and model.predictor.built
+    # sizes inferred from the data and from the grouper, typed nowhere
+    assert model.grouper.input_norm.normalized_shape == (8,) and model.grouper.pos_emb.weight.shape == (16, 16)
+    assert model.decoder.out_dim == 8 and model.decoder.first.in_features == 16
     assert not out.target.requires_grad and out.recon.requires_grad
 
 
 def test_without_predictor_frames_are_grouped_independently():
     torch.manual_seed(0)
-    model = SlotModel(num_slots=3, slot_dim=8, mlp_hidden=8, decoder_hidden=8, predictor=False, slot_init="learned")
+    model = model_of(num_slots=3, dim=8, predictor=False, learned=True)
     batch = video_batch(b=1, t=2, n=16, c=8)
     out = model(batch)
     batch2 = {**batch, "features": batch["features"].clone()}
@@ -62,41 +71,42 @@ def test_without_predictor_frames_are_grouped_independently():
 def test_slot_attention_softmax_is_over_slots_and_tau_sharpens():
     torch.manual_seed(0)
     feats = torch.randn(2, 20, 8)
-    sa = SlotAttention(8, 16, 4, iters=1, tau=1.0, init="learned")
+    sa = SlotAttention(16, 4, iters=1, tau=1.0, init=LearnedSlotInit(), in_dim=8, pos_emb=False)
     soft = sa(feats).attn
     sa.tau = 0.1
     sharp = sa(feats).attn
     torch.testing.assert_close(soft.sum(1), torch.ones(2, 20))
     assert sharp.max(1).values.mean() > soft.max(1).values.mean()
     with pytest.raises(ValueError):
-        SlotAttention(8, 16, 4, tau=0.0)
-    with pytest.raises(ValueError):
-        SlotAttention(8, 16, 4, init="zeros")
+        SlotAttention(16, 4, tau=0.0)
+    with pytest.raises(ValueError, match="grid"):
+        SlotAttention(16, 4, in_dim=8)  # a positional embedding needs the grid
+    assert isinstance(SlotAttention().init, GaussianSlotInit)
 
 
 def test_decoders_return_masks_that_partition_positions():
     slots = torch.randn(3, 4, 16)
-    for kind in ("mlp", "transformer"):
-        dec = build_decoder(kind, 16, 10, 36, hidden=32, layers=3, grid=(6, 6))
+    for dec in (MLPDecoder(hidden=32, layers=3), TransformerDecoder(depth=2, hidden=32)):
+        assert not list(dec.parameters())  # lazy: nothing exists before the sizes are known
+        dec.build(16, 10, 36, grid=(6, 6))
         out = dec(slots)
         assert out.recon.shape == (3, 36, 10) and out.masks.shape == (3, 4, 36)
         torch.testing.assert_close(out.masks.sum(1), torch.ones(3, 36))
-    assert isinstance(build_decoder("mlp", 16, 10, 36), MLPDecoder)
-    assert isinstance(build_decoder("transformer", 16, 10, 36), TransformerDecoder)
     with pytest.raises(ValueError):
-        build_decoder("conv", 16, 10, 36)
+        MLPDecoder(layers=1)
 
 
 def test_pixel_path_reconstructs_frames_with_a_trainable_encoder():
     torch.manual_seed(0)
-    model = SlotModel(input="pixels", num_slots=3, slot_dim=16, mlp_hidden=16, decoder_hidden=16, pixel_channels=8)
+    model = model_of(pixels=True, num_slots=3)
     video = torch.randint(0, 256, (2, 2, 3, 16, 16), dtype=torch.uint8)
     out = model({"video": video})
     assert out.recon.shape == (2, 2, 256, 3) and out.masks.shape == (2, 2, 3, 256)
     assert out.grid == (16, 16)
     assert 0.0 <= out.target.min() and out.target.max() <= 1.0 and not out.target.requires_grad
     out.recon.sum().backward()
-    assert model.pixel_encoder.net[0].weight.grad is not None
+    assert model.encoder.net[0].weight.grad is not None
+    assert isinstance(model.encoder, PixelEncoder)
 
 
 def test_losses_and_diversity_range():
@@ -112,26 +122,26 @@ def test_losses_and_diversity_range():
     assert slot_diversity_loss(orth).item() == pytest.approx(0.0)
     with pytest.raises(ValueError, match="unknown"):
         reconstruction_loss(t, t, "l1")
+    with pytest.raises(ValueError, match="unknown"):
+        ReconstructionLoss("l1")
 
 
 def test_bad_configuration_raises_clear_errors():
-    with pytest.raises(ValueError, match="input"):
-        SlotModel(input="tokens")
-    with pytest.raises(ValueError, match="projection_dim"):
-        SlotModel(input="pixels", projection_dim=8)
+    with pytest.raises(KeyError, match="features"):
+        SlotModel(FeatureInput(), SlotAttention(8, 2), MLPDecoder())({"video": torch.zeros(1, 1, 3, 8, 8)})
     with pytest.raises(ValueError, match="eval_masks"):
         SlotsModule(eval_masks="argmax")
     with pytest.raises(ValueError, match="movi_root"):
         SlotsDataModule(dataset="movi")
     with pytest.raises(ValueError, match="grid"):
-        SlotModel()({"features": torch.randn(1, 1, 15, 4)})
+        SlotModel(FeatureInput(), SlotAttention(8, 2), MLPDecoder())({"features": torch.randn(1, 1, 15, 4)})
 
 
 def test_bilevel_slot_attention_same_forward_straight_through_init_gradient():
     torch.manual_seed(0)
     feats = torch.randn(2, 20, 8)
-    plain = SlotAttention(8, 16, 4, iters=3, init="learned")
-    bilevel = SlotAttention(8, 16, 4, iters=3, init="learned", bilevel=True)
+    plain = SlotAttention(16, 4, iters=3, init=LearnedSlotInit(), in_dim=8, pos_emb=False)
+    bilevel = SlotAttention(16, 4, iters=3, init=LearnedSlotInit(), bilevel=True, in_dim=8, pos_emb=False)
     bilevel.load_state_dict(plain.state_dict())
     out_p, out_b = plain(feats), bilevel(feats)
     torch.testing.assert_close(out_b.slots, out_p.slots)  # BO-QSA changes gradients only
@@ -142,7 +152,7 @@ def test_bilevel_slot_attention_same_forward_straight_through_init_gradient():
     with torch.no_grad():
         mid = bilevel(feats, iters=2).slots
     leaf = mid.clone().requires_grad_(True)
-    plain_last = SlotAttention(8, 16, 4, iters=1, init="learned")
+    plain_last = SlotAttention(16, 4, iters=1, init=LearnedSlotInit(), in_dim=8, pos_emb=False)
     plain_last.load_state_dict(plain.state_dict())
     plain_last(feats, slots=leaf).slots.pow(2).sum().backward()
     torch.testing.assert_close(got, leaf.grad.sum(0, keepdim=True))
@@ -150,3 +160,20 @@ def test_bilevel_slot_attention_same_forward_straight_through_init_gradient():
     plain.zero_grad()
     out_p.slots.pow(2).sum().backward()
     assert not torch.allclose(plain.init.slots.grad, got)
+
+
+def test_module_takes_parts_by_constructor_and_no_string_picks_a_class():
+    import inspect
+
+    params = [p for p in inspect.signature(SlotsModule.__init__).parameters if p != "self"]
+    assert len(params) <= 12, params
+    assert {"encoder", "grouper", "decoder", "predictor", "loss"} <= set(params)
+    # the model's signature is its parts, not a copy of the module's hyper-parameters
+    assert [p for p in inspect.signature(SlotModel.__init__).parameters if p != "self"] == [
+        "encoder", "grouper", "decoder", "predictor"]
+    module = SlotsModule(encoder=FeatureInput(4), grouper=SlotAttention(8, 3, mlp_hidden=8),
+                         decoder=MLPDecoder(8), predictor=None, loss=ReconstructionLoss("cosine"))
+    assert module.model.predictor is None and module.recon_loss.kind == "cosine"
+    module.dry_run({"features": torch.randn(2, 2, 16, 6)})
+    assert module.model.encoder.projection.in_features == 6  # projection input from the data
+    assert module.model.grouper.input_norm.normalized_shape == (4,)  # slot-attention input from the projection

@@ -3,12 +3,12 @@
 from .adapters import CNNAdapter, MLPAdapter
 from .decoders import ConvDecoder, MLPDecoder, TaskDecoder
 from .santana import SantanaLog
-from .sati import DrunkConfig, SamathaOutput, Sati
+from .sati import DrunkConfig, PerSampleNoise, SamathaOutput, Sati
 from .vicara import Vicara
 from .vipassana import VipassanaOutput, VipassanaV40, VipassanaV41
 from .vitakka import Vitakka, VitakkaOutput
 
 __all__ = [
-    "CNNAdapter", "ConvDecoder", "DrunkConfig", "MLPAdapter", "MLPDecoder", "SamathaOutput", "SantanaLog", "Sati",
+    "CNNAdapter", "ConvDecoder", "DrunkConfig", "MLPAdapter", "MLPDecoder", "PerSampleNoise", "SamathaOutput", "SantanaLog", "Sati",
     "TaskDecoder", "Vicara", "VipassanaOutput", "VipassanaV40", "VipassanaV41", "Vitakka", "VitakkaOutput",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import MLP
 
 
 class MLPAdapter(nn.Module):
@@ -25,13 +26,7 @@ class MLPAdapter(nn.Module):
             )
         self.in_dim = in_dim
         self.latent_dim = latent_dim
-        layers: list[nn.Module] = []
-        width = in_dim
-        for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
-            width = hidden_dim
-        layers.append(nn.Linear(width, latent_dim))
-        self.net = nn.Sequential(*layers)
+        self.net = MLP(in_dim, [hidden_dim] * num_layers + [latent_dim])  # Linear-ReLU x num_layers, Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.reshape(x.shape[0], -1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import MLP
 
 
 class MLPDecoder(nn.Module):
@@ -22,8 +23,7 @@ class MLPDecoder(nn.Module):
         if out_shape is not None and int(torch.tensor(list(out_shape)).prod()) != out_dim:
             raise ValueError(f"MLPDecoder: out_shape={out_shape} does not hold out_dim={out_dim} values")
         self.out_shape = tuple(out_shape) if out_shape is not None else None
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim),
-                                 nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+        self.net = MLP(latent_dim, [hidden_dim, hidden_dim, out_dim])
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         out = self.net(s)
@@ -77,7 +77,8 @@ class TaskDecoder(nn.Module):
 
     Args:
         num_classes: number of classes.
-        in_dim: ``D + context_dim``; None infers it on the first forward (``nn.LazyLinear``).
+        in_dim: ``D + context_dim``; None: ``SatipatthanaModule`` fills it in from its Vitakka and Vipassana
+            parts at construction (:meth:`build`), so it is never typed by hand.
         hidden_dim: hidden width (0: a single linear layer).
         use_context: concatenate ``v_ctx`` (False: decode from ``s*`` alone).
     """
@@ -87,14 +88,26 @@ class TaskDecoder(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"TaskDecoder: num_classes={num_classes} must be >= 2")
-        first = nn.LazyLinear if in_dim is None else (lambda out: nn.Linear(in_dim, out))
-        if hidden_dim > 0:
-            self.net = nn.Sequential(first(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, num_classes))
-        else:
-            self.net = nn.Sequential(first(num_classes))
+        if hidden_dim < 0:
+            raise ValueError(f"TaskDecoder: hidden_dim={hidden_dim} must be >= 0")
         self.use_context = use_context
         self.num_classes = num_classes
+        self.hidden_dim = hidden_dim
+        self.in_dim: int | None = None
+        self.net: nn.Module | None = None
+        if in_dim is not None:
+            self.build(in_dim)
+
+    def build(self, in_dim: int) -> None:
+        """Create the MLP for ``in_dim`` input features (once)."""
+        if in_dim < 1:
+            raise ValueError(f"TaskDecoder: in_dim={in_dim} must be >= 1")
+        self.in_dim = in_dim
+        self.net = MLP(in_dim, [self.hidden_dim, self.num_classes] if self.hidden_dim else [self.num_classes])
 
     def forward(self, s_star: torch.Tensor, v_ctx: torch.Tensor | None = None) -> torch.Tensor:
         feats = torch.cat([s_star, v_ctx], dim=1) if (self.use_context and v_ctx is not None) else s_star
+        if self.net is None:  # built lazily on the first forward (LazyBuild's dry run, F09)
+            self.build(feats.shape[1])
+            self.net.to(feats.device)
         return self.net(feats)

@@ -65,9 +65,11 @@ class Sati(nn.Module):
         max_steps: maximum refinement steps T (>= 1).
         energy_threshold: stop a sample when ``||s_t - s_{t-1}||^2 < threshold`` (None: always ``max_steps``).
         min_steps: steps every sample takes before it may stop.
+        drunk: constants of drunk mode (stage 2's drunk path and the test; F17).
     """
 
-    def __init__(self, max_steps: int = 10, energy_threshold: float | None = None, min_steps: int = 2) -> None:
+    def __init__(self, max_steps: int = 10, energy_threshold: float | None = None, min_steps: int = 2,
+                 drunk: DrunkConfig | None = None) -> None:
         super().__init__()
         if max_steps < 1:
             raise ValueError(f"Sati: max_steps={max_steps} must be >= 1")
@@ -78,9 +80,16 @@ class Sati(nn.Module):
         self.max_steps = max_steps
         self.energy_threshold = energy_threshold
         self.min_steps = min_steps
+        self.drunk = drunk or DrunkConfig()
 
-    def forward(self, vicara: Vicara, vitakka_out: VitakkaOutput, drunk: DrunkConfig | None = None,
-                generator: torch.Generator | None = None) -> SamathaOutput:
+    def forward(self, vicara: Vicara, vitakka_out: VitakkaOutput, drunk: bool | DrunkConfig | None = None,
+                generator: torch.Generator | PerSampleNoise | None = None) -> SamathaOutput:
+        """One Samatha run. ``drunk``: True uses ``self.drunk``, a DrunkConfig that one, None/False none.
+        ``generator``: a generator for the batch, or :class:`PerSampleNoise` (each sample its own draws)."""
+        if drunk is True:
+            drunk = self.drunk
+        elif drunk is False:
+            drunk = None
         s = vitakka_out.s0
         probs = vitakka_out.probs
         batch = s.shape[0]
@@ -120,13 +129,41 @@ class Sati(nn.Module):
                              vitakka=vitakka_out)
 
 
-def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+class PerSampleNoise:
+    """Random draws where row ``i`` comes from its own generator, seeded by ``seeds[i]``.
+
+    A sample's noise then does not depend on which batch (or which rank) it is evaluated in, so a 2-rank
+    test reports what a 1-rank test reports (F44).
+    """
+
+    def __init__(self, seeds: torch.Tensor | list[int]) -> None:
+        values = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
+        self.generators = [torch.Generator().manual_seed(int(v)) for v in values]
+
+    def randn(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        self._check(shape)
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in self.generators])
+
+    def rand(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        self._check(shape)
+        return torch.stack([torch.rand(tuple(shape[1:]), generator=g) for g in self.generators])
+
+    def _check(self, shape: tuple[int, ...] | torch.Size) -> None:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"PerSampleNoise holds {len(self.generators)} generators, asked for {shape[0]} rows")
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator | PerSampleNoise | None) -> torch.Tensor:
+    if isinstance(generator, PerSampleNoise):
+        return generator.randn(like.shape).to(like)
     if generator is None:
         return torch.randn(like.shape, device=like.device, dtype=like.dtype)
     return torch.randn(like.shape, generator=generator, device=generator.device).to(like)
 
 
-def _rand(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _rand(n: int, like: torch.Tensor, generator: torch.Generator | PerSampleNoise | None) -> torch.Tensor:
+    if isinstance(generator, PerSampleNoise):
+        return generator.rand((n,)).to(like)
     if generator is None:
         return torch.rand(n, device=like.device, dtype=like.dtype)
     return torch.rand(n, generator=generator, device=generator.device).to(like)

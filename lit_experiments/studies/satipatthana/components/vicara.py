@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import MLP
 
 
 def refiner(dim: int, hidden_dim: int, zero_bias: bool = True, out_init_scale: float = 1.0) -> nn.Sequential:
@@ -16,13 +17,13 @@ def refiner(dim: int, hidden_dim: int, zero_bias: bool = True, out_init_scale: f
     first update moves every output weight the same way, Phi becomes a near-constant map and, with
     ``b^T`` ~ 0, every s* lands on its fixed point.
     """
-    net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(),
-                        nn.Linear(hidden_dim, dim), nn.Tanh())
+    net = nn.Sequential(MLP(dim, [hidden_dim, dim], norm_layer=nn.LayerNorm), nn.Tanh())
+    first, last = (m for m in net.modules() if isinstance(m, nn.Linear))
     if zero_bias:
-        nn.init.zeros_(net[0].bias)
-        nn.init.zeros_(net[3].bias)
+        nn.init.zeros_(first.bias)
+        nn.init.zeros_(last.bias)
     with torch.no_grad():
-        net[3].weight.mul_(out_init_scale)
+        last.weight.mul_(out_init_scale)
     return net
 
 

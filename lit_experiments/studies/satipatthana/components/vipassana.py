@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
+from torchvision.ops import MLP
 
 from .santana import SantanaLog
 
@@ -58,8 +59,8 @@ def trust_features(s_star: torch.Tensor, santana: SantanaLog) -> torch.Tensor:
     return torch.stack([torch.log1p(velocity), torch.log1p(energy)], dim=1).detach()
 
 
-def _head(in_dim: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+def _head(in_dim: int, hidden: int) -> nn.Module:
+    return MLP(in_dim, [hidden, 1])
 
 
 class VipassanaV40(nn.Module):
@@ -91,8 +92,7 @@ class VipassanaV40(nn.Module):
     def build(self, state_dim: int, device: torch.device | None = None) -> None:
         """Create the networks (explicit build; forward calls it when lazy)."""
         self.trust_head = _head(self.trust_input_dim, self.hidden_dim).to(device)
-        self.context = nn.Sequential(nn.Linear(state_dim + self.trust_input_dim, self.hidden_dim), nn.ReLU(),
-                                     nn.Linear(self.hidden_dim, self.context_dim)).to(device)
+        self.context = MLP(state_dim + self.trust_input_dim, [self.hidden_dim, self.context_dim]).to(device)
 
     def forward(self, inp: VipassanaInput) -> VipassanaOutput:
         if not self.is_built:
@@ -140,8 +140,7 @@ class VipassanaV41(nn.Module):
         self.trust_head = _head(m, 2 * m).to(device)
         self.conformity_head = _head(h, h).to(device)
         self.confidence_head = _head(h + m, h).to(device)
-        self.context = nn.Sequential(nn.Linear(m, 2 * self.metric_proj_dim), nn.ReLU(),
-                                     nn.Linear(2 * self.metric_proj_dim, self.metric_proj_dim)).to(device)
+        self.context = MLP(m, [2 * self.metric_proj_dim, self.metric_proj_dim]).to(device)
 
     def metrics(self, inp: VipassanaInput) -> torch.Tensor:
         log, s_star = inp.santana, inp.s_star.detach()

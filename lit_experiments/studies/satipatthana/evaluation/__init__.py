@@ -1,6 +1,6 @@
-"""Evaluation of the Satipatthana study: the plain baseline, test metrics and figures."""
+"""Evaluation of the Satipatthana study: plain baseline parts, DDP-safe test metrics and figures."""
 
-from .baseline import BaselineSpec, train_baseline
-from .report import EvalCollector
+from .baseline import CNNBaseline, MLPBaseline
+from .metrics import SatipatthanaTestMetrics
 
-__all__ = ["BaselineSpec", "EvalCollector", "train_baseline"]
+__all__ = ["CNNBaseline", "MLPBaseline", "SatipatthanaTestMetrics"]

@@ -1,75 +1,86 @@
-"""A plain MLP (or CNN) baseline, trained on the same train split as the curriculum, for the same results.json."""
+"""Plain baselines (an MLP, a small CNN) trained on the same train split as the curriculum.
+
+A baseline is a part of :class:`SatipatthanaModule` (``baseline:`` in the YAML) and trains in its own
+curriculum stage (``name: baseline, trainable: [baseline]``) through the same Trainer, loader, optimizer
+spec and health guards as every other stage; the test scores it with a torchmetrics ``Metric``, so
+``test/baseline_acc`` is reduced across ranks like every other test number (F44). Nothing trains inside
+a test hook. Its layers are built on the first forward (the input size comes from the data) under their
+own seed, so adding a baseline never shifts the initialisation of the other parts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import MLP
 
 
-@dataclass
-class BaselineSpec:
-    """Attributes:
-        kind: ``mlp`` (any input, flattened) or ``cnn`` (images).
-        hidden_dim: MLP width / CNN channels of the last conv.
-        epochs: passes over the train split.
-        lr: Adam learning rate.
-        batch_size: minibatch size.
-        seed: seed of its initialisation and shuffling (independent of the global RNG).
+class _SeededLazyPart(nn.Module):
+    """Builds ``self.net`` on the first forward from the input's shape, under its own seed."""
+
+    def __init__(self, num_classes: int | None, seed: int) -> None:
+        super().__init__()
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"{type(self).__name__}: num_classes={num_classes} must be >= 2")
+        self.num_classes = num_classes
+        self.seed = seed
+        self.net: nn.Module | None = None
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))  # 0: never trained
+
+    def make(self, input_shape: tuple[int, ...]) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.net is None:
+            if self.num_classes is None:
+                raise ValueError(f"{type(self).__name__}: num_classes unknown (the module sets it from its own)")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.net = self.make(tuple(x.shape[1:])).to(x.device)
+        return self.net(x)
+
+
+class MLPBaseline(_SeededLazyPart):
+    """Flattened input -> MLP (``num_layers`` hidden layers of ``hidden_dim``, ReLU) -> class logits.
+
+    Args:
+        hidden_dim: width of the hidden layers.
+        num_layers: number of hidden layers.
+        num_classes: classes (None: taken from ``SatipatthanaModule.num_classes``).
+        seed: seed of its initialisation (independent of the global RNG).
     """
 
-    kind: str = "mlp"
-    hidden_dim: int = 64
-    epochs: int = 100
-    lr: float = 1e-2
-    batch_size: int = 128
-    seed: int = 0
+    def __init__(self, hidden_dim: int = 64, num_layers: int = 2, num_classes: int | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(num_classes, seed)
+        if hidden_dim < 1 or num_layers < 1:
+            raise ValueError(f"MLPBaseline: hidden_dim={hidden_dim}, num_layers={num_layers} must be >= 1")
+        self.hidden_dim, self.num_layers = hidden_dim, num_layers
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("mlp", "cnn"):
-            raise ValueError(f"BaselineSpec.kind={self.kind!r}; expected 'mlp' or 'cnn'")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.hidden_dim < 1:
-            raise ValueError(f"BaselineSpec: epochs, batch_size, hidden_dim >= 1 and lr > 0 required, got {self}")
+    def make(self, input_shape: tuple[int, ...]) -> nn.Module:
+        in_dim = int(torch.tensor(input_shape).prod())
+        return nn.Sequential(nn.Flatten(), MLP(in_dim, [self.hidden_dim] * self.num_layers + [self.num_classes]))
 
 
-def build_baseline(spec: BaselineSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    if spec.kind == "cnn":
+class CNNBaseline(_SeededLazyPart):
+    """Image (C, H, W) -> two 3x3 conv blocks -> 2x2 average pool -> linear class logits.
+
+    Args:
+        hidden_dim: channels of the last convolution (the first has half).
+        num_classes: classes (None: taken from ``SatipatthanaModule.num_classes``).
+        seed: seed of its initialisation (independent of the global RNG).
+    """
+
+    def __init__(self, hidden_dim: int = 64, num_classes: int | None = None, seed: int = 0) -> None:
+        super().__init__(num_classes, seed)
+        if hidden_dim < 2:
+            raise ValueError(f"CNNBaseline: hidden_dim={hidden_dim} must be >= 2")
+        self.hidden_dim = hidden_dim
+
+    def make(self, input_shape: tuple[int, ...]) -> nn.Module:
         if len(input_shape) != 3:
-            raise ValueError(f"a cnn baseline needs image inputs (C, H, W), got shape {input_shape}")
-        c, h = input_shape[0], spec.hidden_dim
+            raise ValueError(f"CNNBaseline needs image inputs (C, H, W), got per-sample shape {input_shape}")
+        c, h = input_shape[0], self.hidden_dim
         return nn.Sequential(nn.Conv2d(c, h // 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                              nn.Conv2d(h // 2, h, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                             nn.Flatten(), nn.Linear(4 * h, num_classes))
-    in_dim = int(torch.tensor(input_shape).prod())
-    h = spec.hidden_dim
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
-                         nn.Linear(h, num_classes))
-
-
-def train_baseline(spec: BaselineSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                   num_classes: int) -> torch.Tensor:
-    """Train the baseline and return its test predictions (int64). Works inside ``inference_mode`` test loops."""
-    with torch.inference_mode(False), torch.enable_grad():
-        gen = torch.Generator().manual_seed(spec.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.seed)
-            model = build_baseline(spec, tuple(x_train.shape[1:]), num_classes)
-        x_train, y_train = x_train.clone().float(), y_train.clone().long()
-        opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=spec.epochs * ((len(x_train) + spec.batch_size - 1) // spec.batch_size))
-        model.train()
-        for _ in range(spec.epochs):
-            perm = torch.randperm(len(x_train), generator=gen)
-            for i in range(0, len(perm), spec.batch_size):
-                idx = perm[i:i + spec.batch_size]
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-        model.eval()
-        with torch.no_grad():
-            return model(x_test.clone().float()).argmax(dim=1)
+                             nn.Flatten(), nn.Linear(4 * h, self.num_classes))

@@ -1,0 +1,290 @@
+"""LitCLI: LightningCLI with a ``curriculum`` subcommand, results.json for every run, and evaluation of any checkpoint.
+
+Imported by :mod:`lit_experiments.cli` only when a Lightning subcommand runs (it imports torch and lightning).
+
+* ``fit`` / ``curriculum`` write into ``trainer.run_dir``.
+* ``validate`` / ``test`` / ``predict`` need ``--ckpt_path`` (a stage's ``final.ckpt`` or a Lightning
+  ``last.ckpt``; ``init`` evaluates the untrained model on purpose), accept curriculum configs (``stages``,
+  ``only``, ``resume``, ``test_after`` are read for the stage, not run), build lazy parts before loading, and
+  write into their own ``<run_dir>/eval/<subcommand>-<timestamp>/``: the fit's logs are never touched.
+* Parsers raise instead of printing a usage dump and take no abbreviated options.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from .core.checkpoints import NO_CHECKPOINT, CheckpointInfo, load_weights_for_eval
+from .core.curriculum import apply_data_overrides
+from .core.errors import ConfigError, LitExpError, clean_parser_message
+from .core.predict import PredictionWriter
+from .core.results import RunResults, to_float_dict
+from .core.rundir import resolve_run_dir
+from .core.specs import StageSpec
+from .core.study import StudyModule
+from .core.trainer import LitTrainer, default_run_dir
+
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+EVAL_DIR_ENV = "LIT_EXP_EVAL_DIR"
+#: keys of a curriculum config that validate / test / predict accept (and use only to pick the stage)
+CURRICULUM_KEYS = {"stages": list[StageSpec] | None, "only": str | None, "resume": str | None, "test_after": bool}
+
+
+def progress_bar_wanted(argv: list[str], env: dict[str, str] | None = None, tty: bool | None = None) -> bool | None:
+    """On where a terminal is attached, off in CI / non-TTY logs; ``None``: the command line decides.
+
+    An explicit ``--trainer.enable_progress_bar X`` on the command line always wins (returns ``None``).
+    """
+    if any(a.split("=", 1)[0] == "--trainer.enable_progress_bar" for a in argv):
+        return None
+    env = os.environ if env is None else env
+    tty = sys.stderr.isatty() if tty is None else tty
+    return bool(tty) and not env.get("CI")
+
+
+def explain_parse_error(message: str, argv: list[str], parsers: dict[str, Any]) -> str:
+    """jsonargparse's message, shortened, with the key path and a close option name when one exists."""
+    sub = next((a for a in argv if a in parsers), None)
+    lines = clean_parser_message(message)
+    keys = [m.group(1) for line in lines if (m := re.match(r'Parser key "([^"]+)":?$', line))]
+    rest = [line for line in lines if not re.match(r'(Parser key "[^"]+":?|Errors:|Problem with given class_path'
+                                                   r"|Does not validate against any of the Union subtypes)", line)]
+    text = "; ".join(rest) or message
+    if len(keys) > 1:  # model -> (class_path) -> hidden: the full dotted key
+        text = f"{keys[0]}.init_args.{'.'.join(keys[1:])}: {text}"
+    elif keys:
+        text = f"{keys[0]}: {text}"
+    unknown = re.findall(r"(?:unrecognized arguments: |does not accept option ')(-*[\w.]+)", message)
+    if sub is not None and unknown:
+        options = [o for o in parsers[sub]._option_string_actions if o.startswith("--")]
+        name = unknown[0] if unknown[0].startswith("--") else f"--{unknown[0]}"
+        close = difflib.get_close_matches(name, options, n=2, cutoff=0.8)
+        if close:
+            text += f"; did you mean {' or '.join(close)}?"
+        if sub == "fit" and name == "--stages":
+            text += "; a config with `stages:` runs with `lit-exp curriculum`"
+    return text
+
+
+class LitCLI(LightningCLI):
+    """LightningCLI with a `curriculum` subcommand, results.json for every run and checkpoint evaluation."""
+
+    def __init__(self, *args: Any, argv: list[str] | None = None, **kwargs: Any) -> None:
+        self._argv = list(sys.argv[1:] if argv is None else argv)
+        self._eval_ckpt: str | None = None
+        self._eval_dir: Path | None = None
+        self._loaded: CheckpointInfo | None = None
+        self._predictions: PredictionWriter | None = None
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        commands = dict(LightningCLI.subcommands())
+        commands["curriculum"] = {"model", "datamodule"}
+        return commands
+
+    # ---------------------------------------------------------------- parsers
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("exit_on_error", False)  # errors are raised and printed by cli.main in one block
+        kwargs.setdefault("allow_abbrev", False)  # --trainer.max_epoch is an error, not max_epochs
+        return super().init_parser(**kwargs)
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in EVAL_SUBCOMMANDS:  # curriculum configs are valid here (not passed to the Trainer)
+            for key, kind in CURRICULUM_KEYS.items():
+                parser.add_argument(f"--{key}", type=kind, default=False if kind is bool else None,
+                                    help=f"from a curriculum config; {subcommand} only reads the stage list")
+        return parser
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise ConfigError(explain_parse_error(str(err), self._argv, getattr(self, "_subcommand_parsers", {})
+                                                  )) from err
+        sub = self.config.get("subcommand")
+        if sub in EVAL_SUBCOMMANDS:
+            # the checkpoint is loaded by us after the lazy build, never by Lightning (nor its hparams parsed)
+            self._eval_ckpt = self.config[sub].get("ckpt_path")
+            self.config[sub]["ckpt_path"] = None
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.subcommand
+        if sub == "fit":  # a run dir that holds a run is never reused silently (suffix or refuse)
+            cfg = self.config[sub]
+            cfg.trainer.run_dir = str(resolve_run_dir(cfg.trainer.get("run_dir") or default_run_dir()))
+        if sub not in EVAL_SUBCOMMANDS:
+            return
+        if not self._eval_ckpt:
+            raise ConfigError(
+                f"`lit-exp {sub}` needs --ckpt_path: a stage's <run_dir>/stages/NN_<stage>/final.ckpt, a "
+                f"Lightning <run_dir>/.../checkpoints/last.ckpt, or `--ckpt_path {NO_CHECKPOINT}` to score the "
+                "untrained model on purpose")
+        self._eval_dir = self._make_eval_dir(sub)
+
+    def _make_eval_dir(self, sub: str) -> Path:
+        shared = os.environ.get(EVAL_DIR_ENV)  # DDP ranks started by Lightning reuse rank zero's choice
+        if shared and rank_zero_only.rank != 0:
+            return Path(shared)
+        from .core.checkpoints import find_run_dir
+
+        base = find_run_dir(Path(self._eval_ckpt)) if self._eval_ckpt != NO_CHECKPOINT else None
+        if base is None:
+            configured = self.config[sub].trainer.get("run_dir")
+            base = Path(configured) if configured else default_run_dir()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path, n = base / "eval" / f"{sub}-{stamp}", 1
+        while path.exists():
+            n += 1
+            path = base / "eval" / f"{sub}-{stamp}-{n}"
+        os.environ[EVAL_DIR_ENV] = str(path)
+        return path
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        bar = progress_bar_wanted(self._argv)
+        if bar is not None:
+            kwargs["enable_progress_bar"] = bar
+        if self._eval_dir is not None:
+            kwargs["run_dir"] = str(self._eval_dir)
+            kwargs["default_root_dir"] = str(self._eval_dir)
+        return super().instantiate_trainer(**kwargs)
+
+    # ---------------------------------------------------------------- helpers
+    def _config_files(self) -> list[str]:
+        cfg = self.config.get(str(self.subcommand), self.config)
+        files = cfg.get("config") or []
+        return [str(getattr(f, "absolute", f)) if not isinstance(f, str) else f for f in files]
+
+    def _results(self) -> RunResults:
+        results = RunResults(self.trainer.run_dir)
+        results.init_run(self.trainer.run_dir.name, type(self.model).__name__, self._config_files())
+        if self._loaded is not None or self._eval_ckpt == NO_CHECKPOINT:
+            info = self._loaded
+            results.data["evaluated"] = {
+                "subcommand": self.subcommand, "checkpoint": str(info.path) if info else NO_CHECKPOINT,
+                "kind": info.kind if info else None, "run_dir": str(info.run_dir) if info and info.run_dir else None,
+                "stage": self.model.stage.name}
+        return results
+
+    def _finish(self, results: RunResults) -> None:
+        for section, values in getattr(self.model, "extra_results", {}).items():
+            results.merge(section, values)
+        results.set_headline(list(getattr(self.model, "headline_metrics", [])))
+        path = results.save()
+        if self.trainer.is_global_zero:
+            print(f"results.json: {path}")
+
+    def _stage_for_eval(self, stages: list[StageSpec] | None, from_path: str | None) -> None:
+        """Put the model (and datamodule) in the stage the checkpoint was written in (else the last one)."""
+        if not stages or not isinstance(self.model, StudyModule):
+            return
+        names = [s.name for s in stages]
+        index = names.index(from_path) if from_path in names else len(stages) - 1
+        for stage in stages[: index + 1]:
+            apply_data_overrides(self.datamodule, stage)
+        self.model.set_stage(stages[index], in_curriculum=False)
+
+    def _prepare_eval(self, sub: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config_init[sub]
+        stages = cfg.get("stages")
+        ckpt = self._eval_ckpt
+        if ckpt == NO_CHECKPOINT:
+            self._stage_for_eval(stages, None)
+        else:
+            self._loaded = load_weights_for_eval(self.model, self.datamodule, ckpt, kwargs.get("weights_only"),
+                                                 prepare=lambda stage: self._stage_for_eval(stages, stage))
+        if self.trainer.is_global_zero:
+            stage = f" (stage {self.model.stage.name!r})" if stages else ""
+            print(f"{sub}: weights {ckpt}{stage} -> {self._eval_dir}")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("ckpt_path", "weights_only", *CURRICULUM_KEYS)}
+        return kwargs
+
+    # ------------------------------------------------- evaluation subcommands
+    def validate(self, model: L.LightningModule, datamodule: Any = None, **kwargs: Any) -> Any:
+        kwargs = self._prepare_eval("validate", kwargs)
+        return self.trainer.validate(model, datamodule=datamodule, ckpt_path=None, **kwargs)
+
+    def test(self, model: L.LightningModule, datamodule: Any = None, **kwargs: Any) -> Any:
+        kwargs = self._prepare_eval("test", kwargs)
+        return self.trainer.test(model, datamodule=datamodule, ckpt_path=None, **kwargs)
+
+    def predict(self, model: L.LightningModule, datamodule: Any = None, **kwargs: Any) -> Any:
+        kwargs = self._prepare_eval("predict", kwargs)
+        self._predictions = PredictionWriter(self._eval_dir)
+        self.trainer.callbacks.append(self._predictions)
+        kwargs["return_predictions"] = False  # the writer keeps them; no second copy in memory
+        try:
+            return self.trainer.predict(model, datamodule=datamodule, ckpt_path=None, **kwargs)
+        except (TypeError, AttributeError) as err:
+            if is_overridden("predict_step", model, L.LightningModule):
+                raise
+            raise LitExpError(f"{type(model).__name__} has no predict_step and forward(batch) failed on a test "
+                              f"batch ({type(err).__name__}: {err}); define predict_step(batch, batch_idx) "
+                              "returning the study's outputs (a tensor, dict or dataclass)") from err
+
+    # ------------------------------------------------------------------ hooks
+    def before_curriculum(self) -> None:
+        # the resolved config goes to the run; run_curriculum saves it once the run dir is settled (F34)
+        cfg = self.config[self.subcommand]
+        self.trainer.set_run_config(self._parser(self.subcommand).dump(cfg, skip_none=False), self._config_files())
+
+    def after_fit(self) -> None:
+        results = self._results()
+        results.set_stage("fit", {"status": "done", "metrics": to_float_dict(self.trainer.callback_metrics),
+                                  "epochs": self.trainer.current_epoch, "steps": self.trainer.global_step})
+        results.merge("final", to_float_dict(self.trainer.callback_metrics))
+        self._finish(results)
+
+    def after_validate(self) -> None:
+        results = self._results()
+        results.merge("validate", to_float_dict(self.trainer.callback_metrics))
+        self._finish(results)
+
+    def after_test(self) -> None:
+        results = self._results()
+        results.merge("test", to_float_dict(self.trainer.callback_metrics))
+        self._finish(results)
+
+    def after_predict(self) -> None:
+        results = self._results()
+        written = self._predictions.written if self._predictions is not None else []
+        results.merge("predict", {"files": [p.name for p in written]})
+        self._finish(results)
+        if self.trainer.is_global_zero:
+            for path in written:
+                print(f"predictions: {path}")
+
+    def after_curriculum(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"results.json: {Path(self.trainer.run_dir) / 'results.json'}")
+
+
+def build_cli(args: list[str] | None = None, run: bool = True, description: str | None = None) -> LitCLI:
+    """The ``lit-exp`` LightningCLI over every StudyModule / LightningDataModule (``args=None``: ``sys.argv``)."""
+    return LitCLI(
+        StudyModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_class=LitTrainer,
+        auto_configure_optimizers=False,  # optimizers are built per fit by the module (F32)
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        parser_kwargs={"description": description} if description else None,
+        args=args,
+        run=run,
+        argv=args,
+    )
