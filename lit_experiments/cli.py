@@ -4,7 +4,7 @@
     lit-exp curriculum -c configs/satipatthana/demo.yaml [--only adapter,samatha] [--resume runs/...]
     lit-exp test -c configs/X/run.yaml --ckpt_path runs/X/stages/01_head/final.ckpt
     lit-exp data shapes --out DIR --format movi        (data tools)
-    lit-exp slots-analyze --backbone ...               (a study's tool, registered in its plugin.py)
+    lit-exp <tool> ...                                 (tools; studies register theirs in their plugin.py)
 
 This module imports neither torch nor lightning: ``lit-exp --help`` and the plain tools start fast; the
 LightningCLI (:mod:`lit_experiments.litcli`) is imported for a Lightning subcommand only. Errors of the
@@ -108,10 +108,16 @@ def _run(args: list[str], from_argv: bool) -> Any:
 
         raise ConfigError(f"unknown subcommand or tool {args[0]!r}; expected one of "
                           f"{', '.join(list(SUBCOMMANDS) + list(tools))}")
+    from .core.configs import expand_config_args
     from .core.errors import check_yaml_file
 
     for path in _config_files(args):
         check_yaml_file(path)  # names the file and line of a YAML error (jsonargparse says `<unicode string>`)
+    args, bases = expand_config_args(args)  # a delta's `# base:` files go first (core/configs.py)
+    if bases:
+        print("composing " + " + ".join(str(b) for b in bases) + " with the given config(s)", flush=True)
+        if from_argv:
+            sys.argv[1:] = args
     build_cli(None if from_argv else args)
     return None
 

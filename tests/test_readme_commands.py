@@ -70,7 +70,7 @@ class Session:
             if any(metric in p.read_text().splitlines()[0] for p in run_dir.rglob("metrics.csv")):
                 return run_dir
         config = str(ROOT / "configs" / metric.split("/")[0] / "demo.yaml")  # a study's metric: run its demo
-        self.execute(["curriculum", "-c", config])
+        self.execute(["curriculum", "-c", config, *self.tiny(config)])
         return self.run_with_metric(metric)
 
     def concrete(self, command: str) -> tuple[list[str], str | None]:

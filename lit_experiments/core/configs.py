@@ -18,10 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 BASE_PREFIX = "# base:"
 
 
-class ConfigCompositionError(ValueError):
+class ConfigCompositionError(ConfigError):
     """A ``# base:`` line names a file that does not exist, or bases form a cycle."""
 
 

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .errors import LitExpError
 from .lazy import uninitialized_names
 
 #: check name -> (default policy, LESSONS ids, likely cause)
@@ -49,7 +50,7 @@ POLICIES = ("error", "warn", "off")
 Source = torch.nn.Module | torch.Tensor | str | Iterable[Any]
 
 
-class HealthError(RuntimeError):
+class HealthError(LitExpError, RuntimeError):
     """A guard found a run that would train wrongly (bad globs, lazy parts, a failed health check).
 
     The message is complete on its own (what, where, likely cause with the LESSONS id), so a CLI can print

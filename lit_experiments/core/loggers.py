@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,31 @@ def silence_lightning_tips() -> None:
             log.addFilter(AdvertisingFilter())
 
 
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is *now* (Lightning binds its handler at import time)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def follow_stderr() -> None:
+    """Point Lightning's own console handlers at the current ``sys.stderr``.
+
+    Lightning adds a ``StreamHandler`` bound to the ``sys.stderr`` of the moment it is first imported. When that
+    is a temporary stream (a notebook cell's or a test's captured output, both closed later), every later log line
+    fails with "I/O operation on closed file"; following the current stream avoids that.
+    """
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _CurrentStderr):
+                handler.setStream(_CurrentStderr())
+
+
 silence_lightning_tips()
+follow_stderr()
 
 
 @dataclass

@@ -105,12 +105,7 @@ def test_f32_cli_builds_no_optimizer_at_start_up(capsys):
 
 # ------------------------------------------------------------------ errors fit on one screen (issue 11, item 3)
 def run_split(args, capsys):
-    import logging
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # handlers hold an earlier stderr
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.stream = sys.stderr
+    # Lightning's console handlers follow the current sys.stderr (core/loggers.follow_stderr), so capsys sees them
     try:
         code = main([str(a) for a in args]) or 0
     except SystemExit as exc:

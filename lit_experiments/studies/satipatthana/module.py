@@ -168,6 +168,11 @@ class SatipatthanaModule(StudyModule):
         vip = self.analyse(out, x)
         return {"logits": self.task_decoder(out.s_star, vip.v_ctx), "trust": vip.trust, "s_star": out.s_star}
 
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``lit-exp predict``: class logits, trust and s* per sample, with the sample index and label."""
+        out = self(batch["x"])
+        return {**out, **{k: batch[k] for k in ("index", "y") if k in batch}}
+
     def dry_run(self, batch: dict[str, torch.Tensor]) -> None:
         """Reaches every part, lazy ones included (F09): forward, reconstruction and guidance heads."""
         out = self.samatha(batch["x"])
@@ -332,8 +337,8 @@ class SatipatthanaModule(StudyModule):
         for k, v in metrics.items():
             self.log(f"test/{k}", v)
         self.add_results("test", {**{f"test/{k}": v for k, v in metrics.items()},
-                                  "test/n_test": len(samples["trust_clean"]),
-                                  "test/void_kinds": m.void_kinds})
+                                  "test/n_test": len(samples["trust_clean"])})
+        self.add_results("test_info", {"void_kinds": m.void_kinds})  # names, not numbers: outside `test`
         if self._is_rank_zero():
             self.log_figure("trust_histograms", plots.trust_histograms({p: samples[f"trust_{p}"] for p in L.PATHS}))
             keep = slice(0, 64)

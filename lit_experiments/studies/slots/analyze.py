@@ -17,13 +17,10 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from lit_experiments.backbones import build_backbone
-
-from .datamodule import Resize
+if TYPE_CHECKING:  # torch is imported where it is used, so `lit-exp slots-analyze --help` starts fast
+    import torch
 
 
 def feature_stats(feats: torch.Tensor) -> dict[str, float]:
@@ -59,6 +56,8 @@ def layer_features(backbone: Any, images: torch.Tensor) -> dict[str, torch.Tenso
 
 def analyze_backbone(name: str, images: torch.Tensor, layers: list[int] | None = None, **build: Any) -> list[dict]:
     """Per-layer statistics of backbone ``name`` on (B,3,H,W) images in [0,1]."""
+    from lit_experiments.backbones import build_backbone
+
     if layers is None and name != "colour_edge":
         depth = _depth(build_backbone(name, **build))
         layers = list(range(depth)) if depth else None
@@ -75,6 +74,8 @@ def analyze_backbone(name: str, images: torch.Tensor, layers: list[int] | None =
 
 
 def load_images(dataset: str, n: int, image_size: int, movi_root: str | None, seed: int = 3) -> torch.Tensor:
+    import torch
+
     if dataset == "shapes":
         from lit_experiments.data.shapes import ShapesWorld
 
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     layers = [int(x) for x in a.layers.split(",")] if a.layers else None
     images = load_images(a.dataset, a.n, a.image_size, a.movi_root)
     if a.img_size:
+        from .datamodule import Resize
+
         images = Resize(a.img_size)(images)
     all_rows: list[dict] = []
     for name in a.backbone:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from lit_experiments.core.configs import load_composed
 from lit_experiments.core.health import TrainingHealthError
 from lit_experiments.core.specs import StageSpec, matches_any
 from lit_experiments.core.trainer import LitTrainer
@@ -102,27 +103,10 @@ def test_f08_optimizer_reused_across_stages_in_the_product_is_caught(tmp_path, m
                                       test_after=False)
 
 
-def _compose(path: Path) -> dict:
-    """A config with its bases (first line ``# base: a.yaml b.yaml``), lists replaced whole."""
-    first = path.read_text().splitlines()[0]
-    merged: dict = {}
-    if first.startswith("# base:"):
-        for name in first.split(":", 1)[1].split():
-            merged = _merge(merged, _compose(path.parent / name))
-    return _merge(merged, yaml.safe_load(path.read_text()))
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_config_contents_stage_order_and_stage_2_learning_rate(path):
     """Content of every satipatthana YAML (running them is the every-config test's job, via tiny.py)."""
-    raw = _compose(path)
+    raw = load_composed(path)  # the product's `# base:` composition
     stages = [StageSpec(**s) for s in raw["stages"]]
     assert [s.name for s in stages] == ["adapter", "samatha", "vipassana", "decoder", "baseline"]
     assert stages[2].optimizer.lr >= 1e-3  # F12: stage 2 runs at its own, higher rate
