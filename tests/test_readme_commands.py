@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from lit_experiments.cli import main
+from lit_experiments.core.configs import load_composed
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -59,7 +60,7 @@ class Session:
         study = Path(config).relative_to(ROOT / "configs").parts[0]
         if config not in self.tiny_files:
             module = importlib.import_module(f"tests.studies.{study}.tiny")
-            raw = yaml.safe_load(Path(config).read_text())
+            raw = load_composed(config)  # a delta's bases included
             path = self.tmp / f"tiny_{study}_{len(self.tiny_files)}.yaml"
             path.write_text(yaml.safe_dump(module.tiny(Path(config), raw, self.tmp / f"tiny_{study}")))
             self.tiny_files[config] = path
