@@ -32,7 +32,7 @@ from .rundir import (
     trim_metrics,
     write_config,
 )
-from .specs import StageSpec
+from .specs import SCHEDULERS, StageSpec
 
 if TYPE_CHECKING:
     from .trainer import LitTrainer
@@ -161,6 +161,13 @@ def validate_plan(model: Any, stages: list[StageSpec], only: str | None) -> list
         raise ValueError(f"stage names must be unique, got {names}")
     if not hasattr(model, "set_stage"):
         raise TypeError(f"{type(model).__name__} is not a StudyModule: curricula need set_stage()")
+    for stage in stages:  # a typo in stage 3's optimizer is reported before stage 1 trains
+        try:
+            stage.optimizer.optimizer_class()
+            if stage.optimizer.scheduler not in SCHEDULERS:
+                raise ValueError(f"optimizer.scheduler={stage.optimizer.scheduler!r}; expected one of {SCHEDULERS}")
+        except ValueError as err:
+            raise ValueError(f"stage {stage.name!r}: {err}") from None
     return parse_only(only, stages)
 
 

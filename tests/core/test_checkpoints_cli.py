@@ -156,6 +156,21 @@ def test_satipatthana_ckpt_with_lazy_parts_gives_the_curriculum_test(sati_run, c
         assert results[key] == pytest.approx(reference[key], abs=1e-6), key
 
 
+def test_satipatthana_predict_writes_logits_trust_and_states_that_score_the_test_accuracy(sati_run, capsys):
+    reference = json.loads((sati_run / "results.json").read_text())["test"]
+    code, out, err = run(["predict", "-c", SATI, "-c", sati_run / "override.yaml", "--ckpt_path",
+                          sati_run / "stages" / "04_baseline" / "final.ckpt"], capsys)
+    assert code == 0, err
+    path = Path(next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("predictions: ")))
+    predictions = torch.load(path, weights_only=True)
+    n = len(predictions["y"])
+    assert predictions["logits"].shape == (n, 2) and predictions["trust"].shape[0] == n
+    assert predictions["s_star"].shape[0] == n and sorted(predictions["index"].tolist()) == list(range(n))
+    accuracy = float((predictions["logits"].argmax(1) == predictions["y"]).float().mean())
+    assert reference["test/n_test"] == n  # every test sample predicted once: the same accuracy as `test`
+    assert accuracy == pytest.approx(reference["test/acc"], abs=1e-6)
+
+
 def test_f09_lazy_parts_are_built_before_the_weights_load(sati_run, capsys, monkeypatch):
     """Put the bug back in the product: no dry run before loading -> the lazily built baseline is missing."""
     monkeypatch.setattr(checkpoints, "lazy_build", lambda model, batch: None)

@@ -120,17 +120,27 @@ def test_only_head_then_resume_gives_the_uninterrupted_result(capsys):
 
 
 def test_a_crashing_stage_is_recorded_failed_with_its_message(capsys, tmp_path):
+    bad = tmp_path / "nothing_trainable.yaml"
+    stages = yaml.safe_load(Path(TOY).read_text())["stages"]
+    stages[1]["trainable"] = []  # the head stage crashes when it builds its optimizer
+    bad.write_text(yaml.safe_dump({"stages": stages}))
+    code, out = lit(["curriculum", "-c", TOY, "-c", str(bad)], capsys)
+    assert code != 0 and "no trainable parameters" in out
+    results = strict_json(RUN / "results.json")
+    assert results["stages"]["encoder"]["status"] == "done"
+    head = results["stages"]["head"]
+    assert head["status"] == "failed" and "no trainable parameters" in head["error"] and "\n" not in head["error"]
+    assert head["failed_at"] and results["status"] == "failed"
+
+
+def test_a_bad_optimizer_of_a_later_stage_is_refused_before_anything_trains(capsys, tmp_path):
     bad = tmp_path / "bad_optimizer.yaml"
     stages = yaml.safe_load(Path(TOY).read_text())["stages"]
     stages[1]["optimizer"]["name"] = "Adamm"
     bad.write_text(yaml.safe_dump({"stages": stages}))
     code, out = lit(["curriculum", "-c", TOY, "-c", str(bad)], capsys)
-    assert code != 0 and "Adamm" in out
-    results = strict_json(RUN / "results.json")
-    assert results["stages"]["encoder"]["status"] == "done"
-    head = results["stages"]["head"]
-    assert head["status"] == "failed" and "Adamm" in head["error"] and "\n" not in head["error"]
-    assert head["failed_at"] and results["status"] == "failed"
+    assert code != 0 and "stage 'head'" in out and "Adamm" in out
+    assert not (RUN / "stages").exists()
 
 
 def test_trainer_max_epochs_and_max_steps_apply_to_every_stage_said_once(capsys):
