@@ -84,7 +84,9 @@ class StudyModule(L.LightningModule):
     def configure_optimizers(self):
         params = self.trainable_parameters()
         if not params:
-            raise RuntimeError(
+            from .health import HealthError
+
+            raise HealthError(
                 f"stage {self.stage.name!r} has no trainable parameters (trainable globs {self.stage.trainable}); "
                 "a lazily built part may not exist yet or the globs match nothing (F09)"
             )
