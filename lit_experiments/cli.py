@@ -26,7 +26,10 @@ from . import registry
 # non-Lightning commands of the core: name -> module with ``main(argv)``; studies add theirs in their plugin.py
 registry.register_tool("data", "lit_experiments.data.tools")
 registry.register_tool("curves", "lit_experiments.core.curves")
+registry.register_tool("report", "lit_experiments.core.report")
 registry.register_tool("demo", "lit_experiments.demo")
+registry.register_tool("sweep", "lit_experiments.core.sweep")
+registry.register_tool("cv", "lit_experiments.core.folds")
 
 #: Lightning subcommands and what they do (the fast ``--help`` lists them without importing Lightning)
 SUBCOMMANDS = {

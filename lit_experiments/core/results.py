@@ -103,6 +103,8 @@ class RunResults:
         self.data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.data["study"] = study
         self.data["config_files"] = [str(c) for c in (config_files or self.data.get("config_files", []))]
+        if os.environ.get("PL_GLOBAL_SEED") is not None:  # set by seed_everything; a sweep / report reads it
+            self.data.setdefault("seed", int(os.environ["PL_GLOBAL_SEED"]))
         self.data["git_sha"] = git_sha()
         self.data["versions"] = library_versions()
         if plan is not None:

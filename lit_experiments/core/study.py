@@ -221,13 +221,47 @@ def _to_jsonable(value: Any) -> Any:
 class StudyDataModule(L.LightningDataModule):
     """A LightningDataModule with an example batch for lazy builds and evaluation loaders that never pad (F37)."""
 
-    def __init__(self, batch_size: int = 32, num_workers: int = 0, eval_batch_size: int | None = None) -> None:
+    def __init__(self, batch_size: int = 32, num_workers: int = 0, eval_batch_size: int | None = None,
+                 fold: dict[str, Any] | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected >= 1")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.eval_batch_size = eval_batch_size
+        self.fold_spec = fold  # {"file": <cv>/folds.json, "index": k}, given by `lit-exp cv`
+        self.fold_info: dict[str, Any] | None = None
+        self._fold: tuple[list[int], list[int]] | None = None
+
+    # ----------------------------------------------------------------- folds (`lit-exp cv`, core/folds.py)
+    def fold_pool(self) -> tuple[int, Any]:
+        """``(n_samples, labels)`` of the pool the cv folds split: labels ``(N,)`` class ids, ``(N, C)`` 0/1
+        multi-label, or ``None`` (plain k-fold). The held-out test split is not part of the pool."""
+        raise NotImplementedError(f"{type(self).__name__} defines no fold_pool(): return (n_samples, labels or "
+                                  "None) of its train pool and split it with self.fold_split(pool) in setup to "
+                                  "run `lit-exp cv` on it")
+
+    def use_fold(self, train_idx: list[int], val_idx: list[int], info: dict[str, Any]) -> None:
+        """Train on ``pool[train_idx]`` and validate on ``pool[val_idx]`` (honoured by :meth:`fold_split`)."""
+        self._fold = (list(train_idx), list(val_idx))
+        self.fold_info = dict(info)
+
+    def fold_split(self, pool: Dataset) -> tuple[Dataset, Dataset] | None:
+        """The fold's ``(train, val)`` subsets of ``pool`` (``None`` without a fold). Call it in ``setup``:
+        it loads the ``fold`` init argument (checking the data fingerprint) and records ``folds`` in
+        results.json through the module's ``add_results``."""
+        from torch.utils.data import Subset
+
+        if self._fold is None and self.fold_spec:
+            from .folds import load_fold
+
+            self.use_fold(*load_fold(self, self.fold_spec))
+        if self._fold is None:
+            return None
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        if module is not None and hasattr(module, "add_results") and self.fold_info:
+            module.add_results("folds", self.fold_info)
+        return Subset(pool, self._fold[0]), Subset(pool, self._fold[1])
 
     def example_batch(self) -> Any:
         """A small batch for LazyBuild's dry run. Default: the first training batch."""

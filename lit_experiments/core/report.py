@@ -1,0 +1,312 @@
+"""`lit-exp report`: compare runs or sweeps: config diff, metric table, mean +- std, paired tests, curves.
+
+Reads each run's ``results.json`` and ``config.yaml`` (and a sweep's ``sweep.json``), never the logs except
+the stage curves (``stages/*/metrics.csv``), and writes ``report.md`` and a static ``report.html`` (tables and
+PNG figures, one self-contained folder) into ``--out`` (default ``<first dir>/report/``).
+
+    lit-exp report runs/sweeps/width --metric toy/test/acc
+    lit-exp report base=runs/a base=runs/a-2 wide=runs/b --baseline base --factor model.init_args.width
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .report_stats import Run, Table, fmt, mean_std, paired_test, variance_source
+
+#: config keys that differ between any two runs and say nothing about the comparison
+IGNORED_KEYS = ("seed_everything", "trainer.run_dir", "trainer.default_root_dir", "trainer.wandb")
+#: kinds of keys an unfair comparison most often hides (F29)
+IMPORTANT = {"epochs": "epochs/steps", "steps": "epochs/steps", "batch_size": "batch size", "lr": "lr",
+             "learning_rate": "lr", "data.": "data", "folds": "folds"}
+
+
+def flatten(value: Any, prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Dotted keys of a config; a list of named dicts (``stages``) is keyed by name."""
+    out = {} if out is None else out
+    if isinstance(value, dict):
+        for k, v in value.items():
+            flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        for v in value:
+            flatten({k: x for k, x in v.items() if k != "name"}, f"{prefix}.{v['name']}", out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    return out
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.endswith((".run_dir", ".default_root_dir"))
+
+
+def _short(key: str) -> str:
+    return key.replace(".init_args", "")
+
+
+def is_studied(key: str, factors: set[str]) -> bool:
+    """Whether config key ``key`` is (under) one of the studied factors (``init_args`` may be left out)."""
+    return any(_short(key) == _short(f) or _short(key).startswith(_short(f) + ".") for f in factors)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not readable JSON ({err})") from err
+
+
+def _load_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        return flatten(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+
+
+def load_run(run_dir: Path, variant: str, name: str | None = None, entry: dict[str, Any] | None = None) -> Run:
+    """A :class:`Run` from ``run_dir`` (a sweep's ``entry`` gives its seed / fold / status first)."""
+    entry = entry or {}
+    run = Run(name=name or run_dir.name, variant=variant, run_dir=run_dir)
+    path = run_dir / "results.json"
+    if path.is_file():
+        run.results = _load_json(path)
+        run.status = str(run.results.get("status", "done"))
+        run.error = run.results.get("error")
+    else:
+        run.status, run.error = "missing", entry.get("error") or f"{path} does not exist"
+    if entry.get("status") == "failed":
+        run.status, run.error = "failed", entry.get("error") or run.error
+    if entry.get("test_metrics"):  # `lit-exp cv --test all|best` scored this fold's model on the test split
+        run.results["test"] = {**entry["test_metrics"], **(run.results.get("test") or {})}
+    run.config = _load_config(run_dir)
+    folds = run.results.get("folds") or {}
+    seed = entry.get("seed", run.results.get("seed", run.config.get("seed_everything")))
+    run.seed = int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else None
+    fold = entry.get("fold") if entry.get("fold") is not None else folds.get("index")
+    run.fold = int(fold) if fold is not None else None
+    run.fingerprint = folds.get("fingerprint")
+    return run
+
+
+def list_factors(overrides: dict[str, Any], sweep_dir: Path) -> set[str]:
+    """Studied keys of a sweep entry: its override keys; a ``--list`` variant's (``config``) file's keys."""
+    import yaml
+
+    keys = {k for k in overrides if "seed" not in k and k != "config"}
+    path = overrides.get("config")
+    if isinstance(path, str):
+        p = Path(path) if Path(path).is_absolute() else sweep_dir / path
+        try:
+            keys |= set(flatten(yaml.safe_load(p.read_text()) or {}))
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{sweep_dir / 'sweep.json'}: variant file {p} is not readable ({err}); the "
+                              "report needs it to know the studied keys") from err
+    return keys
+
+
+def collect(specs: list[str]) -> tuple[list[Run], set[str], list[str]]:
+    """Runs of every ``[LABEL=]DIR`` (a run dir or a sweep dir), the studied factor keys, the variant order."""
+    runs: list[Run] = []
+    factors: set[str] = set()
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label:
+            label, path = "", spec
+        d = Path(path)
+        if (d / "sweep.json").is_file():
+            sweep = _load_json(d / "sweep.json")
+            factors |= set(sweep.get("grid") or {})
+            for entry in sweep.get("runs") or []:
+                factors |= list_factors(entry.get("overrides") or {}, d)
+                run_dir = d / str(entry.get("run_dir") or entry.get("name"))
+                variant = label or str(entry.get("variant") or entry.get("name"))
+                runs.append(load_run(run_dir, variant, str(entry.get("name") or run_dir.name), entry))
+        elif (d / "results.json").is_file():
+            runs.append(load_run(d, label or d.name))
+        else:
+            what = "does not exist" if not d.exists() else "holds neither results.json nor sweep.json"
+            raise ConfigError(f"report: {d} {what}; expected a run directory (results.json) or a "
+                              "sweep directory (sweep.json)")
+    return runs, factors, list(dict.fromkeys(r.variant for r in runs))
+
+
+def cv_check(specs: list[str], runs: list[Run]) -> list[str]:
+    """⚠ lines where a sweep's ``cv.json`` mean disagrees with the mean the report computes."""
+    lines = []
+    for spec in specs:
+        path = Path(spec.partition("=")[2] or spec) / "cv.json"
+        if not path.is_file():
+            continue
+        for variant, metrics in (_load_json(path).get("variants") or {}).items():
+            for name, summary in metrics.items():
+                vals = [r.metric(name) for r in runs if r.variant == variant and r.status == "done"]
+                vals = [v for v in vals if v is not None]
+                mean = summary.get("mean") if isinstance(summary, dict) else None
+                if vals and isinstance(mean, (int, float)) and abs(mean_std(vals)[0] - mean) > 1e-9:
+                    lines.append(f"⚠ {path}: {variant} {name} mean {mean:.6g} but the runs' results.json give "
+                                 f"{mean_std(vals)[0]:.6g} (n={len(vals)})")
+    return lines
+
+
+def default_metrics(runs: list[Run]) -> list[str]:
+    """Every done run's ``headline`` keys; else its ``test`` keys; else (cv folds) its ``final`` val keys."""
+    done = [r for r in runs if r.status == "done"] or runs
+    names = list(dict.fromkeys(k for r in done for k in (r.results.get("headline") or {})))
+    names = names or list(dict.fromkeys(k for r in done for k in (r.results.get("test") or {})))
+    return names or list(dict.fromkeys(k for r in done for k in (r.results.get("final") or {})
+                                      if k.startswith("val/") or "/val/" in k))
+
+
+def config_tables(runs: list[Run], variants: list[str], factors: set[str]) -> tuple[Table, list[str]]:
+    """The keys that differ between variants (plus the folds fingerprint) and the ⚠ lines for non-factors."""
+    per_variant: dict[str, dict[str, str]] = {}
+    warnings: list[str] = []
+    for v in variants:
+        cfgs = [dict(r.config, **{"folds.fingerprint": r.fingerprint}) for r in runs if r.variant == v]
+        keys = sorted({k for c in cfgs for k in c if not _ignored(k)})
+        merged = {}
+        for k in keys:
+            values = list(dict.fromkeys(json.dumps(c.get(k), default=str) for c in cfgs))
+            merged[k] = values[0] if len(values) == 1 else "varies: " + ", ".join(values)
+            if len(values) > 1 and "fold" not in k and "seed" not in k and not is_studied(k, factors):
+                warnings.append(f"⚠ differs within variant {v}: {k} ({', '.join(values)})")
+        per_variant[v] = merged
+    keys = sorted({k for m in per_variant.values() for k in m})
+    differing = [k for k in keys if len({per_variant[v].get(k, "(absent)") for v in variants}) > 1]
+    table = Table("Config differences between variants", ["key", *variants, "studied factor"])
+    for k in differing:
+        cells = [per_variant[v].get(k, "(absent)") for v in variants]
+        studied = is_studied(k, factors)
+        table.rows.append([k, *cells, "yes" if studied else "⚠ no"])
+        if not studied:
+            kind = next((label for pat, label in IMPORTANT.items() if pat in k), "")
+            shown = ", ".join(f"{v}: {c}" for v, c in zip(variants, cells, strict=True))
+            warnings.append(f"⚠ differs besides the studied factor: {k} ({shown})" + (f" [{kind}]" if kind else ""))
+    if not factors:
+        table.notes.append("studied factor unknown (plain run dirs): every difference is flagged; "
+                           "name it with --factor KEY")
+    if not differing:
+        table.notes.append("no config key differs between the variants")
+    return table, warnings
+
+
+def metric_tables(runs: list[Run], variants: list[str], baseline: str, metrics: list[str]) -> list[Table]:
+    """Per metric: n, mean, std, source of variance, delta and % vs baseline, Wilcoxon, bootstrap CI."""
+    tables = []
+    done = [r for r in runs if r.status == "done"]
+    for m in metrics:
+        t = Table(f"Metric {m} (baseline {baseline})",
+                  ["variant", "n", "mean", "std", "variance from", "delta", "delta %", "pairs",
+                   "wilcoxon W", "wilcoxon p", "bootstrap 95% CI of delta", "note"])
+        base_runs = [r for r in done if r.variant == baseline and r.metric(m) is not None]
+        base_mean = mean_std([r.metric(m) for r in base_runs])[0] if base_runs else None
+        for v in variants:
+            vr = [r for r in done if r.variant == v and r.metric(m) is not None]
+            if not vr:
+                t.rows.append([v, "0"] + ["-"] * 9 + ["no finished run has this metric"])
+                continue
+            mean, std = mean_std([r.metric(m) for r in vr])
+            delta = None if base_mean is None else mean - base_mean
+            pct = None if delta is None or base_mean == 0 else 100 * delta / abs(base_mean)
+            if v == baseline:
+                row = [v, str(len(vr)), fmt(mean), fmt(std), variance_source(vr), "-", "-", "-", "-", "-", "-",
+                       "baseline"]
+            else:
+                pt = paired_test(base_runs, vr, m)
+                ci = f"[{fmt(pt.ci[0])}, {fmt(pt.ci[1])}]" if pt.ci else "-"
+                row = [v, str(len(vr)), fmt(mean), fmt(std), variance_source(vr), fmt(delta), fmt(pct, 2),
+                       str(pt.n), fmt(pt.statistic), fmt(pt.p), ci, pt.refused or pt.note]
+                if pt.refused:
+                    t.notes.append(f"{v}: {pt.refused}")
+            t.rows.append(row)
+        tables.append(t)
+    return tables
+
+
+def runs_table(runs: list[Run], metrics: list[str]) -> Table:
+    t = Table("Runs", ["run", "variant", "seed", "fold", "status", *metrics, "error"])
+    for r in runs:
+        t.rows.append([r.name, r.variant, "-" if r.seed is None else str(r.seed),
+                       "-" if r.fold is None else str(r.fold), r.status,
+                       *[fmt(r.metric(m)) for m in metrics], r.error or ""])
+    return t
+
+
+def render_md(title: str, tables: list[Table], warnings: list[str], figures: list[str]) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"# {title}", ""]
+    lines += [f"- {w}" for w in warnings] + ([""] if warnings else [])
+    for t in tables:
+        lines += [f"## {t.title}", "", "| " + " | ".join(cell(h) for h in t.header) + " |",
+                  "|" + "---|" * len(t.header)]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in t.rows]
+        lines += [""] + [f"> {n}" for n in t.notes] + ([""] if t.notes else [])
+    if figures:
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures if not f.startswith("runs/")]
+        links = [f for f in figures if f.startswith("runs/")]
+        lines += ["", "### Figures of the runs", ""] + [f"- [{f}]({f})" for f in links] if links else []
+        lines += [""]
+    return "\n".join(lines)
+
+
+def build_report(specs: list[str], out: Path | None = None, baseline: str | None = None,
+                 metrics: list[str] | None = None, factors: list[str] | None = None) -> Path:
+    """Write ``report.md`` and ``report.html`` for ``specs``; returns the output folder."""
+    from .report_html import copy_run_figures, curve_figures, log_wandb, metric_figures, render_html
+
+    runs, found_factors, variants = collect(specs)
+    if not runs:
+        raise ConfigError(f"report: no runs in {', '.join(specs)}")
+    all_factors = found_factors | set(factors or [])
+    baseline = baseline or variants[0]
+    if baseline not in variants:
+        raise ConfigError(f"report: --baseline {baseline!r} is not a variant; variants are {variants}")
+    metrics = metrics or default_metrics(runs)
+    out = Path(out) if out else Path(specs[0].partition("=")[2] or specs[0]) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_table, warnings = config_tables(runs, variants, all_factors)
+    warnings += cv_check(specs, runs)
+    tables = [*metric_tables(runs, variants, baseline, metrics), cfg_table, runs_table(runs, metrics)]
+    bad = [r for r in runs if r.status not in ("done",)]
+    if bad:
+        failed = Table("Failed or missing runs", ["run", "variant", "status", "error"],
+                       [[r.name, r.variant, r.status, r.error or ""] for r in bad])
+        tables.append(failed)
+    figures = metric_figures(runs, variants, metrics, out) + curve_figures(runs, metrics, out)
+    figures += copy_run_figures(runs, out)
+    title = f"lit-exp report: {', '.join(variants)}"
+    (out / "report.md").write_text(render_md(title, tables, warnings, figures))
+    (out / "report.html").write_text(render_html(title, tables, warnings, figures))
+    log_wandb(tables)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lit-exp report", description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", help="run or sweep directories, optionally LABEL=DIR (same label: one variant)")
+    p.add_argument("--baseline", default=None, help="variant to compare against (default: the first)")
+    p.add_argument("--metric", action="append", default=None, help="metric (repeatable; default: headline)")
+    p.add_argument("--factor", action="append", default=None,
+                   help="config key that is the studied factor (sweeps know theirs; repeatable)")
+    p.add_argument("--out", default=None, help="output folder (default: <first dir>/report)")
+    args = p.parse_args(argv)
+    out = build_report(args.dirs, args.out and Path(args.out), args.baseline, args.metric, args.factor)
+    text = (out / "report.md").read_text()
+    for line in text.splitlines():
+        if line.startswith("- ⚠"):
+            print(line[2:])
+    print(f"wrote {out / 'report.md'} and {out / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,387 @@
+"""`lit-exp sweep`: a grid or list of config deltas x seeds, each a normal run, indexed in `<sweep>/sweep.json`.
+
+    lit-exp sweep -c configs/toy/curriculum.yaml --grid model.init_args.hidden=16,32 --seeds 0,1,2 [--out DIR]
+    lit-exp sweep -c base.yaml --list variants/*.yaml [--with-base] --seeds 0,1
+    lit-exp sweep ... --print                  one shell command per run (SLURM array, GNU parallel)
+    lit-exp sweep ... --wandb-sweep sweep.yaml a wandb sweep config whose agents call `lit-exp`
+
+Runs go one after another in this process (``lit-exp curriculum`` for a config with ``stages:``, else ``fit``),
+each into ``<sweep>/<variant>__seed<k>``. A failed run is recorded ``failed`` with its error's first line and the
+sweep goes on; the same command again skips the runs that are done and re-runs the others (a failed run's old
+folder moves to ``<sweep>/superseded/``). Grid keys are dotted config keys, checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import json
+import os
+import re
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+INDEX_FILE = "sweep.json"
+
+
+@dataclass
+class RunSpec:
+    """One run of a sweep: its name (= folder), variant, overrides, seed, fold and extra ``lit-exp`` args."""
+
+    name: str
+    variant: str
+    overrides: dict[str, Any]
+    seed: int
+    args: list[str]
+    fold: int | None = None
+
+
+@dataclass
+class Plan:
+    """What a sweep / cv command will run."""
+
+    configs: list[str]
+    composed: dict[str, Any]
+    subcommand: str
+    grid: dict[str, list[str]]
+    variants: list[tuple[str, list[str], dict[str, Any]]]  # name, lit-exp args, overrides
+    seeds: list[int]
+    runs: list[RunSpec] = field(default_factory=list)
+
+    def expand(self, folds: int | None = None, fold_file: str | None = None) -> None:
+        self.runs = []
+        for variant, args, overrides in self.variants:
+            for seed in self.seeds:
+                for fold in (range(folds) if folds else [None]):
+                    name = f"{variant}__seed{seed}" + (f"__fold{fold}" if fold is not None else "")
+                    extra = list(args)
+                    if fold is not None:
+                        extra += ["--data.init_args.fold", json.dumps({"file": fold_file, "index": fold})]
+                        if self.subcommand == "curriculum":
+                            extra += ["--test_after", "false"]  # the test split is scored by --test only
+                    self.runs.append(RunSpec(name, variant, overrides, seed, extra, fold))
+
+    def expand_folds(self, folds: int, fold_file: str) -> None:
+        self.expand(folds, fold_file)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def build_parser(name: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"lit-exp {name}", description=description, allow_abbrev=False)
+    p.add_argument("-c", "--config", action="append", required=True, help="base config (repeatable, in order)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="dotted config key and values")
+    p.add_argument("--list", nargs="+", default=[], metavar="DELTA.yaml", help="named variants (file stem = name)")
+    p.add_argument("--with-base", action="store_true", help="with --list: the base itself as variant `base`")
+    p.add_argument("--seeds", default="", help="comma-separated seeds (default 0)")
+    p.add_argument("--out", help="sweep folder (default runs/<sweep|cv>/<config stem>)")
+    p.add_argument("--print", dest="print_only", action="store_true", help="print one command per run, run none")
+    return p
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip():
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2 (a dotted config key and its values)")
+        if not vals:
+            raise ConfigError(f"--grid {item!r}: no values; expected KEY=V1,V2")
+        grid[key.strip().lstrip("-")] = vals
+    return grid
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in (text or "0").split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise ConfigError("--seeds is empty; expected e.g. 0,1,2")
+    return seeds
+
+
+def flat_keys(value: Any, prefix: str = "") -> set[str]:
+    """Dotted keys of a config: every mapping level (lists are values)."""
+    keys = {prefix} if prefix else set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            keys |= flat_keys(v, f"{prefix}.{k}" if prefix else str(k))
+    return keys
+
+
+def _signature_keys(prefix: str, target: Any) -> set[str]:
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return set()
+    return {f"{prefix}.{n}" for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL,
+                                                                                        p.VAR_KEYWORD)}
+
+
+def valid_keys(composed: dict[str, Any]) -> set[str]:
+    """Keys a grid may set: the composed config's keys plus the parameters of its model, data and trainer."""
+    import importlib
+
+    from .trainer import LitTrainer
+
+    keys = flat_keys(composed) | {"seed_everything", "trainer"}
+    for section in ("model", "data"):
+        path = (composed.get(section) or {}).get("class_path") if isinstance(composed.get(section), dict) else None
+        if path:
+            module, _, name = path.rpartition(".")
+            try:
+                keys |= _signature_keys(f"{section}.init_args", getattr(importlib.import_module(module), name))
+            except (ImportError, AttributeError):
+                pass
+    import lightning as L
+
+    keys |= _signature_keys("trainer", LitTrainer.__init__) | _signature_keys("trainer", L.Trainer.__init__)
+    return keys
+
+
+def check_grid(grid: dict[str, list[str]], composed: dict[str, Any], configs: list[str]) -> None:
+    if "seed_everything" in grid:
+        raise ConfigError("--grid seed_everything: give seeds with --seeds 0,1,2")
+    known = valid_keys(composed)
+    for key in grid:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.5)
+            hint = f"; nearest valid keys: {', '.join(close)}" if close else ""
+            raise ConfigError(f"--grid {key}: not a key of the config ({' + '.join(configs)}){hint}")
+
+
+def safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+
+
+def grid_variants(grid: dict[str, list[str]]) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """The cross product as (name, args, overrides); names use the last key part unless two keys share it."""
+    import itertools
+
+    import yaml
+
+    last = [k.rsplit(".", 1)[-1] for k in grid]
+    short = {k: (s if last.count(s) == 1 else k) for k, s in zip(grid, last)}
+    out = []
+    for combo in itertools.product(*grid.values()):
+        pairs = list(zip(grid, combo))
+        name = safe(",".join(f"{short[k]}={v}" for k, v in pairs))
+        args = [a for k, v in pairs for a in (f"--{k}", v)]
+        out.append((name, args, {k: yaml.safe_load(v) for k, v in pairs}))
+    return out
+
+
+def plan_from_args(args: argparse.Namespace, kind: str) -> Plan:
+    from .configs import load_composed, merge
+
+    configs = [str(Path(c).resolve()) for c in args.config]
+    for c in configs + list(args.list):
+        if not Path(c).is_file():
+            raise ConfigError(f"config {c} does not exist")
+    composed: dict[str, Any] = {}
+    for c in configs:
+        composed = merge(composed, load_composed(c))
+    grid = parse_grid(args.grid)
+    if args.grid == [] and not args.list and kind == "sweep":
+        raise ConfigError("lit-exp sweep: the grid is empty; give --grid KEY=V1,V2 or --list DELTA.yaml ...")
+    if args.grid and args.list:
+        raise ConfigError("give either --grid or --list, not both")
+    check_grid(grid, composed, configs)
+    if args.list:
+        names = [Path(f).stem for f in args.list]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--list: two files share a stem ({names}); variant names must be unique")
+        variants = [("base", [], {})] if args.with_base else []
+        variants += [(safe(Path(f).stem), ["-c", str(Path(f).resolve())], {"config": str(Path(f).resolve())})
+                     for f in args.list]
+    else:
+        variants = grid_variants(grid) if grid else [("base", [], {})]
+    sub = "curriculum" if "stages" in composed else "fit"
+    plan = Plan(configs, composed, sub, grid, variants, parse_seeds(args.seeds))
+    plan.expand()
+    return plan
+
+
+def sweep_dir(args: argparse.Namespace, plan: Plan) -> Path:
+    kind = "cv" if hasattr(args, "folds") else "sweep"
+    return Path(args.out) if args.out else Path("runs") / kind / Path(plan.configs[-1]).stem
+
+
+def command(plan: Plan, run: RunSpec, out: Path) -> list[str]:
+    cfg = [a for c in plan.configs for a in ("-c", c)]
+    return [plan.subcommand, *cfg, *run.args, "--trainer.run_dir", str(out / run.name),
+            "--seed_everything", str(run.seed)]
+
+
+def print_commands(plan: Plan, out: Path) -> None:
+    for run in plan.runs:
+        print(shlex.join(["lit-exp", *command(plan, run, out)]))
+
+
+# ------------------------------------------------------------------------------------------------ running
+def load_index(out: Path) -> dict[str, Any]:
+    path = out / INDEX_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_index(out: Path, index: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{INDEX_FILE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=1, default=str))
+    os.replace(tmp, out / INDEX_FILE)
+
+
+def execute(args: list[str]) -> None:
+    """One ``lit-exp`` call in this process; errors propagate (``--debug``) so their first line is recorded."""
+    import sys
+
+    from .. import cli
+
+    old, argv = os.environ.get("LIT_EXP_ON_EXISTING"), list(sys.argv)
+    os.environ["LIT_EXP_ON_EXISTING"] = "refuse"  # the sweep moved any old folder aside: never a -2 sibling
+    sys.argv = sys.argv[:1]  # LightningCLI warns when it gets args while sys.argv holds others
+    try:
+        code = cli.main([args[0], "--debug", *args[1:]])
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = argv
+        if old is None:
+            os.environ.pop("LIT_EXP_ON_EXISTING", None)
+        else:
+            os.environ["LIT_EXP_ON_EXISTING"] = old
+    if code not in (0, None):
+        raise RuntimeError(f"lit-exp {args[0]} exited with code {code}")
+
+
+def move_aside(out: Path, name: str) -> str | None:
+    src = out / name
+    if not src.exists():
+        return None
+    n = 1
+    while (dst := out / "superseded" / f"{name}-{n}").exists():
+        n += 1
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))
+    return str(dst.relative_to(out))
+
+
+def _headline(data: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in
+                     (data.get("headline") or {}).items())
+
+
+def first_line(exc: BaseException) -> str:
+    """The error's first line as the CLI would print it (``lit-exp: error: ...``), else ``Type: message``."""
+    from .errors import explain
+    from .results import error_line
+
+    report = explain(exc)
+    lines = [line.strip() for line in (report.lines if report else []) if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else error_line(exc)
+
+
+def run_plan(plan: Plan, out: Path, kind: str = "sweep") -> dict[str, Any]:
+    """Run every run of ``plan`` not done yet; ``sweep.json`` is rewritten after each. Returns the index."""
+
+    old = load_index(out)
+    entries = {r["name"]: r for r in old.get("runs", [])}
+    index = {"kind": kind, "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")), "base": plan.configs,
+             "subcommand": plan.subcommand, "grid": plan.grid, "variants": [v[0] for v in plan.variants],
+             "seeds": plan.seeds, "runs": []}
+    for run in plan.runs:
+        entry = entries.pop(run.name, None) or {}
+        entry.update(name=run.name, variant=run.variant, overrides=run.overrides, seed=run.seed, fold=run.fold,
+                     results=f"{run.name}/results.json", run_dir=run.name,
+                     command=shlex.join(["lit-exp", *command(plan, run, out)]))
+        entry.setdefault("status", "pending")
+        entry.setdefault("error", None)
+        entry.setdefault("headline", {})
+        index["runs"].append(entry)
+    index["runs"] += list(entries.values())  # runs of earlier calls over this folder stay listed
+    save_index(out, index)
+    total, shown_by_run = len(plan.runs), {}
+    for i, (run, entry) in enumerate(zip(plan.runs, index["runs"]), 1):
+        label = f"run {i}/{total}: {run.name} {json.dumps(run.overrides)}"
+        if entry["status"] == "done" and (out / entry["results"]).is_file():
+            final = json.loads((out / entry["results"]).read_text()).get("final") or {}
+            shown_by_run[run.name] = {k: v for k, v in final.items() if "val/" in k}
+            print(f"{label} -> done (skipped, finished earlier)", flush=True)
+            continue
+        moved = move_aside(out, run.name)
+        if moved:
+            entry.setdefault("superseded", []).append(moved)
+        entry.update(status="running", error=None, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        save_index(out, index)
+        start, shown_metrics = time.perf_counter(), {}
+        try:
+            execute(command(plan, run, out))
+            data = json.loads((out / entry["results"]).read_text())
+            bad = data.get("status") not in (None, "done")
+            entry.update(status="failed" if bad else "done", error=data.get("error") if bad else None,
+                         headline=data.get("headline") or {})
+            shown_metrics = entry["headline"] or {k: v for k, v in (data.get("final") or {}).items() if "val/" in k}
+        except KeyboardInterrupt:
+            entry.update(status="pending", error="interrupted")
+            save_index(out, index)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+            entry.update(status="failed", error=first_line(exc))
+        entry["wall_s"] = round(time.perf_counter() - start, 2)
+        save_index(out, index)
+        shown_by_run[run.name] = shown_metrics
+        shown = entry["error"] if entry["status"] == "failed" else _headline({"headline": shown_metrics})
+        print(f"{label} -> {entry['status']}, {shown}", flush=True)
+    print_table(index["runs"][:total], shown_by_run)
+    return index
+
+
+def print_table(runs: list[dict[str, Any]], shown: dict[str, dict[str, Any]] | None = None) -> None:
+    """One line per run: status and headline metrics (the validation metrics when a run has no headline)."""
+    values = {r["name"]: (r.get("headline") or (shown or {}).get(r["name"]) or {}) for r in runs}
+    metrics = list(dict.fromkeys(k for v in values.values() for k in v))
+    width = max([len(r["name"]) for r in runs] + [4])
+    print(f"{'run':<{width}}  {'status':<7}  " + "  ".join(f"{m:>14}" for m in metrics))
+    for r in runs:
+        vals = [values[r["name"]].get(m) for m in metrics]
+        cells = "  ".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14}" for v in vals)
+        print(f"{r['name']:<{width}}  {r['status']:<7}  {cells}" + (f"  {r['error']}" if r.get("error") else ""))
+
+
+def wandb_sweep(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {k: {"values": [__import__("yaml").safe_load(v) for v in vals]}
+                              for k, vals in plan.grid.items()}
+    if args.list:
+        params["config"] = {"values": [str(Path(f).resolve()) for f in args.list]}
+    params["seed_everything"] = {"values": plan.seeds}
+    cfg = [a for c in plan.configs for a in ("-c", c)]
+    return {"program": "lit-exp", "method": "grid", "name": Path(plan.configs[-1]).stem, "parameters": params,
+            "command": ["${program}", plan.subcommand, *cfg, "${args}"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser("sweep", __doc__.split("\n\n")[0])
+    parser.add_argument("--wandb-sweep", metavar="FILE", help="write a wandb sweep config and exit")
+    args = parser.parse_args(argv)
+    plan = plan_from_args(args, kind="sweep")
+    out = sweep_dir(args, plan)
+    if args.wandb_sweep:
+        import yaml
+
+        Path(args.wandb_sweep).write_text(yaml.safe_dump(wandb_sweep(plan, args), sort_keys=False))
+        print(f"wandb sweep config: {args.wandb_sweep} (run: wandb sweep {args.wandb_sweep}; wandb agent ID)")
+        return 0
+    if args.print_only:
+        print_commands(plan, out)
+        return 0
+    index = run_plan(plan, out)
+    print(f"sweep.json: {out / INDEX_FILE}")
+    return 0 if all(r["status"] == "done" for r in index["runs"]) else 1

@@ -1,0 +1,150 @@
+"""`lit-exp cv`: folds written once and shared (F31), fold runs record their folds, cv.json against numpy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lit_experiments.cli import main
+from lit_experiments.core import folds as folds_mod
+from lit_experiments.core.study import StudyDataModule
+from lit_experiments.studies.toy.datamodule import ToyDataModule
+
+ROOT = Path(__file__).resolve().parents[2]
+CURRICULUM = str(ROOT / "configs" / "toy" / "curriculum.yaml")
+
+
+def tiny(tmp_path: Path, n_train: int = 45) -> str:
+    path = tmp_path / f"tiny{n_train}.yaml"
+    path.write_text(f"data: {{init_args: {{n_train: {n_train}, n_val: 16, n_test: 16, batch_size: 8}}}}\n")
+    return str(path)
+
+
+def cv(tmp_path: Path, out: Path, *extra: str, n_train: int = 45) -> int:
+    return main(["cv", "-c", CURRICULUM, "-c", tiny(tmp_path, n_train), "--out", str(out), *extra])
+
+
+def runs_of(out: Path) -> list[dict]:
+    return json.loads((out / "sweep.json").read_text())["runs"]
+
+
+def test_f31_two_cv_calls_and_two_ablations_read_identical_folds(tmp_path):
+    out = tmp_path / "cv"
+    for name, hidden in (("narrow", 8), ("wide", 16), ("mid", 12)):
+        (tmp_path / f"{name}.yaml").write_text(f"model: {{init_args: {{hidden: {hidden}}}}}\n")
+    assert cv(tmp_path, out, "--folds", "3", "--test", "none", "--list", str(tmp_path / "narrow.yaml"),
+              str(tmp_path / "wide.yaml")) == 0
+    first = (out / "folds.json").read_text()
+    # a second call (another ablation, another fold seed asked) reuses the folds file as it is
+    assert cv(tmp_path, out, "--folds", "3", "--test", "none", "--fold_seed", "7",
+              "--list", str(tmp_path / "mid.yaml")) == 0
+    assert (out / "folds.json").read_text() == first
+    saved = json.loads(first)
+    runs = runs_of(out)
+    assert sorted(r["variant"] for r in runs) == ["mid"] * 3 + ["narrow"] * 3 + ["wide"] * 3
+    for run in runs:
+        recorded = json.loads((out / run["results"]).read_text())["folds"]
+        assert recorded["fingerprint"] == saved["fingerprint"] and recorded["index"] == run["fold"]
+        assert recorded["n_folds"] == 3 and recorded["file"] == str((out / "folds.json").resolve())
+    # the datamodule trains / validates on exactly the fold's indices of its pool
+    dm = ToyDataModule(n_train=45, fold={"file": str(out / "folds.json"), "index": 1})
+    dm.setup("fit")
+    assert list(dm.train_set.indices) == saved["folds"][1]["train"]
+    assert list(dm.val_set.indices) == saved["folds"][1]["val"]
+    # other data: another fingerprint, and the old folder refuses it
+    assert cv(tmp_path, tmp_path / "cv2", "--folds", "3", "--test", "none", "--print", n_train=48) == 0
+    other = json.loads((tmp_path / "cv2" / "folds.json").read_text())
+    assert other["data_fingerprint"] != saved["data_fingerprint"] and other["fingerprint"] != saved["fingerprint"]
+    with pytest.raises(SystemExit) as exc:
+        cv(tmp_path, out, "--folds", "3", "--test", "none", n_train=48)
+    assert exc.value.code == 2
+
+
+def test_fold_of_other_data_is_refused_by_the_datamodule(tmp_path):
+    n, labels = ToyDataModule(n_train=30).fold_pool()
+    path = tmp_path / "folds.json"
+    folds_mod.ensure_folds(path, n, labels, 3, 0)
+    dm = ToyDataModule(n_train=33, fold={"file": str(path), "index": 0})
+    with pytest.raises(ValueError, match="differ from the data"):
+        dm.setup("fit")
+
+
+def test_five_fold_cv_end_to_end_cv_json_against_numpy(tmp_path):
+    out = tmp_path / "cv"
+    assert cv(tmp_path, out, "--folds", "5", "--seeds", "0", "--test", "best", "--select", "val/loss") == 0
+    summary = json.loads((out / "cv.json").read_text())
+    saved = json.loads((out / "folds.json").read_text())
+    assert summary["folds"] == {"file": str((out / "folds.json").resolve()), "fingerprint": saved["fingerprint"],
+                                "n_folds": 5, "kind": "stratified"}
+    runs = runs_of(out)
+    assert [r["fold"] for r in runs] == [0, 1, 2, 3, 4] and all(r["status"] == "done" for r in runs)
+    finals = [json.loads((out / r["results"]).read_text())["final"] for r in runs]
+    stats = summary["variants"]["base"]
+    assert summary["source"]["base"] == "val"
+    for key in ("head/val/loss", "head/val/acc", "encoder/val/loss"):
+        values = np.array([f[key] for f in finals])
+        assert stats[key]["n"] == 5 and stats[key]["values"] == pytest.approx(values.tolist())
+        assert stats[key]["mean"] == pytest.approx(values.mean())
+        assert stats[key]["std"] == pytest.approx(values.std(ddof=1))
+    best = int(np.argmin([f["head/val/loss"] for f in finals]))
+    assert summary["best"]["base"]["fold"] == best
+    tested = [r for r in runs if r.get("test")]
+    assert [r["fold"] for r in tested] == [best]  # --test best: only the best fold touches the test split
+    evaluated = json.loads((out / tested[0]["test"]).read_text())
+    assert evaluated["test"] == tested[0]["test_metrics"] and "test/acc" in evaluated["test"]
+    assert evaluated["folds"]["index"] == best
+    assert summary["best"]["base"]["test"] == evaluated["test"]
+
+
+def test_folds_are_disjoint_cover_the_pool_and_stratify(tmp_path):
+    out = tmp_path / "cv"
+    assert cv(tmp_path, out, "--folds", "5", "--print", n_train=90) == 0
+    saved = json.loads((out / "folds.json").read_text())
+    n, labels = ToyDataModule(n_train=90).fold_pool()
+    assert saved["n_samples"] == n == 90 and saved["kind"] == "stratified" and saved["seed"] == 0
+    vals = [set(f["val"]) for f in saved["folds"]]
+    assert sum(len(v) for v in vals) == n and set().union(*vals) == set(range(n))
+    for fold, val in zip(saved["folds"], vals):
+        assert set(fold["train"]) == set(range(n)) - val
+        for c in np.unique(labels):
+            expected = (labels == c).sum() / 5
+            assert abs((labels[sorted(val)] == c).sum() - expected) <= 1
+
+
+def test_multilabel_and_unlabelled_pools():
+    rng = np.random.default_rng(0)
+    multi = (rng.random((60, 4)) < 0.3).astype(int)
+    folds = folds_mod.make_folds(60, multi, 3, seed=0)
+    assert folds_mod.label_kind(multi) == "multilabel-stratified"
+    assert sorted(i for f in folds for i in f["val"]) == list(range(60))
+    for f in folds:  # iterstrat keeps each label's positives close to 1/k per fold
+        assert np.all(np.abs(multi[f["val"]].sum(0) - multi.sum(0) / 3) <= 2)
+    plain = folds_mod.make_folds(10, None, 5, seed=0)
+    assert folds_mod.label_kind(None) == "kfold" and sorted(i for f in plain for i in f["val"]) == list(range(10))
+    assert plain == folds_mod.make_folds(10, None, 5, seed=0) != folds_mod.make_folds(10, None, 5, seed=1)
+
+
+def test_datamodule_without_fold_pool_names_itself():
+    class NoPool(StudyDataModule):
+        pass
+
+    with pytest.raises(NotImplementedError, match="NoPool defines no fold_pool"):
+        NoPool().fold_pool()
+
+
+def test_cv_test_all_scores_every_fold_and_aggregates_test_metrics(tmp_path):
+    out = tmp_path / "cv"
+    assert cv(tmp_path, out, "--folds", "3", "--test", "all", "--grid", "model.init_args.hidden=8") == 0
+    summary = json.loads((out / "cv.json").read_text())
+    runs = runs_of(out)
+    assert summary["source"] == {"hidden=8": "test+val"} and all(r.get("test") for r in runs)
+    tested = [json.loads((out / r["test"]).read_text()) for r in runs]
+    assert [t["folds"]["index"] for t in tested] == [0, 1, 2]
+    values = np.array([t["test"]["test/acc"] for t in tested])
+    stats = summary["variants"]["hidden=8"]["test/acc"]
+    assert stats["values"] == pytest.approx(values.tolist()) and stats["n"] == 3
+    assert stats["mean"] == pytest.approx(values.mean()) and stats["std"] == pytest.approx(values.std(ddof=1))
+    assert "head/val/acc" in summary["variants"]["hidden=8"]

@@ -1,0 +1,173 @@
+"""`lit-exp sweep`: grid x seeds as real toy runs, sweep.json, resume, failures, --print, --wandb-sweep, bad input."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_experiments.cli import main
+from lit_experiments.core import sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+CURRICULUM = str(ROOT / "configs" / "toy" / "curriculum.yaml")
+REAL_EXECUTE = sweep.execute
+
+
+def tiny(tmp_path: Path) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text("data: {init_args: {n_train: 32, n_val: 16, n_test: 16, batch_size: 8}}\n")
+    return str(path)
+
+
+def base_args(tmp_path: Path) -> list[str]:
+    return ["sweep", "-c", CURRICULUM, "-c", tiny(tmp_path)]
+
+
+def index(out: Path) -> dict:
+    return json.loads((out / "sweep.json").read_text())
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, stop_after: int | None = None) -> list[list[str]]:
+    """Wrap the product's `sweep.execute`: record each call; optionally interrupt after ``stop_after`` runs."""
+    calls: list[list[str]] = []
+    real = REAL_EXECUTE
+
+    def wrapped(args: list[str]) -> None:
+        if stop_after is not None and len(calls) >= stop_after:
+            raise KeyboardInterrupt
+        calls.append(args)
+        real(args)
+
+    monkeypatch.setattr(sweep, "execute", wrapped)
+    return calls
+
+
+def test_grid_sweep_three_variants_three_seeds_end_to_end_and_rerun_skips(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sw"
+    argv = base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16,24", "--seeds", "0,1,2", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    data = index(out)
+    assert data["kind"] == "sweep" and data["seeds"] == [0, 1, 2] and data["base"][0] == CURRICULUM
+    assert data["grid"] == {"model.init_args.hidden": ["8", "16", "24"]}
+    assert data["variants"] == ["hidden=8", "hidden=16", "hidden=24"]
+    assert len(data["runs"]) == 9
+    for run in data["runs"]:
+        hidden, seed = run["overrides"]["model.init_args.hidden"], run["seed"]
+        assert run["name"] == f"hidden={hidden}__seed{seed}" and run["status"] == "done" and run["fold"] is None
+        assert run["error"] is None and run["run_dir"] == run["name"]
+        results = json.loads((out / run["results"]).read_text())
+        assert results["seed"] == seed and results["status"] == "done"
+        assert run["headline"] == results["headline"] and "test/acc" in run["headline"]
+        saved = yaml.safe_load((out / run["run_dir"] / "config.yaml").read_text())
+        assert saved["model"]["init_args"]["hidden"] == hidden  # the override reached the run
+        assert saved["data"]["init_args"]["n_train"] == 32
+        assert f"run {data['runs'].index(run) + 1}/9: {run['name']}" in printed
+    assert printed.count(" -> done, test/acc=") == 9
+    calls = counting(monkeypatch)
+    assert main(argv) == 0
+    assert calls == []  # every run was done: nothing re-runs
+    assert capsys.readouterr().out.count("done (skipped") == 9
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    out = tmp_path / "sw"
+    code = main(base_args(tmp_path) + ["--grid", "data.init_args.batch_size=0,8", "--seeds", "0", "--out", str(out)])
+    assert code == 1
+    runs = {r["name"]: r for r in index(out)["runs"]}
+    bad, good = runs["batch_size=0__seed0"], runs["batch_size=8__seed0"]
+    assert bad["status"] == "failed" and "batch_size=0" in bad["error"]
+    assert good["status"] == "done" and (out / good["results"]).is_file()
+    text = capsys.readouterr().out
+    assert "run 1/2: batch_size=0__seed0" in text and "-> failed" in text
+
+
+def test_resume_of_a_half_finished_sweep(tmp_path, monkeypatch):
+    out = tmp_path / "sw"
+    argv = base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16", "--seeds", "0,1", "--out", str(out)]
+    first = counting(monkeypatch, stop_after=2)
+    with pytest.raises(SystemExit) as exc:  # Ctrl-C after two runs: the CLI exits 130
+        main(argv)
+    assert exc.value.code == 130 and len(first) == 2
+    assert [r["status"] for r in index(out)["runs"]] == ["done", "done", "pending", "pending"]
+    second = counting(monkeypatch)
+    assert main(argv) == 0
+    assert [c[c.index("--trainer.run_dir") + 1] for c in second] == [str(out / "hidden=16__seed0"),
+                                                                      str(out / "hidden=16__seed1")]
+    assert all(r["status"] == "done" for r in index(out)["runs"])
+
+
+def test_rerun_of_a_failed_run_moves_its_old_folder_aside(tmp_path):
+    out = tmp_path / "sw"
+    argv = base_args(tmp_path) + ["--grid", "model.init_args.hidden=8", "--seeds", "0", "--out", str(out)]
+    assert main(argv) == 0
+    data = index(out)
+    data["runs"][0]["status"] = "failed"
+    (out / "sweep.json").write_text(json.dumps(data))
+    old = json.loads((out / "hidden=8__seed0" / "results.json").read_text())["created"]
+    assert main(argv) == 0
+    run = index(out)["runs"][0]
+    assert run["status"] == "done" and run["superseded"] == ["superseded/hidden=8__seed0-1"]
+    assert json.loads((out / "superseded/hidden=8__seed0-1/results.json").read_text())["created"] == old
+    assert not (out / "hidden=8__seed0-2").exists()  # never a silent sibling
+
+
+def test_list_variants_with_base(tmp_path):
+    out = tmp_path / "sw"
+    for name, hidden in (("narrow", 8), ("wide", 24)):
+        (tmp_path / f"{name}.yaml").write_text(f"model: {{init_args: {{hidden: {hidden}}}}}\n")
+    code = main(base_args(tmp_path) + ["--list", str(tmp_path / "narrow.yaml"), str(tmp_path / "wide.yaml"),
+                                       "--with-base", "--seeds", "0", "--out", str(out)])
+    assert code == 0
+    runs = index(out)["runs"]
+    assert [r["name"] for r in runs] == ["base__seed0", "narrow__seed0", "wide__seed0"]
+    hidden = [yaml.safe_load((out / r["run_dir"] / "config.yaml").read_text())["model"]["init_args"]["hidden"]
+              for r in runs]
+    assert hidden == [32, 8, 24]
+
+
+def test_print_writes_one_command_per_run_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    calls = counting(monkeypatch)
+    out = tmp_path / "sw"
+    assert main(base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16", "--seeds", "0,1", "--out", str(out),
+                                       "--print"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lit-exp")]
+    assert len(lines) == 4 and calls == []
+    parsed = [shlex.split(line) for line in lines]
+    assert all(p[1] == "curriculum" and p[p.index("--trainer.run_dir") + 1].startswith(str(out)) for p in parsed)
+    assert sorted((p[p.index("--model.init_args.hidden") + 1], p[p.index("--seed_everything") + 1])
+                  for p in parsed) == [("16", "0"), ("16", "1"), ("8", "0"), ("8", "1")]
+    assert not (out / "hidden=8__seed0").exists()
+
+
+def test_wandb_sweep_file(tmp_path):
+    path = tmp_path / "wb.yaml"
+    assert main(base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16", "--seeds", "0,1",
+                                       "--wandb-sweep", str(path)]) == 0
+    spec = yaml.safe_load(path.read_text())
+    assert spec["method"] == "grid" and spec["program"] == "lit-exp"
+    assert spec["parameters"] == {"model.init_args.hidden": {"values": [8, 16]},
+                                  "seed_everything": {"values": [0, 1]}}
+    assert spec["command"] == ["${program}", "curriculum", "-c", CURRICULUM, "-c", tiny(tmp_path), "${args}"]
+
+
+def test_unknown_grid_key_names_it_and_the_nearest_keys(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(base_args(tmp_path) + ["--grid", "model.init_args.hiden=8,16"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.init_args.hiden" in err and "model.init_args.hidden" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, message", [([], "grid is empty"),
+                                            (["--grid", "model.init_args.hidden="], "no values")])
+def test_empty_grid_is_an_error(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exc:
+        main(base_args(tmp_path) + extra)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
