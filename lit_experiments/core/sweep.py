@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,15 +262,11 @@ def execute(args: list[str]) -> None:
 
 
 def move_aside(out: Path, name: str) -> str | None:
-    src = out / name
-    if not src.exists():
-        return None
-    n = 1
-    while (dst := out / "superseded" / f"{name}-{n}").exists():
-        n += 1
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(src), str(dst))
-    return str(dst.relative_to(out))
+    """Move a run dir about to be re-run to ``<out>/superseded/<name>-N`` (the run-dir policy's own mover)."""
+    from .rundir import supersede  # imports lightning: not at `lit-exp sweep --help` time
+
+    target = supersede(out / name, out)
+    return str(target.relative_to(out)) if target is not None else None
 
 
 def _headline(data: dict[str, Any]) -> str:

@@ -35,11 +35,9 @@ The cache runs under :func:`isolated_rng` (global states restored) and its DataL
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import random as pyrandom
 import shutil
 import socket
 import sys
@@ -55,6 +53,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..core.errors import LitExpError
+from ..core.seeding import isolated_rng
 from .cache_keys import RandomTransformError, data_fingerprint, describe_transform, find_random_transforms
 
 FORMAT_VERSION = 2  # 2: CRC-32 per shard in the manifest
@@ -70,19 +69,6 @@ class CacheCorruptError(FeatureCacheError):
 
 class NonFiniteFeaturesError(FeatureCacheError):
     """The backbone produced NaN / inf features (or values beyond float16) while the cache was built."""
-
-
-@contextlib.contextmanager
-def isolated_rng() -> Iterator[None]:
-    """Run a block without changing the global torch (CPU and current CUDA device), numpy and python RNGs."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    np_state, py_state = np.random.get_state(), pyrandom.getstate()
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        np.random.set_state(np_state)
-        pyrandom.setstate(py_state)
 
 
 def file_crc32(path: Path, chunk: int = 1 << 20) -> int:
