@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,11 @@ class OptimSpec:
         scheduler: ``None`` | ``cosine`` | ``step`` | ``warmup_cosine`` | ``constant``; stepped per optimizer step.
         scheduler_kwargs: e.g. ``{"step_size": 100, "gamma": 0.5}`` for ``step``, ``{"eta_min": 0}`` for cosine.
         warmup_steps: linear warm-up steps for ``warmup_cosine``.
+        lr_batch: when set, ``lr`` is the rate for a global batch of this size and is scaled linearly to the
+            run's global batch (batch size x devices x accumulation), e.g. SimSiam's ``0.05 x batch / 256``.
+
+    A study may split its parameters into groups (``StudyModule.param_groups``); a group with
+    ``"fixed_lr": True`` keeps its learning rate while the scheduler anneals the others (SimSiam's predictor).
     """
 
     name: str = "AdamW"
@@ -33,6 +39,15 @@ class OptimSpec:
     scheduler: str | None = None
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
     warmup_steps: int = 0
+    lr_batch: int | None = None
+
+    def scaled_lr(self, global_batch: int | None) -> float:
+        """``lr`` for the run's global batch (unchanged without ``lr_batch``)."""
+        if self.lr_batch is None or not global_batch:
+            return self.lr
+        if self.lr_batch < 1:
+            raise ValueError(f"optimizer.lr_batch={self.lr_batch}; expected a batch size >= 1")
+        return self.lr * global_batch / self.lr_batch
 
     def optimizer_class(self) -> type[torch.optim.Optimizer]:
         if "." in self.name:
@@ -50,10 +65,14 @@ class OptimSpec:
             raise ValueError(f"optimizer.name={self.name!r} is not a torch.optim.Optimizer subclass")
         return cls
 
-    def build(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    def build(self, params: list[torch.nn.Parameter] | list[dict[str, Any]],
+              lr: float | None = None) -> torch.optim.Optimizer:
+        """The optimizer over ``params`` (a list of parameters or of param-group dicts) at ``lr`` (default
+        ``self.lr``). A group's ``fixed_lr`` flag stays in the group for the scheduler."""
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"optimizer.scheduler={self.scheduler!r}; expected one of {SCHEDULERS}")
-        return self.optimizer_class()(params, lr=self.lr, weight_decay=self.weight_decay, **self.kwargs)
+        return self.optimizer_class()(params, lr=self.lr if lr is None else lr, weight_decay=self.weight_decay,
+                                      **self.kwargs)
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int):
         """A per-step LR scheduler or ``None``. ``total_steps`` comes from the Trainer's estimate."""
@@ -61,6 +80,9 @@ class OptimSpec:
         if kind in (None, "constant"):
             return None
         total = max(1, int(total_steps))
+        fixed = [bool(g.get("fixed_lr", False)) for g in optimizer.param_groups]
+        if any(fixed):
+            return self._fixed_groups_scheduler(optimizer, total, fixed)
         if kind == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, **self.scheduler_kwargs)
         if kind == "step":
@@ -77,6 +99,28 @@ class OptimSpec:
             return eta_min_ratio + (1 - eta_min_ratio) * cos
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def _fixed_groups_scheduler(self, optimizer: torch.optim.Optimizer, total: int, fixed: list[bool]):
+        """One LambdaLR: groups with ``fixed_lr`` keep factor 1, the others follow ``self.scheduler``."""
+        kind, kw = self.scheduler, self.scheduler_kwargs
+        if kind == "step":
+            size, gamma = int(kw.get("step_size", max(1, total // 3))), float(kw.get("gamma", 0.1))
+
+            def factor(step: int) -> float:
+                return gamma ** (step // size)
+        else:
+            warm = max(0, min(self.warmup_steps, total - 1)) if kind == "warmup_cosine" else 0
+            floor = float(kw.get("eta_min_ratio", 0.0))
+            if kind == "cosine" and kw.get("eta_min"):
+                floor = float(kw["eta_min"]) / max(self.lr, 1e-12)
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / (warm + 1)
+                progress = min(1.0, (step - warm) / max(1, total - warm))
+                return floor + (1 - floor) * 0.5 * (1.0 + math.cos(progress * math.pi))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [(lambda s: 1.0) if f else factor for f in fixed])
 
 
 @dataclass

@@ -91,12 +91,25 @@ class StudyModule(L.LightningModule):
                 "a lazily built part may not exist yet or the globs match nothing (F09)"
             )
         spec = self.stage.optimizer
-        optimizer = spec.build(params)
+        optimizer = spec.build(self.param_groups(params), lr=spec.scaled_lr(self._global_batch()))
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
         scheduler = spec.build_scheduler(optimizer, total)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def param_groups(self, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
+        """Split the trainable ``params`` into optimizer groups (override point). A group may carry
+        ``"fixed_lr": True`` (the scheduler leaves it alone) or its own ``lr``. Default: one group."""
+        return [{"params": params}]
+
+    def _global_batch(self) -> int | None:
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        batch = getattr(dm, "batch_size", None)
+        if trainer is None or not batch:
+            return None
+        return int(batch) * int(trainer.world_size) * int(trainer.accumulate_grad_batches)
 
     # --------------------------------------------------------- lazy building
     def dry_run(self, batch: Any) -> None:

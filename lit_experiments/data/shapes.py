@@ -140,6 +140,7 @@ class ShapesWorld(Dataset):
         motion: bool = True,
         speed_range: tuple[float, float] = (0.03, 0.07),
         motion_blur: bool = False,
+        colors: Sequence[str] | None = None,
     ) -> None:
         """
         Args:
@@ -157,6 +158,8 @@ class ShapesWorld(Dataset):
             speed_range: speed per frame as a fraction of the image side.
             motion_blur: smear object 1 along its displacement while it moves (``phase`` 0), so the
                 phase is visible in a single frame (frame retrieval); its mask covers the smear.
+            colors: subset of ``COLORS`` objects are drawn from (default all); ``color`` indices stay indices into
+                ``COLORS``. One colour removes the colour shortcut of self-supervised learning.
         """
         cats = list(categories) if categories is not None else list(CATEGORIES)
         unknown = [c for c in cats if c not in CATEGORIES]
@@ -171,6 +174,11 @@ class ShapesWorld(Dataset):
             raise ValueError(f"ShapesWorld: need 1 <= min_objects ({min_objects}) <= max_objects ({max_objects})")
         if num_frames is not None and num_frames < 1:
             raise ValueError(f"ShapesWorld: num_frames={num_frames}; expected None or >= 1")
+        allowed = list(colors) if colors is not None else list(COLORS)
+        bad_col = [c for c in allowed if c not in COLORS]
+        if bad_col or not allowed:
+            raise ValueError(f"ShapesWorld: unknown colors {bad_col}; expected a non-empty subset of {tuple(COLORS)}")
+        self.colors = [self.COLOR_NAMES.index(c) for c in allowed]
         self.n = int(n)
         self.image_size = int(image_size)
         self.num_frames = num_frames
@@ -199,6 +207,7 @@ class ShapesWorld(Dataset):
             "background": self.background, "motion": self.motion, "speed_range": self.speed_range,
             "motion_blur": self.motion_blur,
             "version": 1,
+            **({"colors": self.colors} if len(self.colors) != len(COLORS) else {}),
         }
 
     def fingerprint(self) -> str:
@@ -219,7 +228,7 @@ class ShapesWorld(Dataset):
         n = int(rng.integers(self.min_objects, self.max_objects + 1))
         u = rng.random((7, n))  # one draw for every per-object scalar
         cats = (u[0] * len(self.categories)).astype(np.int64)
-        colors = (u[1] * len(COLORS)).astype(np.int64)
+        colors = np.asarray(self.colors, dtype=np.int64)[(u[1] * len(self.colors)).astype(np.int64)]
         materials = np.asarray(self.materials, dtype=np.int64)[(u[2] * len(self.materials)).astype(np.int64)]
         lo_size, hi_size = self.size_range
         sizes = lo_size + (hi_size - lo_size) * u[3]

@@ -1,9 +1,10 @@
 """Metrics checked against reference implementations: ARI / mBO, retrieval, promptable segmentation,
-multi-label classification and embedding diagnostics. Each module docstring states its conventions."""
+multi-label classification, weighted kNN and embedding diagnostics. Each module docstring states its conventions."""
 
 from lit_experiments.metrics.ari import ari, mbo, resize_masks
 from lit_experiments.metrics.ari_metric import ARIMetric, MBOMetric
 from lit_experiments.metrics.embedding import embedding_stats
+from lit_experiments.metrics.knn import WeightedKNNAccuracy, weighted_knn_predict
 from lit_experiments.metrics.multilabel import MultilabelMetrics, multilabel_metrics, tune_thresholds
 from lit_experiments.metrics.promptable import (
     IOU_THRESHOLDS,
@@ -30,6 +31,7 @@ __all__ = [
     "PromptableSegMetric",
     "RetrievalMetrics",
     "UnitStats",
+    "WeightedKNNAccuracy",
     "ari",
     "cgf1",
     "compare_per_query_ap",
@@ -48,4 +50,5 @@ __all__ = [
     "retrieval_metrics",
     "tune_thresholds",
     "unit_stats",
+    "weighted_knn_predict",
 ]

@@ -53,3 +53,18 @@ def embedding_stats(emb: Tensor, bins: int = 40, max_samples: int = 2048, seed: 
         "hist_edges": edges,
         "n_pair_samples": m,
     }
+
+
+def effective_rank(emb: Tensor, eps: float = 1e-12) -> Tensor:
+    """Effective rank (Roy and Vetterli, 2007) of ``emb`` (N, D): ``exp(H(p))`` with ``p`` the singular values of the
+    column-centred embeddings divided by their sum and ``H`` the Shannon entropy (natural log). It lies in
+    ``[1, min(N, D)]``: 1 when every sample lies on one line (collapse), ``min(N, D)`` for isotropic spread."""
+    if emb.dim() != 2 or emb.shape[0] < 2:
+        raise ValueError(f"emb must be (N, D) with N >= 2, got shape {tuple(emb.shape)}")
+    x = emb.detach().double()
+    s = torch.linalg.svdvals(x - x.mean(dim=0, keepdim=True))
+    if float(s.sum()) <= eps:
+        return torch.tensor(1.0, dtype=torch.float64)
+    p = s / s.sum()
+    p = p[p > 0]
+    return torch.exp(-(p * p.log()).sum())

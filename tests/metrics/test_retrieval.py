@@ -17,7 +17,7 @@ def _brute(q, g, ql, gl, ks, exclude_self):
     """Plain-Python reference: rank by (score desc, gallery index asc); AP from sklearn."""
     s = (q @ g.t()).numpy()
     ql, gl = ql.tolist(), gl.tolist()
-    aps, rows = [], []
+    aps, rows, at_r = [], [], []
     for i in range(len(ql)):
         cand = [j for j in range(len(gl)) if not (exclude_self and j == i)]
         rel = np.array([gl[j] == ql[i] for j in cand])
@@ -28,11 +28,17 @@ def _brute(q, g, ql, gl, ks, exclude_self):
         order = sorted(range(len(cand)), key=lambda k: (-s[i, cand[k]], cand[k]))
         hits = [int(rel[order[:k]].sum()) for k in ks]
         rows.append([(h / k, h / rel.sum(), float(h > 0)) for h, k in zip(hits, ks)])
+        big_r = int(rel.sum())
+        top = rel[order[:big_r]]
+        prec = np.cumsum(top) / np.arange(1, big_r + 1)
+        at_r.append(((prec * top).sum() / big_r, top.sum() / big_r))
     r = np.array(rows)  # (valid queries, len(ks), 3)
-    return np.array(aps), r.mean(0)
+    return np.array(aps), r.mean(0), np.array(at_r).mean(0)
 
 
-def _check(out, aps, at, ks):
+def _check(out, aps, at, ks, at_r):
+    assert out["map@r"].item() == pytest.approx(at_r[0], abs=1e-12)
+    assert out["r_precision"].item() == pytest.approx(at_r[1], abs=1e-12)
     np.testing.assert_allclose(out["per_query_ap"].numpy(), aps, rtol=0, atol=1e-12, equal_nan=True)
     np.testing.assert_allclose(out["map"].item(), np.nanmean(aps), rtol=0, atol=1e-12)
     for j, k in enumerate(ks):
@@ -52,8 +58,8 @@ def test_matches_brute_force_and_sklearn_with_negative_scores(exclude_self):
     scores = q @ emb.t()
     assert (scores < 0).float().mean() > 0.3  # plenty of negative scores
     out = retrieval_metrics(q, emb, ql, labels, ks=ks, exclude_self=exclude_self, chunk_size=7)
-    aps, at = _brute(q, emb, ql, labels, ks, exclude_self)
-    _check(out, aps, at, ks)
+    aps, at, at_r = _brute(q, emb, ql, labels, ks, exclude_self)
+    _check(out, aps, at, ks, at_r)
     assert out["n_skipped_queries"] == (1 if exclude_self else 0)
 
 
@@ -63,8 +69,8 @@ def test_ties_ap_matches_sklearn_and_at_k_is_index_ordered():
     labels = torch.randint(0, 3, (50,), generator=g)
     ks = (1, 2, 5, 17)
     out = retrieval_metrics(emb, emb, labels, labels, ks=ks, exclude_self=True, chunk_size=9)
-    aps, at = _brute(emb, emb, labels, labels, ks, True)
-    _check(out, aps, at, ks)
+    aps, at, at_r = _brute(emb, emb, labels, labels, ks, True)
+    _check(out, aps, at, ks, at_r)
     # AP does not depend on gallery order (tie groups), unlike a sort-then-index AP.
     perm = torch.randperm(50, generator=g)
     out2 = retrieval_metrics(emb, emb[perm], labels, labels[perm], ks=(1,), chunk_size=11)
@@ -124,7 +130,59 @@ def test_metric_class_matches_functional():
     order = torch.argsort(ids)
     z = torch.nn.functional.normalize(emb[order], dim=1)
     ref = retrieval_metrics(z, z, labels[order], labels[order], ks=(1, 5), exclude_self=True)
-    for k in ("map", "precision@5", "recall@5", "hit_rate@1"):
+    for k in ("map", "map@r", "r_precision", "precision@5", "recall@5", "hit_rate@1"):
         torch.testing.assert_close(out[k], ref[k])
     torch.testing.assert_close(out["per_query_ap"], ref["per_query_ap"], equal_nan=True)
     assert torch.equal(out["query_ids"], torch.arange(40))
+
+
+def _pml_at_r(query, query_labels, reference=None, reference_labels=None) -> dict[str, float]:
+    from pytorch_metric_learning.distances import DotProductSimilarity
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    calc = AccuracyCalculator(
+        include=("mean_average_precision_at_r", "r_precision"),
+        k="max_bin_count",
+        device=torch.device("cpu"),
+        knn_func=CustomKNN(DotProductSimilarity()),  # faiss is not installed; same ranking by dot product
+    )
+    if reference is None:  # self-retrieval: the query itself is excluded (ref_includes_query=True)
+        return calc.get_accuracy(query, query_labels)
+    return calc.get_accuracy(query, query_labels, reference, reference_labels, ref_includes_query=False)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_map_at_r_matches_pytorch_metric_learning(exclude_self):
+    g = torch.Generator().manual_seed(3)
+    emb = torch.nn.functional.normalize(torch.randn(400, 8, generator=g), dim=1)  # continuous: tie-free
+    labels = torch.randint(0, 7, (400,), generator=g)
+    if exclude_self:
+        out = retrieval_metrics(emb, emb, labels, labels, ks=(1,), exclude_self=True, chunk_size=37)
+        ref = _pml_at_r(emb, labels)
+    else:
+        out = retrieval_metrics(emb[:60], emb[60:], labels[:60], labels[60:], ks=(1,), chunk_size=13)
+        ref = _pml_at_r(emb[:60], labels[:60], emb[60:], labels[60:])
+    assert out["map@r"].item() == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-12)
+    assert out["r_precision"].item() == pytest.approx(ref["r_precision"], abs=1e-12)
+    assert 0.0 < out["map@r"].item() < out["r_precision"].item() < 1.0  # informative, not degenerate
+
+
+def test_map_at_r_hand_example_and_large_r_with_ties():
+    # One query, R = 3 positives at indices 1, 2, 4; scores rank them 3rd, 4th, 5th of 5.
+    q, g = torch.tensor([[1.0]]), torch.tensor([[0.5], [-0.2], [-0.4], [0.1], [-0.1]])
+    out = retrieval_metrics(q, g, torch.tensor([1]), torch.tensor([0, 1, 1, 0, 1]), ks=(1,))
+    assert out["map@r"].item() == pytest.approx((1 / 3) / 3)  # only rank 3 is within the top R = 3
+    assert out["r_precision"].item() == pytest.approx(1 / 3)
+    # Two labels (R ~ N/2, larger than a chunk's width) and integer scores: ties across the R-th rank.
+    gen = torch.Generator().manual_seed(4)
+    emb = torch.randint(-2, 3, (120, 2), generator=gen).float()
+    labels = torch.randint(0, 2, (120,), generator=gen)
+    out = retrieval_metrics(emb, emb, labels, labels, ks=(1, 50), exclude_self=True, chunk_size=5)
+    aps, at, at_r = _brute(emb, emb, labels, labels, (1, 50), True)
+    _check(out, aps, at, (1, 50), at_r)
+    # F19 collapse: identical embeddings, every score tied; the ranking is the gallery index order.
+    emb, labels = torch.ones(45, 4), torch.randint(0, 3, (45,), generator=gen)
+    out = retrieval_metrics(emb, emb, labels, labels, ks=(1, 7), exclude_self=True, chunk_size=8)
+    aps, at, at_r = _brute(emb, emb, labels, labels, (1, 7), True)
+    _check(out, aps, at, (1, 7), at_r)

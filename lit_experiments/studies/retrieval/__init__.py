@@ -1,0 +1,27 @@
+"""retrieval: SimSiam pre-training of a timm backbone, then FastAP fine-tuning of its projector (seed 002).
+
+A ``RetrievalModule`` receives its parts by constructor (``class_path`` in the YAML):
+
+* backbone      ``parts.TimmBackbone`` (any timm model; ``resnet18`` by default, a narrow one in the CPU demo)
+* projector     ``parts.Projector`` (3 layers, last BN without affine; input width = the backbone's)
+* predictor     ``parts.Predictor`` (bottleneck)
+* simsiam_loss  ``losses.SimSiamLoss`` (the stop-gradient lives in ``losses.negative_cosine``)
+* fastap_loss   ``losses.FastAPLoss`` (``bins``; kernel width = bin spacing by default, other widths normalised)
+
+``datamodule.RetrievalDataModule`` serves frames of ShapesWorld clips (label ``phase``, made visible in one frame
+by motion blur; the kNN monitor's label is the nearest object's category) or a frames folder with labels.csv and
+external queries; the FastAP stage reads the frozen backbone's features from the on-disk cache and draws batches
+from the rank-aware ``sampler.MPerClassBatchSampler``. ``report.py`` is ``lit-exp retrieval-report``.
+Configs: ``configs/retrieval/seed_resnet18.yaml`` (the seed's run, 224 px) and ``demo.yaml`` (CPU) as a delta.
+
+Where it departs from the seed: FastAP's kernel width defaults to the bin spacing 4/bins (the seed's 0.05 at 100
+bins overfilled the histogram; other widths are normalised per pair and FastAP outside [0, 1] is refused); the
+embedding spread, its effective rank and a weighted kNN monitor are logged every epoch and a collapse stops the
+run; the evaluation names Recall@K and HitRate@K apart and never drops non-positive scores; batches hold m samples
+per class on every rank. The CPU demo uses a narrow ResNet-18 at 32 px, one object per frame and grouped
+augmentation draws (``augment.group``) so that it learns within minutes.
+
+LESSONS rows covered (tests in ``tests/studies/retrieval/``): F19 (collapse monitor + guard, checkpoint
+comparison), F20 (``losses.FastAPLoss``), F21 (``lit_experiments.metrics.retrieval``), F39 (FastAP counts,
+sampler), F40 (``sampler.MPerClassBatchSampler``).
+"""

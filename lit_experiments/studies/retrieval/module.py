@@ -1,0 +1,305 @@
+"""RetrievalModule: SimSiam pre-training of a timm backbone, then FastAP fine-tuning of the projector.
+
+Stages (``stage.args.objective``, default: the stage name):
+
+* ``simsiam``: two views (``view1`` / ``view2`` from the datamodule) through backbone, projector and predictor;
+  symmetric negative cosine with stop-gradient. Logged every step: the std of the L2-normalised ``z`` and its
+  ratio to the healthy ``1/sqrt(d)``; a ratio below ``collapse_ratio`` for ``collapse_patience`` steps in a row
+  is a :class:`HealthError` naming the collapse (F19). Every validation: weighted kNN accuracy of the backbone's
+  features (bank = training frames, queries = validation frames), ``z`` std and effective rank.
+* ``fastap``: the frozen backbone's features (served by the feature cache, ``data.inputs: features``) through
+  the trainable projector; FastAP over labels (m-per-class batches) or temporal-window positives. Queries
+  without a positive and empty bins are logged (F39).
+
+Test: backbone features and projector embeddings of every held-out frame; ``test/map`` (the final embedding),
+``test/map_simsiam`` (the backbone's features, which the FastAP stage does not change), ``test/map_chance`` (the
+mean positive rate: the expected AP of a random ranking), the @k metrics, ``test/knn_acc`` and
+``test/knn_acc_init`` (the same backbone at its random initialisation), ``test/z_std`` beside
+``test/z_std_healthy``; figures and a ranking table in ``<run_dir>/retrieval/``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import CatMetric, Metric
+
+from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.health import HealthError
+from lit_experiments.core.specs import OptimSpec, StageSpec
+from lit_experiments.core.study import StudyModule
+from lit_experiments.metrics import RetrievalMetrics, WeightedKNNAccuracy
+from lit_experiments.metrics.embedding import effective_rank
+
+from .losses import FastAPLoss, SimSiamLoss
+from .parts import FrozenFeatures, Predictor, Projector, TimmBackbone
+
+OBJECTIVES = ("simsiam", "fastap")
+
+
+@dataclass
+class KnnArgs:
+    """Weighted kNN monitor: ``k`` neighbours, weights ``exp(cos / temperature)`` (SimSiam's 200 / 0.2)."""
+
+    k: int = 200
+    temperature: float = 0.2
+
+
+@dataclass
+class StageArgs:
+    """Allowed ``stage.args`` keys and their defaults.
+
+    objective: ``simsiam`` | ``fastap`` (default: the stage's name when it is one of them, else ``simsiam``).
+    fixed_predictor_lr: the predictor keeps the base learning rate while the others anneal (SimSiam).
+    collapse_ratio / collapse_patience: ``std(normalised z) * sqrt(d)`` below the ratio for this many steps in a
+        row stops the stage (F19).
+    """
+
+    objective: str = "simsiam"
+    fixed_predictor_lr: bool = True
+    collapse_ratio: float = 0.1
+    collapse_patience: int = 20
+
+
+class EmbeddingBank(Metric):
+    """Embeddings, labels and sample indices of every rank, returned sorted by index (figures, tables)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("emb", "labels", "ids"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, emb: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
+        self.emb.append(emb.detach().float())
+        self.labels.append(labels.detach().long())
+        self.ids.append(ids.detach().long())
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cat = [torch.cat(s) if isinstance(s, list) else s for s in (self.emb, self.labels, self.ids)]
+        order = torch.argsort(cat[2])
+        return cat[0][order], cat[1][order], cat[2][order]
+
+
+class RetrievalModule(StudyModule):
+    """SimSiam then FastAP; every part is a constructor argument.
+
+    Args:
+        backbone: :class:`TimmBackbone` (any timm model; ``resnet18`` by default).
+        projector: :class:`Projector` (3 layers, last BN without affine; seed: 2048 hidden / 256 out).
+        predictor: :class:`Predictor` (bottleneck 512).
+        simsiam_loss / fastap_loss: :class:`SimSiamLoss`, :class:`FastAPLoss` (``bins``, ``sigma``; F20).
+        knn: :class:`KnnArgs` of the kNN monitor.
+        ks: cut-offs of precision / recall / hit rate @k (larger than the gallery are left out and said so).
+        stage_args: defaults of the stages' ``args`` (:class:`StageArgs`).
+        optimizer: the optimizer of a plain ``fit``.
+    """
+
+    loss_lower_bounds: ClassVar[dict[str, float]] = {"simsiam": -1.0, "fastap": 0.0}
+    headline_metrics: ClassVar[list[str]] = [
+        "test/knn_acc", "test/knn_acc_init", "test/map_simsiam", "test/map", "test/map_chance", "test/map@r",
+        "test/hit_rate@10", "test/z_std", "test/z_std_healthy",
+    ]
+
+    def __init__(
+        self, backbone: TimmBackbone | None = None, projector: Projector | None = None,
+        predictor: Predictor | None = None, simsiam_loss: SimSiamLoss | None = None,
+        fastap_loss: FastAPLoss | None = None, knn: KnnArgs | None = None,
+        ks: list[int] | None = None, stage_args: StageArgs | None = None, optimizer: OptimSpec | None = None,
+    ) -> None:
+        super().__init__(optimizer)
+        self.save_hyperparameters(ignore=["backbone", "projector", "predictor", "simsiam_loss", "fastap_loss"])
+        self.backbone = backbone or TimmBackbone()
+        self.projector = projector or Projector()
+        self.predictor = predictor or Predictor()
+        self.projector.build(self.backbone.num_features)
+        self.predictor.build(self.projector.out_dim)
+        self.simsiam_loss, self.fastap_loss = simsiam_loss or SimSiamLoss(), fastap_loss or FastAPLoss()
+        self.knn_args = knn or KnnArgs()
+        self.ks = sorted({int(k) for k in (ks or [1, 5, 10, 20, 50])})
+        self.stage_defaults = stage_args or StageArgs()
+        self.args = self._stage_args(self.stage)
+        self.knn_val = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
+        self.knn_test = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
+        self.knn_test_init = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
+        self.val_map = RetrievalMetrics(ks=(1,), normalize=True)
+        self.val_z = CatMetric()
+        self.test_z = EmbeddingBank()
+        self.test_f = EmbeddingBank()
+        self._low_steps = 0
+        self.__dict__["_init_backbone"] = None  # not a submodule: never saved, never trained
+
+    # ------------------------------------------------------------------ stages
+    def _stage_args(self, stage: StageSpec) -> StageArgs:
+        known = {f.name for f in fields(StageArgs)}
+        unknown = sorted(set(stage.args) - known)
+        if unknown:
+            raise ConfigError(f"stage {stage.name!r}: unknown args {unknown}; allowed: {sorted(known)}")
+        args = StageArgs(**{**asdict(self.stage_defaults), **stage.args})
+        if "objective" not in stage.args and stage.name in OBJECTIVES:
+            args.objective = stage.name
+        if args.objective not in OBJECTIVES:
+            raise ConfigError(f"stage {stage.name!r}: args.objective={args.objective!r}; expected one of "
+                              f"{list(OBJECTIVES)}")
+        return args
+
+    def on_stage(self, stage: StageSpec) -> None:
+        self.args = self._stage_args(stage)
+        self._low_steps = 0
+
+    def setup(self, stage: str) -> None:
+        """Hand the datamodule the number of kNN classes and, for ``inputs: features``, the frozen backbone."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            return
+        names = getattr(dm, "class_names", None)
+        if names:
+            for metric in (self.knn_val, self.knn_test, self.knn_test_init):
+                metric.num_classes = len(names)
+        else:
+            labels = dm.frames("train").class_labels
+            for metric in (self.knn_val, self.knn_test, self.knn_test_init):
+                metric.num_classes = int(labels.max()) + 1
+        if getattr(dm, "inputs", "images") == "features":
+            dm.serve_features(FrozenFeatures(self.backbone, self.trainer.strategy.root_device))
+
+    def param_groups(self, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
+        pred = {id(p) for p in self.predictor.parameters()}
+        rest = [p for p in params if id(p) not in pred]
+        mine = [p for p in params if id(p) in pred]
+        fixed = self.args.fixed_predictor_lr and self.args.objective == "simsiam"
+        groups = [{"params": rest}] if rest else []
+        if mine:
+            groups.append({"params": mine, "fixed_lr": fixed})
+        return groups
+
+    # ------------------------------------------------------------------ model
+    def features(self, batch: dict) -> torch.Tensor:
+        """Backbone features (B, C) of ``batch``: cached ``features`` or the backbone on ``image``."""
+        if "features" in batch:
+            return batch["features"].flatten(1).float()
+        return self.backbone(batch["image"].float() / 255.0)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"features": (B, C), "embedding": (B, D)}`` of uint8 or [0, 1] images (eval mode, no grad)."""
+        was = self.training
+        self.eval()
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        f = self.backbone(x.to(self.device))
+        out = {"features": f, "embedding": self.projector(f)}
+        self.train(was)
+        return out
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.projector(self.features(batch))
+
+    def dry_run(self, batch: dict) -> None:
+        self(batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        f = self.features(batch)
+        return {"features": f, "embedding": self.projector(f), "label": batch["label"], "index": batch["index"]}
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.args.objective == "simsiam":
+            return self._simsiam_step(batch)
+        return self._fastap_step(batch)
+
+    def _simsiam_step(self, batch: dict) -> torch.Tensor:
+        if "view1" not in batch:
+            raise ConfigError("the simsiam objective needs image inputs with two views: set data inputs: images "
+                              "for this stage (features are for the FastAP stage)")
+        z1, z2 = self.projector(self.backbone(batch["view1"])), self.projector(self.backbone(batch["view2"]))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        loss = self.simsiam_loss(p1, p2, z1, z2)
+        self.track(representations={"z": z1}, losses={"simsiam": loss})
+        z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()
+        ratio = z_std * math.sqrt(z1.shape[1])
+        b = z1.shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
+        self.log("train/z_std", z_std, batch_size=b)
+        self.log("train/z_std_ratio", ratio, prog_bar=True, batch_size=b)
+        self._check_collapse(float(ratio), z1.shape[1])
+        return loss
+
+    def _check_collapse(self, ratio: float, dim: int) -> None:
+        self._low_steps = self._low_steps + 1 if ratio < self.args.collapse_ratio else 0
+        if self._low_steps >= self.args.collapse_patience:
+            raise HealthError(
+                f"stage {self.stage.name!r}: representation collapse (F19): the std of the L2-normalised projector "
+                f"output z has been {ratio:.2e} x the healthy 1/sqrt({dim}) = {1 / math.sqrt(dim):.4f} for "
+                f"{self._low_steps} steps in a row (collapse_ratio {self.args.collapse_ratio}). Every sample maps to "
+                "nearly the same direction; check the stop-gradient of the SimSiam loss, the predictor, and the "
+                "learning rate")
+
+    def _fastap_step(self, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            f = self.features(batch)
+        z = self.projector(f)
+        pos = batch.get("pos_mask")
+        loss = self.fastap_loss(z, labels=None if pos is not None else batch["label"], pos_mask=pos)
+        self.track(representations={"z": z}, losses={"fastap": loss})
+        stats, b = self.fastap_loss.last_stats, z.shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
+        self.log("train/fastap", float(stats["fastap_mean"]), batch_size=b)
+        self.log("train/no_positive", float(stats["n_no_positive"]), batch_size=b, reduce_fx="sum")
+        self.log("train/empty_bins", float(stats["n_empty_bins"]), batch_size=b)
+        return loss
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        f = self.features(batch)
+        if dataloader_idx == 1:  # the kNN bank (training frames)
+            self.knn_val.update(F.normalize(f.float(), dim=1), batch["class_label"], "bank")
+            return
+        z = self.projector(f)
+        self.knn_val.update(F.normalize(f.float(), dim=1), batch["class_label"], "query")
+        self.val_map.update(z.float(), batch["label"], batch["index"])
+        self.val_z.update(F.normalize(z.float(), dim=1))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            for m in (self.knn_val, self.val_map, self.val_z):
+                m.reset()
+            return
+        self.log("val/knn_acc", self.knn_val.compute(), prog_bar=True)
+        self.log("val/map", self.val_map.compute()["map"].float(), prog_bar=True)
+        z = self.val_z.compute().view(-1, self.projector.out_dim)
+        self.log("val/z_std", z.std(dim=0).mean())
+        self.log("val/z_std_ratio", z.std(dim=0).mean() * math.sqrt(z.shape[1]))
+        self.log("val/effective_rank", effective_rank(z))
+        for m in (self.knn_val, self.val_map, self.val_z):
+            m.reset()
+
+    # ------------------------------------------------------------------ test
+    def on_test_start(self) -> None:
+        self.__dict__["_init_backbone"] = self.backbone.fresh().to(self.device).eval()
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x = batch["image"].float() / 255.0
+        f, f0 = self.backbone(x), self.__dict__["_init_backbone"](x)
+        role = "bank" if dataloader_idx == 1 else "query"
+        self.knn_test.update(F.normalize(f.float(), dim=1), batch["class_label"], role)
+        self.knn_test_init.update(F.normalize(f0.float(), dim=1), batch["class_label"], role)
+        if dataloader_idx == 0:
+            self.test_f.update(f, batch["label"], batch["index"])
+            self.test_z.update(self.projector(f), batch["label"], batch["index"])
+
+    def on_test_epoch_end(self) -> None:
+        from .report import evaluation_outputs
+
+        results = evaluation_outputs(self, self.test_f.compute(), self.test_z.compute(), self.ks)
+        results["knn_acc"] = float(self.knn_test.compute())
+        results["knn_acc_init"] = float(self.knn_test_init.compute())
+        for name, value in results.items():
+            if isinstance(value, (int, float)):
+                self.log(f"test/{name}", float(value))
+        for m in (self.knn_test, self.knn_test_init, self.test_f, self.test_z):
+            m.reset()
+        self.__dict__["_init_backbone"] = None
