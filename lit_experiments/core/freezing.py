@@ -17,8 +17,9 @@ def apply_stage_freeze(module: torch.nn.Module, trainable: list[str], stage: str
     """Set ``requires_grad`` from the globs; return the modules that hold no trainable parameter.
 
     Modules with ``always_frozen = True`` (frozen backbones) stay frozen under any glob, ``*`` included.
-    A module with parameters or buffers but no trainable parameter in its subtree goes to eval mode, so
-    BatchNorm statistics and dropout of frozen parts do not move.
+    A module with parameters but no trainable parameter in its subtree goes to eval mode, so BatchNorm
+    statistics and dropout of frozen parts do not move. A module with buffers and no parameters (BatchNorm
+    without affine) is judged by its name against the globs, as a parameter would be.
 
     Raises:
         HealthError: a lazy parameter is still uninitialised, or a glob matches no parameter, or only
@@ -33,13 +34,22 @@ def apply_stage_freeze(module: torch.nn.Module, trainable: list[str], stage: str
     for name, param in module.named_parameters():
         param.requires_grad_(id(param) not in pinned and matches_any(name, trainable))
     module.train()
+    pinned_names = [n for n, sub in module.named_modules() if n and getattr(sub, "always_frozen", False)]
     frozen: list[torch.nn.Module] = []
-    for _name, sub in module.named_modules():
+    for name, sub in module.named_modules():
         if sub is module:
             continue
-        has_state = any(True for _ in sub.parameters()) or any(True for _ in sub.buffers())
-        if has_state and not any(p.requires_grad for p in sub.parameters()):
-            frozen.append(sub)
+        params = list(sub.parameters())
+        if params:
+            if not any(p.requires_grad for p in params):
+                frozen.append(sub)
+        elif any(True for _ in sub.buffers()):
+            # a part without parameters but with state (BatchNorm with affine=False, SimSiam's last projector
+            # layer) follows the globs by its name, like a parameter does: trainable inside a trainable part,
+            # else its running statistics would never move and eval-mode outputs collapse (F19)
+            under_pinned = any(name == p or name.startswith(p + ".") for p in pinned_names)
+            if under_pinned or not matches_any(name, trainable):
+                frozen.append(sub)
     for sub in frozen:
         sub.eval()
     return frozen

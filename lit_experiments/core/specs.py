@@ -110,15 +110,24 @@ class OptimSpec:
                 return gamma ** (step // size)
         else:
             warm = max(0, min(self.warmup_steps, total - 1)) if kind == "warmup_cosine" else 0
-            floor = float(kw.get("eta_min_ratio", 0.0))
-            if kind == "cosine" and kw.get("eta_min"):
-                floor = float(kw["eta_min"]) / max(self.lr, 1e-12)
 
-            def factor(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / (warm + 1)
-                progress = min(1.0, (step - warm) / max(1, total - warm))
-                return floor + (1 - floor) * 0.5 * (1.0 + math.cos(progress * math.pi))
+            def cosine(floor: float):
+                def factor(step: int) -> float:
+                    if step < warm:
+                        return (step + 1) / (warm + 1)
+                    progress = min(1.0, (step - warm) / max(1, total - warm))
+                    return floor + (1 - floor) * 0.5 * (1.0 + math.cos(progress * math.pi))
+                return factor
+
+            floors = []
+            for group in optimizer.param_groups:  # eta_min is absolute: a floor relative to the lr each group has
+                if kind == "cosine" and kw.get("eta_min"):
+                    floors.append(float(kw["eta_min"]) / max(float(group["lr"]), 1e-12))
+                else:
+                    floors.append(float(kw.get("eta_min_ratio", 0.0)))
+            factors = [cosine(f) for f in floors]
+            return torch.optim.lr_scheduler.LambdaLR(
+                optimizer, [(lambda s: 1.0) if f else factors[i] for i, f in enumerate(fixed)])
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, [(lambda s: 1.0) if f else factor for f in fixed])
 

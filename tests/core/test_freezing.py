@@ -70,3 +70,33 @@ def test_live_globs_pass_and_a_star_over_a_pinned_backbone_is_not_dead():
     assert [n for n, p in net.named_parameters() if p.requires_grad] == ["adapter.0.weight", "adapter.0.bias",
                                                                          "head.weight"]
     apply_stage_freeze(net, ["*"])
+
+
+def test_f19_affine_free_batchnorm_of_a_trainable_part_keeps_updating_its_statistics():
+    """SimSiam's projector ends in a BatchNorm without parameters. Frozen by "no trainable parameter", its running
+    statistics never moved and every eval-mode embedding pointed the same way (all cosines > 0.99, F19)."""
+    import torch
+
+    from lit_experiments.studies.retrieval.parts import Projector
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, affine=False))
+            self.projector = Projector(out_dim=6, hidden=8)
+            self.projector.build(8)
+
+    net = Net()
+    frozen = apply_stage_freeze(net, ["projector"])
+    last_bn = net.projector.net[1]
+    assert not last_bn.affine and last_bn.training, "the trainable projector's affine-free BN must stay in train mode"
+    assert last_bn not in frozen
+    frozen_bn = net.backbone[1]  # the same kind of module in a frozen part is frozen
+    assert frozen_bn in frozen and not frozen_bn.training
+    before = last_bn.running_mean.clone()
+    net.projector(net.backbone(torch.randn(16, 4) + 3.0))
+    assert not torch.equal(before, last_bn.running_mean), "running statistics must move while the stage trains"
+    # under a pinned (always_frozen) part the same module stays frozen, whatever the globs say
+    net.backbone.always_frozen = True
+    frozen = apply_stage_freeze(net, ["*"])
+    assert frozen_bn in frozen and last_bn not in frozen

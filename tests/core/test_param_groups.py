@@ -106,8 +106,6 @@ def test_lr_batch_with_a_fixed_group_keeps_the_scaled_lr(tmp_path):
     assert [r[0] for r in rec.lrs] == pytest.approx(expect, rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: OptimSpec._fixed_groups_scheduler divides eta_min by the "
-                   "unscaled self.lr, not the lr_batch-scaled lr the optimizer was built with")
 def test_cosine_eta_min_with_a_fixed_group_and_lr_batch_ends_at_eta_min(tmp_path):
     spec = OptimSpec(name="SGD", lr=0.2, lr_batch=256, scheduler="cosine", scheduler_kwargs={"eta_min": 0.01})
     rec = fit(tmp_path, spec, batch_size=128)

@@ -239,9 +239,11 @@ class RetrievalDataModule(StudyDataModule):
         base = self.frames("train")
         if self.use_labels:
             return base.labels
-        clip = torch.stack([base[i]["clip"] for i in range(len(base))]) if not hasattr(base, "t_len") else \
-            torch.arange(len(base)) // base.t_len
-        t = torch.arange(len(base)) % base.t_len if hasattr(base, "t_len") else torch.arange(len(base))
+        n = len(base)
+        if hasattr(base, "t_len"):  # ShapesFrames: clips of t_len frames
+            clip, t = torch.arange(n) // base.t_len, torch.arange(n) % base.t_len
+        else:  # a frames folder: one sequence in file order
+            clip, t = torch.zeros(n, dtype=torch.long), torch.arange(n)
         return clip * (10 ** 6) + t // self.m_per_class
 
     def train_dataloader(self) -> DataLoader:

@@ -3,9 +3,9 @@
 Stages (``stage.args.objective``, default: the stage name):
 
 * ``simsiam``: two views (``view1`` / ``view2`` from the datamodule) through backbone, projector and predictor;
-  symmetric negative cosine with stop-gradient. Logged every step: the std of the L2-normalised ``z`` and its
-  ratio to the healthy ``1/sqrt(d)``; a ratio below ``collapse_ratio`` for ``collapse_patience`` steps in a row
-  is a :class:`HealthError` naming the collapse (F19). Every validation: weighted kNN accuracy of the backbone's
+  symmetric negative cosine with stop-gradient. Logged every step: the std of the L2-normalised ``z``, its
+  ratio to the healthy ``1/sqrt(d)`` and the batch's effective rank; either below its floor for
+  ``collapse_patience`` steps in a row is a :class:`HealthError` naming the collapse (F19). Every validation: weighted kNN accuracy of the backbone's
   features (bank = training frames, queries = validation frames), ``z`` std and effective rank.
 * ``fastap``: the frozen backbone's features (served by the feature cache, ``data.inputs: features``) through
   the trainable projector; FastAP over labels (m-per-class batches) or temporal-window positives. Queries
@@ -54,13 +54,16 @@ class StageArgs:
 
     objective: ``simsiam`` | ``fastap`` (default: the stage's name when it is one of them, else ``simsiam``).
     fixed_predictor_lr: the predictor keeps the base learning rate while the others anneal (SimSiam).
-    collapse_ratio / collapse_patience: ``std(normalised z) * sqrt(d)`` below the ratio for this many steps in a
-        row stops the stage (F19).
+    collapse_ratio / collapse_rank / collapse_patience: ``std(normalised z) * sqrt(d)`` below ``collapse_ratio``
+        or the batch's effective rank of normalised z below ``collapse_rank`` for ``collapse_patience`` steps in a
+        row stops the stage (F19). The rank catches the collapse onto one line that the projector's last
+        BatchNorm (unit variance per dimension in training mode) hides from the std.
     """
 
     objective: str = "simsiam"
     fixed_predictor_lr: bool = True
     collapse_ratio: float = 0.1
+    collapse_rank: float = 2.0
     collapse_patience: int = 20
 
 
@@ -219,24 +222,29 @@ class RetrievalModule(StudyModule):
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = self.simsiam_loss(p1, p2, z1, z2)
         self.track(representations={"z": z1}, losses={"simsiam": loss})
-        z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()
+        zn = F.normalize(z1.detach().float(), dim=1)
+        z_std = zn.std(dim=0).mean()
         ratio = z_std * math.sqrt(z1.shape[1])
+        rank = effective_rank(zn)
         b = z1.shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
         self.log("train/z_std", z_std, batch_size=b)
-        self.log("train/z_std_ratio", ratio, prog_bar=True, batch_size=b)
-        self._check_collapse(float(ratio), z1.shape[1])
+        self.log("train/z_std_ratio", ratio, prog_bar=True, batch_size=b, on_epoch=True)
+        self.log("train/z_effective_rank", rank.float(), batch_size=b, on_epoch=True)
+        self._check_collapse(float(ratio), float(rank), z1.shape[1])
         return loss
 
-    def _check_collapse(self, ratio: float, dim: int) -> None:
-        self._low_steps = self._low_steps + 1 if ratio < self.args.collapse_ratio else 0
+    def _check_collapse(self, ratio: float, rank: float, dim: int) -> None:
+        low = ratio < self.args.collapse_ratio or rank < self.args.collapse_rank
+        self._low_steps = self._low_steps + 1 if low else 0
         if self._low_steps >= self.args.collapse_patience:
             raise HealthError(
-                f"stage {self.stage.name!r}: representation collapse (F19): the std of the L2-normalised projector "
-                f"output z has been {ratio:.2e} x the healthy 1/sqrt({dim}) = {1 / math.sqrt(dim):.4f} for "
-                f"{self._low_steps} steps in a row (collapse_ratio {self.args.collapse_ratio}). Every sample maps to "
-                "nearly the same direction; check the stop-gradient of the SimSiam loss, the predictor, and the "
-                "learning rate")
+                f"stage {self.stage.name!r}: representation collapse (F19): for {self._low_steps} steps in a row the "
+                f"L2-normalised projector output z had std {ratio:.3f} x the healthy 1/sqrt({dim}) = "
+                f"{1 / math.sqrt(dim):.4f} (collapse_ratio {self.args.collapse_ratio}) or effective rank {rank:.2f} "
+                f"(collapse_rank {self.args.collapse_rank}): the samples map to nearly one direction (or one line, "
+                "which the projector's last BatchNorm hides from the std). Check the stop-gradient of the SimSiam "
+                "loss, the predictor and the learning rate")
 
     def _fastap_step(self, batch: dict) -> torch.Tensor:
         with torch.no_grad():
