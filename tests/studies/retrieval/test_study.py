@@ -73,7 +73,7 @@ def test_f19_without_stop_gradient_simsiam_collapses_and_the_guard_says_so(tmp_p
     run_dir = run_curriculum(tmp_path / "ok", simsiam_only(tmp_path / "ok", 30))
     assert results(run_dir)["stages"]["simsiam"]["status"] == "done"
     rows = list(csv.DictReader(next(run_dir.rglob("metrics.csv")).open()))
-    ranks = [float(r["simsiam/train/z_effective_rank"]) for r in rows if r.get("simsiam/train/z_effective_rank")]
+    ranks = [float(r["simsiam/train/z_effective_rank_step"]) for r in rows if r.get("simsiam/train/z_effective_rank_step")]
     assert len(ranks) == 30
     assert min(ranks) > COLLAPSE["collapse_rank"], ranks
 
