@@ -8,13 +8,15 @@ Stages (``stage.args.objective``, default: the stage name):
   ``collapse_patience`` steps in a row is a :class:`HealthError` naming the collapse (F19). Every validation: weighted kNN accuracy of the backbone's
   features (bank = training frames, queries = validation frames), ``z`` std and effective rank.
 * ``fastap``: the frozen backbone's features (served by the feature cache, ``data.inputs: features``) through
-  the trainable projector; FastAP over labels (m-per-class batches) or temporal-window positives. Queries
-  without a positive and empty bins are logged (F39).
+  the trainable projector; FastAP over labels (m-per-class batches) or temporal-window positives. With
+  ``data.inputs: images`` both augmented views of every frame enter the batch and each view is the other's
+  positive. Queries without a positive and empty bins are logged (F39).
 
 Test: backbone features and projector embeddings of every held-out frame; ``test/map`` (the final embedding),
 ``test/map_simsiam`` (the backbone's features, which the FastAP stage does not change), ``test/map_chance`` (the
 mean positive rate: the expected AP of a random ranking), the @k metrics, ``test/knn_acc`` and
-``test/knn_acc_init`` (the same backbone at its random initialisation), ``test/z_std`` beside
+``test/knn_acc_init`` (the same backbone at its random initialisation, BatchNorm statistics measured on the
+bank), ``test/z_std`` beside
 ``test/z_std_healthy``; figures and a ranking table in ``<run_dir>/retrieval/``.
 """
 from __future__ import annotations
@@ -247,11 +249,18 @@ class RetrievalModule(StudyModule):
                 "loss, the predictor and the learning rate")
 
     def _fastap_step(self, batch: dict) -> torch.Tensor:
+        pos, labels = batch.get("pos_mask"), batch["label"]
         with torch.no_grad():
-            f = self.features(batch)
+            if "view1" in batch:  # image inputs: both views of every frame, each view the other's positive
+                f = torch.cat([self.backbone(batch["view1"]), self.backbone(batch["view2"])])
+                labels = torch.cat([labels, labels])
+                if pos is not None:
+                    pos = pos.repeat(2, 2) | torch.eye(len(labels), dtype=torch.bool, device=pos.device).roll(
+                        len(labels) // 2, dims=1)
+            else:
+                f = self.features(batch)
         z = self.projector(f)
-        pos = batch.get("pos_mask")
-        loss = self.fastap_loss(z, labels=None if pos is not None else batch["label"], pos_mask=pos)
+        loss = self.fastap_loss(z, labels=None if pos is not None else labels, pos_mask=pos)
         self.track(representations={"z": z}, losses={"fastap": loss})
         stats, b = self.fastap_loss.last_stats, z.shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
@@ -287,7 +296,16 @@ class RetrievalModule(StudyModule):
 
     # ------------------------------------------------------------------ test
     def on_test_start(self) -> None:
-        self.__dict__["_init_backbone"] = self.backbone.fresh().to(self.device).eval()
+        """The kNN baseline: the same architecture at its random initialisation, with its BatchNorm statistics
+        measured on (up to 4,096) kNN-bank frames, so it is not handicapped by the default statistics."""
+        init = self.backbone.fresh().to(self.device)
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "knn_bank"):
+            bank, step = dm.knn_bank(), 256
+            count = min(len(bank), 4096)
+            init.calibrate_norm_stats(torch.stack([bank[j]["image"] for j in range(i, min(count, i + step))]).float()
+                                      / 255.0 for i in range(0, count, step))
+        self.__dict__["_init_backbone"] = init.eval()
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         x = batch["image"].float() / 255.0

@@ -66,6 +66,23 @@ class TimmBackbone(nn.Module):
         return TimmBackbone(self.name, False, None, self.model_kwargs, tuple(self.mean.flatten().tolist()),
                             tuple(self.std.flatten().tolist()), self.init_seed).to(self.mean.device)
 
+    @torch.no_grad()
+    def calibrate_norm_stats(self, batches: Any) -> int:
+        """Re-measure every BatchNorm's running statistics on ``batches`` of [0, 1] images (cumulative average,
+        weights untouched), so a random-init baseline is not judged with the default statistics. Returns the
+        number of images seen."""
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        was, seen = self.training, 0
+        self.train()
+        for images in batches:
+            self(images.to(self.mean.device).float())
+            seen += len(images)
+        self.train(was)
+        return seen
+
     def weights_digest(self) -> str:
         """SHA-1 of the current weights: the frozen-feature cache key of this backbone's features."""
         buf = io.BytesIO()

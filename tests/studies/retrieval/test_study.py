@@ -190,3 +190,54 @@ def test_retrieval_report_help_through_the_cli(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--ckpt_b" in out and "--query" in out and "retrieval-report" in out
+
+
+def test_fastap_on_images_uses_both_views_as_each_others_positive():
+    """Image inputs in the FastAP stage (no cache): 2B embeddings, the temporal mask tiled over the views and each
+    view positive for its partner, as the seed's use_labels: false mode needs."""
+    from lit_experiments.core.specs import StageSpec
+    from lit_experiments.studies.retrieval.module import RetrievalModule
+    from lit_experiments.studies.retrieval.parts import Predictor, Projector, TimmBackbone
+
+    torch.manual_seed(0)
+    module = RetrievalModule(TimmBackbone(model_kwargs={"channels": [8, 16, 32, 64]}), Projector(out_dim=8, hidden=16),
+                             Predictor(4))
+    module.set_stage(StageSpec(name="fastap", max_steps=1), in_curriculum=False)
+    seen = {}
+
+    def capture(z, labels=None, pos_mask=None):
+        seen.update(z=z, labels=labels, pos=pos_mask)
+        return z.sum() * 0
+
+    module.fastap_loss.forward = capture
+    module.fastap_loss.last_stats = {"fastap_mean": 0.0, "n_no_positive": 0, "n_empty_bins": 0}
+    b = 4
+    clip, t = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 5, 0, 1])
+    pos = (clip[:, None] == clip[None, :]) & ((t[:, None] - t[None, :]).abs() <= 1)
+    pos.fill_diagonal_(False)
+    batch = {"view1": torch.rand(b, 3, 32, 32), "view2": torch.rand(b, 3, 32, 32), "label": torch.zeros(b).long(),
+             "pos_mask": pos, "image": torch.zeros(b, 3, 32, 32, dtype=torch.uint8)}
+    module._fastap_step(batch)
+    assert seen["z"].shape == (2 * b, 8) and seen["labels"] is None
+    p = seen["pos"]
+    for i in range(b):
+        assert p[i, i + b] and p[i + b, i]  # a view and its partner
+    assert torch.equal(p[:b, :b], pos) and torch.equal(p[b:, b:], pos) and torch.equal(p[:b, b:] & ~torch.eye(b, dtype=torch.bool), pos)
+    assert not p[0, 1] and p[2, 3]  # 5 frames apart: not positive; 1 apart in one clip: positive
+
+
+def test_random_init_baseline_measures_its_batchnorm_statistics_on_the_data():
+    """test/knn_acc_init uses fresh weights with BatchNorm statistics measured on the bank (cumulative average
+    over the batches), not the default 0 / 1: the stem BN's running mean equals the stem conv's mean output."""
+    from lit_experiments.studies.retrieval.parts import TimmBackbone
+
+    torch.manual_seed(0)
+    trained = TimmBackbone(model_kwargs={"channels": [8, 16, 32, 64]})
+    init = trained.fresh()
+    assert torch.equal(init.model.conv1.weight, TimmBackbone(model_kwargs={"channels": [8, 16, 32, 64]}).model.conv1.weight)
+    images = [torch.rand(5, 3, 32, 32), torch.rand(3, 3, 32, 32) * 0.5]
+    assert init.calibrate_norm_stats(iter(images)) == 8
+    with torch.no_grad():  # cumulative average: every batch's mean counts once (PyTorch's momentum=None rule)
+        means = [init.model.conv1((x - init.mean) / init.std).mean(dim=(0, 2, 3)) for x in images]
+    torch.testing.assert_close(init.model.bn1.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+    assert int(init.model.bn1.num_batches_tracked) == 2
