@@ -1,0 +1,238 @@
+"""The multilabel demo's stand-in: tiny SigLIP towers trained on ShapesWorld image-caption pairs, cached.
+
+No weights can be downloaded, and frozen random towers carry no signal, so the demo first trains a tiny
+``SiglipModel`` (the class a real FixRes checkpoint loads) with SigLIP's sigmoid loss on ShapesWorld images
+and partial captions, saves it keyed by a hash of (tower config, data args, training args) and reuses it.
+
+* Captions (:func:`partial_caption`) name a random non-empty subset of the objects, as COCO captions do,
+  so the text tower is not a label oracle; each mentioned object's colour / material words are kept with
+  probabilities ``caption_color_p`` / ``caption_material_p``. The draw is seeded by (seed, sample, epoch).
+* ``data``: ShapesWorld keyword arguments (``image_size``, ``colors``, ``max_objects``...) plus ``n_train``
+  (training pairs), ``n_eval`` (held-out images: first half trains the probe, second half tests it and the
+  zero-shot classifier), ``seed`` (the training world; the held-out world uses ``seed + 1``), and the caption
+  probabilities above.
+* Training runs under :func:`~lit_experiments.core.seeding.isolated_rng` with its own generator: the global
+  RNGs are untouched, so a run's numbers do not depend on whether the stand-in was cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.seeding import isolated_rng
+from lit_experiments.data.shapes import MATERIALS, ShapesWorld, make_caption
+
+from .towers import SiglipTowers, tiny_config
+
+CACHE_VERSION = 1
+DATA_KEYS = ("n_train", "n_eval", "seed", "caption_color_p", "caption_material_p")
+#: the default recipe (see the study's notes for the measured alternatives)
+DEFAULT_DATA: dict[str, Any] = {"n_train": 4096, "n_eval": 1024, "seed": 0, "image_size": 32, "max_objects": 3,
+                                "motion": False, "caption_color_p": 0.5, "caption_material_p": 0.0}
+
+
+def default_config() -> dict[str, Any]:
+    """The stand-in's tiny tower config (32 px, patch 4)."""
+    return tiny_config()
+
+
+def _world_kwargs(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in DATA_KEYS}
+
+
+def partial_caption(world: ShapesWorld, index: int, seed: int = 0, draw: int = 0, color_p: float = 0.5,
+                    material_p: float = 0.0) -> str:
+    """Caption of sample ``index`` naming a random non-empty subset of its objects (nearest first).
+
+    The subset size is uniform in ``1..n``; each mentioned object keeps its colour word with probability
+    ``color_p`` and its material word with ``material_p``; the category is always named. Deterministic in
+    ``(seed, index, draw)`` (``draw``: e.g. the epoch, so a sample gets a new caption each pass)."""
+    scene = world.sample_scene(index)
+    rng = np.random.default_rng(np.random.SeedSequence([abs(int(seed)), int(index), int(draw), 0xCA9]))
+    n = scene.num_objects
+    k = int(rng.integers(1, n + 1))
+    chosen = np.sort(rng.choice(n, size=k, replace=False))
+    words = []
+    for j in chosen:
+        color = world.COLOR_NAMES[scene.colors[j]] if rng.random() < color_p else None
+        material = MATERIALS[scene.materials[j]] if rng.random() < material_p else None
+        words.append((color, material, world.categories[scene.categories[j]]))
+    return make_caption(words)
+
+
+def sigmoid_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss of a square logit matrix (logits already scaled and biased):
+    ``-(1/B) sum_i sum_j log sigmoid(z_ij * logits_ij)``, ``z = +1`` on the diagonal (matching pairs) and
+    ``-1`` off it; normalised by the batch size as in the paper and transformers' ``SiglipModel``."""
+    b = logits_per_image.shape[0]
+    z = 2 * torch.eye(b, device=logits_per_image.device, dtype=logits_per_image.dtype) - 1
+    return -F.logsigmoid(z * logits_per_image).sum(1).mean()
+
+
+def cache_path(cache_dir: str | Path, config: dict[str, Any], data: dict[str, Any], training: dict[str, Any]) -> Path:
+    """``cache_dir/siglip-standin-<sha1 of (config, data, training)>.pt``."""
+    blob = json.dumps({"config": config, "data": data, "training": training, "version": CACHE_VERSION},
+                      sort_keys=True, default=str).encode()
+    return Path(cache_dir) / f"siglip-standin-{hashlib.sha1(blob).hexdigest()[:16]}.pt"
+
+
+def _render(world: ShapesWorld) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images uint8 (N,3,H,W), labels (N,C) and first-object categories (N,) of every sample."""
+    items = [world[i] for i in range(len(world))]
+    return (torch.stack([it["image"] for it in items]), torch.stack([it["labels"] for it in items]),
+            torch.stack([it["category"][0] for it in items]))
+
+
+def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int, lr: float, seed: int,
+         log_every: int) -> dict[str, Any]:
+    """Train ``towers.model`` in place with the sigmoid loss; returns loss trace and timing."""
+    world = ShapesWorld(int(data["n_train"]), seed=int(data.get("seed", 0)), **_world_kwargs(data))
+    images = _render(world)[0]
+    inputs = towers.image_inputs(images)["pixel_values"]
+    n = len(world)
+    per_epoch = max(1, n // batch_size)
+    gen = torch.Generator().manual_seed(int(seed))
+    model = towers.model
+    model.requires_grad_(True)
+    model.train()
+    with torch.no_grad():  # the paper's initialisation of temperature and bias (t' = log 10, b = -10)
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    captions: dict[int, list[str]] = {}
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    order = torch.randperm(n, generator=gen)
+    for step in range(steps):
+        epoch, pos = divmod(step, per_epoch)
+        if pos == 0 and step:
+            order = torch.randperm(n, generator=gen)
+        if epoch not in captions:
+            captions = {epoch: [partial_caption(world, i, int(seed), epoch, float(data.get("caption_color_p", 0.5)),
+                                                float(data.get("caption_material_p", 0.0))) for i in range(n)]}
+        idx = order[pos * batch_size:(pos + 1) * batch_size]
+        text = towers.tokenize([captions[epoch][int(i)] for i in idx])
+        out = model(pixel_values=inputs[idx], input_ids=text["input_ids"], attention_mask=text.get("attention_mask"))
+        loss = sigmoid_loss(out.logits_per_image)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            print(f"[siglip stand-in] step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.3f} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    towers.freeze()
+    k = max(1, min(10, steps // 10))
+    return {"loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
+            "train_seconds": time.perf_counter() - t0, "steps": steps}
+
+
+def train_standin(config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 1200,
+                  batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                  cache_dir: str | Path = ".cache/standins") -> tuple[SiglipTowers, dict[str, Any]]:
+    """Tiny SigLIP towers trained on ShapesWorld (or loaded from ``cache_dir`` when trained before).
+
+    Returns the frozen towers and ``info``: ``cached`` (bool), ``path``, ``loss_first`` / ``loss_last``
+    (mean of the first / last tenth, at most 10 steps), ``train_seconds`` and the arguments."""
+    config = dict(config or default_config())
+    data = {**DEFAULT_DATA, **(data or {})}
+    if steps < 1 or batch_size < 2 or lr <= 0:
+        raise ConfigError(f"train_standin: steps={steps}, batch_size={batch_size}, lr={lr}; expected steps >= 1, "
+                          "batch_size >= 2, lr > 0")
+    if int(data["n_train"]) < batch_size:
+        raise ConfigError(f"train_standin: data.n_train={data['n_train']} is smaller than batch_size={batch_size}")
+    training = {"steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed)}
+    path = cache_path(cache_dir, config, data, training)
+    towers = SiglipTowers(config=config, init_seed=seed)
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        towers.model.load_state_dict(blob["state_dict"])
+        towers.freeze()
+        return towers, {**blob["info"], "cached": True, "path": str(path)}
+    with isolated_rng():
+        info = _fit(towers, data, int(steps), int(batch_size), float(lr), int(seed), max(1, steps // 10))
+    info.update(config=config, data=data, training=training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"state_dict": towers.model.state_dict(), "info": info}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return towers, {**info, "cached": False, "path": str(path)}
+
+
+@torch.no_grad()
+def embed_images(towers: SiglipTowers, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Image embeddings ``(N, D)`` of uint8 images ``(N, 3, H, W)``."""
+    return torch.cat([towers.encode_image(**towers.image_inputs(images[i:i + batch_size]))
+                      for i in range(0, len(images), batch_size)])
+
+
+def probe_map(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """mAP (``multilabel_metrics``) on ``test`` of a one-vs-rest logistic regression fitted on ``train``
+    (standardised features, ``C = 1``); classes constant in ``train_y`` score their training rate."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from lit_experiments.metrics.multilabel import multilabel_metrics
+
+    clf = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(max_iter=2000)))
+    clf.fit(train_x, train_y)
+    scores = torch.as_tensor(clf.decision_function(test_x), dtype=torch.float64).reshape(len(test_x), -1)
+    return float(multilabel_metrics(scores, torch.as_tensor(test_y))["map"])
+
+
+def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None, init_seed: int = 0) -> dict[str, Any]:
+    """Quality of stand-in towers on a held-out ShapesWorld (seed ``data.seed + 1``, ``n_eval`` images).
+
+    * ``zero_shot_acc``: on the second half, the fraction of images whose nearest prompt
+      ``"a {category}"`` (cosine of image and text embeddings) names the category of object 1, the nearest,
+      never occluded object (chance ``1 / len(categories)``); ``zero_shot_hit``: the nearest prompt names
+      any category present.
+    * ``probe_map``: :func:`probe_map` of the towers' image embeddings, fitted on the first half, tested on
+      the second; ``probe_map_init``: the same for the same architecture at random initialisation
+      (``init_seed``)."""
+    data = {**DEFAULT_DATA, **(data or {})}
+    n_eval = int(data["n_eval"])
+    if n_eval < 4:
+        raise ConfigError(f"evaluate_standin: data.n_eval={n_eval}; expected >= 4")
+    world = ShapesWorld(n_eval, seed=int(data.get("seed", 0)) + 1, **_world_kwargs(data))
+    images, labels, first = _render(world)
+    half = n_eval // 2
+    y = labels.numpy()
+    emb = embed_images(towers, images)
+    prompts = towers.tokenize([f"a {c}" for c in world.categories])
+    text = F.normalize(towers.encode_text(**prompts), dim=1)
+    pred = (F.normalize(emb[half:], dim=1) @ text.t()).argmax(1)
+    fresh = SiglipTowers(checkpoint=towers.checkpoint, kind=towers.kind, config=towers.config_dict,
+                         text_mask_policy=towers.text_mask_policy, init_seed=init_seed)
+    emb0 = embed_images(fresh, images)
+    return {
+        "zero_shot_acc": float((pred == first[half:]).float().mean()),
+        "zero_shot_hit": float(labels[half:].gather(1, pred[:, None]).mean()),
+        "zero_shot_chance": 1.0 / len(world.categories),
+        "probe_map": probe_map(emb[:half].numpy(), y[:half], emb[half:].numpy(), y[half:]),
+        "probe_map_init": probe_map(emb0[:half].numpy(), y[:half], emb0[half:].numpy(), y[half:]),
+        "n_probe_train": half, "n_probe_test": n_eval - half,
+        "colors": [world.COLOR_NAMES[i] for i in world.colors],
+    }

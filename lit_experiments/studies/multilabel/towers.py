@@ -1,0 +1,209 @@
+"""Frozen SigLIP / SigLIP2 image and text towers (transformers), the feature source of the multilabel study.
+
+* FixRes checkpoints (``google/siglip2-base-patch16-224``, all SigLIP 1) load as ``SiglipModel`` (``kind:
+  siglip``); NaFlex checkpoints (``google/siglip2-base-patch16-naflex``) as ``Siglip2Model`` (``kind:
+  siglip2``), whose image tower also takes ``pixel_attention_mask`` and ``spatial_shapes``.
+* Embeddings are the ``.pooler_output`` of ``get_image_features`` / ``get_text_features`` (transformers 5
+  returns a ``BaseModelOutputWithPooling``; a bare tensor from older versions is accepted too), not
+  L2-normalised.
+* Text mask policy. SigLIP's text tower pools the **last position** and was trained on text padded to the
+  maximum length (64) **without** an attention mask (transformers' SigLIP docs: "make sure to set
+  padding='max_length' as that's how the model was trained"). ``pad_to_max`` (default) reproduces that:
+  ``tokenize`` pads to the maximum length and ``encode_text`` never passes a mask. ``attention_mask`` pads to
+  the longest text and passes the mask (a different embedding). The policy is in ``settings()`` (results.json)
+  and in ``cache_key()``.
+* The towers are always frozen: parameters without gradients, eval mode, every forward under ``no_grad``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_experiments.core.errors import ConfigError
+from lit_experiments.data.shapes import CATEGORIES, COLORS, MATERIALS
+
+KINDS = ("siglip", "siglip2")
+TEXT_MASK_POLICIES = ("pad_to_max", "attention_mask")
+# word-level vocabulary of ShapesWorld captions and prompts (pad 0 / eos 1 / bos 2, as tiny SigLIP configs)
+SHAPES_VOCAB: tuple[str, ...] = ("<pad>", "</s>", "<s>", "<unk>", ",", "a", "an", "and", "of", "photo",
+                                 *CATEGORIES, *COLORS, *MATERIALS)
+
+
+def shapes_tokenizer() -> Any:
+    """A word-level ``PreTrainedTokenizerFast`` over :data:`SHAPES_VOCAB` (lowercased, ``</s>`` appended)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SHAPES_VOCAB)}, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>",
+                                   unk_token="<unk>")
+
+
+def tiny_config(image_size: int = 32, patch_size: int = 4, hidden: int = 64, vision_layers: int = 3,
+                text_layers: int = 2, heads: int = 4, text_len: int = 16) -> dict[str, Any]:
+    """A tiny SigLIP config dict over the ShapesWorld vocabulary (the stand-in's default architecture)."""
+    common = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_attention_heads": heads}
+    return {
+        "text_config": {**common, "num_hidden_layers": text_layers, "vocab_size": len(SHAPES_VOCAB),
+                        "max_position_embeddings": text_len, "projection_size": hidden,
+                        "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2},
+        "vision_config": {**common, "num_hidden_layers": vision_layers, "image_size": image_size,
+                          "patch_size": patch_size},
+    }
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    """``.pooler_output`` of a transformers output, or the tensor itself (older transformers)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        raise TypeError(f"expected a tensor or an output with .pooler_output, got {type(out).__name__}")
+    return pooled
+
+
+class SiglipTowers(nn.Module):
+    """Frozen SigLIP (``SiglipModel``) or SigLIP2 NaFlex (``Siglip2Model``) image and text towers.
+
+    Args:
+        checkpoint: local directory or hub id of a transformers checkpoint (read from the hub cache only when
+            ``HF_HUB_OFFLINE=1``); ``None`` with ``config`` to build from scratch.
+        kind: ``siglip`` (``SiglipModel``, FixRes) or ``siglip2`` (``Siglip2Model``, NaFlex).
+        config: a config dict (``text_config`` / ``vision_config``, e.g. :func:`tiny_config`) to build a
+            randomly initialised model instead of loading one; its tokenizer is :func:`shapes_tokenizer`.
+        text_mask_policy: ``pad_to_max`` (how SigLIP was trained, default) or ``attention_mask``.
+        init_seed: seed of the random initialisation when built from ``config``.
+    """
+
+    always_frozen = True
+
+    def __init__(self, checkpoint: str | None = None, kind: str = "siglip", config: dict[str, Any] | None = None,
+                 text_mask_policy: str = "pad_to_max", init_seed: int = 0) -> None:
+        super().__init__()
+        from transformers import Siglip2Config, Siglip2Model, SiglipConfig, SiglipModel
+
+        if kind not in KINDS:
+            raise ConfigError(f"SiglipTowers: kind={kind!r}; expected one of {KINDS}")
+        if text_mask_policy not in TEXT_MASK_POLICIES:
+            raise ConfigError(f"SiglipTowers: text_mask_policy={text_mask_policy!r}; expected one of "
+                              f"{TEXT_MASK_POLICIES}")
+        if (checkpoint is None) == (config is None):
+            raise ConfigError("SiglipTowers: give exactly one of checkpoint (path or hub id) and config (dict)")
+        self.checkpoint, self.kind, self.text_mask_policy = checkpoint, kind, text_mask_policy
+        self.config_dict = dict(config) if config is not None else None
+        model_cls, config_cls = (SiglipModel, SiglipConfig) if kind == "siglip" else (Siglip2Model, Siglip2Config)
+        if config is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(init_seed))
+                self.model = model_cls(config_cls(**config))
+            self.tokenizer = shapes_tokenizer()
+        else:
+            from transformers import AutoTokenizer
+
+            offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+            try:
+                self.model = model_cls.from_pretrained(checkpoint, local_files_only=offline)
+                self.tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=offline)
+            except OSError as err:
+                raise ConfigError(f"SiglipTowers: cannot load checkpoint {checkpoint!r} as {model_cls.__name__}"
+                                  f"{' (HF_HUB_OFFLINE=1: local path or hub cache only)' if offline else ''}: "
+                                  f"{err}") from err
+        self.freeze()
+
+    # ------------------------------------------------------------------ frozen
+    def freeze(self) -> SiglipTowers:
+        """No gradients, eval mode (called at construction; call again after loading new weights)."""
+        self.model.requires_grad_(False)
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True) -> SiglipTowers:
+        """The towers stay in eval mode whatever a Trainer asks."""
+        return super().train(False)
+
+    @property
+    def text_max_length(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    @property
+    def embed_dim(self) -> int:
+        tc = self.model.config.text_config
+        return int(getattr(tc, "projection_size", None) or tc.hidden_size)
+
+    # ------------------------------------------------------------------ encoders
+    @torch.no_grad()
+    def encode_image(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
+                     spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D)`` image embeddings (pooler output, not normalised) of processed ``pixel_values``."""
+        if self.kind == "siglip2":
+            if pixel_attention_mask is None or spatial_shapes is None:
+                raise ValueError("SiglipTowers(kind='siglip2').encode_image needs pixel_attention_mask and "
+                                 "spatial_shapes (the NaFlex processor's outputs)")
+            out = self.model.get_image_features(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask,
+                                                spatial_shapes=spatial_shapes)
+        else:
+            out = self.model.get_image_features(pixel_values=pixel_values)
+        return _pooled(out)
+
+    @torch.no_grad()
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D)`` text embeddings. Under ``pad_to_max`` any ``attention_mask`` is dropped (SigLIP's training
+        setting); under ``attention_mask`` it is passed on."""
+        mask = attention_mask if self.text_mask_policy == "attention_mask" else None
+        return _pooled(self.model.get_text_features(input_ids=input_ids, attention_mask=mask))
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids of ``texts`` under the mask policy: ``pad_to_max`` -> ``{"input_ids"}`` padded to
+        :attr:`text_max_length`; ``attention_mask`` -> ``{"input_ids", "attention_mask"}`` padded to the longest."""
+        pad = self.text_mask_policy == "pad_to_max"
+        enc = self.tokenizer(list(texts), padding="max_length" if pad else "longest", max_length=self.text_max_length,
+                             truncation=True, return_tensors="pt")
+        out = {"input_ids": enc["input_ids"]}
+        if not pad:
+            out["attention_mask"] = enc["attention_mask"]
+        return out
+
+    def image_inputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model inputs of uint8 (or [0, 255] float) images ``(B, 3, H, W)`` at the tower's resolution:
+        SigLIP's normalisation (mean = std = 0.5); for ``siglip2`` also patchified with a full mask."""
+        x = images.float() / 127.5 - 1.0
+        vc = self.model.config.vision_config
+        if self.kind == "siglip":
+            size = int(vc.image_size)
+            if x.shape[-1] != size or x.shape[-2] != size:
+                x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False)
+            return {"pixel_values": x}
+        p = int(vc.patch_size)
+        b, c, h, w = x.shape
+        if h % p or w % p:
+            raise ValueError(f"image side {h}x{w} is not a multiple of the patch size {p}")
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
+        return {"pixel_values": patches, "pixel_attention_mask": torch.ones(b, patches.shape[1], dtype=torch.long),
+                "spatial_shapes": torch.tensor([[h // p, w // p]] * b, dtype=torch.long)}
+
+    # ------------------------------------------------------------------ identity
+    def weights_digest(self) -> str:
+        """SHA-1 of the current weights (every tensor's bytes, in state-dict order)."""
+        h = hashlib.sha1()
+        for name, t in self.model.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def cache_key(self) -> str:
+        """Frozen-feature cache key: kind, checkpoint (or ``config``), text policy and a digest of the weights."""
+        return f"{self.kind}:{self.checkpoint or 'config'}:{self.text_mask_policy}:{self.weights_digest()}"
+
+    def settings(self) -> dict[str, Any]:
+        """What results.json records about the towers."""
+        return {"kind": self.kind, "checkpoint": self.checkpoint, "text_mask_policy": self.text_mask_policy,
+                "text_max_length": self.text_max_length, "embed_dim": self.embed_dim,
+                "model_class": type(self.model).__name__, "weights_digest": self.weights_digest()}
