@@ -1,14 +1,14 @@
 """Heads of the multi-label study: parts that turn frozen tower embeddings into class logits.
 
-Every head is called as ``head(image_emb (B, Di), text_emb (B, Dt) | None)`` and returns a dict with at least
-``logits`` (B, C) and ``fused`` (B, F), the representation the cosine loss and the kNN inference read. Widths
-``Di / Dt / C`` are never given in a YAML: the module calls ``head.build(image_dim, text_dim, num_classes)`` once
-it knows the towers and the label space (the layers are created there).
+Every head is called as ``head(image_emb (B, Di), text_emb (B, Dt) | None)`` and returns a dict with at
+least ``logits`` (B, C) and ``fused`` (B, F), the representation the cosine loss and the kNN inference read.
+Widths ``Di / Dt / C`` are never given in a YAML: the module calls ``head.build(image_dim, text_dim,
+num_classes)`` once it knows the towers and the label space (the layers are created there).
 
 * :class:`MLPHead`: the seed's baseline, an MLP on the concatenated image and text embeddings.
-* :class:`AGCHHead`: the seed's AGCH-style head (direction / magnitude decomposition, Hadamard or concat fusion,
-  optional tanh hash layer). Every switch the seed's ablations flip (fusion, hash layer, text input) is a typed
-  option, so an ablation is a YAML delta (LESSONS F28).
+* :class:`AGCHHead`: the seed's AGCH-style head (direction / magnitude decomposition, Hadamard or concat
+  fusion, optional tanh hash layer). Every switch the seed's ablations flip (fusion, hash layer, text input)
+  is a typed option, so an ablation is a YAML delta (LESSONS F28).
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def _check_inputs(owner: str, inputs: str) -> None:
 
 def _check_build(owner: str, inputs: str, image_dim: int, text_dim: int | None, num_classes: int) -> None:
     if image_dim < 1 or num_classes < 1:
-        raise ConfigError(f"{owner}.build: image_dim={image_dim}, num_classes={num_classes}; expected both >= 1")
+        raise ConfigError(f"{owner}.build: image_dim={image_dim}, num_classes={num_classes}; "
+                          "expected both >= 1")
     if inputs == "image+text" and (text_dim is None or text_dim < 1):
         raise ConfigError(f"{owner}.build: inputs='image+text' needs text_dim >= 1, got {text_dim!r} "
                           "(use inputs: image for an image-only head)")
@@ -50,9 +51,9 @@ def _text_or_fail(owner: str, text_emb: torch.Tensor | None, batch: int) -> torc
 class MLPHead(nn.Module):
     """The seed's baseline: ``cat(image_emb, text_emb) -> MLP(hidden) -> Linear(C)``.
 
-    The hidden layers are a ``torchvision.ops.MLP`` (Linear, ReLU, Dropout per layer); the classifier is a plain
-    ``Linear`` so no dropout falls on the logits. ``fused`` is the last hidden activation (the concatenated input
-    when ``hidden`` is empty, which makes the head a linear probe).
+    The hidden layers are a ``torchvision.ops.MLP`` (Linear, ReLU, Dropout per layer); the classifier is a
+    plain ``Linear`` so no dropout falls on the logits. ``fused`` is the last hidden activation (the
+    concatenated input when ``hidden`` is empty, which makes the head a linear probe).
 
     Args:
         hidden: widths of the hidden layers (``[]``: a linear classifier).
@@ -60,7 +61,8 @@ class MLPHead(nn.Module):
         inputs: ``"image+text"`` (concatenated embeddings) or ``"image"`` (image-only variant, text ignored).
     """
 
-    def __init__(self, hidden: list[int] | None = None, dropout: float = 0.1, inputs: Inputs = "image+text") -> None:
+    def __init__(self, hidden: list[int] | None = None, dropout: float = 0.1,
+                 inputs: Inputs = "image+text") -> None:
         super().__init__()
         hidden = [512] if hidden is None else [int(h) for h in hidden]
         if any(h < 1 for h in hidden):
@@ -90,7 +92,8 @@ class MLPHead(nn.Module):
         self.classifier = nn.Linear(self.fused_dim, sizes[2])
         self.sizes = sizes
 
-    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, image_emb: torch.Tensor,
+                text_emb: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.body is None or self.classifier is None:
             raise RuntimeError("MLPHead.build(image_dim, text_dim, num_classes) was not called")
         x = image_emb
@@ -101,8 +104,9 @@ class MLPHead(nn.Module):
 
 
 class _Modality(nn.Module):
-    """One modality of :class:`AGCHHead`: ``direction = Linear(e / |e|)`` and ``magnitude = 2 sigmoid(g(log|e|))``
-    (a per-channel gate in (0, 2), 1 when ``g`` outputs 0); the modality's representation is their product."""
+    """One modality of :class:`AGCHHead`: ``direction = Linear(e / |e|)`` and
+    ``magnitude = 2 sigmoid(g(log|e|))`` (a per-channel gate in (0, 2), 1 when ``g`` outputs 0); the
+    modality's representation is their product."""
 
     def __init__(self, in_dim: int, dim: int, magnitude_hidden: int) -> None:
         super().__init__()
@@ -117,19 +121,24 @@ class _Modality(nn.Module):
 
 
 class AGCHHead(nn.Module):
-    """The seed's AGCH-style head. Each part is *AGCH-inspired*: AGCH proper (Zhang et al., "Aggregation-based
-    Graph Convolutional Hashing for Unsupervised Cross-modal Retrieval", IEEE TMM 2022) is unsupervised
-    cross-modal hashing that builds a similarity graph from feature directions (cosine) and magnitudes
-    (distances) and learns hash codes with GCNs; the seed's supervised head borrows only these parts:
+    """The seed's AGCH-style head. Each part is *AGCH-inspired*: AGCH proper (Zhang, Li, Huang, Xu,
+    "Aggregation-based Graph Convolutional Hashing for Unsupervised Cross-modal Retrieval", IEEE TMM 2022,
+    doi:10.1109/TMM.2021.3053766) is unsupervised cross-modal hashing: it aggregates several similarity
+    metrics of the features into a joint affinity matrix and learns unified binary codes with modality
+    encoders, GCNs and a fusion module. This supervised head has no graph and no GCN; it borrows only these
+    parts:
 
-    1. **Direction / magnitude decomposition** (AGCH-inspired: AGCH combines cosine similarity and Euclidean
-       distance of features). Per modality, ``direction = Linear(e / |e|) -> (B, dim)`` and
-       ``magnitude = 2 sigmoid(MLP(log |e|)) -> (B, dim)``, a per-channel gate in (0, 2) from the norm alone
-       (``log`` so a scale factor of the towers is a shift of the gate's input); the modality's representation
-       is ``direction * magnitude``. Scaling an embedding by ``c > 0`` changes only the magnitude path.
-    2. **Fusion** (AGCH-inspired: AGCH fuses modalities by element-wise products of similarity matrices).
+    1. **Direction / magnitude decomposition** (AGCH-inspired: AGCH's affinity aggregates a direction metric,
+       cosine similarity, with a magnitude-sensitive one, Euclidean distance). Per modality,
+       ``direction = Linear(e / |e|) -> (B, dim)`` and ``magnitude = 2 sigmoid(MLP(log |e|)) -> (B, dim)``,
+       a per-channel gate in (0, 2) from the norm alone (``log`` so a scale factor of the towers is a shift
+       of the gate's input); the modality's representation is ``direction * magnitude``. Scaling an
+       embedding by ``c > 0`` changes only the magnitude path.
+    2. **Fusion** (AGCH-inspired: AGCH combines its per-modality similarities element-wise and has a fusion
+       module for the two modalities).
        ``"hadamard"``: ``z_image * z_text`` (B, dim); ``"concat"``: ``cat(z_image, z_text)`` (B, 2 dim).
-       With ``inputs="image"`` there is nothing to fuse and ``fused = z_image`` (B, dim); ``fusion`` is unused.
+       With ``inputs="image"`` there is nothing to fuse and ``fused = z_image`` (B, dim); ``fusion`` is
+       unused.
     3. **Hash layer** (AGCH-inspired: AGCH's ``tanh`` relaxation of ``sign`` codes). ``hash_bits=K``:
        ``hash = tanh(Linear(fused)) -> (B, K)`` in (-1, 1), and in eval mode ``codes`` = the sign of ``hash``
        in {-1, 1} (0 maps to +1) for Hamming kNN; the classifier then reads ``hash`` (the seed's 64-bit
@@ -137,7 +146,8 @@ class AGCHHead(nn.Module):
     4. **Classifier**: dropout then ``Linear(-> C)``.
 
     Returns ``logits`` (B, C), ``fused`` (B, dim or 2 dim), per modality ``image_direction`` /
-    ``image_magnitude`` (and ``text_...``) (B, dim), and with a hash layer ``hash`` (B, K) (+ ``codes`` in eval).
+    ``image_magnitude`` (and ``text_...``) (B, dim), and with a hash layer ``hash`` (B, K) (+ ``codes`` in
+    eval).
 
     Args:
         dim: width of each modality's projection.
@@ -189,7 +199,8 @@ class AGCHHead(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(cls_in, sizes[2]))
         self.sizes = sizes
 
-    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, image_emb: torch.Tensor,
+                text_emb: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.image is None or self.classifier is None:
             raise RuntimeError("AGCHHead.build(image_dim, text_dim, num_classes) was not called")
         out: dict[str, torch.Tensor] = {}

@@ -227,7 +227,7 @@ def knn_scores(
     for lo in range(0, query.shape[0], step):
         sims, idx = _top_k(query[lo : lo + step] @ bank_t, k)  # +-1 codes: exact integer dot products
         if metric == "hamming":
-            sims = sims / bits
+            sims = sims.double() / bits
         out[lo : lo + step] = _neighbour_scores(sims, idx, targets, temperature)
     return out
 

@@ -28,8 +28,8 @@ class MultiLabelLoss(nn.Module):
         L- = p_m ** gamma_neg * log(1 - p_m)            (negatives)
         loss = -(y L+ + (1 - y) L-)
 
-    As in the reference implementation (Alibaba-MIIL/ASL ``AsymmetricLoss``), probabilities inside the logs are
-    clamped at ``eps``; the logs are computed as ``logsigmoid`` clamped at ``log(eps)`` (the same values,
+    As in the reference implementation (Alibaba-MIIL/ASL ``AsymmetricLoss``), probabilities inside the logs
+    are clamped at ``eps``; the logs are computed as ``logsigmoid`` clamped at ``log(eps)`` (the same values,
     without the cancellation of ``log(1 - sigmoid(x))`` for large ``x``). ``detach_focusing=True`` stops the
     gradient through the focusing factors (the reference training script's ``disable_torch_grad_focal_loss``);
     the default follows the paper's equations and lets it flow.
@@ -52,7 +52,8 @@ class MultiLabelLoss(nn.Module):
         if kind not in ("bce", "asl"):
             raise ConfigError(f"MultiLabelLoss: kind={kind!r}; expected 'bce' or 'asl'")
         if gamma_neg < 0 or gamma_pos < 0:
-            raise ConfigError(f"MultiLabelLoss: gamma_neg={gamma_neg}, gamma_pos={gamma_pos}; expected both >= 0")
+            raise ConfigError(f"MultiLabelLoss: gamma_neg={gamma_neg}, gamma_pos={gamma_pos}; "
+                              "expected both >= 0")
         if not 0.0 <= clip < 1.0:
             raise ConfigError(f"MultiLabelLoss: clip={clip}; expected 0 <= clip < 1")
         if not 0.0 < eps < 1.0:
@@ -62,8 +63,8 @@ class MultiLabelLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if logits.shape != targets.shape:
-            raise ValueError(f"MultiLabelLoss: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} "
-                             "must have the same shape (B, C)")
+            raise ValueError(f"MultiLabelLoss: logits {tuple(logits.shape)} and targets "
+                             f"{tuple(targets.shape)} must have the same shape (B, C)")
         y = targets.to(logits.dtype)
         if self.kind == "bce":
             return F.binary_cross_entropy_with_logits(logits, y)
@@ -94,13 +95,14 @@ class CosineLoss(nn.Module):
         loss = mean over i != j of (cos(f_i, f_j) - S_ij) ** 2
 
     So images sharing all labels are pulled together, images sharing none are pushed to orthogonal (not
-    opposite) directions. The diagonal is left out; a batch of one sample gives 0 (still attached to the graph).
+    opposite) directions. The diagonal is left out; a batch of one sample gives 0 (still attached to the
+    graph).
     """
 
     def forward(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if embeddings.ndim != 2 or targets.ndim != 2 or len(embeddings) != len(targets):
-            raise ValueError(f"CosineLoss: embeddings {tuple(embeddings.shape)} and targets {tuple(targets.shape)}"
-                             " must be (B, D) and (B, C)")
+            raise ValueError(f"CosineLoss: embeddings {tuple(embeddings.shape)} and targets "
+                             f"{tuple(targets.shape)} must be (B, D) and (B, C)")
         f = F.normalize(embeddings, dim=1)
         y = F.normalize(targets.to(embeddings.dtype), dim=1)
         diff = (f @ f.T - y @ y.T) ** 2
@@ -155,7 +157,8 @@ class CombinedLoss(nn.Module):
         cosine_on: the head output the cosine loss reads: ``"fused"`` (the seed's) or ``"hash"``.
     """
 
-    def __init__(self, cls: MultiLabelLoss | None = None, cosine_weight: float = 0.0, hash_weight: float = 0.0,
+    def __init__(self, cls: MultiLabelLoss | None = None, cosine_weight: float = 0.0,
+                 hash_weight: float = 0.0,
                  cosine_loss: CosineLoss | None = None, hash_loss: HashLoss | None = None,
                  cosine_on: Literal["fused", "hash"] = "fused") -> None:
         super().__init__()
@@ -167,13 +170,16 @@ class CombinedLoss(nn.Module):
         self.cls = cls if cls is not None else MultiLabelLoss()
         self.cosine_loss = cosine_loss if cosine_loss is not None else CosineLoss()
         self.hash_loss = hash_loss if hash_loss is not None else HashLoss()
-        self.cosine_weight, self.hash_weight, self.cosine_on = float(cosine_weight), float(hash_weight), cosine_on
+        self.cosine_weight, self.hash_weight = float(cosine_weight), float(hash_weight)
+        self.cosine_on = cosine_on
 
-    def _need(self, outputs: dict[str, torch.Tensor], key: str, weight_name: str, weight: float) -> torch.Tensor:
+    def _need(self, outputs: dict[str, torch.Tensor], key: str, weight_name: str,
+              weight: float) -> torch.Tensor:
         if key not in outputs:
-            raise ConfigError(f"CombinedLoss: {weight_name}={weight} needs the head output {key!r}, which the "
-                              f"head does not return (it returns {sorted(outputs)}); set {weight_name}: 0 "
-                              "or give the head a hash layer (hash_bits)")
+            fix = " or give the head a hash layer (hash_bits)" if key == "hash" else ""
+            raise ConfigError(f"CombinedLoss: {weight_name}={weight} needs the head output {key!r}, which "
+                              f"the head does not return (it returns {sorted(outputs)}); set {weight_name}: 0"
+                              + fix)
         return outputs[key]
 
     def forward(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:

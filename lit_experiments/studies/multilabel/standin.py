@@ -36,10 +36,12 @@ from lit_experiments.data.shapes import MATERIALS, ShapesWorld, make_caption
 from .towers import SiglipTowers, tiny_config
 
 CACHE_VERSION = 1
+SCALAR_LR_MULT = 30.0  # logit_scale / logit_bias learn 30x faster: with the towers alone they barely move
 DATA_KEYS = ("n_train", "n_eval", "seed", "caption_color_p", "caption_material_p")
 #: the default recipe (see the study's notes for the measured alternatives)
-DEFAULT_DATA: dict[str, Any] = {"n_train": 4096, "n_eval": 1024, "seed": 0, "image_size": 32, "max_objects": 3,
-                                "motion": False, "caption_color_p": 0.5, "caption_material_p": 0.0}
+DEFAULT_DATA: dict[str, Any] = {"n_train": 4096, "n_eval": 1024, "seed": 0, "image_size": 32, "max_objects": 2,
+                                "size_range": (0.35, 0.6), "motion": False, "caption_color_p": 0.0,
+                                "caption_material_p": 0.0}
 
 
 def default_config() -> dict[str, Any]:
@@ -109,7 +111,10 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
     with torch.no_grad():  # the paper's initialisation of temperature and bias (t' = log 10, b = -10)
         model.logit_scale.fill_(math.log(10.0))
         model.logit_bias.fill_(-10.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    scalars = [p for name, p in model.named_parameters() if name.startswith("logit_")]
+    rest = [p for name, p in model.named_parameters() if not name.startswith("logit_")]
+    opt = torch.optim.AdamW([{"params": rest}, {"params": scalars, "lr": lr * SCALAR_LR_MULT}], lr=lr,
+                            weight_decay=1e-4)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -142,7 +147,7 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
             "train_seconds": time.perf_counter() - t0, "steps": steps}
 
 
-def train_standin(config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 1200,
+def train_standin(config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 600,
                   batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                   cache_dir: str | Path = ".cache/standins") -> tuple[SiglipTowers, dict[str, Any]]:
     """Tiny SigLIP towers trained on ShapesWorld (or loaded from ``cache_dir`` when trained before).

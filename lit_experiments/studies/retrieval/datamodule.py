@@ -62,6 +62,20 @@ class ShapesFrames(Dataset):
                 "frame": f"clip{clip:04d}_t{t:02d}"}
 
 
+class ShapesQueries(Dataset):
+    """External query images for the ShapesWorld default: frame 0 of clips of another world (seed 3)."""
+
+    def __init__(self, n: int, shapes: dict[str, Any]) -> None:
+        self.frames = ShapesFrames(n, 3, shapes)
+
+    def __len__(self) -> int:
+        return len(self.frames) // self.frames.t_len
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.frames[int(i) * self.frames.t_len]
+        return {**item, "frame": f"query{int(i):02d}"}
+
+
 class FolderFrames(Dataset):
     """A :class:`~lit_experiments.data.frames.FrameFolder` split with the study's keys (clip 0, t = frame order)."""
 
@@ -108,7 +122,8 @@ class RetrievalDataModule(StudyDataModule):
         dataset: ``shapes`` (ShapesWorld clips, frames labelled by ``phase`` and by object category) or
             ``frames`` (a folder read by ``lit_experiments.data.frames.FrameFolder``: frames/, labels.csv,
             optional queries/).
-        n_train / n_val / n_test: ShapesWorld clips per split; ``shapes``: ShapesWorld arguments.
+        n_train / n_val / n_test: ShapesWorld clips per split; ``shapes``: ShapesWorld arguments; ``n_queries``:
+            external query images of the ShapesWorld default (frame 0 of clips of another world).
         root / classes / image_size / on_bad_sample: the frames folder, its class names, a resize, and the
             bad-sample policy (``error`` or ``skip``, counted).
         val_fraction / test_fraction: contiguous frame blocks of a frames folder held out for val / test.
@@ -132,7 +147,7 @@ class RetrievalDataModule(StudyDataModule):
         image_size: int | None = None, on_bad_sample: str = "error", val_fraction: float = 0.1,
         test_fraction: float = 0.2, inputs: str = "images", sampler: str = "random", use_labels: bool = True, m_per_class: int = 4,
         temporal_window: int = 1, sampler_seed: int = 0, augment: dict[str, Any] | None = None,
-        knn_bank_size: int = 0, cache_dir: str = ".cache/features", batch_size: int = 128,
+        knn_bank_size: int = 0, cache_dir: str = ".cache/features", n_queries: int = 2, batch_size: int = 128,
         eval_batch_size: int | None = 256, num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size)
@@ -153,7 +168,7 @@ class RetrievalDataModule(StudyDataModule):
         self.inputs, self.use_labels, self.m_per_class = inputs, use_labels, m_per_class
         self.temporal_window, self.sampler_seed = temporal_window, sampler_seed
         self.augment_args = dict(augment or {})
-        self.knn_bank_size, self.cache_dir = knn_bank_size, cache_dir
+        self.knn_bank_size, self.cache_dir, self.n_queries = knn_bank_size, cache_dir, n_queries
         self.splits: dict[str, Dataset] = {}
         self.queries: Dataset | None = None
         self.feature_source: Any = None  # FrozenFeatures handed over by the module in the FastAP stage
@@ -167,6 +182,7 @@ class RetrievalDataModule(StudyDataModule):
         if self.dataset == "shapes":
             for split, n in (("train", self.n_train), ("val", self.n_val), ("test", self.n_test)):
                 self.splits[split] = ShapesFrames(n, SPLIT_SEEDS[split], self.shapes)
+            self.queries = ShapesQueries(self.n_queries, self.shapes) if self.n_queries > 0 else None
             return
         from lit_experiments.data.frames import FrameFolder
 

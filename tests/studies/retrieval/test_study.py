@@ -164,7 +164,10 @@ def test_report_compares_two_checkpoints_like_the_csvs_and_sklearn(demo_run, tmp
 
     ranking = (out / "a" / "ranking.md").read_text()
     rows = [line for line in ranking.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [int(r.split("|")[1]) for r in rows] == [1, 2, 3, 4, 5]
+    # the internal query, then the datamodule's two external query images (tiny.py keeps n_queries at 2)
+    assert [int(r.split("|")[1]) for r in rows] == [1, 2, 3, 4, 5] * 3
+    assert "external:query00" in ranking and "external:query01" in ranking
+    assert (out / "a" / "ranking_external_query01.png").stat().st_size > 0
 
     for side, ckpt in (("a", ckpt_a), ("b", ckpt_b)):
         model, dm = report._load(str(config), str(ckpt))
