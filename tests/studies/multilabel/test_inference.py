@@ -69,7 +69,7 @@ def test_evaluate_reports_both_policies_against_sklearn(ties):
         assert out[prefix + "hamming"] == pytest.approx((pred != t).mean(), abs=1e-12)
 
 
-def test_tuned_thresholds_ignore_test_labels(monkeypatch):
+def test_f41_tuned_thresholds_ignore_test_labels(monkeypatch):
     """The tuner only ever receives validation labels; flipping the test labels leaves the thresholds."""
     vs, vt = _split(3)
     ts, tt = _split(4)
