@@ -11,6 +11,11 @@ and partial captions, saves it keyed by a hash of (tower config, data args, trai
   (training pairs), ``n_eval`` (held-out images: first half trains the probe, second half tests it and the
   zero-shot classifier), ``seed`` (the training world; the held-out world uses ``seed + 1``), and the caption
   probabilities above.
+* Default recipe (measured on the 2-core CPU, 1200 steps of batch 64 in ~75 s): 32 px images of 1-2 large
+  (0.35-0.6 of the side) red rubber shapes, captions naming shapes only, patch 8, lr 2e-3 (logit scale / bias
+  30x), ``logit_bias`` initialised at -5: category probe mAP 0.617 against 0.331 at random init, zero-shot
+  0.50 (chance 0.17). With all colours and materials in the images a 1500-step run reaches only 0.370 vs 0.286:
+  the tiny towers then spend their capacity on colour.
 * Training runs under :func:`~lit_experiments.core.seeding.isolated_rng` with its own generator: the global
   RNGs are untouched, so a run's numbers do not depend on whether the stand-in was cached.
 """
@@ -36,17 +41,19 @@ from lit_experiments.data.shapes import MATERIALS, ShapesWorld, make_caption
 from .towers import SiglipTowers, tiny_config
 
 CACHE_VERSION = 1
+LOGIT_BIAS_INIT = -5.0
 SCALAR_LR_MULT = 30.0  # logit_scale / logit_bias learn 30x faster: with the towers alone they barely move
 DATA_KEYS = ("n_train", "n_eval", "seed", "caption_color_p", "caption_material_p")
 #: the default recipe (see the study's notes for the measured alternatives)
 DEFAULT_DATA: dict[str, Any] = {"n_train": 4096, "n_eval": 1024, "seed": 0, "image_size": 32, "max_objects": 2,
-                                "size_range": (0.35, 0.6), "motion": False, "caption_color_p": 0.0,
+                                "size_range": (0.35, 0.6), "colors": ("red",), "materials": ("rubber",),
+                                "motion": False, "caption_color_p": 0.0,
                                 "caption_material_p": 0.0}
 
 
 def default_config() -> dict[str, Any]:
-    """The stand-in's tiny tower config (32 px, patch 4)."""
-    return tiny_config()
+    """The stand-in's tiny tower config (32 px, patch 8: 16 patches)."""
+    return tiny_config(image_size=32, patch_size=8)
 
 
 def _world_kwargs(data: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +106,7 @@ def _render(world: ShapesWorld) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int, lr: float, seed: int,
          log_every: int) -> dict[str, Any]:
     """Train ``towers.model`` in place with the sigmoid loss; returns loss trace and timing."""
+    data = {**DEFAULT_DATA, **data}
     world = ShapesWorld(int(data["n_train"]), seed=int(data.get("seed", 0)), **_world_kwargs(data))
     images = _render(world)[0]
     inputs = towers.image_inputs(images)["pixel_values"]
@@ -108,16 +116,15 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
     model = towers.model
     model.requires_grad_(True)
     model.train()
-    with torch.no_grad():  # the paper's initialisation of temperature and bias (t' = log 10, b = -10)
+    with torch.no_grad():  # the paper's t' = log 10; its b = -10 suits 32k batches, b = -5 a batch of 64
         model.logit_scale.fill_(math.log(10.0))
-        model.logit_bias.fill_(-10.0)
+        model.logit_bias.fill_(LOGIT_BIAS_INIT)
     scalars = [p for name, p in model.named_parameters() if name.startswith("logit_")]
     rest = [p for name, p in model.named_parameters() if not name.startswith("logit_")]
     opt = torch.optim.AdamW([{"params": rest}, {"params": scalars, "lr": lr * SCALAR_LR_MULT}], lr=lr,
                             weight_decay=1e-4)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    warm = max(1, min(50, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))  # warm-up, then constant
     captions: dict[int, list[str]] = {}
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -127,8 +134,8 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
         if pos == 0 and step:
             order = torch.randperm(n, generator=gen)
         if epoch not in captions:
-            captions = {epoch: [partial_caption(world, i, int(seed), epoch, float(data.get("caption_color_p", 0.5)),
-                                                float(data.get("caption_material_p", 0.0))) for i in range(n)]}
+            captions = {epoch: [partial_caption(world, i, int(seed), epoch, float(data["caption_color_p"]),
+                                                float(data["caption_material_p"])) for i in range(n)]}
         idx = order[pos * batch_size:(pos + 1) * batch_size]
         text = towers.tokenize([captions[epoch][int(i)] for i in idx])
         out = model(pixel_values=inputs[idx], input_ids=text["input_ids"], attention_mask=text.get("attention_mask"))
@@ -137,7 +144,7 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % log_every == 0 or step + 1 == steps:
             print(f"[siglip stand-in] step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -147,8 +154,8 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
             "train_seconds": time.perf_counter() - t0, "steps": steps}
 
 
-def train_standin(config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 600,
-                  batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+def train_standin(config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 1200,
+                  batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                   cache_dir: str | Path = ".cache/standins") -> tuple[SiglipTowers, dict[str, Any]]:
     """Tiny SigLIP towers trained on ShapesWorld (or loaded from ``cache_dir`` when trained before).
 
@@ -193,7 +200,7 @@ def embed_images(towers: SiglipTowers, images: torch.Tensor, batch_size: int = 2
 
 def probe_map(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
     """mAP (``multilabel_metrics``) on ``test`` of a one-vs-rest logistic regression fitted on ``train``
-    (standardised features, ``C = 1``); classes constant in ``train_y`` score their training rate."""
+    (standardised features, ``C = 1``); a class constant in ``train_y`` gets a constant score."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
@@ -218,6 +225,9 @@ def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None, i
       the second; ``probe_map_init``: the same for the same architecture at random initialisation
       (``init_seed``)."""
     data = {**DEFAULT_DATA, **(data or {})}
+    if towers.config_dict is None:
+        raise ConfigError("evaluate_standin: the towers were loaded from a checkpoint; it evaluates stand-ins built "
+                          "from a config (their random initialisation is the baseline)")
     n_eval = int(data["n_eval"])
     if n_eval < 4:
         raise ConfigError(f"evaluate_standin: data.n_eval={n_eval}; expected >= 4")
@@ -229,7 +239,7 @@ def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None, i
     prompts = towers.tokenize([f"a {c}" for c in world.categories])
     text = F.normalize(towers.encode_text(**prompts), dim=1)
     pred = (F.normalize(emb[half:], dim=1) @ text.t()).argmax(1)
-    fresh = SiglipTowers(checkpoint=towers.checkpoint, kind=towers.kind, config=towers.config_dict,
+    fresh = SiglipTowers(kind=towers.kind, config=towers.config_dict,
                          text_mask_policy=towers.text_mask_policy, init_seed=init_seed)
     emb0 = embed_images(fresh, images)
     return {
