@@ -68,7 +68,8 @@ def fast_help() -> str:
              "(`lit-exp SUBCOMMAND --help` lists every option):"]
     lines += [f"  {name:<12} {text}" for name, text in SUBCOMMANDS.items()]
     lines += ["", "Tools (`lit-exp TOOL --help`):"]
-    lines += [f"  {name:<14} {_summary(module)}" for name, module in registry.tools().items()]
+    width = max([14, *(len(name) for name in registry.tools())])
+    lines += [f"  {name:<{width}} {_summary(module)}" for name, module in registry.tools().items()]
     lines += ["", "Options:", "  -h, --help   this message",
               "  --debug      full traceback on an error (also: LIT_EXP_DEBUG=1)"]
     return "\n".join(lines)
