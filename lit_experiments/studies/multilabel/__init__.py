@@ -1,6 +1,6 @@
 """multilabel (issue 14, IN PROGRESS): heads on frozen SigLIP2 towers, 5-fold CV, ablations as YAML (seed 004).
 
-Built so far, as parts with their own tests (no LightningModule, datamodule, configs or demo yet):
+Built so far, with their own tests (no LightningModule, configs or demo yet):
 
 * ``towers.SiglipTowers``: frozen SigLIP / SigLIP2 image and text towers (``.pooler_output``), the text mask
   policy recorded; ``standin``: the demo's stand-in towers trained on ShapesWorld image-caption pairs.

@@ -1,0 +1,391 @@
+"""MultilabelDataModule: frozen SigLIP image and text embeddings of a multi-label set, served from the cache.
+
+Batch keys: ``image_emb`` float (B, Di), ``text_emb`` float (B, Dt) (absent with ``use_text: false``),
+``targets`` float 0/1 (B, C), ``index`` int64 (B,) (position in the split's base set: the pool or the test set).
+
+Data. ``dataset: shapes``: ShapesWorld images (world arguments default to the stand-in's
+``standin.DEFAULT_DATA`` world settings, overridden by ``shapes``) with one caption per image from
+:func:`~.standin.partial_caption` (draw 0, seeded by the world seed: deterministic per index; it names a random
+subset of the objects, so the text is not a label oracle). ``csv`` / ``jsonl``: a ``MultiLabelFiles`` folder,
+``file`` the pool and ``test_file`` the held-out set (same class list), images resized to ``image_size``; an
+unknown label raises the reader's ``LabelError`` naming file and line, an unreadable image or (with
+``use_text``) a missing caption is an error naming the file (and line) or a counted skip (``on_bad_sample``).
+``coco`` is not wired yet.
+
+Label space. ``categories``: multi-hot over the world's categories (ShapesWorld's ``labels``);
+``color_x_category``: multi-hot over (colour, category) pairs, column ``color * n_categories + category`` with
+the colour index into ``shapes.COLORS`` (all 8, whatever the world draws from) - a sparser, more COCO-like
+problem; ``label_names`` lists the columns.
+
+Splits. A train pool (world seed ``seed + 2``) and a held-out test set (``seed + 3``); both differ from the
+stand-in's training world (``seed``) and its probe world (``seed + 1``). ``fold_pool()`` is
+``(n_pool, targets (N, C))`` (iterstrat folds in ``lit-exp cv``); ``setup`` splits the pool with
+``fold_split``, or without a fold takes a seeded ``val_fraction`` of the pool for validation.
+
+Towers. The module owns the :class:`~.towers.SiglipTowers` and hands them over with :meth:`serve_towers`
+before the loaders are built. Each split's image and text embeddings are computed once into two
+:class:`~lit_experiments.data.cache.FeatureCache` s (one per modality, keyed by ``towers.cache_key()``, the
+split's data fingerprint and the modality; not the label space): every fold, ablation and seed reads them.
+The text cache's "images" are the tokenized captions: the item key ``tokens`` holds a (2, L) int tensor (ids,
+attention mask) padded to the towers' maximum length, which the cache's collate turns into exact floats and
+:class:`TowerTexts` back into ids - so FeatureCache serves text embeddings unchanged. Under the
+``attention_mask`` policy each caption is encoded alone, unpadded, so an embedding never depends on its batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.study import StudyDataModule
+from lit_experiments.data.shapes import ShapesWorld
+
+from .standin import DATA_KEYS, DEFAULT_DATA, partial_caption
+from .towers import SiglipTowers
+
+LABEL_SPACES = ("categories", "color_x_category")
+FILE_DATASETS = ("csv", "jsonl")
+SPLIT_SEED_OFFSETS = {"pool": 2, "test": 3}  # seed + 0 / + 1: the stand-in's training / probe worlds
+
+
+def default_world() -> dict[str, Any]:
+    """The ShapesWorld arguments of ``standin.DEFAULT_DATA`` (its world settings, without n / seed / captions)."""
+    return {k: v for k, v in DEFAULT_DATA.items() if k not in DATA_KEYS}
+
+
+class ShapesCaptioned(Dataset):
+    """ShapesWorld images with multi-hot ``labels`` in a label space and a partial caption per image.
+
+    Items: ``image`` uint8 (3,H,W), ``labels`` float32 (C,), ``caption`` str, ``index``. ``targets`` (N, C)
+    and ``captions`` are computed at construction from the scenes (no rendering)."""
+
+    def __init__(self, n: int, seed: int, world: dict[str, Any], label_space: str = "categories",
+                 color_p: float = 0.0, material_p: float = 0.0) -> None:
+        if label_space not in LABEL_SPACES:
+            raise ConfigError(f"data.init_args.label_space={label_space!r}; expected one of {LABEL_SPACES}")
+        self.world = ShapesWorld(int(n), seed=int(seed), **world)
+        self.label_space, self.color_p, self.material_p = label_space, float(color_p), float(material_p)
+        cats = list(self.world.categories)
+        if label_space == "categories":
+            self.label_names = cats
+        else:
+            self.label_names = [f"{c} {g}" for c in ShapesWorld.COLOR_NAMES for g in cats]
+        targets = np.zeros((len(self.world), len(self.label_names)), dtype=np.float32)
+        self.captions: list[str] = []
+        for i in range(len(self.world)):
+            scene = self.world.sample_scene(i)
+            if label_space == "categories":
+                targets[i, scene.categories] = 1.0
+            else:
+                targets[i, scene.colors * len(cats) + scene.categories] = 1.0
+            self.captions.append(partial_caption(self.world, i, self.world.seed, 0, self.color_p, self.material_p))
+        self.targets = torch.from_numpy(targets)
+
+    def fingerprint(self) -> str:
+        """The world's fingerprint: the images (the captions are fingerprinted by :class:`CaptionTokens`)."""
+        return self.world.fingerprint()
+
+    def __len__(self) -> int:
+        return len(self.world)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        item = self.world[i]
+        return {"image": item["image"], "labels": self.targets[i], "caption": self.captions[i], "index": torch.tensor(i)}
+
+
+class FilesCaptioned(Dataset):
+    """A ``csv`` / ``jsonl`` multi-label file (:class:`~lit_experiments.data.multilabel.MultiLabelFiles`) as a base
+    split: ``targets`` and ``captions`` from its records. With ``need_captions`` a record without a caption is a
+    bad sample: an error naming file and line, or a counted skip (``skipped``) under ``on_bad_sample: skip``."""
+
+    def __init__(self, root: str, file: str | None, classes: list[str] | None, image_size: int,
+                 on_bad_sample: str, need_captions: bool) -> None:
+        from lit_experiments.data.multilabel import MultiLabelFiles
+
+        self.reader = MultiLabelFiles(root, file=file, classes=classes, image_size=image_size,
+                                      on_bad_sample=on_bad_sample)
+        if need_captions and any(not str(s["caption"]).strip() for s in self.reader.samples):
+            # the reader keeps no line numbers in its samples: read them again (first record of each image)
+            lines: dict[str, int] = {}
+            for line, _, image, _ in self.reader._read_rows():
+                lines.setdefault(str(self.reader.root / image), line)
+            good = []
+            for s in self.reader.samples:
+                if str(s["caption"]).strip():
+                    good.append(s)
+                    continue
+                where = f"{self.reader.file}:{lines.get(str(s['path']), '?')}"
+                self.reader.bad.bad(s["path"], ValueError(f"{where}: image {s['path'].name} has no caption and "
+                                                          "use_text is true (give one, or use_text: false)"))
+            total = len(self.reader.samples)
+            self.reader.samples = good
+            self.reader.bad.report(total)
+        if not self.reader.samples:
+            raise ConfigError(f"{self.reader.file}: no usable sample")
+        self.label_names = list(self.reader.classes)
+        targets = torch.zeros(len(self.reader.samples), len(self.label_names))
+        for i, s in enumerate(self.reader.samples):
+            targets[i, s["labels"]] = 1.0
+        self.targets = targets
+        self.captions = [str(s["caption"]) for s in self.reader.samples]
+
+    @property
+    def skipped(self) -> int:
+        return self.reader.skipped
+
+    def fingerprint(self) -> str:
+        return self.reader.fingerprint()
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        return {"image": self.reader[i]["image"], "labels": self.targets[i], "caption": self.captions[i],
+                "index": torch.tensor(i)}
+
+
+class CaptionTokens(Dataset):
+    """The captions of a split as cache inputs: item ``tokens`` (2, L) int64 (ids, attention mask), padded to
+    the towers' maximum length; ``fingerprint()`` hashes the token ids (a changed tokenizer selects a new cache)."""
+
+    def __init__(self, captions: list[str], towers: SiglipTowers) -> None:
+        enc = towers.tokenizer(list(captions), padding="max_length", max_length=towers.text_max_length,
+                               truncation=True, return_tensors="pt")
+        self.tokens = torch.stack([enc["input_ids"], enc["attention_mask"]], 1).long()
+        self._fp = "caption-tokens-" + hashlib.sha1(self.tokens.numpy().tobytes()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        return self._fp
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"tokens": self.tokens[int(i)], "index": torch.tensor(int(i))}
+
+
+class TowerImages:
+    """The image tower seen by the frozen-feature cache: ``features([0, 1] images (B,3,H,W)) -> (B, 1, D)``."""
+
+    def __init__(self, towers: SiglipTowers) -> None:
+        self.towers, self.name = towers, "multilabel-image"
+
+    def cache_key(self) -> str:
+        return f"image:{self.towers.cache_key()}"
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        uint8 = (images * 255.0).round()  # the cache's collate scaled uint8 to [0, 1]; exact again
+        return self.towers.encode_image(**self.towers.image_inputs(uint8)).float().unsqueeze(1)
+
+
+class TowerTexts:
+    """The text tower seen by the frozen-feature cache: ``features(tokens (B, 2, L)) -> (B, 1, D)``."""
+
+    def __init__(self, towers: SiglipTowers) -> None:
+        self.towers, self.name = towers, "multilabel-text"
+
+    def cache_key(self) -> str:
+        return f"text:{self.towers.cache_key()}"
+
+    @torch.no_grad()
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        ids, mask = tokens[:, 0].round().long(), tokens[:, 1].round().long()
+        if self.towers.text_mask_policy == "pad_to_max":
+            return self.towers.encode_text(input_ids=ids).float().unsqueeze(1)
+        out = [self.towers.encode_text(input_ids=i[m.bool()][None], attention_mask=m[m.bool()][None])
+               for i, m in zip(ids, mask)]
+        return torch.cat(out).float().unsqueeze(1)
+
+
+class EmbeddedSplit(Dataset):
+    """A split's cached embeddings and targets: items ``image_emb``, ``text_emb`` (when cached), ``targets``,
+    ``index``."""
+
+    def __init__(self, images: Dataset, texts: Dataset | None, targets: torch.Tensor) -> None:
+        self.images, self.texts, self.targets = images, texts, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        item = {"image_emb": self.images.features(i)[0], "targets": self.targets[i], "index": torch.tensor(i)}
+        if self.texts is not None:
+            item["text_emb"] = self.texts.features(i)[0]
+        return item
+
+
+class MultilabelDataModule(StudyDataModule):
+    """Args:
+        dataset: ``shapes`` (ShapesWorld with partial captions), ``csv`` / ``jsonl`` (``MultiLabelFiles``);
+            ``coco`` is not wired yet.
+        root / file / test_file / classes / image_size: the csv / jsonl folder, its pool and test label files
+            (relative to ``root``), the class list (default: the reader's) and the side images are resized to.
+        n_pool / n_test: images in the train pool (folds / train + val) and in the held-out test set.
+        seed: data seed; the pool's world uses ``seed + 2``, the test world ``seed + 3``.
+        shapes: ShapesWorld arguments over the stand-in's default world (``standin.DEFAULT_DATA``).
+        caption_color_p / caption_material_p: probability that a mentioned object's colour / material is named
+            (default: the stand-in's, 0.0).
+        label_space: ``categories`` or ``color_x_category`` (8 colours x the world's categories).
+        use_text: serve ``text_emb`` (caption embeddings) besides ``image_emb``.
+        val_fraction / split_seed: the seeded validation share of the pool when no fold is given.
+        on_bad_sample: ``error`` or ``skip``, counted (the csv / jsonl policy; unused by ``shapes``).
+        cache_dir: where the frozen-feature caches live.
+        fold: ``{"file": folds.json, "index": k}`` given by ``lit-exp cv``.
+    """
+
+    def __init__(
+        self, dataset: str = "shapes", n_pool: int = 1024, n_test: int = 512, seed: int = 0,
+        shapes: dict[str, Any] | None = None, root: str | None = None, file: str | None = None,
+        test_file: str | None = None, classes: list[str] | None = None, image_size: int | None = None,
+        caption_color_p: float | None = None, caption_material_p: float | None = None,
+        label_space: str = "categories", use_text: bool = True,
+        val_fraction: float = 0.2, split_seed: int = 0, on_bad_sample: str = "error",
+        cache_dir: str = ".cache/features", batch_size: int = 64, eval_batch_size: int | None = 256,
+        num_workers: int = 0, fold: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size, fold=fold)
+        if dataset == "coco":
+            raise ConfigError("data.init_args.dataset='coco' is not wired yet in MultilabelDataModule; use shapes, "
+                              "csv or jsonl")
+        if dataset != "shapes" and dataset not in FILE_DATASETS:
+            raise ConfigError(f"data.init_args.dataset={dataset!r}; expected 'shapes', 'csv' or 'jsonl'")
+        if dataset in FILE_DATASETS:
+            missing = [k for k, v in (("root", root), ("test_file", test_file), ("image_size", image_size)) if not v]
+            if missing:
+                raise ConfigError(f"data.init_args: dataset {dataset} needs {missing} (a MultiLabelFiles folder, its "
+                                  "held-out label file, and one image side: the cache stacks images of one size)")
+            if label_space != "categories":
+                raise ConfigError(f"data.init_args.label_space={label_space!r}: dataset {dataset} has its own class "
+                                  "list; use label_space: categories")
+        if label_space not in LABEL_SPACES:
+            raise ConfigError(f"data.init_args.label_space={label_space!r}; expected one of {LABEL_SPACES}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.init_args.val_fraction={val_fraction}; expected 0 < val_fraction < 1")
+        if n_pool < 2 or n_test < 1:
+            raise ConfigError(f"data.init_args.n_pool={n_pool}, n_test={n_test}; expected n_pool >= 2, n_test >= 1")
+        if on_bad_sample not in ("error", "skip"):
+            raise ConfigError(f"data.init_args.on_bad_sample={on_bad_sample!r}; expected 'error' or 'skip'")
+        self.dataset, self.n_pool, self.n_test, self.seed = dataset, int(n_pool), int(n_test), int(seed)
+        self.world = {**default_world(), **(shapes or {})}
+        unknown = sorted(set(self.world) & {"n", "seed", "num_frames"})
+        if unknown:
+            raise ConfigError(f"data.init_args.shapes sets {unknown}: use n_pool / n_test / seed (images only)")
+        self.color_p = float(DEFAULT_DATA["caption_color_p"] if caption_color_p is None else caption_color_p)
+        self.material_p = float(DEFAULT_DATA["caption_material_p"] if caption_material_p is None
+                                else caption_material_p)
+        self.label_space, self.use_text = label_space, bool(use_text)
+        self.val_fraction, self.split_seed, self.on_bad_sample = float(val_fraction), int(split_seed), on_bad_sample
+        self.cache_dir = cache_dir
+        self.root, self.file, self.test_file, self.classes, self.image_size = root, file, test_file, classes, image_size
+        if dataset in FILE_DATASETS and file is None:
+            self.file = f"labels.{dataset}"
+        self.base: dict[str, ShapesCaptioned | FilesCaptioned] = {}
+        self.split_indices: dict[str, list[int]] = {}
+        self.towers: SiglipTowers | None = None
+        self._embedded: dict[tuple[str, str], EmbeddedSplit] = {}
+
+    # ------------------------------------------------------------------ data
+    def _base(self, split: str) -> ShapesCaptioned | FilesCaptioned:
+        if split not in self.base and self.dataset in FILE_DATASETS:
+            classes = self.classes if split == "pool" else self._base("pool").label_names
+            self.base[split] = FilesCaptioned(str(self.root), self.file if split == "pool" else self.test_file,
+                                              classes, int(self.image_size), self.on_bad_sample, self.use_text)
+        if split not in self.base:
+            n = self.n_pool if split == "pool" else self.n_test
+            self.base[split] = ShapesCaptioned(n, self.seed + SPLIT_SEED_OFFSETS[split], self.world,
+                                               self.label_space, self.color_p, self.material_p)
+        return self.base[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        pool = self._base("pool")
+        self._base("test")
+        if self.split_indices:
+            return
+        fold = self.fold_split(pool)
+        if fold is not None:
+            train, val = fold
+            self.split_indices = {"train": list(train.indices), "val": list(val.indices)}
+            return
+        n = len(pool)
+        n_val = max(1, math.ceil(n * self.val_fraction))
+        if n - n_val < 1:
+            raise ConfigError(f"data.init_args.val_fraction={self.val_fraction} leaves no training image of "
+                              f"n_pool={n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        self.split_indices = {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
+
+    def fold_pool(self) -> tuple[int, Any]:
+        pool = self._base("pool")
+        return len(pool), pool.targets.numpy()
+
+    @property
+    def label_names(self) -> list[str]:
+        return self._base("pool").label_names
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    # ------------------------------------------------------------------ towers and caches
+    def serve_towers(self, towers: SiglipTowers) -> None:
+        """Use ``towers`` (frozen :class:`~.towers.SiglipTowers`) for every split's embeddings (cached)."""
+        self.towers = towers
+
+    def _require_towers(self) -> SiglipTowers:
+        if self.towers is None:
+            raise ConfigError("MultilabelDataModule serves cached tower embeddings: call "
+                              "datamodule.serve_towers(towers) (the module does it before fitting) before the loaders")
+        return self.towers
+
+    def embedded(self, base_split: str) -> EmbeddedSplit:
+        """Cached embeddings of ``pool`` or ``test`` under the served towers (built on first use)."""
+        from lit_experiments.data.cache import FeatureCache
+
+        towers = self._require_towers()
+        key = (base_split, towers.cache_key())
+        if key not in self._embedded:
+            base = self._base(base_split)
+            fields = {"split": base_split}
+            bs = self.eval_batch_size or 256
+            images = FeatureCache(Path(self.cache_dir), TowerImages(towers), base, batch_size=bs, image_key="image",
+                                  key_fields={**fields, "modality": "image"}, include_items=False, progress=False)
+            texts = None
+            if self.use_text:
+                texts = FeatureCache(Path(self.cache_dir), TowerTexts(towers), CaptionTokens(base.captions, towers),
+                                     batch_size=bs, image_key="tokens", key_fields={**fields, "modality": "text"},
+                                     include_items=False, progress=False)
+            self._embedded[key] = EmbeddedSplit(images, texts, base.targets)
+        return self._embedded[key]
+
+    def split(self, name: str) -> Dataset:
+        """``train`` / ``val`` (subsets of the pool) or ``test`` as embedded datasets."""
+        self.setup("fit")
+        if name == "test":
+            return self.embedded("test")
+        if name not in self.split_indices:
+            raise ValueError(f"split {name!r}; expected 'train', 'val' or 'test'")
+        return Subset(self.embedded("pool"), self.split_indices[name])
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.split_seed)
+        return self.train_loader(self.split("train"), generator=gen)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.split("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.split("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
