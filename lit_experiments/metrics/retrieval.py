@@ -65,14 +65,19 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10, 20, 50),
     exclude_self: bool = False,
     chunk_size: int | None = None,
+    query_groups: Tensor | None = None,
+    gallery_groups: Tensor | None = None,
 ) -> dict[str, Tensor | int]:
     """mAP, precision@k, recall@k, hit_rate@k and per-query AP; see the module docstring.
 
     Args:
         query_emb: ``(Nq, D)``; gallery_emb: ``(Ng, D)``; labels: int ``(Nq,)`` / ``(Ng,)``.
-        ks: cut-offs; each must be <= the number of candidates per query.
+        ks: cut-offs; each must be <= the number of candidates of every query.
         exclude_self: drop gallery item ``i`` from query ``i`` (requires ``Nq == Ng``).
         chunk_size: queries per chunk (default: ``2**23 // Ng``).
+        query_groups / gallery_groups: int ``(Nq,)`` / ``(Ng,)`` (both or neither): gallery items of the query's
+            own group (e.g. the frames of its video) are dropped from its ranking like the query itself: neither
+            candidates nor positives. Near-duplicate neighbours then cannot make the numbers.
 
     Returns:
         ``{"map", "map@r", "r_precision", "precision@k", "recall@k", "hit_rate@k" (float64 scalars),
@@ -84,6 +89,16 @@ def retrieval_metrics(
     if exclude_self and nq != ng:
         raise ValueError(f"exclude_self needs query_emb and gallery_emb of equal length, got {nq} and {ng}")
     n_cand = ng - int(exclude_self)
+    if (query_groups is None) != (gallery_groups is None):
+        raise ValueError("give both query_groups and gallery_groups, or neither")
+    if query_groups is not None:
+        if query_groups.shape != (nq,) or gallery_groups.shape != (ng,):
+            raise ValueError(f"query_groups must be ({nq},) and gallery_groups ({ng},), got "
+                             f"{tuple(query_groups.shape)} and {tuple(gallery_groups.shape)}")
+        uniq, counts = torch.unique(gallery_groups, return_counts=True)
+        pos = torch.searchsorted(uniq, query_groups).clamp_max(len(uniq) - 1)
+        own = torch.where(uniq[pos] == query_groups, counts[pos], torch.zeros_like(pos))
+        n_cand = ng - int(own.max()) if nq else ng
     ks = tuple(int(k) for k in ks)
     if any(k < 1 or k > n_cand for k in ks):
         raise ValueError(f"every k must be in [1, {n_cand}] (candidates per query), got ks={ks}")
@@ -104,6 +119,10 @@ def retrieval_metrics(
             rows = torch.arange(hi - lo, device=dev)
             scores[rows, rows + lo] = -math.inf  # ranked last; no tie with finite scores
             rel[rows, rows + lo] = False
+        if query_groups is not None:
+            same = query_groups[lo:hi, None] == gallery_groups[None, :]
+            scores = scores.masked_fill(same, -math.inf)
+            rel = rel & ~same
         ap[lo:hi], hits_at[lo:hi], n_pos[lo:hi], ap_r[lo:hi], hits_r[lo:hi] = _rank_chunk(scores, rel, kidx)
     valid = n_pos > 0
     ap = torch.where(valid, ap, torch.full_like(ap, math.nan))

@@ -186,3 +186,36 @@ def test_map_at_r_hand_example_and_large_r_with_ties():
     out = retrieval_metrics(emb, emb, labels, labels, ks=(1, 7), exclude_self=True, chunk_size=8)
     aps, at, at_r = _brute(emb, emb, labels, labels, (1, 7), True)
     _check(out, aps, at, (1, 7), at_r)
+
+
+def test_groups_drop_the_querys_own_group_like_brute_force():
+    """query_groups / gallery_groups: items of the query's group (its video) are neither candidates nor positives;
+    every metric equals the brute force on the gallery without them, and k must fit the smallest candidate set."""
+    g = torch.Generator().manual_seed(3)
+    n, ks = 48, (1, 3, 10)
+    emb = torch.randn(n, 6, generator=g)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    groups = torch.arange(n) // 6
+    out = retrieval_metrics(emb, emb, labels, labels, ks=ks, exclude_self=True, chunk_size=5,
+                            query_groups=groups, gallery_groups=groups)
+    s = (emb @ emb.t()).numpy()
+    aps, rows, at_r = [], [], []
+    for i in range(n):
+        cand = [j for j in range(n) if groups[j] != groups[i]]
+        rel = np.array([labels[j] == labels[i] for j in cand])
+        aps.append(average_precision_score(rel, s[i, cand]) if rel.any() else math.nan)
+        order = sorted(range(len(cand)), key=lambda k: (-s[i, cand[k]], cand[k]))
+        if rel.any():
+            hits = [int(rel[order[:k]].sum()) for k in ks]
+            rows.append([(h / k, h / rel.sum(), float(h > 0)) for h, k in zip(hits, ks)])
+            r = int(rel.sum())  # mAP@R and R-precision over the top R of the same ranking
+            top = rel[order[:r]]
+            at_r.append((float(np.sum(np.cumsum(top) / np.arange(1, r + 1) * top) / r), float(top.sum() / r)))
+    _check(out, np.array(aps), np.array(rows).mean(0), ks, np.array(at_r).mean(0))
+    plain = retrieval_metrics(emb, emb, labels, labels, ks=ks, exclude_self=True)
+    assert plain["map"].item() != pytest.approx(out["map"].item())  # the groups changed the ranking
+    with pytest.raises(ValueError, match="every k"):
+        retrieval_metrics(emb, emb, labels, labels, ks=(n - 6 + 1,), exclude_self=True, query_groups=groups,
+                          gallery_groups=groups)
+    with pytest.raises(ValueError, match="both"):
+        retrieval_metrics(emb, emb, labels, labels, query_groups=groups)

@@ -46,6 +46,7 @@ class ShapesFrames(Dataset):
             cat.append(item["category"][0].repeat(self.t_len))
         self.images = torch.cat(frames)
         self.labels, self.class_labels = torch.cat(phase), torch.cat(cat)
+        self.clips = torch.arange(len(self.labels)) // self.t_len  # the video of every frame
         self.class_names = list(self.world.categories)
 
     def fingerprint(self) -> str:

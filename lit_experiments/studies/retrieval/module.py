@@ -16,7 +16,7 @@ Test: backbone features and projector embeddings of every held-out frame; ``test
 ``test/map_simsiam`` (the backbone's features, which the FastAP stage does not change), ``test/map_chance`` (the
 mean positive rate: the expected AP of a random ranking), the @k metrics, ``test/knn_acc`` and
 ``test/knn_acc_init`` (the same backbone at its random initialisation, BatchNorm statistics measured on the
-bank), ``test/z_std`` beside
+bank), the ``*_xclip`` numbers with the query's own video left out of its ranking, ``test/z_std`` beside
 ``test/z_std_healthy``; figures and a ranking table in ``<run_dir>/retrieval/``.
 """
 from __future__ import annotations
@@ -107,7 +107,8 @@ class RetrievalModule(StudyModule):
     loss_lower_bounds: ClassVar[dict[str, float]] = {"simsiam": -1.0, "fastap": 0.0}
     headline_metrics: ClassVar[list[str]] = [
         "test/knn_acc", "test/knn_acc_init", "test/map_simsiam", "test/map", "test/map_chance", "test/map@r",
-        "test/hit_rate@10", "test/z_std", "test/z_std_healthy",
+        "test/map_simsiam_xclip", "test/map_xclip", "test/map_chance_xclip", "test/hit_rate@10", "test/z_std",
+        "test/z_std_healthy",
     ]
 
     def __init__(

@@ -25,8 +25,13 @@ if TYPE_CHECKING:
     import torch
 
 
-def retrieval_numbers(f: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, ks: list[int]) -> dict[str, Any]:
-    """Self-retrieval numbers of the final embedding ``z`` and of the backbone features ``f`` (same frames)."""
+def retrieval_numbers(f: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, ks: list[int],
+                      groups: torch.Tensor | None = None) -> dict[str, Any]:
+    """Self-retrieval numbers of the final embedding ``z`` and of the backbone features ``f`` (same frames).
+
+    With ``groups`` (the video of each frame, more than one), the ``*_xclip`` numbers leave every frame of the
+    query's own video out of its ranking: neighbouring frames are near-duplicates and would make the numbers."""
+    import torch
     import torch.nn.functional as F
 
     from lit_experiments.metrics import embedding_stats, retrieval_metrics
@@ -54,6 +59,21 @@ def retrieval_numbers(f: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, ks
     dropped = [k for k in ks if k > n - 1]
     if dropped:
         res["ks_dropped"] = len(dropped)
+    if groups is not None and len(torch.unique(groups)) > 1:  # a query's own video left out (near-duplicates)
+        own = (groups[:, None] == groups[None, :]).sum(1)
+        ks_x = [k for k in ks_ok if k <= n - int(own.max())] or [1]
+        kw = {"ks": ks_x, "exclude_self": True, "query_groups": groups, "gallery_groups": groups}
+        xz = retrieval_metrics(F.normalize(z.float(), dim=1), F.normalize(z.float(), dim=1), labels, labels, **kw)
+        xf = retrieval_metrics(F.normalize(f.float(), dim=1), F.normalize(f.float(), dim=1), labels, labels, **kw)
+        other = groups[:, None] != groups[None, :]
+        pos_x = ((labels[:, None] == labels[None, :]) & other).sum(1)
+        has_x = pos_x > 0
+        res.update({
+            "map_xclip": float(xz["map"]), "map_simsiam_xclip": float(xf["map"]),
+            "precision@1_xclip": float(xz["precision@1"]), "hit_rate@10_xclip": float(xz.get("hit_rate@10", float("nan"))),
+            "map_chance_xclip": float((pos_x[has_x].double() / other.sum(1)[has_x]).mean()) if bool(has_x.any())
+            else float("nan"),
+        })
     res["_per_query"] = (out_f["per_query_ap"], out_z["per_query_ap"], out_z, stats)
     return res
 
@@ -100,8 +120,8 @@ def evaluation_outputs(module: Any, f_pack: tuple, z_pack: tuple, ks: list[int])
     """The test-time numbers of :class:`~.module.RetrievalModule`; files in ``<run_dir>/retrieval/`` on rank 0."""
     f, labels, ids = f_pack
     z = z_pack[0]
-    res = retrieval_numbers(f, z, labels, ks)
     dm = getattr(module.trainer, "datamodule", None)
+    res = retrieval_numbers(f, z, labels, ks, _groups(dm, ids))
     if module._is_rank_zero() and dm is not None:
         frames = dm.frames("test")
         first = frames[int(ids[0])]
@@ -112,6 +132,12 @@ def evaluation_outputs(module: Any, f_pack: tuple, z_pack: tuple, ks: list[int])
         (module.run_dir / "retrieval" / "metrics.json").write_text(json.dumps(clean, indent=1))
     res.pop("_per_query", None)
     return res
+
+
+def _groups(dm: Any, ids: Any) -> Any:
+    """The video of every test frame (``clips`` of the split), or None when the split does not know them."""
+    clips = getattr(dm.frames("test"), "clips", None) if dm is not None else None
+    return None if clips is None else clips[ids.long().cpu()]
 
 
 def _external(module: Any, dm: Any) -> list[tuple[str, Any, int, Any]]:
@@ -184,7 +210,7 @@ def report_one(config: str, ckpt: str, out: Path, query_idx: list[int], top: int
 
     model, dm = _load(config, ckpt)
     f, z, labels, ids = _embed_split(model, dm)
-    res = retrieval_numbers(f, z, labels, ks)
+    res = retrieval_numbers(f, z, labels, ks, _groups(dm, ids))
     frames = dm.frames("test")
     queries = []
     for q in query_idx:

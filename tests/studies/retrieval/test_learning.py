@@ -45,6 +45,9 @@ def check_claims(res: dict) -> dict:
     assert t["test/knn_acc"] > t["test/knn_acc_init"] + 0.05, (t["test/knn_acc_init"], t["test/knn_acc"])
     assert t["test/map"] > t["test/map_simsiam"] + 0.01, (t["test/map_simsiam"], t["test/map"])
     assert t["test/map_simsiam"] > t["test/map_chance"], (t["test/map_chance"], t["test/map_simsiam"])
+    # the same claims with every frame of the query's own video left out (no near-duplicate neighbours)
+    assert t["test/map_xclip"] > t["test/map_simsiam_xclip"] > t["test/map_chance_xclip"], t
+    assert t["test/precision@1_xclip"] < t["test/precision@1"]  # neighbouring frames made P@1
     monitor = res["stages"]["simsiam"]["metrics"]["simsiam/train/z_std_ratio_epoch"]
     assert monitor > 0.5, monitor  # std of normalised z above 0.5 / sqrt(d) during SimSiam
     assert abs(t["test/z_std_healthy"] - 128 ** -0.5) < 1e-6  # 1/sqrt(d) of the demo's 128-d embedding

@@ -26,4 +26,5 @@ def test_demo_meets_its_targets(tmp_path):
     assert t["test/knn_acc"] > t["test/knn_acc_init"] + 0.05
     assert t["test/map"] > t["test/map_simsiam"] + 0.02
     assert t["test/map_simsiam"] > t["test/map_chance"] and t["test/map"] > t["test/map_chance"]
+    assert t["test/map_xclip"] > t["test/map_simsiam_xclip"] + 0.02 and t["test/map_simsiam_xclip"] > t["test/map_chance_xclip"]
     assert res["stages"]["simsiam"]["metrics"]["simsiam/train/z_std_ratio_epoch"] > 0.5
