@@ -70,7 +70,8 @@ class MultiLabelFiles(FileDataset):
                     raise LabelError(
                         f"{self.file}:{line}: label {lab!r} is not in the class list ({source}: {self.classes})"
                     )
-            self.samples.append({"path": root / image, "labels": [index[lab] for lab in labs], "caption": caption})
+            self.samples.append({"path": root / image, "labels": [index[lab] for lab in labs], "caption": caption,
+                                 "line": line})
         self._scan(check_files)
 
     @property

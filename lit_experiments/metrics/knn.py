@@ -25,7 +25,7 @@ from torchmetrics import Metric
 _PAIRS_PER_CHUNK = 1 << 23
 
 
-def _top_k(sims: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def top_k_stable(sims: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top ``k`` per row by (similarity desc, column asc): values and column indices."""
     n = sims.shape[1]
     if k == n:
@@ -81,7 +81,7 @@ def weighted_knn_predict(
     step = chunk_size or max(1, _PAIRS_PER_CHUNK // nb)
     scores = torch.zeros(nq, num_classes, dtype=torch.float64, device=query.device)
     for lo in range(0, nq, step):
-        sims, idx = _top_k(query[lo : lo + step] @ bank_t, k)
+        sims, idx = top_k_stable(query[lo : lo + step] @ bank_t, k)
         weights = torch.exp(sims.double() / temperature)
         scores[lo : lo + step].scatter_add_(1, bank_labels[idx], weights)
     return scores.argmax(dim=1), scores

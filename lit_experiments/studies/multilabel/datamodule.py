@@ -112,16 +112,12 @@ class FilesCaptioned(Dataset):
         self.reader = MultiLabelFiles(root, file=file, classes=classes, image_size=image_size,
                                       on_bad_sample=on_bad_sample)
         if need_captions and any(not str(s["caption"]).strip() for s in self.reader.samples):
-            # the reader keeps no line numbers in its samples: read them again (first record of each image)
-            lines: dict[str, int] = {}
-            for line, _, image, _ in self.reader._read_rows():
-                lines.setdefault(str(self.reader.root / image), line)
             good = []
             for s in self.reader.samples:
                 if str(s["caption"]).strip():
                     good.append(s)
                     continue
-                where = f"{self.reader.file}:{lines.get(str(s['path']), '?')}"
+                where = f"{self.reader.file}:{s['line']}"
                 self.reader.bad.bad(s["path"], ValueError(f"{where}: image {s['path'].name} has no caption and "
                                                           "use_text is true (give one, or use_text: false)"))
             total = len(self.reader.samples)

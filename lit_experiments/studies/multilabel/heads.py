@@ -30,6 +30,18 @@ def _check_inputs(owner: str, inputs: str) -> None:
         raise ConfigError(f"{owner}: inputs={inputs!r}; expected one of {list(INPUTS)}")
 
 
+def _build_sizes(owner: str, inputs: str, built: tuple | None, image_dim: int, text_dim: int | None,
+                 num_classes: int) -> tuple[int, int | None, int] | None:
+    """The sizes to build with, or None when the head is already built for exactly these (other sizes: error)."""
+    sizes = (int(image_dim), None if inputs == "image" or text_dim is None else int(text_dim), int(num_classes))
+    if built is not None:
+        if sizes != built:
+            raise ConfigError(f"{owner}.build{sizes}: already built for {built}")
+        return None
+    _check_build(owner, inputs, *sizes)
+    return sizes
+
+
 def _check_build(owner: str, inputs: str, image_dim: int, text_dim: int | None, num_classes: int) -> None:
     if image_dim < 1 or num_classes < 1:
         raise ConfigError(f"{owner}.build: image_dim={image_dim}, num_classes={num_classes}; "
@@ -78,13 +90,9 @@ class MLPHead(nn.Module):
 
     def build(self, image_dim: int, text_dim: int | None, num_classes: int) -> None:
         """Create the layers for these widths (once; a second call with other widths is an error)."""
-        sizes = (int(image_dim), None if self.inputs == "image" or text_dim is None else int(text_dim),
-                 int(num_classes))
-        if self.sizes is not None:
-            if sizes != self.sizes:
-                raise ConfigError(f"MLPHead.build{sizes}: already built for {self.sizes}")
+        sizes = _build_sizes("MLPHead", self.inputs, self.sizes, image_dim, text_dim, num_classes)
+        if sizes is None:
             return
-        _check_build("MLPHead", self.inputs, *sizes)
         in_dim = sizes[0] + (sizes[1] or 0)
         self.body = (MLP(in_dim, self.hidden, dropout=self.dropout, inplace=None) if self.hidden
                      else nn.Identity())
@@ -183,13 +191,9 @@ class AGCHHead(nn.Module):
 
     def build(self, image_dim: int, text_dim: int | None, num_classes: int) -> None:
         """Create the layers for these widths (once; a second call with other widths is an error)."""
-        sizes = (int(image_dim), None if self.inputs == "image" or text_dim is None else int(text_dim),
-                 int(num_classes))
-        if self.sizes is not None:
-            if sizes != self.sizes:
-                raise ConfigError(f"AGCHHead.build{sizes}: already built for {self.sizes}")
+        sizes = _build_sizes("AGCHHead", self.inputs, self.sizes, image_dim, text_dim, num_classes)
+        if sizes is None:
             return
-        _check_build("AGCHHead", self.inputs, *sizes)
         self.image = _Modality(sizes[0], self.dim, self.magnitude_hidden)
         if self.inputs == "image+text":
             self.text = _Modality(sizes[1], self.dim, self.magnitude_hidden)  # type: ignore[arg-type]

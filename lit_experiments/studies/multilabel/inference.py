@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_experiments.metrics import multilabel_metrics, tune_thresholds
-from lit_experiments.metrics.knn import _top_k
+from lit_experiments.metrics.knn import top_k_stable
 
 FIXED_THRESHOLD = 0.5
 PREFIX = {"fixed": "t05/", "tuned": "tuned/"}
@@ -225,7 +225,7 @@ def knn_scores(
     out = torch.empty(query.shape[0], targets.shape[1], dtype=torch.float64, device=query.device)
     bank_t = bank.t()
     for lo in range(0, query.shape[0], step):
-        sims, idx = _top_k(query[lo : lo + step] @ bank_t, k)  # +-1 codes: exact integer dot products
+        sims, idx = top_k_stable(query[lo : lo + step] @ bank_t, k)  # +-1 codes: exact integer dot products
         if metric == "hamming":
             sims = sims.double() / bits
         out[lo : lo + step] = _neighbour_scores(sims, idx, targets, temperature)

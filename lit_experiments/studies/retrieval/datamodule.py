@@ -55,12 +55,16 @@ class ShapesFrames(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def frame_name(self, i: int) -> str:
+        clip, t = divmod(int(i), self.t_len)
+        return f"clip{clip:04d}_t{t:02d}"
+
     def __getitem__(self, i: int) -> dict:
         i = int(i)
         clip, t = divmod(i, self.t_len)
         return {"image": self.images[i], "label": self.labels[i], "class_label": self.class_labels[i],
                 "clip": torch.tensor(clip), "t": torch.tensor(t), "index": torch.tensor(i),
-                "frame": f"clip{clip:04d}_t{t:02d}"}
+                "frame": self.frame_name(i)}
 
 
 class ShapesQueries(Dataset):
@@ -88,6 +92,10 @@ class FolderFrames(Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def frame_name(self, i: int) -> str:
+        """The file name of frame ``i``, without reading the image."""
+        return self.folder.samples[self.indices[int(i)]]["path"].name
 
     def __getitem__(self, i: int) -> dict:
         j = self.indices[int(i)]
@@ -257,10 +265,11 @@ class RetrievalDataModule(StudyDataModule):
         if self.use_labels:
             return base.labels
         n = len(base)
-        if hasattr(base, "t_len"):  # ShapesFrames: clips of t_len frames
-            clip, t = torch.arange(n) // base.t_len, torch.arange(n) % base.t_len
-        else:  # a frames folder: one sequence in file order
+        clips = getattr(base, "clips", None)  # a frames folder knows no clips: one sequence in file order
+        if clips is None:
             clip, t = torch.zeros(n, dtype=torch.long), torch.arange(n)
+        else:
+            clip, t = clips, torch.arange(n) % base.t_len
         return clip * (10 ** 6) + t // self.m_per_class
 
     def train_dataloader(self) -> DataLoader:

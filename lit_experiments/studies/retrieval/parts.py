@@ -41,7 +41,7 @@ class TimmBackbone(nn.Module):
 
         self.name, self.pretrained, self.checkpoint = name, pretrained, checkpoint
         self.model_kwargs, self.init_seed = dict(model_kwargs or {}), int(init_seed)
-        if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+        if not timm.is_model(name):
             raise ConfigError(f"model.init_args.backbone.init_args.name={name!r} is not a timm model "
                               "(see timm.list_models())")
         with isolated_rng():  # the same network for the same init_seed, whatever ran before

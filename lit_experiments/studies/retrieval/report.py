@@ -80,11 +80,12 @@ def retrieval_numbers(f: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, ks
 
 def write_outputs(out: Path, res: dict[str, Any], z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor,
                   frames: Any, queries: list[tuple[str, torch.Tensor, int, torch.Tensor]], k: int = 10,
-                  map_method: str = "pca") -> None:
+                  map_method: str = "pca", extra: dict[str, Any] | None = None) -> list[str]:
     """Figures and tables of one evaluation into ``out`` (see the module docstring).
 
-    ``frames``: the gallery dataset (``image``, ``frame`` by index); ``queries``: ``(name, image, label,
-    embedding)`` of each query to tabulate (internal frames or external images)."""
+    ``frames``: the gallery dataset (``image`` by index, ``frame_name(i)``); ``queries``: ``(name, image, label,
+    embedding)`` of each query to tabulate (internal frames or external images); ``extra``: more entries for
+    metrics.json. Returns the gallery's frame names in ``ids`` order."""
     import torch
     import torch.nn.functional as F
 
@@ -92,7 +93,7 @@ def write_outputs(out: Path, res: dict[str, Any], z: torch.Tensor, labels: torch
 
     out.mkdir(parents=True, exist_ok=True)
     ap_f, ap_z = res["_per_query"][0], res["_per_query"][1]
-    names = [frames[int(i)]["frame"] for i in ids.tolist()]
+    names = [frames.frame_name(int(i)) for i in ids.tolist()]
     with (out / "per_query_ap.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "frame", "label", "ap_backbone", "ap_embedding"])
@@ -114,6 +115,9 @@ def write_outputs(out: Path, res: dict[str, Any], z: torch.Tensor, labels: torch
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         ranking_grid(image, thumbs, rows, out / f"ranking_{safe}.png")
     (out / "ranking.md").write_text("\n".join(md))
+    clean = {key: v for key, v in res.items() if not key.startswith("_")}
+    (out / "metrics.json").write_text(json.dumps({**clean, **(extra or {})}, indent=1))
+    return names
 
 
 def evaluation_outputs(module: Any, f_pack: tuple, z_pack: tuple, ks: list[int]) -> dict[str, Any]:
@@ -128,8 +132,6 @@ def evaluation_outputs(module: Any, f_pack: tuple, z_pack: tuple, ks: list[int])
         queries = [(first["frame"], first["image"], int(labels[0]), z[0])]
         queries += _external(module, dm)
         write_outputs(module.run_dir / "retrieval", res, z, labels, ids, frames, queries)
-        clean = {k: v for k, v in res.items() if not k.startswith("_")}
-        (module.run_dir / "retrieval" / "metrics.json").write_text(json.dumps(clean, indent=1))
     res.pop("_per_query", None)
     return res
 
@@ -206,7 +208,6 @@ def _load(config: str, ckpt: str) -> tuple[Any, Any]:
 def report_one(config: str, ckpt: str, out: Path, query_idx: list[int], top: int, map_method: str,
                ks: list[int]) -> dict[str, Any]:
     """Evaluate one checkpoint into ``out``; returns its numbers (with the per-query internals)."""
-    import torch
 
     model, dm = _load(config, ckpt)
     f, z, labels, ids = _embed_split(model, dm)
@@ -220,13 +221,9 @@ def report_one(config: str, ckpt: str, out: Path, query_idx: list[int], top: int
             raise ConfigError(f"--query {q}: the test split has {len(ids)} frames (0..{len(ids) - 1})")
         item = frames[int(ids[q])]
         queries.append((item["frame"], item["image"], int(labels[q]), z[q]))
-    with torch.no_grad():
-        queries += _external(model, dm)
-    write_outputs(out, res, z, labels, ids, frames, queries, k=top, map_method=map_method)
-    clean = {k: v for k, v in res.items() if not k.startswith("_")}
-    clean["checkpoint"] = ckpt
-    (out / "metrics.json").write_text(json.dumps(clean, indent=1))
-    res["_names"] = [frames[int(i)]["frame"] for i in ids.tolist()]
+    queries += _external(model, dm)  # embed() runs without gradients
+    res["_names"] = write_outputs(out, res, z, labels, ids, frames, queries, k=top, map_method=map_method,
+                                  extra={"checkpoint": ckpt})
     return res
 
 

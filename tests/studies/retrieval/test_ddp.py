@@ -42,6 +42,9 @@ class _Reindexed(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return self.sub[i]
 
+    def frame_name(self, i):
+        return self.sub.dataset.frame_name(self.sub.indices[i])
+
 
 def _data() -> RetrievalDataModule:
     return OddTest(n_train=2, n_val=1, n_test=4, shapes={"image_size": 32}, eval_batch_size=4, batch_size=8,
