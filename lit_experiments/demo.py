@@ -1,7 +1,8 @@
 """`make demo`: run every ``configs/*/demo.yaml`` one after the other and print their headline metrics.
 
 A config with a ``stages:`` list (after composing its ``# base:`` files) runs as ``lit-exp curriculum``, otherwise
-as ``lit-exp fit``. Each demo runs in its own process, so one failing demo is reported and the others still run.
+as ``lit-exp fit``; a study whose plugin registers a demo tool (``registry.register_demo``) runs it instead
+(``lit-exp TOOL -c demo.yaml --run_dir DIR``; e.g. the multilabel study's cross-validation and report). Each demo runs in its own process, so one failing demo is reported and the others still run.
 Every invocation writes to a new folder (``runs/demo/<timestamp>/<study>``): earlier demo runs are never touched.
 """
 
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from lit_experiments import registry
 from lit_experiments.core.configs import composition, load_composed
 
 
@@ -27,10 +29,14 @@ def find_demos(config_root: Path, only: list[str] | None = None) -> list[Path]:
 
 def run_demo(config: Path, out_root: Path, extra: list[str]) -> dict:
     study = config.parent.name
-    sub = "curriculum" if "stages" in load_composed(config) else "fit"
     run_dir = out_root / study
-    files = [a for f in composition(config) for a in ("-c", str(f))]
-    cmd = [sys.executable, "-m", "lit_experiments", sub, *files, f"--trainer.run_dir={run_dir}", *extra]
+    tool = registry.demo_tool(study)
+    if tool is not None:
+        cmd = [sys.executable, "-m", "lit_experiments", tool, "-c", str(config), "--run_dir", str(run_dir), *extra]
+    else:
+        sub = "curriculum" if "stages" in load_composed(config) else "fit"
+        files = [a for f in composition(config) for a in ("-c", str(f))]
+        cmd = [sys.executable, "-m", "lit_experiments", sub, *files, f"--trainer.run_dir={run_dir}", *extra]
     print(f"\n=== demo {study}: {' '.join(cmd[2:])}", flush=True)
     start = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}

@@ -28,6 +28,7 @@ BackboneTarget = Callable[..., Any] | str
 _BACKBONES: dict[str, BackboneTarget] = {}
 _BACKBONE_PREFIXES: dict[str, BackboneTarget] = {}
 _TOOLS: dict[str, str] = {}
+_DEMOS: dict[str, str] = {}
 _PLUGINS_LOADED = False
 
 STUDIES_PACKAGE = "lit_experiments.studies"
@@ -54,6 +55,19 @@ def register_backbone(name: str, target: BackboneTarget, prefix: bool = False) -
 def register_tool(name: str, module: str) -> None:
     """Register ``lit-exp NAME``: ``module`` is a dotted module path with ``main(argv) -> int | None``."""
     _put(_TOOLS, "tool", name, module)
+
+
+def register_demo(study: str, tool: str) -> None:
+    """``lit-exp demo`` runs ``configs/<study>/demo.yaml`` as ``lit-exp TOOL -c demo.yaml --run_dir DIR`` instead
+    of ``fit`` / ``curriculum`` (a demo that is more than one run, e.g. a cross-validation and its report).
+    The tool writes ``DIR/results.json`` with a ``headline``."""
+    _put(_DEMOS, "demo", study, tool)
+
+
+def demo_tool(study: str) -> str | None:
+    """The tool registered to run ``study``'s demo, or None (the demo is a plain fit / curriculum)."""
+    load_plugins()
+    return _DEMOS.get(study)
 
 
 def load_plugins() -> None:

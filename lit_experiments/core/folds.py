@@ -149,17 +149,31 @@ def load_fold(datamodule: Any, spec: dict[str, Any]) -> tuple[list[int], list[in
 
 
 # ------------------------------------------------------------------------------------------------ cv tool
-def pool_of(config: dict[str, Any]) -> tuple[Any, int, Any]:
-    """The config's datamodule, built without training, and its ``fold_pool()``."""
+def pool_of(config: dict[str, Any] | list[str | Path]) -> tuple[Any, int, Any]:
+    """The config's datamodule, built without training, and its ``fold_pool()``.
+
+    ``config``: the composed dict, or the config files in order (each file's ``data`` applied over the previous
+    ones as the CLI does, so a later file may switch a part's ``class_path`` without inheriting the old
+    class's ``init_args``)."""
     import lightning as L
     from jsonargparse import ArgumentParser
 
-    data = config.get("data")
-    if not isinstance(data, dict) or "class_path" not in data:
+    from .configs import composition
+
+    if isinstance(config, dict):
+        sections = [config.get("data")]
+    else:
+        files = list(dict.fromkeys(f.resolve() for c in config for f in composition(c)))
+        sections = [(yaml_load(f) or {}).get("data") for f in files]
+    sections = [s for s in sections if s is not None]
+    if not sections or not isinstance(sections[0], dict) or "class_path" not in sections[0]:
         raise ConfigError("cv: the config has no `data: {class_path: ..., init_args: ...}`")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningDataModule, "data")
-    dm = parser.instantiate_classes(parser.parse_object({"data": data})).data
+    cfg = None
+    for section in sections:
+        cfg = parser.parse_object({"data": section}, cfg_base=cfg, defaults=cfg is None)
+    dm = parser.instantiate_classes(cfg).data
     if "fold" not in inspect.signature(type(dm).__init__).parameters:
         raise ConfigError(f"cv: {type(dm).__name__} takes no `fold` init argument; add `fold: dict | None = None` "
                           "(passed to StudyDataModule) and split its pool with `self.fold_split(pool)` in setup")
@@ -168,6 +182,12 @@ def pool_of(config: dict[str, Any]) -> tuple[Any, int, Any]:
     except NotImplementedError as err:
         raise ConfigError(str(err)) from None
     return dm, int(n), labels
+
+
+def yaml_load(path: Path) -> Any:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
 
 
 def summarise(values: list[float]) -> dict[str, Any]:
@@ -266,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = args.mode or ("min" if "loss" in args.select else "max")
     plan = sweep.plan_from_args(args, kind="cv")
     out = sweep.sweep_dir(args, plan)
-    _, n, labels = pool_of(plan.composed)
+    _, n, labels = pool_of(plan.configs)
     folds = ensure_folds(out / FOLDS_FILE, n, labels, args.folds, args.fold_seed)
     fold_file = str((out / FOLDS_FILE).resolve())
     plan.expand_folds(args.folds, fold_file)

@@ -10,7 +10,9 @@ subset of the objects, so the text is not a label oracle). ``csv`` / ``jsonl``: 
 ``file`` the pool and ``test_file`` the held-out set (same class list), images resized to ``image_size``; an
 unknown label raises the reader's ``LabelError`` naming file and line, an unreadable image or (with
 ``use_text``) a missing caption is an error naming the file (and line) or a counted skip (``on_bad_sample``).
-``coco`` is not wired yet.
+``coco``: COCO-style instances + captions (:class:`~lit_experiments.data.coco.CocoMultiLabel`), ``coco_pool`` /
+``coco_test`` its arguments for the pool and the held-out set (``ann_file``, ``image_dir``, ``captions_file``),
+the category names as labels, the first caption of each image as its text.
 
 Label space. ``categories``: multi-hot over the world's categories (ShapesWorld's ``labels``);
 ``color_x_category``: multi-hot over (colour, category) pairs, column ``color * n_categories + category`` with
@@ -22,8 +24,9 @@ stand-in's training world (``seed``) and its probe world (``seed + 1``). ``fold_
 ``(n_pool, targets (N, C))`` (iterstrat folds in ``lit-exp cv``); ``setup`` splits the pool with
 ``fold_split``, or without a fold takes a seeded ``val_fraction`` of the pool for validation.
 
-Towers. The module owns the :class:`~.towers.SiglipTowers` and hands them over with :meth:`serve_towers`
-before the loaders are built. Each split's image and text embeddings are computed once into two
+Towers. The datamodule owns the frozen :class:`~.towers.SiglipTowers` (constructor part ``towers``, e.g. a
+real checkpoint or the demo's :class:`~.standin.StandinTowers`; :meth:`serve_towers` replaces them), so the
+module only ever sees embeddings and no gradient can reach a tower. Each split's image and text embeddings are computed once into two
 :class:`~lit_experiments.data.cache.FeatureCache` s (one per modality, keyed by ``towers.cache_key()``, the
 split's data fingerprint and the modality; not the label space): every fold, ablation and seed reads them.
 The text cache's "images" are the tokenized captions: the item key ``tokens`` holds a (2, L) int tensor (ids,
@@ -50,7 +53,7 @@ from .standin import DATA_KEYS, DEFAULT_DATA, partial_caption
 from .towers import SiglipTowers
 
 LABEL_SPACES = ("categories", "color_x_category")
-FILE_DATASETS = ("csv", "jsonl")
+FILE_DATASETS = ("csv", "jsonl", "coco")
 SPLIT_SEED_OFFSETS = {"pool": 2, "test": 3}  # seed + 0 / + 1: the stand-in's training / probe worlds
 
 
@@ -220,10 +223,49 @@ class EmbeddedSplit(Dataset):
         return item
 
 
+class CocoCaptioned(FilesCaptioned):
+    """A COCO instances + captions split (:class:`~lit_experiments.data.coco.CocoMultiLabel`) as a base split;
+    an image without a caption is a bad sample when captions are needed (error naming the image, or a skip)."""
+
+    def __init__(self, root: str, coco: dict[str, Any], image_size: int, on_bad_sample: str,
+                 need_captions: bool) -> None:
+        from lit_experiments.data.coco import CocoMultiLabel
+
+        self.reader = CocoMultiLabel(root, image_size=image_size, on_bad_sample=on_bad_sample, **coco)
+        keep, self.skipped_captions = [], 0
+        for s in self.reader.samples:
+            if need_captions and not self.reader.captions.get(s["image"]["id"], "").strip():
+                if on_bad_sample == "error":
+                    raise ConfigError(f"{self.reader.ann_path}: image {s['image'].get('file_name')} (id "
+                                      f"{s['image']['id']}) has no caption and use_text is true (add it to the "
+                                      "captions file, set use_text: false, or on_bad_sample: skip)")
+                self.skipped_captions += 1
+                continue
+            keep.append(s)
+        if self.skipped_captions:
+            print(f"{self.reader.ann_path}: skipped {self.skipped_captions} image(s) without a caption")
+        self.reader.samples = keep
+        if not keep:
+            raise ConfigError(f"{self.reader.ann_path}: no usable image")
+        self.label_names = list(self.reader.categories)
+        index = self.reader._cat_index
+        self.targets = torch.zeros(len(keep), len(self.label_names))
+        for i, s in enumerate(keep):
+            for a in s["anns"]:
+                self.targets[i, index[a["category_id"]]] = 1.0
+        self.captions = [self.reader.captions.get(s["image"]["id"], "") for s in keep]
+
+    @property
+    def skipped(self) -> int:
+        return self.reader.skipped + self.skipped_captions
+
+
 class MultilabelDataModule(StudyDataModule):
     """Args:
-        dataset: ``shapes`` (ShapesWorld with partial captions), ``csv`` / ``jsonl`` (``MultiLabelFiles``);
-            ``coco`` is not wired yet.
+        towers: the frozen :class:`~.towers.SiglipTowers` whose embeddings are served (required before the
+            loaders; :meth:`serve_towers` can hand them over later).
+        dataset: ``shapes`` (ShapesWorld with partial captions), ``csv`` / ``jsonl`` (``MultiLabelFiles``),
+            ``coco`` (``CocoMultiLabel``, with ``coco_pool`` / ``coco_test``).
         root / file / test_file / classes / image_size: the csv / jsonl folder, its pool and test label files
             (relative to ``root``), the class list (default: the reader's) and the side images are resized to.
         n_pool / n_test: images in the train pool (folds / train + val) and in the held-out test set.
@@ -240,7 +282,7 @@ class MultilabelDataModule(StudyDataModule):
     """
 
     def __init__(
-        self, dataset: str = "shapes", n_pool: int = 1024, n_test: int = 512, seed: int = 0,
+        self, towers: SiglipTowers | None = None, dataset: str = "shapes", n_pool: int = 1024, n_test: int = 512, seed: int = 0,
         shapes: dict[str, Any] | None = None, root: str | None = None, file: str | None = None,
         test_file: str | None = None, classes: list[str] | None = None, image_size: int | None = None,
         caption_color_p: float | None = None, caption_material_p: float | None = None,
@@ -248,16 +290,17 @@ class MultilabelDataModule(StudyDataModule):
         val_fraction: float = 0.2, split_seed: int = 0, on_bad_sample: str = "error",
         cache_dir: str = ".cache/features", batch_size: int = 64, eval_batch_size: int | None = 256,
         num_workers: int = 0, fold: dict[str, Any] | None = None,
+        coco_pool: dict[str, Any] | None = None, coco_test: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size, fold=fold)
-        if dataset == "coco":
-            raise ConfigError("data.init_args.dataset='coco' is not wired yet in MultilabelDataModule; use shapes, "
-                              "csv or jsonl")
         if dataset != "shapes" and dataset not in FILE_DATASETS:
-            raise ConfigError(f"data.init_args.dataset={dataset!r}; expected 'shapes', 'csv' or 'jsonl'")
+            raise ConfigError(f"data.init_args.dataset={dataset!r}; expected 'shapes', 'csv', 'jsonl' or 'coco'")
+        if dataset == "coco" and not (root and image_size and coco_pool and coco_test):
+            raise ConfigError("data.init_args: dataset coco needs root, image_size, coco_pool and coco_test "
+                              "({ann_file, image_dir, captions_file} of the pool and of the held-out set)")
         if dataset in FILE_DATASETS:
             missing = [k for k, v in (("root", root), ("test_file", test_file), ("image_size", image_size)) if not v]
-            if missing:
+            if missing and dataset != "coco":
                 raise ConfigError(f"data.init_args: dataset {dataset} needs {missing} (a MultiLabelFiles folder, its "
                                   "held-out label file, and one image side: the cache stacks images of one size)")
             if label_space != "categories":
@@ -283,15 +326,19 @@ class MultilabelDataModule(StudyDataModule):
         self.val_fraction, self.split_seed, self.on_bad_sample = float(val_fraction), int(split_seed), on_bad_sample
         self.cache_dir = cache_dir
         self.root, self.file, self.test_file, self.classes, self.image_size = root, file, test_file, classes, image_size
-        if dataset in FILE_DATASETS and file is None:
+        self.coco = {"pool": dict(coco_pool or {}), "test": dict(coco_test or {})}
+        if dataset in ("csv", "jsonl") and file is None:
             self.file = f"labels.{dataset}"
         self.base: dict[str, ShapesCaptioned | FilesCaptioned] = {}
         self.split_indices: dict[str, list[int]] = {}
-        self.towers: SiglipTowers | None = None
+        self.towers: SiglipTowers | None = towers
         self._embedded: dict[tuple[str, str], EmbeddedSplit] = {}
 
     # ------------------------------------------------------------------ data
     def _base(self, split: str) -> ShapesCaptioned | FilesCaptioned:
+        if split not in self.base and self.dataset == "coco":
+            self.base[split] = CocoCaptioned(str(self.root), self.coco[split], int(self.image_size),
+                                             self.on_bad_sample, self.use_text)
         if split not in self.base and self.dataset in FILE_DATASETS:
             classes = self.classes if split == "pool" else self._base("pool").label_names
             self.base[split] = FilesCaptioned(str(self.root), self.file if split == "pool" else self.test_file,
@@ -339,8 +386,8 @@ class MultilabelDataModule(StudyDataModule):
 
     def _require_towers(self) -> SiglipTowers:
         if self.towers is None:
-            raise ConfigError("MultilabelDataModule serves cached tower embeddings: call "
-                              "datamodule.serve_towers(towers) (the module does it before fitting) before the loaders")
+            raise ConfigError("MultilabelDataModule serves cached tower embeddings: give data.init_args.towers "
+                              "(a SiglipTowers class_path) or call datamodule.serve_towers(towers) before the loaders")
         return self.towers
 
     def embedded(self, base_split: str) -> EmbeddedSplit:
@@ -380,8 +427,9 @@ class MultilabelDataModule(StudyDataModule):
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader(self.split("val"))
 
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.split("test"))
+    def test_dataloader(self) -> list[DataLoader]:
+        """The test split, then the training split as the bank of the module's kNN inference."""
+        return [self.eval_loader(self.split("test")), self.eval_loader(self.split("train"))]
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        return self.eval_loader(self.split("test"))

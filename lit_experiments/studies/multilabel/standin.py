@@ -251,3 +251,26 @@ def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None, i
         "n_probe_train": half, "n_probe_test": n_eval - half,
         "colors": [world.COLOR_NAMES[i] for i in world.colors],
     }
+
+
+class StandinTowers(SiglipTowers):
+    """The demo's towers as a config part: :func:`train_standin` (trained once, then loaded from ``cache_dir``).
+
+    Args: as :func:`train_standin` (``config`` null: :func:`default_config`; ``data``: overrides of
+    :data:`DEFAULT_DATA`). ``settings()`` adds the stand-in's cache file, training arguments and losses."""
+
+    def __init__(self, config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 1200,
+                 batch_size: int = 64, lr: float = 2e-3, seed: int = 0, cache_dir: str = ".cache/standins",
+                 text_mask_policy: str = "pad_to_max") -> None:
+        config = dict(config or default_config())
+        super().__init__(config=config, init_seed=seed, text_mask_policy=text_mask_policy)
+        trained, info = train_standin(config, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                      cache_dir=cache_dir)
+        self.model.load_state_dict(trained.model.state_dict())
+        self.freeze()
+        self.standin_data = {**DEFAULT_DATA, **(data or {})}
+        self.standin_info = {k: info[k] for k in ("path", "cached", "loss_first", "loss_last", "train_seconds",
+                                                  "training") if k in info}
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "standin": self.standin_info}

@@ -41,7 +41,7 @@ def test_batches_hold_what_the_towers_compute(tmp_path, policy):
     assert batch["image_emb"].shape == (8, t.embed_dim) and batch["image_emb"].dtype == torch.float32
     assert batch["text_emb"].shape == (8, t.embed_dim) and batch["targets"].shape == (8, len(CATEGORIES))
     assert set(batch["targets"].unique().tolist()) <= {0.0, 1.0} and batch["index"].shape == (8,)
-    test = all_batches(d.test_dataloader())
+    test = all_batches(d.test_dataloader()[0])
     world = ShapesWorld(8, seed=3, **d.world)  # the test world: seed + 3
     items = [world[i] for i in range(8)]
     images = torch.stack([it["image"] for it in items])
@@ -147,7 +147,7 @@ def test_use_text_false_serves_images_only(tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"dataset": "coco"}, "not wired yet"), ({"dataset": "nope"}, "nope"), ({"dataset": "csv"}, "test_file"),
+    ({"dataset": "coco"}, "coco_pool"), ({"dataset": "nope"}, "nope"), ({"dataset": "csv"}, "test_file"),
     ({"dataset": "csv", "root": "r", "test_file": "t", "image_size": 8, "label_space": "color_x_category"},
      "label_space"),
     ({"label_space": "colours"}, "label_space"), ({"val_fraction": 1.0}, "val_fraction"),
@@ -192,7 +192,7 @@ def test_csv_batches_hold_the_towers_embeddings_of_the_files(tmp_path):
     d.serve_towers(t)
     n, targets = d.fold_pool()
     assert n == 8 and targets.shape == (8, len(CATEGORIES))
-    test = all_batches(d.test_dataloader())
+    test = all_batches(d.test_dataloader()[0])
     items = [world[i] for i in range(8, 12)]
     torch.testing.assert_close(test["image_emb"], t.encode_image(**t.image_inputs(torch.stack(
         [it["image"] for it in items]))).half().float(), atol=2e-3, rtol=2e-3)
