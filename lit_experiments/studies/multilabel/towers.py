@@ -121,7 +121,7 @@ class SiglipTowers(nn.Module):
     def freeze(self) -> SiglipTowers:
         """No gradients, eval mode (called at construction; call again after loading new weights)."""
         self.model.requires_grad_(False)
-        self.model.eval()
+        nn.Module.train(self, False)
         return self
 
     def train(self, mode: bool = True) -> SiglipTowers:
