@@ -9,8 +9,8 @@ Each line goes through `lit_experiments.cli.main` in order, with two kinds of ch
   so it takes seconds; its command-line options still apply on top.
 
 A line that needs a GPU is parsed with `--print_config` instead when there is none (the reason is printed);
-`lit-exp demo` (minutes, what `make demo` runs) is replaced by `lit-exp demo --help`. A new README line with an
-unknown placeholder fails here until it is mapped.
+`lit-exp demo` and `lit-exp multilabel-demo` (minutes, what `make demo` runs) are replaced by their `--help`.
+A new README line with an unknown placeholder fails here until it is mapped.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ class Session:
         note = None
         if args == ["demo"]:
             return ["demo", "--help"], "`lit-exp demo` runs every demo for minutes (`make demo`); --help instead"
+        if args and args[0] == "multilabel-demo":
+            return ["multilabel-demo", "--help"], "a study's demo runs for minutes (`make demo`); --help instead"
         configs = []
         for i, arg in enumerate(args):
             if i > 0 and args[i - 1] in ("-c", "--config"):

@@ -1,0 +1,14 @@
+"""distill study (issue 15, in progress): SAM3 teacher into a mobile student (seed 003).
+
+Built so far (groundwork, with their own tests; no LightningModule, configs or demo yet):
+
+* ``matching``: teacher scores ``sigmoid(logit) * sigmoid(presence)``, the capped greedy choice of teacher
+  queries (``max_matches``, ``min_teacher_score``: F25), Hungarian matching (scipy) of predictions to ground
+  truth and of student queries to kept teacher queries (greedy as an option), the mask-resolution policy.
+* ``losses``: ``SetLoss`` (ground truth: mask BCE / focal + dice, box L1 + GIoU, query and presence BCE),
+  ``DistillLoss`` (student vs teacher: mask, box, logit and presence distillation, optional ground-truth term),
+  ``FeatureDistillLoss`` (encoder features, MSE + cosine).
+* ``prompts``: ``PromptSampler`` (category / generic / negative prompts at configured ratios, deterministic per
+  seed, index and epoch: F24) and ``DualTokenizer`` (teacher and student ids from the same string, each by its
+  own tokenizer, no silent truncation: F22, F23).
+"""
