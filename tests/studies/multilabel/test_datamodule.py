@@ -244,3 +244,63 @@ def test_test_file_uses_the_pool_class_list(tmp_path):
     assert len(pool.label_names) > 1 and test.label_names == pool.label_names
     assert test.targets.shape == (4, len(pool.label_names))
     assert test.targets[:, pool.label_names.index("circle")].tolist() == [1.0] * 4
+
+
+# ---------------------------------------------------------------------------------------------- coco
+def write_coco_split(root, n: int, seed: int, drop_caption_of: int | None = None):
+    import json as _json
+
+    from lit_experiments.data.tools import write_shapes
+
+    write_shapes(root, "coco", n=n, seed=seed, image_size=16, max_objects=2)
+    if drop_caption_of is not None:
+        path = root / "annotations" / "captions.json"
+        caps = _json.loads(path.read_text())
+        caps["annotations"] = [a for a in caps["annotations"] if a["image_id"] != drop_caption_of]
+        path.write_text(_json.dumps(caps))
+
+
+def coco_dm(tmp_path, **kw) -> MultilabelDataModule:
+    split = {s: {"ann_file": f"{s}/annotations/instances.json", "image_dir": f"{s}/images",
+                 "captions_file": f"{s}/annotations/captions.json"} for s in ("pool", "test")}
+    return dm(tmp_path, dataset="coco", root=str(tmp_path / "coco"), image_size=16, coco_pool=split["pool"],
+              coco_test=split["test"], **kw)
+
+
+def test_coco_targets_and_captions_come_from_the_annotations(tmp_path):
+    import json as _json
+
+    write_coco_split(tmp_path / "coco" / "pool", 10, 1)
+    write_coco_split(tmp_path / "coco" / "test", 4, 2)
+    d = coco_dm(tmp_path)
+    d.serve_towers(towers())
+    n, targets = d.fold_pool()
+    inst = _json.loads((tmp_path / "coco" / "pool" / "annotations" / "instances.json").read_text())
+    names = [c["name"] for c in sorted(inst["categories"], key=lambda c: c["id"])]
+    want = np.zeros((len(inst["images"]), len(names)), dtype=np.float32)
+    index = {im["id"]: i for i, im in enumerate(sorted(inst["images"], key=lambda im: im["id"]))}
+    cat = {c["id"]: j for j, c in enumerate(sorted(inst["categories"], key=lambda c: c["id"]))}
+    for a in inst["annotations"]:
+        want[index[a["image_id"]], cat[a["category_id"]]] = 1.0
+    assert n == 10 and d.label_names == names
+    np.testing.assert_array_equal(targets, want)
+    batch = all_batches(d.test_dataloader()[0])
+    assert batch["image_emb"].shape[0] == 4 and "text_emb" in batch
+
+
+def test_coco_image_without_caption_is_named_or_skipped_and_counted(tmp_path, capsys):
+    write_coco_split(tmp_path / "coco" / "pool", 6, 1, drop_caption_of=None)
+    write_coco_split(tmp_path / "coco" / "test", 4, 2)
+    import json as _json
+
+    path = tmp_path / "coco" / "pool" / "annotations" / "captions.json"
+    caps = _json.loads(path.read_text())
+    dropped = caps["annotations"][0]["image_id"]
+    caps["annotations"] = [a for a in caps["annotations"] if a["image_id"] != dropped]
+    path.write_text(_json.dumps(caps))
+    with pytest.raises(ConfigError, match=rf"instances.json: image .* \(id {dropped}\) has no caption"):
+        coco_dm(tmp_path).fold_pool()
+    d = coco_dm(tmp_path, on_bad_sample="skip")
+    assert d.fold_pool()[0] == 5
+    assert "skipped 1 image(s) without a caption" in capsys.readouterr().out
+    assert coco_dm(tmp_path, use_text=False).fold_pool()[0] == 6  # no text asked: nothing is missing
