@@ -181,9 +181,11 @@ def config_tables(runs: list[Run], variants: list[str], factors: set[str]) -> tu
     keys = sorted({k for m in per_variant.values() for k in m})
     differing = [k for k in keys if len({per_variant[v].get(k, "(absent)") for v in variants}) > 1]
     table = Table("Config differences between variants", ["key", *variants, "studied factor"])
+    switched = {k[: -len("class_path")] for k in differing if k.endswith(".class_path") and is_studied(k, factors)}
     for k in differing:
         cells = [per_variant[v].get(k, "(absent)") for v in variants]
-        studied = is_studied(k, factors)
+        # an argument of a part whose class is the studied switch (e.g. a head's own defaults) is implied by it
+        studied = is_studied(k, factors) or any(k.startswith(prefix + "init_args.") for prefix in switched)
         table.rows.append([k, *cells, "yes" if studied else "⚠ no"])
         if not studied:
             kind = next((label for pat, label in IMPORTANT.items() if pat in k), "")

@@ -335,3 +335,23 @@ def test_report_over_toy_cv_runs_matches_cv_json_and_refuses_other_folds(tmp_pat
     assert float(t[b32]["wilcoxon p"]) == pytest.approx(stats.wilcoxon(d).pvalue, abs=6e-5)
     assert t["other_folds"]["pairs"] == "0" and "folds fingerprint differs" in t["other_folds"]["note"]
     assert "⚠ differs besides the studied factor: folds.fingerprint" in text
+
+
+def test_f29_a_switched_part_class_implies_its_own_arguments_but_not_other_keys(tmp_path: Path, monkeypatch) -> None:
+    """A variant that swaps a part's class (MLP -> AGCH head) brings that class's own arguments: they are part of
+    the studied switch; a different epoch count beside it is still flagged."""
+    def head(cls: str, **args) -> dict:
+        return {"model": {"class_path": "M", "init_args": {"head": {"class_path": cls, "init_args": args}}},
+                "trainer": {"max_epochs": 20}}
+
+    agch = head("AGCH", dim=512, magnitude_hidden=16)
+    agch["trainer"]["max_epochs"] = 30
+    make_sweep(tmp_path / "sw", {"mlp": (head("MLP", hidden=[512]), 0.0), "agch": (agch, -0.1)}, seeds=[0],
+               grid={"model.init_args.head.class_path": ["MLP", "AGCH"]})
+    text = (report.build_report([str(tmp_path / "sw")]) / "report.md").read_text()
+    cfg = {c["key"]: c for c in md_tables(text)["Config differences between variants"]}
+    assert cfg["model.init_args.head.init_args.magnitude_hidden"]["studied factor"] == "yes"
+    assert cfg["model.init_args.head.init_args.hidden"]["studied factor"] == "yes"
+    assert cfg["trainer.max_epochs"]["studied factor"] == "⚠ no"
+    assert "⚠ differs besides the studied factor: trainer.max_epochs" in text
+    assert "magnitude_hidden (" not in text.split("## ")[0]  # no warning line for the implied argument
