@@ -36,7 +36,7 @@ from lit_experiments.core.study import StudyModule
 from lit_experiments.metrics.multilabel import multilabel_metrics
 
 from .heads import AGCHHead, MLPHead
-from .inference import ThresholdPolicy, knn_scores, per_class_table, write_per_class
+from .inference import ProductQuantizerIndex, ThresholdPolicy, knn_scores, per_class_table, write_per_class
 from .losses import CombinedLoss
 
 THRESHOLD_FREE = ("map", "auc_macro", "lrap", "map_excluded_classes", "auc_excluded_classes")
@@ -45,12 +45,17 @@ THRESHOLD_FREE = ("map", "auc_macro", "lrap", "map_excluded_classes", "auc_exclu
 @dataclass
 class KnnArgs:
     """kNN inference at test time: ``k`` neighbours from the training split, optional softmax ``temperature``,
-    faiss when installed (``use_faiss: null``), required (``true``) or never (``false``)."""
+    faiss when installed (``use_faiss: null``), required (``true``) or never (``false``). ``index: pq`` searches
+    a faiss product quantiser (``pq_m`` sub-vectors of ``pq_nbits`` bits) over the cosine representation
+    ``fused`` instead: the seed's planned alternative to the hash layer (needs faiss-cpu)."""
 
     k: int = 10
     temperature: float | None = None
     use_faiss: bool | None = None
     enabled: bool = True
+    index: str = "exact"
+    pq_m: int = 8
+    pq_nbits: int = 8
 
 
 class Collected(Metric):
@@ -109,6 +114,13 @@ class MultilabelModule(StudyModule):
         self.knn_args = knn or KnnArgs()
         if self.knn_args.k < 1:
             raise ConfigError(f"model.init_args.knn.k={self.knn_args.k}; expected >= 1")
+        if self.knn_args.index not in ("exact", "pq"):
+            raise ConfigError(f"model.init_args.knn.index={self.knn_args.index!r}; expected 'exact' or 'pq'")
+        if self.knn_args.index == "pq":
+            try:
+                ProductQuantizerIndex(self.knn_args.pq_m, self.knn_args.pq_nbits)
+            except (ImportError, ValueError) as err:
+                raise ConfigError(f"model.init_args.knn.index: pq: {err}") from None
         self.register_buffer("thresholds", torch.empty(0, dtype=torch.float64))
         self.register_buffer("towers_digest", torch.zeros(8, dtype=torch.uint8))
         self.val_rows = Collected(("probs", "targets"))
@@ -206,7 +218,7 @@ class MultilabelModule(StudyModule):
     # ------------------------------------------------------------------ test
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self(batch)
-        rep, _ = self.retrieval_rep(out)
+        rep = out["fused"] if self.knn_args.index == "pq" else self.retrieval_rep(out)[0]
         if dataloader_idx == 1:
             self.bank_rows.update(batch["index"], targets=batch["targets"], rep=rep)
             return
@@ -230,8 +242,13 @@ class MultilabelModule(StudyModule):
         if self.knn_args.enabled and not self.bank_rows.empty:
             bank = self.bank_rows.compute()
             metric = "hamming" if getattr(self.head, "hash_bits", None) is not None else "cosine"
-            scores = knn_scores(rows["rep"], bank["rep"], bank["targets"], k=self.knn_args.k, metric=metric,
-                                temperature=self.knn_args.temperature, use_faiss=self.knn_args.use_faiss)
+            if self.knn_args.index == "pq":
+                metric = f"pq(m={self.knn_args.pq_m}, nbits={self.knn_args.pq_nbits}) over fused"
+                pq = ProductQuantizerIndex(self.knn_args.pq_m, self.knn_args.pq_nbits).build(bank["rep"], bank["targets"])
+                scores = pq.scores(rows["rep"], k=self.knn_args.k, temperature=self.knn_args.temperature)
+            else:
+                scores = knn_scores(rows["rep"], bank["rep"], bank["targets"], k=self.knn_args.k, metric=metric,
+                                    temperature=self.knn_args.temperature, use_faiss=self.knn_args.use_faiss)
             knn = multilabel_metrics(scores, rows["targets"], 0.5)
             self.log("test/knn_map", float(knn["map"]))
             self.log("test/knn_t05/f1_macro", float(knn["f1_macro"]))

@@ -192,3 +192,23 @@ def test_learning_check_the_heads_learn_from_tower_embeddings(tmp_path):
     targets = dm_mod.ShapesCaptioned(64, 3, {**dm_mod.default_world(), "image_size": 16}).targets
     chance = float(targets.mean(0)[targets.sum(0) > 0].mean())
     assert res["test/map"] > chance + 0.2, (res["test/map"], chance)
+
+
+def test_product_quantiser_knn_without_faiss_is_a_clear_config_error(monkeypatch):
+    import builtins
+
+    from lit_experiments.core.errors import ConfigError
+    from lit_experiments.studies.multilabel.module import KnnArgs
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    with pytest.raises(ConfigError, match="knn.index: pq: .*faiss"):
+        MultilabelModule(knn=KnnArgs(index="pq"))
+    with pytest.raises(ConfigError, match="knn.index='ivf'"):
+        MultilabelModule(knn=KnnArgs(index="ivf"))
