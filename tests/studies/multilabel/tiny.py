@@ -19,9 +19,12 @@ TOWERS = "lit_experiments.studies.multilabel.towers.SiglipTowers"
 def tiny(config: Path, raw: dict, tmp: Path) -> dict:
     data = raw["data"]["init_args"]
     kind = ((data.get("towers") or {}).get("init_args") or {}).get("kind", "siglip")
+    config = tiny_config(image_size=16, patch_size=8, hidden=16, vision_layers=1, text_layers=1, heads=2)
+    if kind == "siglip2":  # NaFlex: a patch budget instead of a fixed image size
+        config["vision_config"]["num_patches"] = (16 // 8) ** 2
+        del config["vision_config"]["image_size"]
     towers = {"class_path": TOWERS, "init_args": {"checkpoint": None, "kind": kind, "text_mask_policy": "pad_to_max",
-                                                  "config": tiny_config(image_size=16, patch_size=8, hidden=16,
-                                                                        vision_layers=1, text_layers=1, heads=2)}}
+                                                  "config": config}}
     # batch 16 > the 9 training images: the one step ends the epoch, so validation tunes the thresholds
     d: dict[str, Any] = {"towers": towers, "batch_size": 16, "eval_batch_size": 16, "num_workers": 0,
                          "cache_dir": str(tmp / "cache")}
