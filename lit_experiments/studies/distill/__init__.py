@@ -11,4 +11,15 @@ Built so far (groundwork, with their own tests; no LightningModule, configs or d
 * ``prompts``: ``PromptSampler`` (category / generic / negative prompts at configured ratios, deterministic per
   seed, index and epoch: F24) and ``DualTokenizer`` (teacher and student ids from the same string, each by its
   own tokenizer, no silent truncation: F22, F23).
+* ``datamodule``: ``DistillDataModule``: (image, prompt) units of ShapesWorld or COCO-style instances, prompts
+  drawn per epoch by ``PromptSampler`` through an epoch-carrying sampler, both models' ids per unit, the frozen
+  teacher's outputs for every (image, vocabulary prompt) computed once into the frozen-feature cache.
+* ``evaluation``: post-processing, the SA-Co table of teacher / student / ratio, ``evaluate_calibrated``, concept
+  responsiveness and paraphrase stability (F26, F42, F46); ``calibration``: ECE, temperatures and a threshold
+  fitted on validation (``Calibration``, stored with a checkpoint), the reliability plot; ``gallery``: PNG grid
+  and static HTML gallery of masks per prompt.
+
+Still to build (issue 15): the stand-in teacher's recipe (``teacher`` / ``standin``), the student (a timm mobile
+image encoder, the open_clip MobileCLIP text tower, a DETR-style decoder), the LightningModule with the
+``encoder`` -> ``decoder`` -> ``video`` curriculum, configs, the A/B sweep and the demo.
 """

@@ -1,0 +1,347 @@
+"""DistillDataModule: (image, prompt) units with both models' token ids and the frozen teacher's cached outputs.
+
+Sources. Any split whose items carry ShapesWorld's keys (``image`` uint8 (3,S,S), ``instances`` (S,S) with object
+``k`` as id ``k + 1``, padded ``category``, ``num_objects``): ``dataset: shapes`` (ShapesWorld, worlds ``seed``,
+``seed + 1``, ``seed + 2`` for train / val / test) or ``coco`` (:class:`~lit_experiments.data.coco.CocoInstances`,
+``coco_train`` / ``coco_val`` / ``coco_test`` its arguments; the category names are the prompts).
+
+Units. A unit is (image, prompt). The prompt vocabulary is the category names plus ``prompts.generic``; the
+targets of a prompt are the visible instances of its category (all instances for a generic prompt, none for an
+absent category). Training draws one prompt per image and epoch with :class:`~.prompts.PromptSampler` (kinds at
+``prompts.ratios``, deterministic per seed, image and epoch; F24) through :class:`EpochSampler`, whose indices
+carry the epoch, so workers and ranks agree. Validation / test units are fixed: every present category, one
+absent category and the first generic prompt of each image (seeded).
+
+Token ids. :class:`~.prompts.DualTokenizer` builds the teacher's ids and mask (the teacher's own tokenizer) and
+the student's ids (open_clip's tokenizer ``student_tokenizer`` at ``student_context``) from the same string
+(F22, F23); a prompt too long for either context is an error naming it.
+
+Teacher outputs. The datamodule owns the frozen teacher (constructor part ``teacher``). Its outputs for every
+(image, vocabulary prompt) of a split are computed once into a :class:`~lit_experiments.data.cache.FeatureCache`
+(keyed by the teacher's weights, the split's data and the vocabulary) and served as ``teacher`` in each item, so
+epochs after the first never run the teacher. Items: ``image``, ``prompt``, ``kind``, ``targets`` ({``masks``
+(n,S,S), ``boxes`` (n,4) cxcywh}), ``teacher_input_ids``, ``teacher_attention_mask``, ``student_input_ids``,
+``teacher`` (the output contract of one unit), ``index`` (image), ``unit`` (vocabulary index). Batches are
+collated by :func:`collate_units` (targets stay a list).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.ops import box_convert, masks_to_boxes
+
+from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.study import StudyDataModule
+from lit_experiments.data.shapes import ShapesWorld
+
+from .prompts import DEFAULT_GENERIC, DualTokenizer, Prompt, PromptSampler
+from .teacher import OUTPUT_KEYS, Sam3Teacher
+
+SPLITS = ("train", "val", "test")
+DEFAULT_WORLD: dict[str, Any] = {"image_size": 64, "max_objects": 3, "size_range": (0.25, 0.45), "motion": False}
+
+
+def student_tokenizer(name: str, context: int) -> Any:
+    """open_clip's tokenizer of model ``name`` at ``context`` tokens (offline: the BPE vocabulary ships with
+    open_clip), as a callable ``texts -> (N, context)`` ids."""
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(name, context_length=context)
+    except Exception as err:  # noqa: BLE001 - a hub tokenizer that is not cached, an unknown name
+        raise ConfigError(f"data.init_args.student_tokenizer={name!r}: open_clip cannot build its tokenizer "
+                          f"offline ({type(err).__name__}: {err})") from None
+
+
+class UnitSource:
+    """Per image of a split: the uint8 image, the present category names and each category's instances."""
+
+    def __init__(self, dataset: Dataset, categories: list[str]) -> None:
+        self.dataset, self.categories = dataset, list(categories)
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.present: list[list[str]] = []
+        for it in self.items:
+            n = int(it["num_objects"])
+            visible = [k for k in range(n) if bool((it["instances"] == k + 1).any())]
+            self.present.append(sorted({self.categories[int(it["category"][k])] for k in visible}))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.items[i]["image"]
+
+    def targets(self, i: int, prompt: Prompt) -> dict[str, torch.Tensor]:
+        """Visible instance masks (n, S, S) float and boxes (n, 4) normalised cxcywh answering ``prompt``."""
+        it = self.items[i]
+        size = it["image"].shape[-1]
+        n = int(it["num_objects"])
+        if prompt.kind == "negative":
+            ks: list[int] = []
+        elif prompt.kind == "generic":
+            ks = list(range(n))
+        else:
+            ks = [k for k in range(n) if self.categories[int(it["category"][k])] == prompt.category]
+        masks = [it["instances"] == k + 1 for k in ks]
+        masks = [m for m in masks if bool(m.any())]
+        if not masks:
+            return {"masks": torch.zeros(0, size, size), "boxes": torch.zeros(0, 4)}
+        m = torch.stack(masks)
+        xyxy = masks_to_boxes(m) + torch.tensor([0.0, 0.0, 1.0, 1.0])  # pixel edges
+        return {"masks": m.float(), "boxes": box_convert(xyxy / size, in_fmt="xyxy", out_fmt="cxcywh")}
+
+    def fingerprint(self) -> str:
+        fp = getattr(self.dataset, "fingerprint", None)
+        return fp() if callable(fp) else f"n{len(self)}"
+
+
+class EpochSampler(Sampler):
+    """Indices ``(image, epoch)`` in a seeded permutation per epoch (``shuffle``), split over ranks by stride.
+    Lightning calls :meth:`set_epoch`; the dataset draws the epoch's prompt from the pair."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, max(1, world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 10007 + self.epoch))
+                 if self.shuffle else torch.arange(self.n))
+        for i in order[self.rank::self.world].tolist():
+            yield (int(i), self.epoch)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+class VocabUnits(Dataset):
+    """Every (image, vocabulary prompt) of a split as the teacher cache's input: item ``packed`` = the image's
+    pixels (float, 0-255) then the teacher ids and mask; ``fingerprint`` covers images and ids."""
+
+    def __init__(self, source: UnitSource, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        self.source, self.ids, self.mask = source, ids, mask
+        self.v = ids.shape[0]
+
+    def __len__(self) -> int:
+        return len(self.source) * self.v
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return f"{self.source.fingerprint()}-ids{hashlib.sha1(self.ids.numpy().tobytes()).hexdigest()[:12]}"
+
+    def __getitem__(self, u: int) -> dict:
+        i, v = divmod(int(u), self.v)
+        packed = torch.cat([self.source.image(i).float().flatten(), self.ids[v].float(), self.mask[v].float()])
+        return {"packed": packed, "index": torch.tensor(int(u))}
+
+
+class TeacherOutputs:
+    """The frozen teacher as the cache sees it: ``features(packed (B, P)) -> (B, 1, D)`` flat outputs."""
+
+    def __init__(self, teacher: Sam3Teacher, image_shape: tuple[int, int, int], text_len: int) -> None:
+        self.teacher, self.image_shape, self.text_len, self.name = teacher, image_shape, text_len, "distill-teacher"
+        self.shapes: dict[str, tuple[int, ...]] | None = None
+
+    def cache_key(self) -> str:
+        return f"teacher:{self.teacher.cache_key()}"
+
+    @torch.no_grad()
+    def features(self, packed: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.image_shape
+        n_pix = c * h * w
+        images = packed[:, :n_pix].reshape(-1, c, h, w)
+        ids = packed[:, n_pix:n_pix + self.text_len].round().long()
+        mask = packed[:, n_pix + self.text_len:].round().long()
+        out = self.teacher(images=images, input_ids=ids, attention_mask=mask)
+        self.shapes = {k: tuple(out[k].shape[1:]) for k in OUTPUT_KEYS}
+        return torch.cat([out[k].float().reshape(len(images), -1) for k in OUTPUT_KEYS], 1).unsqueeze(1)
+
+    def unpack(self, flat: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        out, pos = {}, 0
+        for k in OUTPUT_KEYS:
+            size = int(np.prod(shapes[k])) if shapes[k] else 1
+            out[k] = flat[pos:pos + size].reshape(shapes[k])
+            pos += size
+        return out
+
+
+class UnitSplit(Dataset):
+    """The units of one split (see the module docstring); ``train`` items are indexed by ``(image, epoch)``."""
+
+    def __init__(self, dm: DistillDataModule, split: str) -> None:
+        self.dm, self.split = dm, split
+        self.source = dm.source(split)
+        self.units: list[tuple[int, Prompt]] | None = None
+        if split != "train":
+            rng = np.random.default_rng([dm.seed, SPLITS.index(split), 0x5EED])
+            self.units = []
+            for i, present in enumerate(self.source.present):
+                self.units += [(i, Prompt(c, "category", c)) for c in present]
+                absent = [c for c in dm.categories if c not in present]
+                if absent:
+                    c = absent[int(rng.integers(len(absent)))]
+                    self.units.append((i, Prompt(c, "negative", c)))
+                if dm.generic:
+                    self.units.append((i, Prompt(dm.generic[0], "generic")))
+
+    def __len__(self) -> int:
+        return len(self.source) if self.units is None else len(self.units)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if self.units is None:
+            i, epoch = key if isinstance(key, tuple) else (int(key), 0)
+            prompt = self.dm.sampler.sample(self.source.present[i], i, epoch)
+        else:
+            i, prompt = self.units[int(key)]
+        v = self.dm.vocab.index(prompt.text)
+        item = {"image": self.source.image(i), "prompt": prompt.text, "kind": prompt.kind,
+                "targets": self.source.targets(i, prompt), "index": torch.tensor(i), "unit": torch.tensor(v),
+                **{k: t[v] for k, t in self.dm.vocab_ids.items()}}
+        teacher = self.dm.teacher_cache(self.split)
+        if teacher is not None:
+            item["teacher"] = teacher(i * len(self.dm.vocab) + v)
+        return item
+
+
+def collate_units(items: list[dict]) -> dict:
+    """Stack tensors; ``prompt`` / ``kind`` / ``targets`` stay lists; ``teacher`` becomes a dict of stacks."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if key in ("prompt", "kind", "targets"):
+            out[key] = values
+        elif key == "teacher":
+            out[key] = {k: torch.stack([v[k] for v in values]) for k in values[0]}
+        else:
+            out[key] = torch.stack(values)
+    return out
+
+
+class DistillDataModule(StudyDataModule):
+    """Args:
+        teacher: the frozen :class:`~.teacher.Sam3Teacher` whose outputs are cached and served (``null``: no
+            teacher outputs, e.g. ground truth only).
+        dataset: ``shapes`` or ``coco``; ``n_train`` / ``n_val`` / ``n_test`` images (shapes), ``seed``.
+        shapes: ShapesWorld arguments over :data:`DEFAULT_WORLD`.
+        root / coco_train / coco_val / coco_test / image_size: a COCO-style folder and each split's
+            ``CocoInstances`` arguments (``ann_file``, ``image_dir``), the image side.
+        prompts: :class:`~.prompts.PromptSampler` arguments (``ratios``, ``generic``).
+        student_tokenizer / student_context: the student's open_clip tokenizer and its context length.
+        cache_dir: where the teacher-output caches live.
+    """
+
+    def __init__(
+        self, teacher: Sam3Teacher | None = None, dataset: str = "shapes", n_train: int = 512, n_val: int = 64,
+        n_test: int = 128, seed: int = 0, shapes: dict[str, Any] | None = None, root: str | None = None,
+        coco_train: dict[str, Any] | None = None, coco_val: dict[str, Any] | None = None,
+        coco_test: dict[str, Any] | None = None, image_size: int | None = None, prompts: dict[str, Any] | None = None,
+        student_tokenizer: str = "MobileCLIP-S1", student_context: int = 32, cache_dir: str = ".cache/features",
+        batch_size: int = 16, eval_batch_size: int | None = 64, num_workers: int = 0, fold: dict | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size, fold=fold)
+        if dataset not in ("shapes", "coco"):
+            raise ConfigError(f"data.init_args.dataset={dataset!r}; expected 'shapes' or 'coco'")
+        if dataset == "coco" and not (root and image_size and coco_train and coco_val and coco_test):
+            raise ConfigError("data.init_args: dataset coco needs root, image_size and coco_train / coco_val / "
+                              "coco_test ({ann_file, image_dir} of each split)")
+        if min(n_train, n_val, n_test) < 1:
+            raise ConfigError(f"data.init_args: n_train={n_train}, n_val={n_val}, n_test={n_test}; expected >= 1")
+        self.teacher, self.dataset, self.seed = teacher, dataset, int(seed)
+        self.sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
+        self.world = {**DEFAULT_WORLD, **(shapes or {})}
+        self.root, self.image_size, self.cache_dir = root, image_size, cache_dir
+        self.coco = {"train": coco_train, "val": coco_val, "test": coco_test}
+        prompts = dict(prompts or {})
+        unknown = sorted(set(prompts) - {"ratios", "generic", "seed"})
+        if unknown:
+            raise ConfigError(f"data.init_args.prompts: unknown keys {unknown}; allowed: ratios, generic, seed")
+        self.prompt_args = prompts
+        self.student_tokenizer_name, self.student_context = student_tokenizer, int(student_context)
+        self._sources: dict[str, UnitSource] = {}
+        self._caches: dict[str, Any] = {}
+        self._splits: dict[str, UnitSplit] = {}
+        self._prepared = False
+
+    # ------------------------------------------------------------------ sources and vocabulary
+    def source(self, split: str) -> UnitSource:
+        if split not in self._sources:
+            if self.dataset == "shapes":
+                ds = ShapesWorld(self.sizes[split], seed=self.seed + SPLITS.index(split), **self.world)
+                self._sources[split] = UnitSource(ds, list(ds.categories))
+            else:
+                from lit_experiments.data.coco import CocoInstances
+
+                ds = CocoInstances(str(self.root), image_size=self.image_size, **self.coco[split])
+                self._sources[split] = UnitSource(ds, list(ds.categories))
+        return self._sources[split]
+
+    def prepare(self) -> None:
+        """Categories, prompt sampler, vocabulary and both models' ids of every vocabulary prompt."""
+        if self._prepared:
+            return
+        self.categories = self.source("train").categories
+        generic = self.prompt_args.get("generic", list(DEFAULT_GENERIC))
+        self.generic = list(generic or [])
+        self.sampler = PromptSampler(self.categories, generic=self.generic, ratios=self.prompt_args.get("ratios"),
+                                     seed=int(self.prompt_args.get("seed", self.seed)))
+        self.vocab = [*self.categories, *self.generic]
+        if self.teacher is not None:
+            tok = DualTokenizer(self.teacher.tokenizer, student_tokenizer(self.student_tokenizer_name,
+                                                                          self.student_context),
+                                teacher_max_len=self.teacher.text_max_length, student_context=self.student_context)
+            self.vocab_ids = tok.encode(self.vocab)
+        else:
+            ids = student_tokenizer(self.student_tokenizer_name, self.student_context)(self.vocab)
+            self.vocab_ids = {"student_input_ids": torch.as_tensor(ids).long()}
+        self._prepared = True
+
+    def teacher_cache(self, split: str):
+        """``unit index -> teacher outputs`` of ``split`` (built on first use), or None without a teacher."""
+        if self.teacher is None:
+            return None
+        if split not in self._caches:
+            from pathlib import Path
+
+            from lit_experiments.data.cache import FeatureCache
+
+            src = self.source(split)
+            units = VocabUnits(src, self.vocab_ids["teacher_input_ids"], self.vocab_ids["teacher_attention_mask"])
+            backbone = TeacherOutputs(self.teacher, tuple(src.image(0).shape), units.ids.shape[1])
+            with torch.no_grad():  # the shapes of one unit's outputs, to unpack the flat cache rows
+                probe = self.teacher(images=src.image(0)[None], input_ids=units.ids[:1], attention_mask=units.mask[:1])
+            shapes = {k: tuple(probe[k].shape[1:]) for k in OUTPUT_KEYS}
+            cache = FeatureCache(Path(self.cache_dir), backbone, units, batch_size=self.eval_batch_size or 64,
+                                 image_key="packed", key_fields={"split": split, "vocab": self.vocab},
+                                 include_items=False, progress=False)
+            self._caches[split] = lambda u: backbone.unpack(cache.features(u)[0], shapes)
+        return self._caches[split]
+
+    def split(self, name: str) -> UnitSplit:
+        self.prepare()
+        if name not in self._splits:
+            self._splits[name] = UnitSplit(self, name)
+        return self._splits[name]
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        ds = self.split("train")
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = EpochSampler(len(ds), True, self.seed, rank, world)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate_units, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.split("val"), collate_fn=collate_units)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.split("test"), collate_fn=collate_units)
