@@ -19,7 +19,14 @@ Built so far (groundwork, with their own tests; no LightningModule, configs or d
   fitted on validation (``Calibration``, stored with a checkpoint), the reliability plot; ``gallery``: PNG grid
   and static HTML gallery of masks per prompt.
 
-Still to build (issue 15): the stand-in teacher's recipe (``teacher`` / ``standin``), the student (a timm mobile
-image encoder, the open_clip MobileCLIP text tower, a DETR-style decoder), the LightningModule with the
-``encoder`` -> ``decoder`` -> ``video`` curriculum, configs, the A/B sweep and the demo.
+* ``teacher``: ``Sam3Teacher``, a frozen transformers ``Sam3Model`` answering the output contract (a real
+  checkpoint with its processor's tokenizer, or a tiny config with a word-level ShapesWorld tokenizer).
+* ``student``: ``ImageEncoder`` (timm mobile, ``features_only``; blocks past the last used level are trimmed, or
+  they would never get a gradient), ``TextEncoder`` (open_clip MobileCLIP text tower, its own CLIP-BPE tokenizer,
+  context 32), ``PromptDecoder`` (DETR-style, prompt-conditioned), ``Student``; parts with plain-tensor
+  signatures so they export separately (``torch.export`` tested).
+
+Still to build (issue 15): the stand-in teacher's recipe (``standin``: the held-out mIoU >= 0.4 target is not
+reached yet), the LightningModule with the ``encoder`` -> ``decoder`` -> ``video`` curriculum, configs, the A/B
+sweep and the demo. A ground-truth probe of the tiny student learned masks but not yet the prompt within a minute.
 """
