@@ -26,7 +26,11 @@ Built so far (groundwork, with their own tests; no LightningModule, configs or d
   context 32), ``PromptDecoder`` (DETR-style, prompt-conditioned), ``Student``; parts with plain-tensor
   signatures so they export separately (``torch.export`` tested).
 
+* ``module``: ``DistillModule`` with the ``decoder`` objective (distillation of the cached teacher outputs, an
+  optional ground-truth set loss), a calibration fitted on validation and stored in a buffer (F42), and a test
+  that scores student (calibrated and at 0.5) and teacher in one table.
+
 Still to build (issue 15): the stand-in teacher's recipe (``standin``: the held-out mIoU >= 0.4 target is not
-reached yet), the LightningModule with the ``encoder`` -> ``decoder`` -> ``video`` curriculum, configs, the A/B
-sweep and the demo. A ground-truth probe of the tiny student learned masks but not yet the prompt within a minute.
+reached yet), the ``encoder`` (teacher vision features through the cache) and ``video`` objectives, configs,
+the A/B sweep, F46 numbers and the gallery in the test, and the demo. A ground-truth probe of the tiny student learned masks but not yet the prompt within a minute.
 """

@@ -1,0 +1,51 @@
+"""DistillModule: the decoder stage trains the student on the teacher's cached outputs; the calibration fitted on
+validation is stored with the weights (F42); the test scores student and teacher in one table."""
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.lazy import LazyBuild
+from lit_experiments.core.specs import StageSpec
+from lit_experiments.studies.distill.datamodule import DistillDataModule
+from lit_experiments.studies.distill.module import DistillModule
+from lit_experiments.studies.distill.student import tiny_student
+from lit_experiments.studies.distill.teacher import Sam3Teacher, tiny_config
+
+
+@pytest.fixture(scope="module")
+def teacher() -> Sam3Teacher:
+    return Sam3Teacher(config=tiny_config(image_size=32, patch_size=8, hidden=32, num_queries=4))
+
+
+def test_decoder_stage_fits_stores_calibration_and_tables_student_and_teacher(tmp_path, teacher):
+    torch.manual_seed(0)
+    dm = DistillDataModule(teacher=teacher, n_train=16, n_val=8, n_test=8, shapes={"image_size": 32},
+                           cache_dir=str(tmp_path / "cache"), batch_size=8)
+    module = DistillModule(tiny_student(image_size=32, num_queries=4))
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0,
+                        callbacks=[LazyBuild()])
+    trainer.fit(module, datamodule=dm)
+    losses = trainer.callback_metrics
+    assert torch.isfinite(losses["train/loss"])
+    cal = module.calibration
+    assert cal.fitted and cal.temperature > 0
+    state = module.state_dict()
+    assert "calibration_values" in state  # saved with every checkpoint of these weights
+    module._run_dir = tmp_path / "run"
+    res = trainer.test(module, datamodule=dm)[0]
+    for key in ("test/student/miou", "test/teacher/miou", "test/student_raw/miou"):
+        assert 0.0 <= res[key] <= 1.0
+    table = (tmp_path / "run" / "distill" / "teacher_vs_student.md").read_text()
+    assert "miou" in table and "teacher" in table
+
+
+def test_unbuilt_objectives_are_named():
+    module = DistillModule(tiny_student(image_size=32, num_queries=4))
+    with pytest.raises(ConfigError, match="'encoder' is not built yet"):
+        module.set_stage(StageSpec(name="encoder", max_steps=1))
+    with pytest.raises(ConfigError, match="unknown args"):
+        module.set_stage(StageSpec(name="decoder", max_steps=1, args={"gt": 1.0}))
