@@ -64,6 +64,11 @@ def tiny_config(image_size: int = 64, patch_size: int = 8, hidden: int = 64, vit
     The model keeps every FPN level but the last (SAM3 drops the coarsest): its DETR encoder runs on the
     second-to-last level and its masks come out at the first, ``scale_factors[0] * image_size / patch_size``
     pixels a side (16 for the default 64 px, patch 8, scales 2 / 1 / 0.5). All ViT layers use global attention.
+
+    ``init_std`` (default ``hidden ** -0.5``) is written into EVERY sub-config: each SAM3 sub-config carries its
+    own ``initializer_range`` (0.02, tuned for width 256-1024). At width 64 with 0.02 the FPN features come out
+    at std 0.07 and the presence logit is constant over images and prompts (std < 1e-4); with 1/sqrt(64) both
+    vary (presence std 0.10 over images, 0.14 over prompts), so gradients reach the encoders.
     """
     if image_size % patch_size:
         raise ConfigError(f"tiny_config: image_size={image_size} is not a multiple of patch_size={patch_size}")
@@ -212,17 +217,21 @@ class Sam3Teacher(nn.Module):
     # ------------------------------------------------------------------ forward
     def predict(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, images: torch.Tensor | None = None,
-                image_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                image_index: torch.Tensor | None = None, vision_embeds: Any = None) -> dict[str, torch.Tensor]:
         """The output contract of the current weights, with gradients (the stand-in's training uses it).
 
         Give processed ``pixel_values`` or uint8 ``images`` (converted by :meth:`image_inputs`). ``image_index``
         (U,): several prompts per image; unit ``u`` is image ``image_index[u]`` with prompt ``input_ids[u]``, and
-        the vision encoder runs once per image (SAM3's ``vision_embeds`` path)."""
-        if (pixel_values is None) == (images is None):
-            raise ValueError("Sam3Teacher: give exactly one of pixel_values and images")
+        the vision encoder runs once per image (SAM3's ``vision_embeds`` path); ``vision_embeds``: that image's
+        ``get_vision_features`` output when already computed (instead of ``pixel_values`` / ``images``)."""
+        given = sum(x is not None for x in (pixel_values, images, vision_embeds))
+        if given != 1:
+            raise ValueError("Sam3Teacher: give exactly one of pixel_values, images and vision_embeds")
+        if vision_embeds is not None and image_index is None:
+            raise ValueError("Sam3Teacher: vision_embeds needs image_index (unit -> image)")
         if input_ids is None:
             raise ValueError("Sam3Teacher: input_ids are required (tokenize the prompts with .tokenize)")
-        if pixel_values is None:
+        if images is not None:
             pixel_values = self.image_inputs(images)
         if image_index is None:
             out = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
@@ -230,7 +239,7 @@ class Sam3Teacher(nn.Module):
         if image_index.shape != (input_ids.shape[0],):
             raise ValueError(f"Sam3Teacher: image_index {tuple(image_index.shape)} must be (U,) for input_ids "
                              f"{tuple(input_ids.shape)}")
-        vision = self.model.get_vision_features(pixel_values=pixel_values)
+        vision = self.model.get_vision_features(pixel_values=pixel_values) if vision_embeds is None else vision_embeds
         vision = type(vision)(last_hidden_state=vision.last_hidden_state[image_index],
                               fpn_hidden_states=tuple(f[image_index] for f in vision.fpn_hidden_states),
                               fpn_position_encoding=tuple(f[image_index] for f in vision.fpn_position_encoding))

@@ -120,3 +120,18 @@ def test_missing_checkpoint_is_a_config_error(tmp_path) -> None:
         Sam3Teacher()
     with pytest.raises(ConfigError, match="not a multiple of patch_size"):
         tiny_config(image_size=30, patch_size=8)
+
+
+def test_tiny_config_initialises_every_part_so_outputs_depend_on_image_and_prompt() -> None:
+    cfg = tiny_config(image_size=32, patch_size=8, hidden=32, vit_layers=1, heads=2, num_queries=4)
+    subs = [cfg["vision_config"]["backbone_config"], cfg["vision_config"], cfg["text_config"],
+            cfg["detr_encoder_config"], cfg["detr_decoder_config"], cfg["mask_decoder_config"]]
+    assert all(sub["initializer_range"] == pytest.approx(32 ** -0.5) for sub in subs)
+    teacher = Sam3Teacher(config=cfg)
+    images = _images(6)
+    over_images = teacher(images=images, **teacher.tokenize(["circle"] * 6))
+    over_prompts = teacher(images=images[:1].expand(6, -1, -1, -1),
+                           **teacher.tokenize(["circle", "square", "star", "cross", "hexagon", "triangle"]))
+    for out in (over_images, over_prompts):  # with SAM3's 0.02 in the sub-configs the presence std is < 1e-4
+        assert float(out["presence_logits"].std()) > 1e-2
+        assert float(out["pred_logits"].std(0).mean()) > 1e-2
