@@ -20,6 +20,7 @@ teacher's at 0.5 (``test/teacher/*``), ratios student / teacher (``test/ratio/*`
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -163,7 +164,8 @@ class DistillModule(StudyModule):
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metric.compute()
         for name in METRICS:
-            self.log(f"val/{name}", float(metrics[name]), prog_bar=name == "miou")
+            if math.isfinite(float(metrics[name])):
+                self.log(f"val/{name}", float(metrics[name]), prog_bar=name == "miou")
         records = self.val_records.compute()
         self.val_metric.reset()
         self.val_records.reset()
@@ -183,21 +185,32 @@ class DistillModule(StudyModule):
         if "teacher" in batch:
             update_metric(self.test_teacher, postprocess(batch["teacher"], size=size), batch["targets"])
 
+    def _log_defined(self, name: str, value: float, undefined: dict[str, str]) -> None:
+        """Log a finite metric; an undefined one (NaN: e.g. IL_MCC when no unit is predicted present, an empty
+        marginal) is listed in results.json ``undefined`` instead of being logged as a number."""
+        if math.isfinite(value):
+            self.log(name, value)
+        else:
+            undefined[name] = "undefined on this split (an empty confusion-matrix marginal or no positive unit)"
+
     def on_test_epoch_end(self) -> None:
         student = {k: float(v) for k, v in self.test_student.compute().items()}
         raw = {k: float(v) for k, v in self.test_raw.compute().items()}
+        undefined: dict[str, str] = {}
         for name in METRICS:
-            self.log(f"test/student/{name}", student[name])
-            self.log(f"test/student_raw/{name}", raw[name])
+            self._log_defined(f"test/student/{name}", student[name], undefined)
+            self._log_defined(f"test/student_raw/{name}", raw[name], undefined)
         if self.test_teacher.update_count:
             teacher = {k: float(v) for k, v in self.test_teacher.compute().items()}
             rows = comparison_table(teacher, student, METRICS)
             for row in rows:
-                self.log(f"test/teacher/{row['metric']}", float(row["teacher"]))
+                self._log_defined(f"test/teacher/{row['metric']}", float(row["teacher"]), undefined)
                 if row["ratio"] == row["ratio"]:  # NaN when the teacher's value is <= 0 (no meaningful ratio)
                     self.log(f"test/ratio/{row['metric']}", float(row["ratio"]))
             if self._is_rank_zero():
                 write_table(rows, self.run_dir / "distill", "teacher_vs_student")
         self.add_results("calibration", self.calibration.state_dict())
+        if undefined:
+            self.add_results("undefined", undefined)
         for m in (self.test_student, self.test_raw, self.test_teacher):
             m.reset()

@@ -1,0 +1,42 @@
+"""Tiny override for the every-config test: any distill config runs one step per stage + test in seconds.
+
+The teacher becomes a randomly initialised tiny ``Sam3Model`` (32 px, 4 queries); the student keeps its classes
+at tiny widths (mobilenetv3_small_050, a 2-layer text tower of width 16, 1 decoder layer); a ``coco`` config
+reads a ShapesWorld written in COCO layout under ``tmp``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lit_experiments.data.tools import write_shapes
+from lit_experiments.studies.distill.teacher import tiny_config
+
+
+def tiny(config: Path, raw: dict, tmp: Path) -> dict:
+    data = raw["data"]["init_args"]
+    teacher = {"class_path": "lit_experiments.studies.distill.teacher.Sam3Teacher",
+               "init_args": {"checkpoint": None, "config": tiny_config(image_size=32, patch_size=8, hidden=32,
+                                                                       num_queries=4)}}
+    d: dict[str, Any] = {"teacher": teacher, "batch_size": 4, "eval_batch_size": 8, "num_workers": 0,
+                         "cache_dir": str(tmp / "cache")}
+    if data.get("dataset") == "coco":
+        for split, n in (("train", 6), ("val", 3)):
+            write_shapes(tmp / "coco" / split, "coco", n=n, seed=len(split), image_size=32, max_objects=2)
+        split = {s: {"ann_file": f"{s}/annotations/instances.json", "image_dir": f"{s}/images"}
+                 for s in ("train", "val")}
+        d.update(root=str(tmp / "coco"), image_size=32, coco_train=split["train"], coco_val=split["val"],
+                 coco_test=split["val"])
+    else:
+        d.update(n_train=6, n_val=3, n_test=3, shapes={**data.get("shapes", {}), "image_size": 32})
+    student = {"init_args": {
+        "image_encoder": {"class_path": "lit_experiments.studies.distill.student.ImageEncoder",
+                          "init_args": {"name": "mobilenetv3_small_050", "pretrained": False, "out_dim": 16,
+                                        "out_indices": [2, 3], "img_size": 32}},
+        "text_encoder": {"class_path": "lit_experiments.studies.distill.student.TextEncoder",
+                         "init_args": {"pretrained": None, "width": 16, "layers": 2, "heads": 2, "out_dim": 16}},
+        "decoder": {"class_path": "lit_experiments.studies.distill.student.PromptDecoder",
+                    "init_args": {"dim": 16, "num_queries": 4, "layers": 1, "heads": 2}}}}
+    return {"model": {"init_args": {"student": student}}, "data": {"init_args": d},
+            "trainer": {"accelerator": "cpu", "precision": "32-true", "enable_progress_bar": False,
+                        "log_every_n_steps": 1}}
