@@ -26,8 +26,9 @@ Built so far (groundwork, with their own tests; no LightningModule, configs or d
   context 32), ``PromptDecoder`` (DETR-style, prompt-conditioned), ``Student``; parts with plain-tensor
   signatures so they export separately (``torch.export`` tested).
 
-* ``module``: ``DistillModule`` with the ``decoder`` objective (distillation of the cached teacher outputs, an
-  optional ground-truth set loss), a calibration fitted on validation and stored in a buffer (F42), and a test
+* ``module``: ``DistillModule`` with the ``encoder`` objective (student image features through a 1x1 projection
+  against the teacher's cached vision features, MSE + cosine) and the ``decoder`` objective (distillation of the
+  cached teacher outputs, an optional ground-truth set loss), a calibration fitted on validation and stored in a buffer (F42), and a test
   that scores student (calibrated and at 0.5) and teacher in one table.
 
 * ``standin``: training and evaluation of a tiny ``Sam3Model`` stand-in teacher on ShapesWorld units with

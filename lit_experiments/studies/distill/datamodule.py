@@ -171,6 +171,30 @@ class TeacherOutputs:
         return out
 
 
+class TeacherVision:
+    """The teacher's vision encoder as the cache sees it: ``features([0, 1] images) -> (B, h * w, C)``, the FPN
+    level ``level`` of SAM3's vision neck (0 = the finest kept level)."""
+
+    def __init__(self, teacher: Sam3Teacher, level: int) -> None:
+        self.teacher, self.level, self.name = teacher, int(level), "distill-teacher-vision"
+
+    def cache_key(self) -> str:
+        return f"teacher-vision:{self.level}:{self.teacher.cache_key()}"
+
+    @torch.no_grad()
+    def maps(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        vision = self.teacher.model.get_vision_features(pixel_values=self.teacher.image_inputs(images_uint8))
+        levels = vision.fpn_hidden_states
+        if not -len(levels) <= self.level < len(levels):
+            raise ConfigError(f"data.init_args.feature_level={self.level}: the teacher's vision neck has "
+                              f"{len(levels)} levels")
+        return levels[self.level].float()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        maps = self.maps((images * 255.0).round())
+        return maps.flatten(2).transpose(1, 2)
+
+
 class UnitSplit(Dataset):
     """The units of one split (see the module docstring); ``train`` items are indexed by ``(image, epoch)``."""
 
@@ -206,7 +230,26 @@ class UnitSplit(Dataset):
         teacher = self.dm.teacher_cache(self.split)
         if teacher is not None:
             item["teacher"] = teacher(i * len(self.dm.vocab) + v)
+        features = self.dm.teacher_features(self.split)
+        if features is not None:
+            item["teacher_features"] = features(i)
         return item
+
+
+class _Listed(Dataset):
+    """Items in a list, with the split's fingerprint (the cache key's data part)."""
+
+    def __init__(self, items: list[dict], fingerprint: str) -> None:
+        self.items, self._fp = items, fingerprint
+
+    def fingerprint(self) -> str:
+        return self._fp
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[int(i)]
 
 
 def collate_units(items: list[dict]) -> dict:
@@ -232,6 +275,9 @@ class DistillDataModule(StudyDataModule):
         root / coco_train / coco_val / coco_test / image_size: a COCO-style folder and each split's
             ``CocoInstances`` arguments (``ann_file``, ``image_dir``), the image side.
         prompts: :class:`~.prompts.PromptSampler` arguments (``ratios``, ``generic``).
+        feature_level: serve the teacher's vision features of this FPN level as ``teacher_features`` (C, h, w),
+            cached per image (the ``encoder`` stage sets it; ``null``: not served). Cost: C x h x w float16 per
+            image (SAM3 at 1008 px, level -1: 256 x 72 x 72 = 2.6 MB).
         student_tokenizer / student_context: the student's open_clip tokenizer and its context length.
         cache_dir: where the teacher-output caches live.
     """
@@ -241,7 +287,8 @@ class DistillDataModule(StudyDataModule):
         n_test: int = 128, seed: int = 0, shapes: dict[str, Any] | None = None, root: str | None = None,
         coco_train: dict[str, Any] | None = None, coco_val: dict[str, Any] | None = None,
         coco_test: dict[str, Any] | None = None, image_size: int | None = None, prompts: dict[str, Any] | None = None,
-        student_tokenizer: str = "MobileCLIP-S1", student_context: int = 32, cache_dir: str = ".cache/features",
+        student_tokenizer: str = "MobileCLIP-S1", student_context: int = 32, feature_level: int | None = None,
+        cache_dir: str = ".cache/features",
         batch_size: int = 16, eval_batch_size: int | None = 64, num_workers: int = 0, fold: dict | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size, fold=fold)
@@ -263,6 +310,7 @@ class DistillDataModule(StudyDataModule):
             raise ConfigError(f"data.init_args.prompts: unknown keys {unknown}; allowed: ratios, generic, seed")
         self.prompt_args = prompts
         self.student_tokenizer_name, self.student_context = student_tokenizer, int(student_context)
+        self.feature_level = feature_level
         self._sources: dict[str, UnitSource] = {}
         self._caches: dict[str, Any] = {}
         self._splits: dict[str, UnitSplit] = {}
@@ -321,6 +369,27 @@ class DistillDataModule(StudyDataModule):
                                  include_items=False, progress=False)
             self._caches[split] = lambda u: backbone.unpack(cache.features(u)[0], shapes)
         return self._caches[split]
+
+    def teacher_features(self, split: str):
+        """``image index -> (C, h, w)`` teacher vision features of ``split`` at ``feature_level`` (built on first
+        use), or None when not served."""
+        if self.teacher is None or self.feature_level is None:
+            return None
+        key = f"features-{split}-{self.feature_level}"
+        if key not in self._caches:
+            from pathlib import Path
+
+            from lit_experiments.data.cache import FeatureCache
+
+            src = self.source(split)
+            backbone = TeacherVision(self.teacher, int(self.feature_level))
+            c, h, w = backbone.maps(src.image(0)[None]).shape[1:]
+            images = [{"image": src.image(i), "index": torch.tensor(i)} for i in range(len(src))]
+            cache = FeatureCache(Path(self.cache_dir), backbone, _Listed(images, src.fingerprint()),
+                                 batch_size=self.eval_batch_size or 64, image_key="image",
+                                 key_fields={"split": split}, include_items=False, progress=False)
+            self._caches[key] = lambda i: cache.features(i).t().reshape(c, h, w)
+        return self._caches[key]
 
     def split(self, name: str) -> UnitSplit:
         self.prepare()

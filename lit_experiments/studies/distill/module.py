@@ -9,7 +9,10 @@ Stages (``stage.args.objective``; default: the stage name):
 * ``decoder`` (prompt-in-the-loop distillation): :class:`~.losses.DistillLoss` of the student's outputs against
   the teacher's (capped teacher matching, F25), plus ``gt_weight`` x :class:`~.losses.SetLoss` on the ground
   truth when set.
-* ``encoder`` / ``video`` are not built yet (issue 15): choosing them is a config error that says so.
+* ``encoder``: :class:`~.losses.FeatureDistillLoss` (MSE + cosine) of the student's image features, through a
+  trainable 1x1 projection (``feature_proj``, ``teacher_feature_dim`` channels) resized to the teacher's map,
+  against the teacher's cached vision features (the stage sets ``data: {feature_level: ...}``).
+* ``video`` is not built yet (issue 15): choosing it is a config error that says so.
 
 Validation: SA-Co metrics of the student at the threshold 0.5 (``val/miou`` ...) and a
 :class:`~.calibration.Calibration` (query / presence temperatures, threshold) fitted on the validation units
@@ -33,11 +36,11 @@ from lit_experiments.core.study import StudyModule
 
 from .calibration import Calibration, calibration_records, cat_records, fit_calibration
 from .evaluation import comparison_table, postprocess, unit_metric, update_metric, write_table
-from .losses import DistillLoss, SetLoss
+from .losses import DistillLoss, FeatureDistillLoss, SetLoss
 from .student import Student
 
 OBJECTIVES = ("decoder", "encoder", "video")
-BUILT = ("decoder",)
+BUILT = ("encoder", "decoder")
 METRICS = ("miou", "miou_pos", "presence_f1", "il_mcc", "pmf1", "cgf1")
 
 
@@ -74,6 +77,9 @@ class DistillModule(StudyModule):
         student: :class:`~.student.Student` (image encoder, text encoder, prompt decoder).
         distill_loss: :class:`~.losses.DistillLoss` (weights, ``max_matches``, ``min_teacher_score``).
         set_loss: :class:`~.losses.SetLoss` on the ground truth (used with ``gt_weight > 0``).
+        feature_loss: :class:`~.losses.FeatureDistillLoss` of the ``encoder`` stage.
+        teacher_feature_dim: channels of the teacher's vision features (SAM3's neck: 256); the projection
+            ``feature_proj`` maps the student's features to them (``null``: no encoder stage).
         calibration_metric: what the validation threshold maximises (``f1`` or ``mcc``).
         stage_args: defaults of the stages' ``args``.
         optimizer: the optimizer of a plain ``fit``.
@@ -85,10 +91,14 @@ class DistillModule(StudyModule):
     ]
 
     def __init__(self, student: Student, distill_loss: DistillLoss | None = None, set_loss: SetLoss | None = None,
+                 feature_loss: FeatureDistillLoss | None = None, teacher_feature_dim: int | None = None,
                  calibration_metric: str = "f1", stage_args: StageArgs | None = None,
                  optimizer: OptimSpec | None = None) -> None:
         super().__init__(optimizer)
-        self.save_hyperparameters(ignore=["student", "distill_loss", "set_loss"])
+        self.save_hyperparameters(ignore=["student", "distill_loss", "set_loss", "feature_loss"])
+        self.feature_loss = feature_loss or FeatureDistillLoss()
+        self.feature_proj = (torch.nn.Conv2d(student.image_encoder.feature_dim, int(teacher_feature_dim), 1)
+                             if teacher_feature_dim else None)
         if calibration_metric not in ("f1", "mcc"):
             raise ConfigError(f"model.init_args.calibration_metric={calibration_metric!r}; expected 'f1' or 'mcc'")
         self.student = student
@@ -138,6 +148,8 @@ class DistillModule(StudyModule):
         return tuple(batch["image"].shape[-2:])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.args.objective == "encoder":
+            return self._encoder_step(batch)
         if "teacher" not in batch:
             raise ConfigError("the decoder objective distils the teacher's outputs: give data.init_args.teacher")
         out = self(batch)
@@ -154,6 +166,26 @@ class DistillModule(StudyModule):
             if name in terms:
                 self.log(f"train/{name}", float(terms[name].detach()), batch_size=b, on_step=False, on_epoch=True)
         return total
+
+    def _encoder_step(self, batch: dict) -> torch.Tensor:
+        if self.feature_proj is None:
+            raise ConfigError("the encoder objective needs model.init_args.teacher_feature_dim (the channels of the "
+                              "teacher's vision features) for the student's projection")
+        if "teacher_features" not in batch:
+            raise ConfigError("the encoder objective needs the teacher's vision features: set the stage's "
+                              "data: {feature_level: -1} (an FPN level of the teacher's neck)")
+        teacher = batch["teacher_features"]
+        student = self.feature_proj(self.student.encode_image(batch["image"]))
+        if student.shape[-2:] != teacher.shape[-2:]:
+            student = torch.nn.functional.interpolate(student, size=teacher.shape[-2:], mode="bilinear",
+                                                      align_corners=False)
+        terms = self.feature_loss(student, teacher)
+        b = len(batch["prompt"])
+        self.track(losses={"loss": terms["total"]})
+        self.log("train/loss", terms["total"].detach(), prog_bar=True, batch_size=b)
+        self.log("train/feature_mse", terms["mse"].detach(), batch_size=b, on_step=False, on_epoch=True)
+        self.log("train/feature_cosine", terms["cosine"].detach(), batch_size=b, on_step=False, on_epoch=True)
+        return terms["total"]
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:

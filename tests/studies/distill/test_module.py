@@ -45,7 +45,35 @@ def test_decoder_stage_fits_stores_calibration_and_tables_student_and_teacher(tm
 
 def test_unbuilt_objectives_are_named():
     module = DistillModule(tiny_student(image_size=32, num_queries=4))
-    with pytest.raises(ConfigError, match="'encoder' is not built yet"):
-        module.set_stage(StageSpec(name="encoder", max_steps=1))
+    with pytest.raises(ConfigError, match="'video' is not built yet"):
+        module.set_stage(StageSpec(name="video", max_steps=1))
     with pytest.raises(ConfigError, match="unknown args"):
         module.set_stage(StageSpec(name="decoder", max_steps=1, args={"gt": 1.0}))
+
+
+def test_encoder_stage_distils_the_teachers_cached_vision_features(tmp_path, teacher):
+    from lit_experiments.studies.distill.datamodule import TeacherVision
+
+    dm = DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
+                           cache_dir=str(tmp_path / "cache"), batch_size=4, feature_level=-1)
+    dm.setup("fit")
+    item = dm.split("val")[0]
+    want = TeacherVision(teacher, -1).maps(item["image"][None])[0]
+    torch.testing.assert_close(item["teacher_features"], want, atol=2e-3, rtol=2e-3)  # cached as float16
+    module = DistillModule(tiny_student(image_size=32, num_queries=4), teacher_feature_dim=want.shape[0])
+    module.set_stage(StageSpec(name="encoder", max_steps=4), in_curriculum=False)
+    before = module.feature_proj.weight.detach().clone()
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=str(tmp_path), limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert not torch.equal(before, module.feature_proj.weight.detach())
+    batch = next(iter(dm.train_dataloader()))
+    plain = DistillModule(tiny_student(image_size=32, num_queries=4))
+    with pytest.raises(ConfigError, match="teacher_feature_dim"):
+        plain._encoder_step(batch)
+    dm.feature_level = None
+    no_features = next(iter(DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
+                                              cache_dir=str(tmp_path / "cache"), batch_size=4).train_dataloader()))
+    with pytest.raises(ConfigError, match="feature_level"):
+        module._encoder_step(no_features)

@@ -41,6 +41,32 @@ def test_unit_targets_are_the_categorys_visible_instances() -> None:
             assert (len(ids) > 0) == (c in bank.present[i])  # absent category: n = 0, a negative unit
 
 
+def test_color_unit_targets_are_the_colours_visible_objects() -> None:
+    colors = ("red", "green", "blue")
+    world = ShapesWorld(40, image_size=32, max_objects=3, motion=False, size_range=(0.2, 0.4), colors=colors,
+                        materials=("rubber",))
+    bank = standin.UnitBank(world, concept="color")
+    assert bank.categories == list(colors)
+    palette = torch.tensor([ShapesWorld.COLORS[c] for c in colors], dtype=torch.uint8)
+    for i in range(len(bank)):
+        item = world[i]
+        inst, col = item["instances"].numpy(), item["color"].numpy()
+        names = [ShapesWorld.COLOR_NAMES[int(col[k])] for k in range(int(item["num_objects"]))]
+        for c, name in enumerate(colors):
+            ids = [k + 1 for k in range(len(names)) if names[k] == name and (inst == k + 1).any()]
+            t = bank.targets(i, c)
+            assert t["masks"].shape == (len(ids), 32, 32)
+            assert [torch.equal(m.bool(), torch.from_numpy(inst == k)) for m, k in zip(t["masks"], ids)] == \
+                [True] * len(ids)
+            assert (c in bank.present[i]) == (len(ids) > 0)
+            for m in t["masks"]:  # rubber objects: every target pixel has the prompt's colour
+                assert (bank.images[i][:, m.bool()] == palette[c][:, None]).all()
+        _, prompts, _ = bank.batch([(i, c) for c in range(len(colors))])
+        assert prompts == list(colors)
+    with pytest.raises(ConfigError, match="concept='shape'"):
+        standin.UnitBank(world, concept="shape")
+
+
 def test_sampled_units_pair_prompts_and_keep_the_negative_ratio() -> None:
     bank = _bank(200)
     gen = torch.Generator().manual_seed(0)

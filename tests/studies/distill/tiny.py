@@ -37,6 +37,9 @@ def tiny(config: Path, raw: dict, tmp: Path) -> dict:
                          "init_args": {"pretrained": None, "width": 16, "layers": 2, "heads": 2, "out_dim": 16}},
         "decoder": {"class_path": "lit_experiments.studies.distill.student.PromptDecoder",
                     "init_args": {"dim": 16, "num_queries": 4, "layers": 1, "heads": 2}}}}
-    return {"model": {"init_args": {"student": student}}, "data": {"init_args": d},
+    model: dict[str, Any] = {"student": student}
+    if raw["model"]["init_args"].get("teacher_feature_dim"):
+        model["teacher_feature_dim"] = 32  # the tiny teacher's neck width
+    return {"model": {"init_args": model}, "data": {"init_args": d},
             "trainer": {"accelerator": "cpu", "precision": "32-true", "enable_progress_bar": False,
                         "log_every_n_steps": 1}}
