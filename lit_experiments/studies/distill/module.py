@@ -35,7 +35,15 @@ from lit_experiments.core.specs import OptimSpec, StageSpec
 from lit_experiments.core.study import StudyModule
 
 from .calibration import Calibration, calibration_records, cat_records, fit_calibration
-from .evaluation import comparison_table, postprocess, unit_metric, update_metric, write_table
+from .evaluation import (
+    comparison_table,
+    concept_responsiveness,
+    paraphrase_stability,
+    postprocess,
+    unit_metric,
+    update_metric,
+    write_table,
+)
 from .losses import DistillLoss, FeatureDistillLoss, SetLoss
 from .student import Student
 
@@ -81,18 +89,21 @@ class DistillModule(StudyModule):
         teacher_feature_dim: channels of the teacher's vision features (SAM3's neck: 256); the projection
             ``feature_proj`` maps the student's features to them (``null``: no encoder stage).
         calibration_metric: what the validation threshold maximises (``f1`` or ``mcc``).
+        probe_images: test images for the two F46 numbers (concept responsiveness, paraphrase stability) of
+            student and teacher (0: skipped).
         stage_args: defaults of the stages' ``args``.
         optimizer: the optimizer of a plain ``fit``.
     """
 
     headline_metrics: ClassVar[list[str]] = [
         "test/student/miou", "test/teacher/miou", "test/ratio/miou", "test/student/presence_f1",
-        "test/teacher/presence_f1", "test/student/cgf1", "test/teacher/cgf1",
+        "test/teacher/presence_f1", "test/student/cgf1", "test/teacher/cgf1", "test/student/concept_responsiveness",
+        "test/teacher/concept_responsiveness", "test/student/paraphrase_stability",
     ]
 
     def __init__(self, student: Student, distill_loss: DistillLoss | None = None, set_loss: SetLoss | None = None,
                  feature_loss: FeatureDistillLoss | None = None, teacher_feature_dim: int | None = None,
-                 calibration_metric: str = "f1", stage_args: StageArgs | None = None,
+                 calibration_metric: str = "f1", probe_images: int = 16, stage_args: StageArgs | None = None,
                  optimizer: OptimSpec | None = None) -> None:
         super().__init__(optimizer)
         self.save_hyperparameters(ignore=["student", "distill_loss", "set_loss", "feature_loss"])
@@ -104,7 +115,7 @@ class DistillModule(StudyModule):
         self.student = student
         self.distill_loss = distill_loss or DistillLoss()
         self.set_loss = set_loss or SetLoss()
-        self.calibration_metric = calibration_metric
+        self.calibration_metric, self.probe_images = calibration_metric, int(probe_images)
         self.stage_defaults = stage_args or StageArgs()
         self.args = self._stage_args(self.stage)
         # the calibration of the current weights (fitted at each validation end; saved with the checkpoint)
@@ -217,6 +228,44 @@ class DistillModule(StudyModule):
         if "teacher" in batch:
             update_metric(self.test_teacher, postprocess(batch["teacher"], size=size), batch["targets"])
 
+    def prompt_probes(self) -> dict[str, float]:
+        """F46 on the first ``probe_images`` test images, for student and teacher: concept responsiveness (mean
+        score of present-category prompts minus absent ones; 0 = the prompt is ignored) and paraphrase stability
+        (agreement of the masks of ``c`` / ``a c`` / ``the c`` on images that contain ``c``)."""
+        from .datamodule import student_tokenizer
+        from .prompts import DualTokenizer
+
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or getattr(dm, "teacher", None) is None:
+            return {}
+        src = dm.source("test")
+        keep = [i for i in range(len(src)) if src.present[i] and len(src.present[i]) < len(dm.categories)]
+        keep = keep[: self.probe_images]
+        if not keep:
+            return {}
+        images = torch.stack([src.image(i) for i in keep])
+        present = [src.present[i] for i in keep]
+        absent = [[c for c in dm.categories if c not in p] for p in present]
+        tok = DualTokenizer(dm.teacher.tokenizer, student_tokenizer(dm.student_tokenizer_name, dm.student_context),
+                            dm.teacher.text_max_length, dm.student_context)
+
+        def student_fn(imgs: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+            return self.student(imgs.to(self.device), tok.student_encode(prompts).to(self.device))
+
+        def teacher_fn(imgs: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+            ids, mask = tok.teacher_encode(prompts)
+            return dm.teacher(images=imgs.to(dm.teacher.model.device), input_ids=ids, attention_mask=mask)
+
+        groups = [[c, f"a {c}", f"the {c}"] for c in dm.categories]
+        where = [[j for j, p in enumerate(present) if c in p] for c in dm.categories]
+        groups, where = [g for g, w in zip(groups, where) if w], [w for w in where if w]
+        out = {}
+        with torch.no_grad():
+            for who, fn in (("student", student_fn), ("teacher", teacher_fn)):
+                out[f"test/{who}/concept_responsiveness"] = concept_responsiveness(fn, images, present, absent)
+                out[f"test/{who}/paraphrase_stability"] = paraphrase_stability(fn, images, groups, group_images=where)
+        return out
+
     def _log_defined(self, name: str, value: float, undefined: dict[str, str]) -> None:
         """Log a finite metric; an undefined one (NaN: e.g. IL_MCC when no unit is predicted present, an empty
         marginal) is listed in results.json ``undefined`` instead of being logged as a number."""
@@ -241,6 +290,9 @@ class DistillModule(StudyModule):
                     self.log(f"test/ratio/{row['metric']}", float(row["ratio"]))
             if self._is_rank_zero():
                 write_table(rows, self.run_dir / "distill", "teacher_vs_student")
+        if self.probe_images > 0:
+            for name, value in self.prompt_probes().items():
+                self._log_defined(name, value, undefined)
         self.add_results("calibration", self.calibration.state_dict())
         if undefined:
             self.add_results("undefined", undefined)
