@@ -37,8 +37,11 @@ def test_decoder_stage_fits_stores_calibration_and_tables_student_and_teacher(tm
     assert "calibration_values" in state  # saved with every checkpoint of these weights
     module._run_dir = tmp_path / "run"
     res = trainer.test(module, datamodule=dm)[0]
-    for key in ("test/student/miou", "test/teacher/miou", "test/student_raw/miou"):
+    for key in ("test/student/miou", "test/teacher/miou", "test/student_raw/miou",
+                "test/student/paraphrase_stability", "test/teacher/paraphrase_stability"):
         assert 0.0 <= res[key] <= 1.0
+    for who in ("student", "teacher"):  # F46: present minus absent prompt score, in [-1, 1]
+        assert -1.0 <= res[f"test/{who}/concept_responsiveness"] <= 1.0
     table = (tmp_path / "run" / "distill" / "teacher_vs_student.md").read_text()
     assert "miou" in table and "teacher" in table
 
