@@ -2,6 +2,7 @@
 
 * :func:`describe_transform` - a stable text for the transform (``transform_id`` wins).
 * :func:`data_fingerprint` - ``dataset.fingerprint()`` or a hash of type, length and three samples.
+* :func:`weights_digest` - SHA-1 of a module's weights (a frozen model's part of a cache key).
 * :func:`find_random_transforms` - random augmentations in a pipeline (cached features would freeze them),
   refused by :class:`~lit_experiments.data.cache.FeatureCache` with :class:`RandomTransformError`.
 """
@@ -86,3 +87,12 @@ def data_fingerprint(dataset: Dataset, image_key: str) -> str:
     for i in sorted({0, n // 2, n - 1} if n else set()):
         h.update(torch.as_tensor(dataset[i][image_key]).contiguous().numpy().tobytes())
     return "sampled-" + h.hexdigest()[:16]
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-1 (16 hex digits) of ``module``'s weights: every state-dict entry's name and bytes, in order."""
+    h = hashlib.sha1()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

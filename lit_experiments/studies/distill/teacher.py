@@ -44,15 +44,9 @@ OUTPUT_KEYS = ("pred_masks", "pred_boxes", "pred_logits", "presence_logits")
 def shapes_word_tokenizer() -> Any:
     """A word-level ``PreTrainedTokenizerFast`` over :data:`TEACHER_VOCAB` (lowercased, ``</s>`` appended;
     an unknown word becomes ``<unk>``)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from lit_experiments.data.word_tokenizer import word_level_tokenizer
 
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TEACHER_VOCAB)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>",
-                                   unk_token="<unk>")
+    return word_level_tokenizer(TEACHER_VOCAB)
 
 
 def tiny_config(image_size: int = 64, patch_size: int = 8, hidden: int = 64, vit_layers: int = 2, heads: int = 4,
@@ -255,12 +249,10 @@ class Sam3Teacher(nn.Module):
 
     # ------------------------------------------------------------------ identity
     def weights_digest(self) -> str:
-        """SHA-1 of the current weights (every tensor's name and bytes, in state-dict order)."""
-        h = hashlib.sha1()
-        for name, t in self.model.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+        """SHA-1 of the current weights (:func:`~lit_experiments.data.cache_keys.weights_digest`)."""
+        from lit_experiments.data.cache_keys import weights_digest
+
+        return weights_digest(self.model)
 
     def cache_key(self) -> str:
         """Frozen-feature cache key: checkpoint (or a hash of the config) and a digest of the weights."""

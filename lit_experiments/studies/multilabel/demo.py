@@ -19,23 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.folds import write_json
 
 DEFAULT_VARIANTS = ("mlp.yaml", "agch.yaml", "probe.yaml")
 HEADLINE_METRICS = ("test/map", "test/auc_macro", "test/tuned/f1_macro", "test/knn_map")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def standin_step(config_file: Path, out: Path) -> dict[str, Any] | None:
@@ -58,7 +51,7 @@ def standin_step(config_file: Path, out: Path) -> dict[str, Any] | None:
             "headline": {k: test[k] for k in ("test/zero_shot_acc", "test/probe_map", "test/probe_map_init")},
             "towers": built.settings(), "colors": quality.get("colors"),
             "wall_s": round(time.perf_counter() - start, 1)}
-    _write_json(out / "results.json", data)
+    write_json(out / "results.json", data)
     print(f"stand-in towers: zero-shot accuracy {test['test/zero_shot_acc']:.3f} (chance "
           f"{test['test/zero_shot_chance']:.3f}), probe mAP {test['test/probe_map']:.3f} vs "
           f"{test['test/probe_map_init']:.3f} at random init -> {out / 'results.json'}", flush=True)
@@ -132,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                "standin": str(run_dir / "standin" / "results.json") if standin else None,
                "variants": [str(v) for v in variants], "folds": args.folds,
                "wall_s": round(time.perf_counter() - start, 1)}
-    _write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results)
     for key, value in head.items():
         print(f"  {key:<40} {value:.4f}" if isinstance(value, float) else f"  {key:<40} {value}")
     print(f"results.json: {run_dir / 'results.json'}; report: {report / 'report.md'}")

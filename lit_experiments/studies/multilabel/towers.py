@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -35,15 +34,9 @@ SHAPES_VOCAB: tuple[str, ...] = ("<pad>", "</s>", "<s>", "<unk>", ",", "a", "an"
 
 def shapes_tokenizer() -> Any:
     """A word-level ``PreTrainedTokenizerFast`` over :data:`SHAPES_VOCAB` (lowercased, ``</s>`` appended)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from lit_experiments.data.word_tokenizer import word_level_tokenizer
 
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SHAPES_VOCAB)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>",
-                                   unk_token="<unk>")
+    return word_level_tokenizer(SHAPES_VOCAB)
 
 
 def tiny_config(image_size: int = 32, patch_size: int = 4, hidden: int = 64, vision_layers: int = 3,
@@ -191,12 +184,10 @@ class SiglipTowers(nn.Module):
 
     # ------------------------------------------------------------------ identity
     def weights_digest(self) -> str:
-        """SHA-1 of the current weights (every tensor's bytes, in state-dict order)."""
-        h = hashlib.sha1()
-        for name, t in self.model.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+        """SHA-1 of the current weights (:func:`~lit_experiments.data.cache_keys.weights_digest`)."""
+        from lit_experiments.data.cache_keys import weights_digest
+
+        return weights_digest(self.model)
 
     def cache_key(self) -> str:
         """Frozen-feature cache key: kind, checkpoint (or ``config``), text policy and a digest of the weights."""

@@ -17,15 +17,9 @@ WORDS = ["<pad>", "</s>", "<s>", "<unk>", "a", "the", "red", "big", "object", "s
 @pytest.fixture(scope="module")
 def teacher_tokenizer():
     """A tiny word-level transformers tokenizer (the stand-in teacher's kind): ids differ from open_clip's."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from lit_experiments.data.word_tokenizer import word_level_tokenizer
 
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>",
-                                   unk_token="<unk>")
+    return word_level_tokenizer(WORDS)
 
 
 @pytest.fixture(scope="module")
