@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -168,6 +169,22 @@ class StageSpec:
 
     def is_trainable(self, param_name: str) -> bool:
         return matches_any(param_name, self.trainable)
+
+
+def stage_args(stage: StageSpec, defaults: Any, objectives: Sequence[str] = ()) -> Any:
+    """A study's ``stage.args`` over ``defaults`` (a dataclass instance): a key the dataclass lacks is an error
+    naming it; a dataclass field ``objective`` not given in the stage defaults to the stage's name when that name
+    is one of ``objectives``. The study checks the objective itself."""
+    from .errors import ConfigError
+
+    known = {f.name for f in fields(defaults)}
+    unknown = sorted(set(stage.args) - known)
+    if unknown:
+        raise ConfigError(f"stage {stage.name!r}: unknown args {unknown}; allowed: {sorted(known)}")
+    args = type(defaults)(**{**asdict(defaults), **stage.args})
+    if "objective" in known and "objective" not in stage.args and stage.name in objectives:
+        args.objective = stage.name
+    return args
 
 
 def matches_any(param_name: str, globs: list[str]) -> bool:

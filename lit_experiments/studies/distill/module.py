@@ -24,14 +24,14 @@ teacher's at 0.5 (``test/teacher/*``), ratios student / teacher (``test/ratio/*`
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torchmetrics import Metric
 
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.core.specs import OptimSpec, StageSpec
+from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
 from lit_experiments.core.study import StudyModule
 
 from .calibration import Calibration, calibration_records, cat_records, fit_calibration
@@ -125,13 +125,7 @@ class DistillModule(StudyModule):
 
     # ------------------------------------------------------------------ stages
     def _stage_args(self, stage: StageSpec) -> StageArgs:
-        known = {f.name for f in fields(StageArgs)}
-        unknown = sorted(set(stage.args) - known)
-        if unknown:
-            raise ConfigError(f"stage {stage.name!r}: unknown args {unknown}; allowed: {sorted(known)}")
-        args = StageArgs(**{**asdict(self.stage_defaults), **stage.args})
-        if "objective" not in stage.args and stage.name in OBJECTIVES:
-            args.objective = stage.name
+        args = stage_args(stage, self.stage_defaults, OBJECTIVES)
         if args.objective not in BUILT:
             what = "is not built yet (issue 15)" if args.objective in OBJECTIVES else "is unknown"
             raise ConfigError(f"stage {stage.name!r}: objective {args.objective!r} {what}; expected one of "

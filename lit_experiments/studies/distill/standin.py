@@ -48,11 +48,8 @@ ViT learns it slowly.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,8 +60,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_convert, masks_to_boxes
 
+from lit_experiments.core import standins
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.core.seeding import isolated_rng
 from lit_experiments.data.shapes import ShapesWorld
 from lit_experiments.metrics.promptable import UnitStats, promptable_metrics, unit_stats
 
@@ -197,9 +194,8 @@ class UnitBank:
 
 def cache_path(cache_dir: str | Path, config: dict[str, Any], data: dict[str, Any], training: dict[str, Any]) -> Path:
     """``cache_dir/sam3-standin-<sha1 of (config, data, training)>.pt``."""
-    blob = json.dumps({"config": config, "data": data, "training": training, "version": CACHE_VERSION},
-                      sort_keys=True, default=str).encode()
-    return Path(cache_dir) / f"sam3-standin-{hashlib.sha1(blob).hexdigest()[:16]}.pt"
+    return standins.cache_path(cache_dir, "sam3-standin",
+                               {"config": config, "data": data, "training": training, "version": CACHE_VERSION})
 
 
 def default_loss(**kwargs: Any) -> LossFn:
@@ -268,21 +264,7 @@ def _fit(teacher: Sam3Teacher, data: dict[str, Any], steps: int, batch_size: int
             print(f"[sam3 stand-in] step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
     teacher.freeze()
-    k = max(1, min(10, steps // 10))
-    return {"loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
-            "train_seconds": time.perf_counter() - t0, "steps": steps, "threads": torch.get_num_threads()}
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return {**standins.loss_summary(losses, t0, steps), "threads": torch.get_num_threads()}
 
 
 def train_standin_teacher(config: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
@@ -309,17 +291,13 @@ def train_standin_teacher(config: dict[str, Any] | None = None, data: dict[str, 
                 "aux_weight": float(aux_weight), "loss": loss}
     path = cache_path(cache_dir, config, data, training)
     teacher = Sam3Teacher(config=config, init_seed=seed)
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        teacher.model.load_state_dict(blob["state_dict"])
-        teacher.freeze()
-        return teacher, {**blob["info"], "cached": True, "path": str(path)}
-    with isolated_rng():
-        info = _fit(teacher, data, int(steps), int(batch_size), float(lr), int(seed), max(1, steps // 10),
-                    loss_fn=default_loss(**loss), aux_weight=float(aux_weight))
-    info.update(config=config, data=data, training=training)
-    _atomic_save({"state_dict": teacher.model.state_dict(), "info": info}, path)
-    return teacher, {**info, "cached": False, "path": str(path)}
+    info = standins.load_or_train(
+        path, teacher.model, lambda: _fit(teacher, data, int(steps), int(batch_size), float(lr), int(seed),
+                                          max(1, steps // 10), loss_fn=default_loss(**loss),
+                                          aux_weight=float(aux_weight)),
+        extra={"config": config, "data": data, "training": training})
+    teacher.freeze()
+    return teacher, info
 
 
 @torch.no_grad()

@@ -21,11 +21,7 @@ and partial captions, saves it keyed by a hash of (tower config, data args, trai
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lit_experiments.core import standins
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.core.seeding import isolated_rng
 from lit_experiments.data.shapes import MATERIALS, ShapesWorld, make_caption
 
 from .towers import SiglipTowers, tiny_config
@@ -91,9 +87,8 @@ def sigmoid_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
 
 def cache_path(cache_dir: str | Path, config: dict[str, Any], data: dict[str, Any], training: dict[str, Any]) -> Path:
     """``cache_dir/siglip-standin-<sha1 of (config, data, training)>.pt``."""
-    blob = json.dumps({"config": config, "data": data, "training": training, "version": CACHE_VERSION},
-                      sort_keys=True, default=str).encode()
-    return Path(cache_dir) / f"siglip-standin-{hashlib.sha1(blob).hexdigest()[:16]}.pt"
+    return standins.cache_path(cache_dir, "siglip-standin",
+                               {"config": config, "data": data, "training": training, "version": CACHE_VERSION})
 
 
 def _render(world: ShapesWorld) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,9 +144,7 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
             print(f"[siglip stand-in] step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
     towers.freeze()
-    k = max(1, min(10, steps // 10))
-    return {"loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
-            "train_seconds": time.perf_counter() - t0, "steps": steps}
+    return standins.loss_summary(losses, t0, steps)
 
 
 def train_standin(config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 1200,
@@ -171,24 +164,11 @@ def train_standin(config: dict[str, Any] | None = None, data: dict[str, Any] | N
     training = {"steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed)}
     path = cache_path(cache_dir, config, data, training)
     towers = SiglipTowers(config=config, init_seed=seed)
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        towers.model.load_state_dict(blob["state_dict"])
-        towers.freeze()
-        return towers, {**blob["info"], "cached": True, "path": str(path)}
-    with isolated_rng():
-        info = _fit(towers, data, int(steps), int(batch_size), float(lr), int(seed), max(1, steps // 10))
-    info.update(config=config, data=data, training=training)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"state_dict": towers.model.state_dict(), "info": info}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return towers, {**info, "cached": False, "path": str(path)}
+    info = standins.load_or_train(path, towers.model, lambda: _fit(towers, data, int(steps), int(batch_size), float(lr),
+                                                                   int(seed), max(1, steps // 10)),
+                                  extra={"config": config, "data": data, "training": training})
+    towers.freeze()
+    return towers, info
 
 
 @torch.no_grad()

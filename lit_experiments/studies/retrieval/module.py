@@ -22,7 +22,7 @@ bank), the ``*_xclip`` numbers with the query's own video left out of its rankin
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -31,7 +31,7 @@ from torchmetrics import CatMetric, Metric
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.health import HealthError
-from lit_experiments.core.specs import OptimSpec, StageSpec
+from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
 from lit_experiments.core.study import StudyModule
 from lit_experiments.metrics import RetrievalMetrics, WeightedKNNAccuracy
 from lit_experiments.metrics.embedding import effective_rank
@@ -141,13 +141,7 @@ class RetrievalModule(StudyModule):
 
     # ------------------------------------------------------------------ stages
     def _stage_args(self, stage: StageSpec) -> StageArgs:
-        known = {f.name for f in fields(StageArgs)}
-        unknown = sorted(set(stage.args) - known)
-        if unknown:
-            raise ConfigError(f"stage {stage.name!r}: unknown args {unknown}; allowed: {sorted(known)}")
-        args = StageArgs(**{**asdict(self.stage_defaults), **stage.args})
-        if "objective" not in stage.args and stage.name in OBJECTIVES:
-            args.objective = stage.name
+        args = stage_args(stage, self.stage_defaults, OBJECTIVES)
         if args.objective not in OBJECTIVES:
             raise ConfigError(f"stage {stage.name!r}: args.objective={args.objective!r}; expected one of "
                               f"{list(OBJECTIVES)}")

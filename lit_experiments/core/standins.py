@@ -1,0 +1,66 @@
+"""Stand-ins that learned something: a tiny model trained once, saved under a key of what made it, reused.
+
+* :func:`cache_path` - ``<cache_dir>/<prefix>-<sha1 of the key>.pt`` (the key: config, data, training, version).
+* :func:`load_or_train` - load the saved weights into the model, or train it (under
+  :func:`~lit_experiments.core.seeding.isolated_rng`: the global RNGs are untouched) and save it atomically (a
+  temporary file renamed into place; a failed save leaves nothing behind).
+* :func:`loss_summary` - the first / last tenth of a loss trace (at most 10 steps each) and the wall time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .seeding import isolated_rng
+
+
+def cache_path(cache_dir: str | Path, prefix: str, key: dict[str, Any]) -> Path:
+    """``cache_dir/<prefix>-<sha1 of json(key)>.pt`` (keys sorted, non-JSON values as ``str``)."""
+    blob = json.dumps(key, sort_keys=True, default=str).encode()
+    return Path(cache_dir) / f"{prefix}-{hashlib.sha1(blob).hexdigest()[:16]}.pt"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` into a temporary file of ``path``'s folder, then renamed to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_or_train(path: Path, model: torch.nn.Module, train: Callable[[], dict[str, Any]],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load ``path``'s weights into ``model`` (``info`` with ``cached: True``), or run ``train()`` (which trains
+    ``model`` in place and returns its info), add ``extra`` to the info and save both atomically
+    (``cached: False``). ``path`` is in the returned info."""
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob["state_dict"])
+        return {**blob["info"], "cached": True, "path": str(path)}
+    with isolated_rng():
+        info = train()
+    info.update(extra or {})
+    atomic_save({"state_dict": model.state_dict(), "info": info}, path)
+    return {**info, "cached": False, "path": str(path)}
+
+
+def loss_summary(losses: Sequence[float], started: float, steps: int) -> dict[str, Any]:
+    """``loss_first`` / ``loss_last`` (means of the first / last tenth, at most 10 steps), ``train_seconds``
+    since ``started`` (a ``time.perf_counter()`` value) and ``steps``."""
+    k = max(1, min(10, steps // 10))
+    return {"loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
+            "train_seconds": time.perf_counter() - started, "steps": steps}
