@@ -3,8 +3,8 @@
 Batch keys: ``image_emb`` float (B, Di), ``text_emb`` float (B, Dt) (absent with ``use_text: false``),
 ``targets`` float 0/1 (B, C), ``index`` int64 (B,) (position in the split's base set: the pool or the test set).
 
-Data. ``dataset: shapes``: ShapesWorld images (world arguments default to the stand-in's
-``standin.DEFAULT_DATA`` world settings, overridden by ``shapes``) with one caption per image from
+Data (the base splits are in :mod:`.sources`). ``dataset: shapes``: ShapesWorld images (world arguments
+default to the stand-in's ``standin.DEFAULT_DATA`` world settings, overridden by ``shapes``) with one caption per image from
 :func:`~.standin.partial_caption` (draw 0, seeded by the world seed: deterministic per index; it names a random
 subset of the objects, so the text is not a label oracle). ``csv`` / ``jsonl``: a ``MultiLabelFiles`` folder,
 ``file`` the pool and ``test_file`` the held-out set (same class list), images resized to ``image_size``; an
@@ -41,114 +41,19 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.study import StudyDataModule
-from lit_experiments.data.shapes import ShapesWorld
 
-from .standin import DATA_KEYS, DEFAULT_DATA, partial_caption
+from .sources import LABEL_SPACES, CocoCaptioned, FilesCaptioned, ShapesCaptioned, default_world
+from .standin import DEFAULT_DATA
 from .towers import SiglipTowers
 
-LABEL_SPACES = ("categories", "color_x_category")
+__all__ = ["CocoCaptioned", "FilesCaptioned", "MultilabelDataModule", "ShapesCaptioned", "default_world"]
 FILE_DATASETS = ("csv", "jsonl", "coco")
 SPLIT_SEED_OFFSETS = {"pool": 2, "test": 3}  # seed + 0 / + 1: the stand-in's training / probe worlds
-
-
-def default_world() -> dict[str, Any]:
-    """The ShapesWorld arguments of ``standin.DEFAULT_DATA`` (its world settings, without n / seed / captions)."""
-    return {k: v for k, v in DEFAULT_DATA.items() if k not in DATA_KEYS}
-
-
-class ShapesCaptioned(Dataset):
-    """ShapesWorld images with multi-hot ``labels`` in a label space and a partial caption per image.
-
-    Items: ``image`` uint8 (3,H,W), ``labels`` float32 (C,), ``caption`` str, ``index``. ``targets`` (N, C)
-    and ``captions`` are computed at construction from the scenes (no rendering)."""
-
-    def __init__(self, n: int, seed: int, world: dict[str, Any], label_space: str = "categories",
-                 color_p: float = 0.0, material_p: float = 0.0) -> None:
-        if label_space not in LABEL_SPACES:
-            raise ConfigError(f"data.init_args.label_space={label_space!r}; expected one of {LABEL_SPACES}")
-        self.world = ShapesWorld(int(n), seed=int(seed), **world)
-        self.label_space, self.color_p, self.material_p = label_space, float(color_p), float(material_p)
-        cats = list(self.world.categories)
-        if label_space == "categories":
-            self.label_names = cats
-        else:
-            self.label_names = [f"{c} {g}" for c in ShapesWorld.COLOR_NAMES for g in cats]
-        targets = np.zeros((len(self.world), len(self.label_names)), dtype=np.float32)
-        self.captions: list[str] = []
-        for i in range(len(self.world)):
-            scene = self.world.sample_scene(i)
-            if label_space == "categories":
-                targets[i, scene.categories] = 1.0
-            else:
-                targets[i, scene.colors * len(cats) + scene.categories] = 1.0
-            self.captions.append(partial_caption(self.world, i, self.world.seed, 0, self.color_p, self.material_p))
-        self.targets = torch.from_numpy(targets)
-
-    def fingerprint(self) -> str:
-        """The world's fingerprint: the images (the captions are fingerprinted by :class:`CaptionTokens`)."""
-        return self.world.fingerprint()
-
-    def __len__(self) -> int:
-        return len(self.world)
-
-    def __getitem__(self, i: int) -> dict:
-        i = int(i)
-        item = self.world[i]
-        return {"image": item["image"], "labels": self.targets[i], "caption": self.captions[i], "index": torch.tensor(i)}
-
-
-class FilesCaptioned(Dataset):
-    """A ``csv`` / ``jsonl`` multi-label file (:class:`~lit_experiments.data.multilabel.MultiLabelFiles`) as a base
-    split: ``targets`` and ``captions`` from its records. With ``need_captions`` a record without a caption is a
-    bad sample: an error naming file and line, or a counted skip (``skipped``) under ``on_bad_sample: skip``."""
-
-    def __init__(self, root: str, file: str | None, classes: list[str] | None, image_size: int,
-                 on_bad_sample: str, need_captions: bool) -> None:
-        from lit_experiments.data.multilabel import MultiLabelFiles
-
-        self.reader = MultiLabelFiles(root, file=file, classes=classes, image_size=image_size,
-                                      on_bad_sample=on_bad_sample)
-        if need_captions and any(not str(s["caption"]).strip() for s in self.reader.samples):
-            good = []
-            for s in self.reader.samples:
-                if str(s["caption"]).strip():
-                    good.append(s)
-                    continue
-                where = f"{self.reader.file}:{s['line']}"
-                self.reader.bad.bad(s["path"], ValueError(f"{where}: image {s['path'].name} has no caption and "
-                                                          "use_text is true (give one, or use_text: false)"))
-            total = len(self.reader.samples)
-            self.reader.samples = good
-            self.reader.bad.report(total)
-        if not self.reader.samples:
-            raise ConfigError(f"{self.reader.file}: no usable sample")
-        self.label_names = list(self.reader.classes)
-        targets = torch.zeros(len(self.reader.samples), len(self.label_names))
-        for i, s in enumerate(self.reader.samples):
-            targets[i, s["labels"]] = 1.0
-        self.targets = targets
-        self.captions = [str(s["caption"]) for s in self.reader.samples]
-
-    @property
-    def skipped(self) -> int:
-        return self.reader.skipped
-
-    def fingerprint(self) -> str:
-        return self.reader.fingerprint()
-
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def __getitem__(self, i: int) -> dict:
-        i = int(i)
-        return {"image": self.reader[i]["image"], "labels": self.targets[i], "caption": self.captions[i],
-                "index": torch.tensor(i)}
 
 
 class CaptionTokens(Dataset):
@@ -221,43 +126,6 @@ class EmbeddedSplit(Dataset):
         if self.texts is not None:
             item["text_emb"] = self.texts.features(i)[0]
         return item
-
-
-class CocoCaptioned(FilesCaptioned):
-    """A COCO instances + captions split (:class:`~lit_experiments.data.coco.CocoMultiLabel`) as a base split;
-    an image without a caption is a bad sample when captions are needed (error naming the image, or a skip)."""
-
-    def __init__(self, root: str, coco: dict[str, Any], image_size: int, on_bad_sample: str,
-                 need_captions: bool) -> None:
-        from lit_experiments.data.coco import CocoMultiLabel
-
-        self.reader = CocoMultiLabel(root, image_size=image_size, on_bad_sample=on_bad_sample, **coco)
-        keep, self.skipped_captions = [], 0
-        for s in self.reader.samples:
-            if need_captions and not self.reader.captions.get(s["image"]["id"], "").strip():
-                if on_bad_sample == "error":
-                    raise ConfigError(f"{self.reader.ann_path}: image {s['image'].get('file_name')} (id "
-                                      f"{s['image']['id']}) has no caption and use_text is true (add it to the "
-                                      "captions file, set use_text: false, or on_bad_sample: skip)")
-                self.skipped_captions += 1
-                continue
-            keep.append(s)
-        if self.skipped_captions:
-            print(f"{self.reader.ann_path}: skipped {self.skipped_captions} image(s) without a caption")
-        self.reader.samples = keep
-        if not keep:
-            raise ConfigError(f"{self.reader.ann_path}: no usable image")
-        self.label_names = list(self.reader.categories)
-        index = self.reader._cat_index
-        self.targets = torch.zeros(len(keep), len(self.label_names))
-        for i, s in enumerate(keep):
-            for a in s["anns"]:
-                self.targets[i, index[a["category_id"]]] = 1.0
-        self.captions = [self.reader.captions.get(s["image"]["id"], "") for s in keep]
-
-    @property
-    def skipped(self) -> int:
-        return self.reader.skipped + self.skipped_captions
 
 
 class MultilabelDataModule(StudyDataModule):
