@@ -30,6 +30,8 @@ registry.register_tool("report", "lit_experiments.core.report")
 registry.register_tool("demo", "lit_experiments.demo")
 registry.register_tool("sweep", "lit_experiments.core.sweep")
 registry.register_tool("cv", "lit_experiments.core.folds")
+registry.register_tool("export", "lit_experiments.core.export")
+registry.register_tool("quantize", "lit_experiments.core.quantize")
 
 #: Lightning subcommands and what they do (the fast ``--help`` lists them without importing Lightning)
 SUBCOMMANDS = {

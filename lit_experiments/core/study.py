@@ -116,6 +116,15 @@ class StudyModule(L.LightningModule):
         """A forward pass that builds every lazy part (called under ``torch.no_grad``). Override if needed."""
         self(batch)
 
+    # ------------------------------------------------------------ deployment
+    def export_parts(self, batch: Any) -> dict[str, Any]:
+        """The parts ``lit-exp export`` exports, built on ``batch``: ``{name: core.export.ExportPart}`` (plain-tensor
+        modules in eval mode, example inputs, post-processing outside the graph). Default: none (an error)."""
+        from .errors import ConfigError
+
+        raise ConfigError(f"{type(self).__name__} names no exportable parts: define export_parts(batch) -> "
+                          "{name: ExportPart} (lit_experiments.core.export) to use `lit-exp export`")
+
     # ---------------------------------------------------------------- health
     def track(
         self,

@@ -102,6 +102,11 @@ class CocoInstances(FileDataset):
             for a in json.loads(cap_path.read_text()).get("annotations", []):
                 self.captions.setdefault(a["image_id"], a["caption"])
         images = sorted(data.get("images", []), key=lambda im: im["id"])
+        unknown = sorted(set(anns) - {im["id"] for im in images})
+        if unknown:
+            k, a = next((k, a) for k, a in enumerate(data["annotations"]) if a["image_id"] == unknown[0])
+            raise LabelError(f"{self.ann_path}: annotation #{k} (id {a.get('id')}) names image_id {unknown[0]!r}, "
+                             f"which is not in the file's images list ({len(unknown)} image id(s) unknown)")
         self.samples = [{"path": self.image_dir / im["file_name"], "image": im, "anns": anns.get(im["id"], [])}
                         for im in images]
         self._scan(check_files)

@@ -267,3 +267,12 @@ def test_reader_items_collate(tmp_path):
     pairs = CocoInstances(out, mode="pairs", negatives=1)
     pb = default_collate([pairs[i] for i in range(4)])
     assert pb["mask"].dtype == torch.bool and len(pb["prompt"]) == 4
+
+
+def test_coco_annotation_naming_an_unknown_image_is_an_error(tmp_path):
+    co = _write(tmp_path, "coco")
+    ann = json.loads((co / "annotations" / "instances.json").read_text())
+    ann["annotations"][2]["image_id"] = 987654
+    (co / "annotations" / "instances.json").write_text(json.dumps(ann))
+    with pytest.raises(LabelError, match=r"instances\.json: annotation #2 .* names image_id 987654, which is not"):
+        CocoInstances(co)

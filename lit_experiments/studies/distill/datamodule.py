@@ -37,6 +37,7 @@ from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.study import StudyDataModule
 from lit_experiments.data.shapes import ShapesWorld
 
+from .clips import ClipSplit, Frames, clip_settings, clip_world, collate_clips
 from .prompts import DEFAULT_GENERIC, DualTokenizer, Prompt, PromptSampler
 from .teacher import OUTPUT_KEYS, Sam3Teacher
 
@@ -57,16 +58,26 @@ def student_tokenizer(name: str, context: int) -> Any:
 
 
 class UnitSource:
-    """Per image of a split: the uint8 image, the present category names and each category's instances."""
+    """Per image of a split: the uint8 image, the present concept names and each concept's instances.
 
-    def __init__(self, dataset: Dataset, categories: list[str]) -> None:
-        self.dataset, self.categories = dataset, list(categories)
+    ``key``: the items' per-object array naming each object's concept (``category``, or ``color`` for
+    ShapesWorld's colour concept); ``names[v]`` is the name of value ``v`` of that array (default:
+    ``categories``); ``categories``: the prompt vocabulary's concept names."""
+
+    def __init__(self, dataset: Dataset, categories: list[str], key: str = "category",
+                 names: list[str] | None = None) -> None:
+        self.dataset, self.categories, self.key = dataset, list(categories), key
+        self.names = list(names) if names is not None else self.categories
         self.items = [dataset[i] for i in range(len(dataset))]
         self.present: list[list[str]] = []
         for it in self.items:
             n = int(it["num_objects"])
             visible = [k for k in range(n) if bool((it["instances"] == k + 1).any())]
-            self.present.append(sorted({self.categories[int(it["category"][k])] for k in visible}))
+            self.present.append(sorted({self.concept(it, k) for k in visible}))
+
+    def concept(self, item: dict, k: int) -> str:
+        """The concept name of object ``k`` of ``item``."""
+        return self.names[int(item[self.key][k])]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -84,7 +95,7 @@ class UnitSource:
         elif prompt.kind == "generic":
             ks = list(range(n))
         else:
-            ks = [k for k in range(n) if self.categories[int(it["category"][k])] == prompt.category]
+            ks = [k for k in range(n) if self.concept(it, k) == prompt.category]
         masks = [it["instances"] == k + 1 for k in ks]
         masks = [m for m in masks if bool(m.any())]
         if not masks:
@@ -99,11 +110,14 @@ class UnitSource:
 
 
 class EpochSampler(Sampler):
-    """Indices ``(image, epoch)`` in a seeded permutation per epoch (``shuffle``), split over ranks by stride.
-    Lightning calls :meth:`set_epoch`; the dataset draws the epoch's prompt from the pair."""
+    """Indices ``(image, epoch, r)`` in a seeded permutation of the images per epoch (``shuffle``), split over
+    ranks by stride; ``r = 0 .. per_image - 1`` come one after the other (the image's prompts land in one batch).
+    Lightning calls :meth:`set_epoch`; the dataset draws the epoch's prompts from the key."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 per_image: int = 1) -> None:
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, max(1, world_size)
+        self.per_image = max(1, int(per_image))
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -113,56 +127,54 @@ class EpochSampler(Sampler):
         order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 10007 + self.epoch))
                  if self.shuffle else torch.arange(self.n))
         for i in order[self.rank::self.world].tolist():
-            yield (int(i), self.epoch)
+            for r in range(self.per_image):
+                yield (int(i), self.epoch, r)
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
+        return len(range(self.rank, self.n, self.world)) * self.per_image
 
 
-class VocabUnits(Dataset):
-    """Every (image, vocabulary prompt) of a split as the teacher cache's input: item ``packed`` = the image's
-    pixels (float, 0-255) then the teacher ids and mask; ``fingerprint`` covers images and ids."""
+class VocabImages(Dataset):
+    """The images of a split as the teacher cache's input (item ``image``: uint8);
+    ``fingerprint`` covers the images and the vocabulary's teacher ids (one cache row per image holds the
+    outputs of every vocabulary prompt)."""
 
-    def __init__(self, source: UnitSource, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        self.source, self.ids, self.mask = source, ids, mask
-        self.v = ids.shape[0]
+    def __init__(self, source: UnitSource, ids: torch.Tensor) -> None:
+        self.source, self.ids = source, ids
 
     def __len__(self) -> int:
-        return len(self.source) * self.v
+        return len(self.source)
 
     def fingerprint(self) -> str:
         import hashlib
 
         return f"{self.source.fingerprint()}-ids{hashlib.sha1(self.ids.numpy().tobytes()).hexdigest()[:12]}"
 
-    def __getitem__(self, u: int) -> dict:
-        i, v = divmod(int(u), self.v)
-        packed = torch.cat([self.source.image(i).float().flatten(), self.ids[v].float(), self.mask[v].float()])
-        return {"packed": packed, "index": torch.tensor(int(u))}
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.source.image(int(i)), "index": torch.tensor(int(i))}
 
 
 class TeacherOutputs:
-    """The frozen teacher as the cache sees it: ``features(packed (B, P)) -> (B, 1, D)`` flat outputs."""
+    """The frozen teacher as the cache sees it: ``features([0, 1] images (B, 3, H, W)) -> (B, V, D)``, the flat outputs
+    of every vocabulary prompt (ids ``ids``, mask ``mask``) per image; the vision encoder runs once per image
+    (SAM3's ``vision_embeds`` path through ``image_index``)."""
 
-    def __init__(self, teacher: Sam3Teacher, image_shape: tuple[int, int, int], text_len: int) -> None:
-        self.teacher, self.image_shape, self.text_len, self.name = teacher, image_shape, text_len, "distill-teacher"
-        self.shapes: dict[str, tuple[int, ...]] | None = None
+    def __init__(self, teacher: Sam3Teacher, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        self.teacher, self.ids, self.mask, self.name = teacher, ids, mask, "distill-teacher"
 
     def cache_key(self) -> str:
         return f"teacher:{self.teacher.cache_key()}"
 
     @torch.no_grad()
-    def features(self, packed: torch.Tensor) -> torch.Tensor:
-        c, h, w = self.image_shape
-        n_pix = c * h * w
-        images = packed[:, :n_pix].reshape(-1, c, h, w)
-        ids = packed[:, n_pix:n_pix + self.text_len].round().long()
-        mask = packed[:, n_pix + self.text_len:].round().long()
-        out = self.teacher(images=images, input_ids=ids, attention_mask=mask)
-        self.shapes = {k: tuple(out[k].shape[1:]) for k in OUTPUT_KEYS}
-        return torch.cat([out[k].float().reshape(len(images), -1) for k in OUTPUT_KEYS], 1).unsqueeze(1)
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        b, v = len(images), len(self.ids)
+        out = self.teacher(images=(images * 255.0).round(),
+                           input_ids=self.ids.repeat(b, 1), attention_mask=self.mask.repeat(b, 1),
+                           image_index=torch.arange(b).repeat_interleave(v))
+        return torch.cat([out[k].float().reshape(b * v, -1) for k in OUTPUT_KEYS], 1).reshape(b, v, -1)
 
-    def unpack(self, flat: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def unpack(flat: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
         out, pos = {}, 0
         for k in OUTPUT_KEYS:
             size = int(np.prod(shapes[k])) if shapes[k] else 1
@@ -217,10 +229,11 @@ class UnitSplit(Dataset):
     def __len__(self) -> int:
         return len(self.source) if self.units is None else len(self.units)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict:
         if self.units is None:
-            i, epoch = key if isinstance(key, tuple) else (int(key), 0)
-            prompt = self.dm.sampler.sample(self.source.present[i], i, epoch)
+            i, epoch, r = (*key, 0)[:3] if isinstance(key, tuple) else (int(key), 0, 0)
+            prompt = self.dm.sampler.sample_many(self.source.present[i], i, epoch, r + 1)[r]
         else:
             i, prompt = self.units[int(key)]
         v = self.dm.vocab.index(prompt.text)
@@ -274,11 +287,18 @@ class DistillDataModule(StudyDataModule):
         shapes: ShapesWorld arguments over :data:`DEFAULT_WORLD`.
         root / coco_train / coco_val / coco_test / image_size: a COCO-style folder and each split's
             ``CocoInstances`` arguments (``ann_file``, ``image_dir``), the image side.
-        prompts: :class:`~.prompts.PromptSampler` arguments (``ratios``, ``generic``).
+        prompts: :class:`~.prompts.PromptSampler` arguments (``ratios``, ``generic``, ``seed``) and ``per_image``:
+            training prompts per image and epoch, distinct where the image allows (:meth:`~.prompts.PromptSampler.
+            sample_many`), consecutive in a batch, so ignoring the prompt cannot lower the loss (default 1).
         feature_level: serve the teacher's vision features of this FPN level as ``teacher_features`` (C, h, w),
             cached per image (the ``encoder`` stage sets it; ``null``: not served). Cost: C x h x w float16 per
             image (SAM3 at 1008 px, level -1: 256 x 72 x 72 = 2.6 MB).
         student_tokenizer / student_context: the student's open_clip tokenizer and its context length.
+        concept: what a prompt names: ``category`` (the data's category names) or ``color`` (ShapesWorld's colours:
+            a unit's targets are the objects of that colour; the demo's stand-in teacher learns colour prompts).
+        clips: ShapesWorld clips (:func:`~.clips.clip_settings`: ``n_train`` / ``n_val`` / ``n_test`` clips of
+            ``num_frames`` frames; ``null``: none). With clips the test has a second loader, scored apart (F27).
+        video: serve clip units for training (the ``video`` stage sets ``data: {video: true}``).
         cache_dir: where the teacher-output caches live.
     """
 
@@ -288,6 +308,7 @@ class DistillDataModule(StudyDataModule):
         coco_train: dict[str, Any] | None = None, coco_val: dict[str, Any] | None = None,
         coco_test: dict[str, Any] | None = None, image_size: int | None = None, prompts: dict[str, Any] | None = None,
         student_tokenizer: str = "MobileCLIP-S1", student_context: int = 32, feature_level: int | None = None,
+        concept: str = "category", clips: dict[str, Any] | None = None, video: bool = False,
         cache_dir: str = ".cache/features",
         batch_size: int = 16, eval_batch_size: int | None = 64, num_workers: int = 0, fold: dict | None = None,
     ) -> None:
@@ -305,12 +326,21 @@ class DistillDataModule(StudyDataModule):
         self.root, self.image_size, self.cache_dir = root, image_size, cache_dir
         self.coco = {"train": coco_train, "val": coco_val, "test": coco_test}
         prompts = dict(prompts or {})
-        unknown = sorted(set(prompts) - {"ratios", "generic", "seed"})
+        unknown = sorted(set(prompts) - {"ratios", "generic", "seed", "per_image"})
         if unknown:
-            raise ConfigError(f"data.init_args.prompts: unknown keys {unknown}; allowed: ratios, generic, seed")
+            raise ConfigError(f"data.init_args.prompts: unknown keys {unknown}; allowed: ratios, generic, seed, "
+                              "per_image")
+        if int(prompts.get("per_image", 1)) < 1:
+            raise ConfigError(f"data.init_args.prompts.per_image={prompts['per_image']!r}; expected >= 1")
         self.prompt_args = prompts
         self.student_tokenizer_name, self.student_context = student_tokenizer, int(student_context)
         self.feature_level = feature_level
+        if concept not in ("category", "color") or (concept == "color" and dataset != "shapes"):
+            raise ConfigError(f"data.init_args.concept={concept!r}; expected 'category', or 'color' with dataset "
+                              "shapes")
+        if (clips is not None or video) and dataset != "shapes":
+            raise ConfigError("data.init_args.clips / video: clips come from ShapesWorld (dataset shapes) only")
+        self.concept, self.clips, self.video = concept, clip_settings(clips), bool(video)
         self._sources: dict[str, UnitSource] = {}
         self._caches: dict[str, Any] = {}
         self._splits: dict[str, UnitSplit] = {}
@@ -318,16 +348,30 @@ class DistillDataModule(StudyDataModule):
 
     # ------------------------------------------------------------------ sources and vocabulary
     def source(self, split: str) -> UnitSource:
+        """The images of ``split`` (``train`` / ``val`` / ``test``) or the frames of its clips (``clips-<split>``)."""
         if split not in self._sources:
-            if self.dataset == "shapes":
+            if split.startswith("clips-"):
+                if self.clips is None:
+                    raise ConfigError("data.init_args.clips is not set: no clips to serve (the video stage and the "
+                                      "clip test need clips: {n_train, n_val, n_test, num_frames})")
+                base = split.removeprefix("clips-")
+                self._sources[split] = self._shapes_source(Frames(clip_world(self, base, SPLITS.index(base))))
+            elif self.dataset == "shapes":
                 ds = ShapesWorld(self.sizes[split], seed=self.seed + SPLITS.index(split), **self.world)
-                self._sources[split] = UnitSource(ds, list(ds.categories))
+                self._sources[split] = self._shapes_source(ds)
             else:
                 from lit_experiments.data.coco import CocoInstances
 
                 ds = CocoInstances(str(self.root), image_size=self.image_size, **self.coco[split])
                 self._sources[split] = UnitSource(ds, list(ds.categories))
         return self._sources[split]
+
+    def _shapes_source(self, ds: Dataset) -> UnitSource:
+        world = ds.world if isinstance(ds, Frames) else ds
+        if self.concept == "color":
+            return UnitSource(ds, [world.COLOR_NAMES[c] for c in world.colors], key="color",
+                              names=list(world.COLOR_NAMES))
+        return UnitSource(ds, list(world.categories))
 
     def prepare(self) -> None:
         """Categories, prompt sampler, vocabulary and both models' ids of every vocabulary prompt."""
@@ -359,15 +403,17 @@ class DistillDataModule(StudyDataModule):
             from lit_experiments.data.cache import FeatureCache
 
             src = self.source(split)
-            units = VocabUnits(src, self.vocab_ids["teacher_input_ids"], self.vocab_ids["teacher_attention_mask"])
-            backbone = TeacherOutputs(self.teacher, tuple(src.image(0).shape), units.ids.shape[1])
+            ids, mask = self.vocab_ids["teacher_input_ids"], self.vocab_ids["teacher_attention_mask"]
+            backbone = TeacherOutputs(self.teacher, ids, mask)
             with torch.no_grad():  # the shapes of one unit's outputs, to unpack the flat cache rows
-                probe = self.teacher(images=src.image(0)[None], input_ids=units.ids[:1], attention_mask=units.mask[:1])
+                probe = self.teacher(images=src.image(0)[None], input_ids=ids[:1], attention_mask=mask[:1])
             shapes = {k: tuple(probe[k].shape[1:]) for k in OUTPUT_KEYS}
-            cache = FeatureCache(Path(self.cache_dir), backbone, units, batch_size=self.eval_batch_size or 64,
-                                 image_key="packed", key_fields={"split": split, "vocab": self.vocab},
+            cache = FeatureCache(Path(self.cache_dir), backbone, VocabImages(src, ids),
+                                 batch_size=max(1, (self.eval_batch_size or 64) // len(self.vocab)),
+                                 image_key="image", key_fields={"split": split, "vocab": self.vocab},
                                  include_items=False, progress=False)
-            self._caches[split] = lambda u: backbone.unpack(cache.features(u)[0], shapes)
+            v = len(self.vocab)
+            self._caches[split] = lambda u: backbone.unpack(cache.features(u // v)[u % v], shapes)
         return self._caches[split]
 
     def teacher_features(self, split: str):
@@ -401,16 +447,28 @@ class DistillDataModule(StudyDataModule):
         self.prepare()
 
     # ------------------------------------------------------------------ loaders
+    def clip_split(self, name: str) -> ClipSplit:
+        self.prepare()
+        key = f"clips-{name}"
+        if key not in self._splits:
+            self._splits[key] = ClipSplit(self, name)
+        return self._splits[key]
+
     def train_dataloader(self) -> DataLoader:
-        ds = self.split("train")
+        ds = self.clip_split("train") if self.video else self.split("train")
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = EpochSampler(len(ds), True, self.seed, rank, world)
+        sampler = EpochSampler(len(ds), True, self.seed, rank, world, int(self.prompt_args.get("per_image", 1)))
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_units, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader(self.split("val"), collate_fn=collate_units)
 
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.split("test"), collate_fn=collate_units)
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test images; with ``clips``, also the test clips as a second loader (scored apart, F27)."""
+        images = self.eval_loader(self.split("test"), collate_fn=collate_units)
+        if self.clips is None:
+            return images
+        return [images, self.eval_loader(self.clip_split("test"), collate_fn=collate_clips,
+                                         batch_size=max(1, (self.eval_batch_size or 64) // self.clips["num_frames"]))]

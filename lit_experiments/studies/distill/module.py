@@ -12,29 +12,39 @@ Stages (``stage.args.objective``; default: the stage name):
 * ``encoder``: :class:`~.losses.FeatureDistillLoss` (MSE + cosine) of the student's image features, through a
   trainable 1x1 projection (``feature_proj``, ``teacher_feature_dim`` channels) resized to the teacher's map,
   against the teacher's cached vision features (the stage sets ``data: {feature_level: ...}``).
-* ``video`` is not built yet (issue 15): choosing it is a config error that says so.
+* ``video``: the ``decoder`` objective on every frame of ShapesWorld clips (the stage sets ``data: {video:
+  true}``), plus ``temporal_weight`` x :func:`~.clips.temporal_change` of the student's presence and query
+  scores between consecutive frames.
+
+``stage.args.init_from``: a checkpoint of this study (a stage's ``final.ckpt`` or a Lightning ``.ckpt``) whose
+student weights the stage starts from (the seed continued from existing checkpoints); a checkpoint of another
+study, or one without a student, is an error naming it.
 
 Validation: SA-Co metrics of the student at the threshold 0.5 (``val/miou`` ...) and a
 :class:`~.calibration.Calibration` (query / presence temperatures, threshold) fitted on the validation units
 only and stored in buffers, so every checkpoint carries the calibration of its own weights (F42). Test: the
 student's metrics at its stored calibration (``test/student/*``) and at 0.5 (``test/student_raw/*``), the
 teacher's at 0.5 (``test/teacher/*``), ratios student / teacher (``test/ratio/*``), and a table in
-``<run_dir>/distill/teacher_vs_student.{md,csv}``.
+``<run_dir>/distill/teacher_vs_student.{md,csv}``. With clips (``data.init_args.clips``), the clip frames are
+scored apart (F27): ``test/video/{student,teacher}/*`` and ``test/video/{student,teacher}/temporal_stability``
+(1 - the mean frame-to-frame change of presence and query scores).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
 from lit_experiments.core.study import StudyModule
 
 from .calibration import Calibration, calibration_records, cat_records, fit_calibration
+from .clips import flatten_clips, temporal_change
 from .evaluation import (
     comparison_table,
     concept_responsiveness,
@@ -44,21 +54,24 @@ from .evaluation import (
     update_metric,
     write_table,
 )
+from .gallery import visual_check
 from .losses import DistillLoss, FeatureDistillLoss, SetLoss
 from .student import Student
 
 OBJECTIVES = ("decoder", "encoder", "video")
-BUILT = ("encoder", "decoder")
 METRICS = ("miou", "miou_pos", "presence_f1", "il_mcc", "pmf1", "cgf1")
 
 
 @dataclass
 class StageArgs:
     """Allowed ``stage.args`` keys: ``objective`` (default: the stage name when it is one), ``gt_weight``
-    (weight of the ground-truth set loss beside distillation)."""
+    (weight of the ground-truth set loss beside distillation), ``temporal_weight`` (the video objective's
+    temporal term), ``init_from`` (a checkpoint whose student weights the stage starts from)."""
 
     objective: str = "decoder"
     gt_weight: float = 0.0
+    temporal_weight: float = 0.1
+    init_from: str | None = None
 
 
 class Records(Metric):
@@ -91,6 +104,8 @@ class DistillModule(StudyModule):
         calibration_metric: what the validation threshold maximises (``f1`` or ``mcc``).
         probe_images: test images for the two F46 numbers (concept responsiveness, paraphrase stability) of
             student and teacher (0: skipped).
+        gallery_images: test images of the visual check (teacher and student masks for every vocabulary prompt:
+            PNG grids and an HTML page in ``<run_dir>/distill/gallery``; 0: skipped).
         stage_args: defaults of the stages' ``args``.
         optimizer: the optimizer of a plain ``fit``.
     """
@@ -103,7 +118,8 @@ class DistillModule(StudyModule):
 
     def __init__(self, student: Student, distill_loss: DistillLoss | None = None, set_loss: SetLoss | None = None,
                  feature_loss: FeatureDistillLoss | None = None, teacher_feature_dim: int | None = None,
-                 calibration_metric: str = "f1", probe_images: int = 16, stage_args: StageArgs | None = None,
+                 calibration_metric: str = "f1", probe_images: int = 16, gallery_images: int = 8,
+                 stage_args: StageArgs | None = None,
                  optimizer: OptimSpec | None = None) -> None:
         super().__init__(optimizer)
         self.save_hyperparameters(ignore=["student", "distill_loss", "set_loss", "feature_loss"])
@@ -116,24 +132,56 @@ class DistillModule(StudyModule):
         self.distill_loss = distill_loss or DistillLoss()
         self.set_loss = set_loss or SetLoss()
         self.calibration_metric, self.probe_images = calibration_metric, int(probe_images)
+        self.gallery_images = int(gallery_images)
         self.stage_defaults = stage_args or StageArgs()
         self.args = self._stage_args(self.stage)
         # the calibration of the current weights (fitted at each validation end; saved with the checkpoint)
         self.register_buffer("calibration_values", torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float64))
         self.val_metric, self.test_student, self.test_raw, self.test_teacher = (unit_metric() for _ in range(4))
+        self.video_student, self.video_teacher = unit_metric(), unit_metric()
+        self.video_change = torch.nn.ModuleDict({"student": MeanMetric(), "teacher": MeanMetric()})
         self.val_records = Records()
 
     # ------------------------------------------------------------------ stages
     def _stage_args(self, stage: StageSpec) -> StageArgs:
         args = stage_args(stage, self.stage_defaults, OBJECTIVES)
-        if args.objective not in BUILT:
-            what = "is not built yet (issue 15)" if args.objective in OBJECTIVES else "is unknown"
-            raise ConfigError(f"stage {stage.name!r}: objective {args.objective!r} {what}; expected one of "
-                              f"{list(BUILT)}")
+        if args.objective not in OBJECTIVES:
+            raise ConfigError(f"stage {stage.name!r}: objective {args.objective!r} is unknown; expected one of "
+                              f"{list(OBJECTIVES)}")
         return args
 
     def on_stage(self, stage: StageSpec) -> None:
         self.args = self._stage_args(stage)
+        if self.args.init_from and getattr(self, "_in_curriculum", False):
+            self.load_student(self.args.init_from, f"stage {stage.name!r}: args.init_from")
+
+    def load_student(self, path: str | Path, what: str = "init_from") -> None:
+        """Load the student weights of a checkpoint of this study (the rest of the module is left as it is)."""
+        from lit_experiments.core.checkpoints import (
+            CheckpointError,
+            check_study,
+            checkpoint_study,
+            find_run_dir,
+            read_checkpoint,
+        )
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{what}={str(p)!r}: no such checkpoint file")
+        ckpt = read_checkpoint(p)
+        state = ckpt.get("state_dict", {})
+        try:
+            check_study(p, self, checkpoint_study(ckpt, find_run_dir(p)), state)
+        except CheckpointError as err:
+            raise ConfigError(f"{what}: {err}") from None
+        student = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+        if not student:
+            raise ConfigError(f"{what}={str(p)!r}: the checkpoint holds no student weights (keys student.*)")
+        try:
+            self.student.load_state_dict(student)
+        except RuntimeError as err:
+            raise ConfigError(f"{what}={str(p)!r}: its student does not fit this config's student "
+                              f"({str(err).splitlines()[0][:160]})") from None
 
     # ------------------------------------------------------------------ calibration
     @property
@@ -144,10 +192,18 @@ class DistillModule(StudyModule):
 
     # ------------------------------------------------------------------ model
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        if batch["image"].dim() == 5:  # clips: every frame is a unit
+            batch = flatten_clips(batch)
         return self.student(batch["image"], batch["student_input_ids"])
 
     def dry_run(self, batch: dict) -> None:
         self(batch)
+
+    def export_parts(self, batch: dict) -> dict[str, Any]:
+        """The student's image encoder, text encoder and decoder as separate exports (:mod:`.deploy`)."""
+        from .deploy import export_parts
+
+        return export_parts(self, batch)
 
     def _size(self, batch: dict) -> tuple[int, int]:
         return tuple(batch["image"].shape[-2:])
@@ -155,6 +211,12 @@ class DistillModule(StudyModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.args.objective == "encoder":
             return self._encoder_step(batch)
+        video = self.args.objective == "video"
+        if video != (batch["image"].dim() == 5):
+            raise ConfigError(f"stage {self.stage_name!r}: the {self.args.objective} objective needs "
+                              f"{'clips' if video else 'images'}; set the stage's data: {{video: {str(video).lower()}}}")
+        if video:
+            batch = flatten_clips(batch)
         if "teacher" not in batch:
             raise ConfigError("the decoder objective distils the teacher's outputs: give data.init_args.teacher")
         out = self(batch)
@@ -165,6 +227,10 @@ class DistillModule(StudyModule):
             total = total + self.args.gt_weight * gt["total"]
             self.log("train/gt", gt["total"].detach(), batch_size=len(batch["prompt"]))
         b = len(batch["prompt"])
+        if video and self.args.temporal_weight > 0:
+            temporal = temporal_change(out, batch["frames"])
+            total = total + self.args.temporal_weight * temporal
+            self.log("train/temporal", temporal.detach(), batch_size=b, on_step=False, on_epoch=True)
         self.track(losses={"loss": total})
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=b)
         for name in ("mask_bce", "dice", "box_l1", "giou", "logit", "presence", "n_matched"):
@@ -214,7 +280,9 @@ class DistillModule(StudyModule):
         self.log("val/calibrated_threshold", float(cal.threshold))
 
     # ------------------------------------------------------------------ test
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch["image"].dim() == 5:  # clips: scored apart from images (F27)
+            return self._clip_test_step(flatten_clips(batch))
         out, size = self(batch), self._size(batch)
         update_metric(self.test_student, postprocess(out, size=size, **self.calibration.postprocess_kwargs()),
                       batch["targets"])
@@ -222,24 +290,32 @@ class DistillModule(StudyModule):
         if "teacher" in batch:
             update_metric(self.test_teacher, postprocess(batch["teacher"], size=size), batch["targets"])
 
-    def prompt_probes(self) -> dict[str, float]:
-        """F46 on the first ``probe_images`` test images, for student and teacher: concept responsiveness (mean
-        score of present-category prompts minus absent ones; 0 = the prompt is ignored) and paraphrase stability
-        (agreement of the masks of ``c`` / ``a c`` / ``the c`` on images that contain ``c``)."""
+    def _clip_test_step(self, batch: dict) -> None:
+        out, size, t = self(batch), self._size(batch), batch["frames"]
+        update_metric(self.video_student, postprocess(out, size=size, **self.calibration.postprocess_kwargs()),
+                      batch["targets"])
+        self.video_change["student"].update(temporal_change(out, t))
+        if "teacher" in batch:
+            update_metric(self.video_teacher, postprocess(batch["teacher"], size=size), batch["targets"])
+            self.video_change["teacher"].update(temporal_change(batch["teacher"], t))
+
+    def _clip_results(self, undefined: dict[str, str]) -> None:
+        for who, metric in (("student", self.video_student), ("teacher", self.video_teacher)):
+            if not metric.update_count:
+                continue
+            for name, value in metric.compute().items():
+                if name in METRICS:
+                    self._log_defined(f"test/video/{who}/{name}", float(value), undefined)
+            self._log_defined(f"test/video/{who}/temporal_stability",
+                              1.0 - float(self.video_change[who].compute()), undefined)
+        for m in (self.video_student, self.video_teacher, *self.video_change.values()):
+            m.reset()
+
+    def _score_fns(self, dm: Any) -> tuple[Any, Any]:
+        """Student and teacher as ``(images, prompts) -> outputs`` (each model's own ids of the same strings)."""
         from .datamodule import student_tokenizer
         from .prompts import DualTokenizer
 
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or getattr(dm, "teacher", None) is None:
-            return {}
-        src = dm.source("test")
-        keep = [i for i in range(len(src)) if src.present[i] and len(src.present[i]) < len(dm.categories)]
-        keep = keep[: self.probe_images]
-        if not keep:
-            return {}
-        images = torch.stack([src.image(i) for i in keep])
-        present = [src.present[i] for i in keep]
-        absent = [[c for c in dm.categories if c not in p] for p in present]
         tok = DualTokenizer(dm.teacher.tokenizer, student_tokenizer(dm.student_tokenizer_name, dm.student_context),
                             dm.teacher.text_max_length, dm.student_context)
 
@@ -250,6 +326,28 @@ class DistillModule(StudyModule):
             ids, mask = tok.teacher_encode(prompts)
             return dm.teacher(images=imgs.to(dm.teacher.model.device), input_ids=ids, attention_mask=mask)
 
+        return student_fn, teacher_fn
+
+    def _probe_set(self, dm: Any, n: int) -> tuple[list[int], Any]:
+        """The first ``n`` test images with some but not every concept present."""
+        src = dm.source("test")
+        keep = [i for i in range(len(src)) if src.present[i] and len(src.present[i]) < len(dm.categories)]
+        return keep[:n], src
+
+    def prompt_probes(self) -> dict[str, float]:
+        """F46 on the first ``probe_images`` test images, for student and teacher: concept responsiveness (mean
+        score of present-concept prompts minus absent ones; 0 = the prompt is ignored) and paraphrase stability
+        (agreement of the masks of ``c`` / ``a c`` / ``the c`` on images that contain ``c``)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or getattr(dm, "teacher", None) is None:
+            return {}
+        keep, src = self._probe_set(dm, self.probe_images)
+        if not keep:
+            return {}
+        images = torch.stack([src.image(i) for i in keep])
+        present = [src.present[i] for i in keep]
+        absent = [[c for c in dm.categories if c not in p] for p in present]
+        student_fn, teacher_fn = self._score_fns(dm)
         groups = [[c, f"a {c}", f"the {c}"] for c in dm.categories]
         where = [[j for j, p in enumerate(present) if c in p] for c in dm.categories]
         groups, where = [g for g, w in zip(groups, where) if w], [w for w in where if w]
@@ -259,6 +357,35 @@ class DistillModule(StudyModule):
                 out[f"test/{who}/concept_responsiveness"] = concept_responsiveness(fn, images, present, absent)
                 out[f"test/{who}/paraphrase_stability"] = paraphrase_stability(fn, images, groups, group_images=where)
         return out
+
+    def write_gallery(self) -> dict[str, Any]:
+        """Teacher and student masks for every vocabulary prompt on the first ``gallery_images`` probe images:
+        two PNG grids and a static HTML gallery in ``<run_dir>/distill/gallery`` (the seed's visual check)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.gallery_images <= 0 or dm is None or getattr(dm, "teacher", None) is None:
+            return {}
+        keep, src = self._probe_set(dm, self.gallery_images)
+        if not keep:
+            return {}
+        student_fn, teacher_fn = self._score_fns(dm)
+        with torch.no_grad():
+            res = visual_check(teacher_fn, student_fn, torch.stack([src.image(i) for i in keep]), list(dm.vocab),
+                               self.run_dir / "distill" / "gallery",
+                               student_kwargs=self.calibration.postprocess_kwargs())
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in res.items()}
+
+    def _log_headline(self, undefined: dict[str, str]) -> None:
+        """The demo's headline names: the student's numbers as ``test/<metric>``, the teacher's as
+        ``test/teacher_<metric>`` and ``test/miou_ratio`` = student / teacher mIoU (all units)."""
+        logged = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        for name in ("miou", "miou_pos", "presence_f1", "il_mcc", "cgf1", "concept_responsiveness",
+                     "paraphrase_stability"):
+            for src, dst in ((f"test/student/{name}", f"test/{name}"), (f"test/teacher/{name}",
+                                                                       f"test/teacher_{name}")):
+                if src in logged:
+                    self.log(dst, logged[src])
+        if "test/ratio/miou" in logged:
+            self.log("test/miou_ratio", logged["test/ratio/miou"])
 
     def _log_defined(self, name: str, value: float, undefined: dict[str, str]) -> None:
         """Log a finite metric; an undefined one (NaN: e.g. IL_MCC when no unit is predicted present, an empty
@@ -287,6 +414,15 @@ class DistillModule(StudyModule):
         if self.probe_images > 0:
             for name, value in self.prompt_probes().items():
                 self._log_defined(name, value, undefined)
+        self._log_headline(undefined)
+        if self._is_rank_zero():
+            gallery = self.write_gallery()
+            if gallery:
+                self.add_results("gallery", gallery)
+        dm = getattr(self.trainer, "datamodule", None)
+        if getattr(dm, "teacher", None) is not None and hasattr(dm.teacher, "settings"):
+            self.add_results("teacher", dm.teacher.settings())
+        self._clip_results(undefined)
         self.add_results("calibration", self.calibration.state_dict())
         if undefined:
             self.add_results("undefined", undefined)

@@ -135,9 +135,26 @@ class PromptSampler:
 
     def sample(self, present: Iterable[str], index: int, epoch: int = 0) -> Prompt:
         """A prompt for an image whose instances have the categories ``present`` (names, repeats allowed)."""
+        return self.sample_many(present, index, epoch, 1)[0]
+
+    def sample_many(self, present: Iterable[str], index: int, epoch: int = 0, k: int = 1) -> list[Prompt]:
+        """``k`` prompts for one image with distinct texts where the image allows it (each drawn as
+        :meth:`sample` draws, redrawn up to 16 times on a repeat): the image's units then differ only through the
+        prompt, so a student that ignores the text cannot lower its loss. The first equals :meth:`sample`."""
         rng = self.rng(index, epoch)
         here = self._present(present)
         absent = [c for c in self.categories if c not in here]
+        out = [self._draw(rng, here, absent)]
+        for _ in range(1, k):
+            draw = self._draw(rng, here, absent)
+            for _ in range(16):
+                if draw.text not in {p.text for p in out}:
+                    break
+                draw = self._draw(rng, here, absent)
+            out.append(draw)
+        return out
+
+    def _draw(self, rng: np.random.Generator, here: list[str], absent: list[str]) -> Prompt:
         possible = {"category": bool(here), "generic": bool(self.generic), "negative": bool(absent)}
         weights = np.array([self.ratios[k] if possible[k] else 0.0 for k in PROMPT_KINDS])
         fallback = weights.sum() <= 0

@@ -333,3 +333,31 @@ def evaluate_standin_teacher(teacher: Sam3Teacher, data: dict[str, Any] | None =
     stats = UnitStats.cat([unit_stats(p["masks"], p["scores"], bank.targets(i, c)["masks"], score_threshold)
                            for p, (i, c) in zip(preds, units)])
     return {**promptable_metrics(stats), "score_threshold": score_threshold, "n_images": n_eval}
+
+
+class StandinTeacher(Sam3Teacher):
+    """The demo's teacher as a config part: :func:`train_standin_teacher` (trained once, then loaded from
+    ``cache_dir``). Arguments as :func:`train_standin_teacher` (``config`` null: :func:`default_config`; ``data``
+    over :data:`DEFAULT_DATA`); ``evaluate_on_build`` also scores it against ground truth on its held-out world
+    (:func:`evaluate_standin_teacher`, in ``standin_quality``), so every result names how well the teacher
+    segments. ``settings()`` adds the stand-in's cache file, training and quality."""
+
+    def __init__(self, config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 600,
+                 batch_size: int = 16, lr: float = 1e-3, seed: int = 0, cache_dir: str = ".cache/standins",
+                 evaluate_on_build: bool = True) -> None:
+        config = json.loads(json.dumps(config or default_config()))
+        super().__init__(config=config, init_seed=seed)
+        trained, info = train_standin_teacher(config, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                              cache_dir=cache_dir)
+        self.model.load_state_dict(trained.model.state_dict())
+        self.freeze()
+        self.standin_data = {**DEFAULT_DATA, **(data or {})}
+        self.standin_info = {k: info[k] for k in ("path", "cached", "loss_first", "loss_last", "train_seconds",
+                                                  "training") if k in info}
+        self.standin_quality: dict[str, Any] = {}
+        if evaluate_on_build:
+            quality = evaluate_standin_teacher(self, self.standin_data)
+            self.standin_quality = {k: v for k, v in quality.items() if isinstance(v, (int, float))}
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "standin": self.standin_info, "standin_quality": self.standin_quality}

@@ -242,6 +242,10 @@ class PromptDecoder(nn.Module):
             transposed conv: F15).
         fusion_layers: layers in which image tokens attend to each other and to the text tokens before the
             decoder (residual; 0 = none).
+        grounding: add a grounding score to the presence logit: the log-mean-exp over image locations of the dot
+            product of projected image features and the projected pooled text (a location that matches the
+            prompt says the concept is present). Measured on the demo: without it the tiny student's presence
+            stayed prompt-blind for 300-400 steps (the text is ignored until then), with it ... .
 
     ``forward(image_features (B, dim, h, w), text_tokens (B, L, dim), text_pooled (B, dim), text_padding_mask
     (B, L) bool, True = padding)`` -> the output contract (``pred_masks`` at ``mask_upsample * (h, w)``).
@@ -249,7 +253,7 @@ class PromptDecoder(nn.Module):
 
     def __init__(self, dim: int = 64, num_queries: int = 16, layers: int = 2, heads: int = 4,
                  mask_dim: int | None = None, ffn_dim: int | None = None, mask_upsample: int = 2,
-                 fusion_layers: int = 1, dropout: float = 0.0) -> None:
+                 fusion_layers: int = 1, dropout: float = 0.0, grounding: bool = False) -> None:
         super().__init__()
         if dim % heads or dim % 4:
             raise ConfigError(f"PromptDecoder: dim={dim} must be divisible by heads={heads} and by 4 (2-D sine "
@@ -277,6 +281,9 @@ class PromptDecoder(nn.Module):
         self.score_query, self.score_text = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.score_bias = nn.Parameter(torch.zeros(()))
         self.presence_head = MLP(dim, [dim, 1])
+        self.grounding = bool(grounding)
+        if self.grounding:
+            self.ground_image, self.ground_text = nn.Conv2d(dim, dim, 1), nn.Linear(dim, dim)
 
     def forward(self, image_features: Tensor, text_tokens: Tensor, text_pooled: Tensor,
                 text_padding_mask: Tensor) -> dict[str, Tensor]:
@@ -299,8 +306,12 @@ class PromptDecoder(nn.Module):
         queries = out[:, 1:]
         logits = (self.score_query(queries) * self.score_text(text_pooled)[:, None]).sum(-1) / math.sqrt(self.dim)
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_head(queries), self.pixel_head(image))
+        presence = self.presence_head(out[:, 0])[:, 0]
+        if self.grounding:
+            match = torch.einsum("bchw,bc->bhw", self.ground_image(image), self.ground_text(text_pooled)).flatten(1)
+            presence = presence + torch.logsumexp(match / math.sqrt(self.dim), 1) - math.log(match.shape[1])
         return {"pred_masks": masks, "pred_boxes": self.box_head(queries).sigmoid(),
-                "pred_logits": logits + self.score_bias, "presence_logits": self.presence_head(out[:, 0])[:, 0]}
+                "pred_logits": logits + self.score_bias, "presence_logits": presence}
 
 
 class Student(nn.Module):

@@ -71,10 +71,24 @@ def test_f24_training_prompts_follow_the_ratios_and_change_with_the_epoch(tmp_pa
 
 def test_epoch_sampler_splits_ranks_and_reshuffles():
     a, b = EpochSampler(10, True, 0, 0, 2), EpochSampler(10, True, 0, 1, 2)
-    first = [i for i, _ in a] + [i for i, _ in b]
+    first = [i for i, _, _ in a] + [i for i, _, _ in b]
     assert sorted(first) == list(range(10)) and len(a) == 5
     a.set_epoch(1)
-    assert [i for i, _ in a] != first[:5] and all(e == 1 for _, e in a)
+    assert [i for i, _, _ in a] != first[:5] and all(e == 1 for _, e, _ in a)
+    pairs = list(EpochSampler(10, True, 0, per_image=2))
+    assert len(pairs) == 20 and all(pairs[k][0] == pairs[k + 1][0] and (pairs[k][2], pairs[k + 1][2]) == (0, 1)
+                                    for k in range(0, 20, 2))
+
+
+def test_prompts_per_image_are_distinct_prompts_of_one_image(tmp_path):
+    dm = make(tmp_path, n_train=40, prompts={"per_image": 2})
+    ds = dm.split("train")
+    loader = dm.train_dataloader()
+    batch = next(iter(loader))
+    assert torch.equal(batch["index"][0::2], batch["index"][1::2])  # an image's prompts share a batch
+    pairs = [(ds[(i, 0, 0)]["prompt"], ds[(i, 0, 1)]["prompt"]) for i in range(len(ds))]
+    assert all(a != b for a, b in pairs)  # every ShapesWorld image allows two distinct prompts
+    assert [ds[(i, 0, 0)]["prompt"] for i in range(10)] == [ds[(i, 0)]["prompt"] for i in range(10)]
 
 
 def test_cached_teacher_outputs_equal_the_teacher(tmp_path, teacher):

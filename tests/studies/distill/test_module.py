@@ -46,10 +46,10 @@ def test_decoder_stage_fits_stores_calibration_and_tables_student_and_teacher(tm
     assert "miou" in table and "teacher" in table
 
 
-def test_unbuilt_objectives_are_named():
+def test_unknown_objectives_and_args_are_named():
     module = DistillModule(tiny_student(image_size=32, num_queries=4))
-    with pytest.raises(ConfigError, match="'video' is not built yet"):
-        module.set_stage(StageSpec(name="video", max_steps=1))
+    with pytest.raises(ConfigError, match="objective 'videos' is unknown"):
+        module.set_stage(StageSpec(name="x", max_steps=1, args={"objective": "videos"}))
     with pytest.raises(ConfigError, match="unknown args"):
         module.set_stage(StageSpec(name="decoder", max_steps=1, args={"gt": 1.0}))
 
@@ -80,3 +80,56 @@ def test_encoder_stage_distils_the_teachers_cached_vision_features(tmp_path, tea
                                               cache_dir=str(tmp_path / "cache"), batch_size=4).train_dataloader()))
     with pytest.raises(ConfigError, match="feature_level"):
         module._encoder_step(no_features)
+
+
+def test_a_stage_starts_from_the_student_of_a_given_checkpoint(tmp_path):
+    from lit_experiments.core.curriculum import save_weights
+
+    source = DistillModule(tiny_student(image_size=32, num_queries=4))
+    with torch.no_grad():
+        for p in source.student.parameters():
+            p.add_(0.5)
+    ckpt = tmp_path / "final.ckpt"
+    save_weights(source, ckpt)
+    target = DistillModule(tiny_student(image_size=32, num_queries=4))
+    target.set_stage(StageSpec(name="decoder", max_steps=1, args={"init_from": str(ckpt)}))
+    for (name, a), b in zip(target.student.state_dict().items(), source.student.state_dict().values()):
+        assert torch.equal(a, b), name
+    other = DistillModule(tiny_student(image_size=32, num_queries=4))
+    other.set_stage(StageSpec(name="decoder", max_steps=1, args={"init_from": str(ckpt)}), in_curriculum=False)
+    assert not torch.equal(next(other.student.parameters()), next(source.student.parameters()))  # eval: no load
+
+
+def test_init_from_a_checkpoint_of_another_study_or_a_missing_file_is_named(tmp_path):
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "study": "RetrievalModule"}, tmp_path / "r.ckpt")
+    module = DistillModule(tiny_student(image_size=32, num_queries=4))
+    with pytest.raises(ConfigError, match="args.init_from.*checkpoint of study RetrievalModule"):
+        module.set_stage(StageSpec(name="decoder", max_steps=1, args={"init_from": str(tmp_path / "r.ckpt")}))
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
+        module.set_stage(StageSpec(name="decoder", max_steps=1, args={"init_from": str(tmp_path / "none.ckpt")}))
+    wrong = DistillModule(tiny_student(image_size=32, num_queries=8))
+    from lit_experiments.core.curriculum import save_weights
+
+    save_weights(wrong, tmp_path / "q8.ckpt")
+    with pytest.raises(ConfigError, match="does not fit this config's student"):
+        module.set_stage(StageSpec(name="decoder", max_steps=1, args={"init_from": str(tmp_path / "q8.ckpt")}))
+
+
+def test_test_writes_the_gallery_and_the_headline_names(tmp_path, teacher):
+    torch.manual_seed(0)
+    dm = DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=8, shapes={"image_size": 32},
+                           cache_dir=str(tmp_path / "cache"), batch_size=8)
+    module = DistillModule(tiny_student(image_size=32, num_queries=4), probe_images=4, gallery_images=3)
+    module._run_dir = tmp_path / "run"
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+                        callbacks=[LazyBuild()])
+    res = trainer.test(module, datamodule=dm)[0]
+    gallery = tmp_path / "run" / "distill" / "gallery"
+    assert (gallery / "index.html").is_file() and (gallery / "student_grid.png").is_file()
+    html = (gallery / "index.html").read_text()
+    assert all(p in html for p in dm.vocab)  # one row per vocabulary prompt
+    assert module.extra_results["gallery"]["html"].endswith("index.html")
+    assert res["test/miou"] == res["test/student/miou"] and res["test/teacher_miou"] == res["test/teacher/miou"]
+    assert res["test/miou_ratio"] == pytest.approx(res["test/student/miou"] / res["test/teacher/miou"], rel=1e-5)
+    assert res["test/concept_responsiveness"] == res["test/student/concept_responsiveness"]
+    assert module.extra_results["teacher"]["checkpoint"] is None  # the teacher's settings are in results.json

@@ -212,3 +212,17 @@ def test_bad_arguments_are_config_errors(tmp_path) -> None:
         standin.train_standin_teacher(CFG, {**DATA, "neg_p": 1.5}, steps=1, cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="n_eval=0"):
         standin.evaluate_standin_teacher(Sam3Teacher(config=CFG), {**DATA, "n_eval": 0})
+
+
+def test_standin_teacher_part_trains_once_and_reports_its_quality(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = {**DATA, "n_eval": 8}
+    part = standin.StandinTeacher(config=CFG, data=data, steps=3, batch_size=4, cache_dir=str(tmp_path))
+    settings = part.settings()
+    assert settings["standin"]["cached"] is False and "miou_pos" in settings["standin_quality"]
+    assert all(not p.requires_grad for p in part.parameters())
+    want = standin.evaluate_standin_teacher(part, data)  # the reported quality is the ground-truth evaluation
+    assert settings["standin_quality"]["miou"] == pytest.approx(want["miou"])
+    monkeypatch.setattr(standin, "_fit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    again = standin.StandinTeacher(config=CFG, data=data, steps=3, batch_size=4, cache_dir=str(tmp_path),
+                                   evaluate_on_build=False)
+    assert again.settings()["standin"]["cached"] is True and again.weights_digest() == part.weights_digest()
