@@ -343,7 +343,8 @@ def reference_batch(dm: Any, split: str = "test") -> Any:
     """The first batch of the test loader (``split="test"``) or the datamodule's example batch."""
     if split == "test":
         dm.setup("test")
-        return next(iter(dm.test_dataloader()))
+        loaders = dm.test_dataloader()
+        return next(iter(loaders[0] if isinstance(loaders, (list, tuple)) else loaders))  # the first test loader
     return dm.example_batch()
 
 

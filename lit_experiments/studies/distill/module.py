@@ -21,11 +21,14 @@ student weights the stage starts from (the seed continued from existing checkpoi
 study, or one without a student, is an error naming it.
 
 Validation: SA-Co metrics of the student at the threshold 0.5 (``val/miou`` ...) and a
-:class:`~.calibration.Calibration` (query / presence temperatures, threshold) fitted on the validation units
-only and stored in buffers, so every checkpoint carries the calibration of its own weights (F42). Test: the
-student's metrics at its stored calibration (``test/student/*``) and at 0.5 (``test/student_raw/*``), the
-teacher's at 0.5 (``test/teacher/*``), ratios student / teacher (``test/ratio/*``), and a table in
-``<run_dir>/distill/teacher_vs_student.{md,csv}``. With clips (``data.init_args.clips``), the clip frames are
+:class:`~.calibration.Calibration` (query / presence temperatures, threshold) of the student and one of the
+teacher, fitted on the validation units only and stored in buffers, so every checkpoint carries the calibration of
+its own weights (F42). Test: the student's metrics at its stored calibration (``test/student/*``) and at 0.5
+(``test/student_raw/*``), the teacher's at its calibration (``test/teacher/*``) and at 0.5
+(``test/teacher_raw/*``), ratios student / teacher at their calibrations (``test/ratio/*``), a table in
+``<run_dir>/distill/teacher_vs_student.{md,csv}``, ECE of both before and after calibration with a reliability
+plot (``<run_dir>/distill/reliability.png``), the F46 numbers and the gallery; the headline repeats the
+student's numbers as ``test/<metric>`` and the teacher's as ``test/teacher_<metric>``. With clips (``data.init_args.clips``), the clip frames are
 scored apart (F27): ``test/video/{student,teacher}/*`` and ``test/video/{student,teacher}/temporal_stability``
 (1 - the mean frame-to-frame change of presence and query scores).
 """
@@ -43,7 +46,15 @@ from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
 from lit_experiments.core.study import StudyModule
 
-from .calibration import Calibration, calibration_records, cat_records, fit_calibration
+from .calibration import (
+    Calibration,
+    calibration_records,
+    cat_records,
+    ece,
+    fit_calibration,
+    reliability_plot,
+    unit_scores,
+)
 from .clips import flatten_clips, temporal_change
 from .evaluation import (
     comparison_table,
@@ -111,9 +122,10 @@ class DistillModule(StudyModule):
     """
 
     headline_metrics: ClassVar[list[str]] = [
-        "test/student/miou", "test/teacher/miou", "test/ratio/miou", "test/student/presence_f1",
-        "test/teacher/presence_f1", "test/student/cgf1", "test/teacher/cgf1", "test/student/concept_responsiveness",
-        "test/teacher/concept_responsiveness", "test/student/paraphrase_stability",
+        "test/teacher_miou_pos", "test/miou_pos", "test/teacher_miou", "test/miou", "test/miou_ratio",
+        "test/teacher_presence_f1", "test/presence_f1", "test/teacher_il_mcc", "test/il_mcc",
+        "test/teacher_concept_responsiveness", "test/concept_responsiveness", "test/paraphrase_stability",
+        "test/video/student/miou", "test/video/teacher/miou",
     ]
 
     def __init__(self, student: Student, distill_loss: DistillLoss | None = None, set_loss: SetLoss | None = None,
@@ -137,7 +149,12 @@ class DistillModule(StudyModule):
         self.args = self._stage_args(self.stage)
         # the calibration of the current weights (fitted at each validation end; saved with the checkpoint)
         self.register_buffer("calibration_values", torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float64))
+        # the teacher's, fitted on the same validation units (so the table compares calibrated with calibrated)
+        self.register_buffer("teacher_calibration_values", torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float64))
         self.val_metric, self.test_student, self.test_raw, self.test_teacher = (unit_metric() for _ in range(4))
+        self.test_teacher_raw = unit_metric()
+        self.val_teacher_records = Records()
+        self.test_records = torch.nn.ModuleDict({"student": Records(), "teacher": Records()})
         self.video_student, self.video_teacher = unit_metric(), unit_metric()
         self.video_change = torch.nn.ModuleDict({"student": MeanMetric(), "teacher": MeanMetric()})
         self.val_records = Records()
@@ -184,11 +201,26 @@ class DistillModule(StudyModule):
                               f"({str(err).splitlines()[0][:160]})") from None
 
     # ------------------------------------------------------------------ calibration
-    @property
-    def calibration(self) -> Calibration:
-        t, tp, th, n = self.calibration_values.tolist()
+    def _calibration(self, values: torch.Tensor) -> Calibration:
+        t, tp, th, n = values.tolist()
         return Calibration(temperature=t, presence_temperature=tp, threshold=th, metric=self.calibration_metric,
                            fitted_on="validation units" if n else "", n=int(n))
+
+    @property
+    def calibration(self) -> Calibration:
+        """The student's calibration (fitted at the last validation end; stored with the weights)."""
+        return self._calibration(self.calibration_values)
+
+    @property
+    def teacher_calibration(self) -> Calibration:
+        """The teacher's calibration, fitted on the same validation units."""
+        return self._calibration(self.teacher_calibration_values)
+
+    def _fit_into(self, buffer: torch.Tensor, records: dict[str, torch.Tensor]) -> Calibration:
+        cal = fit_calibration(cat_records([records]), metric=self.calibration_metric, fitted_on="validation units")
+        buffer.copy_(torch.tensor([cal.temperature, cal.presence_temperature, cal.threshold, float(max(cal.n, 1))],
+                                  dtype=torch.float64))
+        return cal
 
     # ------------------------------------------------------------------ model
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -263,6 +295,8 @@ class DistillModule(StudyModule):
         out = self(batch)
         update_metric(self.val_metric, postprocess(out, size=self._size(batch)), batch["targets"])
         self.val_records.update(calibration_records(out, batch["targets"]))
+        if "teacher" in batch:
+            self.val_teacher_records.update(calibration_records(batch["teacher"], batch["targets"]))
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metric.compute()
@@ -270,14 +304,16 @@ class DistillModule(StudyModule):
             if math.isfinite(float(metrics[name])):
                 self.log(f"val/{name}", float(metrics[name]), prog_bar=name == "miou")
         records = self.val_records.compute()
+        teacher = self.val_teacher_records.compute() if self.val_teacher_records.update_count else None
         self.val_metric.reset()
         self.val_records.reset()
+        self.val_teacher_records.reset()
         if self.trainer.sanity_checking:
             return
-        cal = fit_calibration(cat_records([records]), metric=self.calibration_metric, fitted_on="validation units")
-        self.calibration_values.copy_(torch.tensor([cal.temperature, cal.presence_temperature, cal.threshold,
-                                                    float(max(cal.n, 1))], dtype=torch.float64))
+        cal = self._fit_into(self.calibration_values, records)
         self.log("val/calibrated_threshold", float(cal.threshold))
+        if teacher is not None:
+            self._fit_into(self.teacher_calibration_values, teacher)
 
     # ------------------------------------------------------------------ test
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -287,8 +323,14 @@ class DistillModule(StudyModule):
         update_metric(self.test_student, postprocess(out, size=size, **self.calibration.postprocess_kwargs()),
                       batch["targets"])
         update_metric(self.test_raw, postprocess(out, size=size), batch["targets"])
+        self.test_records["student"].update(calibration_records(out, batch["targets"]))
         if "teacher" in batch:
-            update_metric(self.test_teacher, postprocess(batch["teacher"], size=size), batch["targets"])
+            teacher = batch["teacher"]
+            update_metric(self.test_teacher, postprocess(teacher, size=size,
+                                                         **self.teacher_calibration.postprocess_kwargs()),
+                          batch["targets"])
+            update_metric(self.test_teacher_raw, postprocess(teacher, size=size), batch["targets"])
+            self.test_records["teacher"].update(calibration_records(teacher, batch["targets"]))
 
     def _clip_test_step(self, batch: dict) -> None:
         out, size, t = self(batch), self._size(batch), batch["frames"]
@@ -374,6 +416,26 @@ class DistillModule(StudyModule):
                                student_kwargs=self.calibration.postprocess_kwargs())
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in res.items()}
 
+    def _calibration_results(self) -> None:
+        """ECE of the unit scores (``max_q sigmoid(logit_q / T) * sigmoid(presence / Tp)`` against "the prompt
+        has ground truth") of student and teacher, at their calibrations and at T = 1 (``*_raw``), and one
+        reliability plot of the four in ``<run_dir>/distill/reliability.png``."""
+        curves = {}
+        for who, cal in (("student", self.calibration), ("teacher", self.teacher_calibration)):
+            if not self.test_records[who].update_count:
+                continue
+            rec = self.test_records[who].compute()
+            records = {k: v for k, v in rec.items() if k != "presence_logits" or v.numel()}
+            labels = records["presence_labels"]
+            for tag, (t, tp) in (("", (cal.temperature, cal.presence_temperature)), ("_raw", (1.0, 1.0))):
+                probs = unit_scores(records, t, tp)
+                self.log(f"test/{who}{tag}/ece", ece(probs, labels))
+                curves[f"{who}{tag}"] = (probs, labels)
+        if curves and self._is_rank_zero():
+            path = reliability_plot(curves, self.run_dir / "distill" / "reliability.png",
+                                    title="unit scores vs prompt has ground truth (test)")
+            self.add_results("reliability_plot", {"path": str(path)})
+
     def _log_headline(self, undefined: dict[str, str]) -> None:
         """The demo's headline names: the student's numbers as ``test/<metric>``, the teacher's as
         ``test/teacher_<metric>`` and ``test/miou_ratio`` = student / teacher mIoU (all units)."""
@@ -404,6 +466,9 @@ class DistillModule(StudyModule):
             self._log_defined(f"test/student_raw/{name}", raw[name], undefined)
         if self.test_teacher.update_count:
             teacher = {k: float(v) for k, v in self.test_teacher.compute().items()}
+            for name, value in self.test_teacher_raw.compute().items():
+                if name in METRICS:
+                    self._log_defined(f"test/teacher_raw/{name}", float(value), undefined)
             rows = comparison_table(teacher, student, METRICS)
             for row in rows:
                 self._log_defined(f"test/teacher/{row['metric']}", float(row["teacher"]), undefined)
@@ -423,8 +488,12 @@ class DistillModule(StudyModule):
         if getattr(dm, "teacher", None) is not None and hasattr(dm.teacher, "settings"):
             self.add_results("teacher", dm.teacher.settings())
         self._clip_results(undefined)
+        self._calibration_results()
         self.add_results("calibration", self.calibration.state_dict())
+        if self.teacher_calibration.fitted:
+            self.add_results("teacher_calibration", self.teacher_calibration.state_dict())
         if undefined:
             self.add_results("undefined", undefined)
-        for m in (self.test_student, self.test_raw, self.test_teacher):
+        for m in (self.test_student, self.test_raw, self.test_teacher, self.test_teacher_raw,
+                  *self.test_records.values()):
             m.reset()

@@ -244,8 +244,9 @@ class PromptDecoder(nn.Module):
             decoder (residual; 0 = none).
         grounding: add a grounding score to the presence logit: the log-mean-exp over image locations of the dot
             product of projected image features and the projected pooled text (a location that matches the
-            prompt says the concept is present). Measured on the demo: without it the tiny student's presence
-            stayed prompt-blind for 300-400 steps (the text is ignored until then), with it ... .
+            prompt says the concept is present). Measured on the demo's data (tiny student, 2 queries, two
+            prompts per image, the stand-in teacher's outputs, one run each, seed 0): the validation AUROC of
+            presence left chance after ~200 steps with it (1.00 at 350) and ~300 without (0.85 at 400).
 
     ``forward(image_features (B, dim, h, w), text_tokens (B, L, dim), text_pooled (B, dim), text_padding_mask
     (B, L) bool, True = padding)`` -> the output contract (``pred_masks`` at ``mask_upsample * (h, w)``).
@@ -253,7 +254,7 @@ class PromptDecoder(nn.Module):
 
     def __init__(self, dim: int = 64, num_queries: int = 16, layers: int = 2, heads: int = 4,
                  mask_dim: int | None = None, ffn_dim: int | None = None, mask_upsample: int = 2,
-                 fusion_layers: int = 1, dropout: float = 0.0, grounding: bool = False) -> None:
+                 fusion_layers: int = 1, dropout: float = 0.0, grounding: bool = True) -> None:
         super().__init__()
         if dim % heads or dim % 4:
             raise ConfigError(f"PromptDecoder: dim={dim} must be divisible by heads={heads} and by 4 (2-D sine "

@@ -34,7 +34,13 @@ def test_decoder_stage_fits_stores_calibration_and_tables_student_and_teacher(tm
     cal = module.calibration
     assert cal.fitted and cal.temperature > 0
     state = module.state_dict()
-    assert "calibration_values" in state  # saved with every checkpoint of these weights
+    assert "calibration_values" in state and "teacher_calibration_values" in state  # saved with the weights
+    from lit_experiments.studies.distill.calibration import calibration_records, cat_records, fit_calibration
+
+    records = cat_records([calibration_records(b["teacher"], b["targets"]) for b in dm.val_dataloader()])
+    want = fit_calibration(records, metric="f1")  # the teacher's calibration comes from the validation units
+    assert module.teacher_calibration.threshold == pytest.approx(want.threshold)
+    assert module.teacher_calibration.temperature == pytest.approx(want.temperature)
     module._run_dir = tmp_path / "run"
     res = trainer.test(module, datamodule=dm)[0]
     for key in ("test/student/miou", "test/teacher/miou", "test/student_raw/miou",
@@ -42,6 +48,9 @@ def test_decoder_stage_fits_stores_calibration_and_tables_student_and_teacher(tm
         assert 0.0 <= res[key] <= 1.0
     for who in ("student", "teacher"):  # F46: present minus absent prompt score, in [-1, 1]
         assert -1.0 <= res[f"test/{who}/concept_responsiveness"] <= 1.0
+    assert (tmp_path / "run" / "distill" / "reliability.png").is_file()
+    for key in ("test/student/ece", "test/student_raw/ece", "test/teacher/ece", "test/teacher_raw/ece"):
+        assert 0.0 <= res[key] <= 1.0
     table = (tmp_path / "run" / "distill" / "teacher_vs_student.md").read_text()
     assert "miou" in table and "teacher" in table
 

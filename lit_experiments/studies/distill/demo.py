@@ -1,0 +1,130 @@
+"""`lit-exp distill-demo`: the distill study's demo: stand-in teacher, encoder -> decoder -> video, test, latency card.
+
+    lit-exp distill-demo -c configs/distill/demo.yaml --run_dir runs/distill/demo [--threads 1] [--no-card]
+
+1. ``lit-exp curriculum`` of the config (its ``# base:`` files first) into ``run_dir``: the stand-in teacher of
+   ``data.init_args.teacher`` (:class:`~.standin.StandinTeacher`: trained once, cached, scored against ground
+   truth), the three stages, and the test (student and teacher in one table, the clip test, the F46 numbers,
+   the gallery in ``run_dir/distill/gallery``).
+2. The latency card (:func:`~.deploy.latency_card`) of the final checkpoint in ``run_dir/deploy``: teacher,
+   student fp32, student int8 weight-only (torchao) and the student's ONNX export in ONNX Runtime, each with its
+   test mIoU against ground truth (all test image units; students at their stored calibration, the teacher at
+   0.5), latency per unit and size, measured in one process.
+3. ``run_dir/results.json`` gains ``latency_card``; the headline (student and teacher mIoU, their ratio,
+   presence F1, IL_MCC, concept responsiveness, paraphrase stability) is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lit_experiments.core.errors import ConfigError
+
+SHOWN = ("test/teacher_miou_pos", "test/miou_pos", "test/teacher_miou", "test/miou", "test/miou_ratio",
+         "test/teacher_presence_f1", "test/presence_f1", "test/teacher_il_mcc", "test/il_mcc",
+         "test/teacher_concept_responsiveness", "test/concept_responsiveness", "test/paraphrase_stability")
+
+
+def final_checkpoint(run_dir: Path, results: dict[str, Any]) -> Path:
+    """The last stage's ``final.ckpt`` recorded in ``results.json``."""
+    stages = [s for s in (results.get("stages") or {}).values() if s.get("checkpoint")]
+    if not stages:
+        raise ConfigError(f"{run_dir / 'results.json'}: no stage finished with a checkpoint")
+    return run_dir / stages[-1]["checkpoint"]
+
+
+def image_miou(predict: Any, loader: Any, kwargs: dict[str, Any]) -> float:
+    """mIoU against ground truth over every unit of ``loader`` (image batches) of ``predict(batch)``."""
+    import torch
+
+    from .evaluation import postprocess, unit_metric, update_metric
+
+    metric = unit_metric()
+    with torch.no_grad():
+        for batch in loader:
+            out = predict(batch)
+            update_metric(metric, postprocess(out, size=tuple(batch["image"].shape[-2:]), **kwargs), batch["targets"])
+    return float(metric.compute()["miou"])
+
+
+def card_step(run_dir: Path, ckpt: Path, out: Path) -> list[dict[str, Any]]:
+    """Load the final student and its teacher; the latency card on the first test batch (see module docs)."""
+    from lit_experiments.core.export import load_study
+
+    from .deploy import latency_card
+
+    model, dm, _ = load_study([str(run_dir / "config.yaml")], str(ckpt))
+    dm.setup("test")
+    loaders = dm.test_dataloader()
+    images = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    batch = next(iter(images))
+    calibrated = model.calibration.postprocess_kwargs()
+
+    def metric(kwargs: dict[str, Any]) -> Any:
+        return lambda predict: image_miou(predict, images, kwargs)
+
+    metrics = {"teacher": metric({}), "student_fp32": metric(calibrated),
+               "student_int8_weight_only": metric(calibrated), "student_onnx": metric(calibrated)}
+    return latency_card(dm.teacher, model, batch, out, metrics=metrics, metric_name="test/miou")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lit-exp distill-demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", required=True, help="the demo config (configs/distill/demo.yaml)")
+    p.add_argument("--run_dir", default="runs/distill/demo", help="a new folder for this run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training (default 1: 2 busy cores)")
+    p.add_argument("--no-card", action="store_true", help="skip the latency card")
+    args, extra = p.parse_known_args(argv)
+    from lit_experiments.core.configs import composition
+
+    config, run_dir = Path(args.config), Path(args.run_dir)
+    if not config.is_file():
+        raise ConfigError(f"-c {config}: no such config file")
+    if (run_dir / "results.json").exists():
+        raise ConfigError(f"--run_dir {run_dir} already holds a run (results.json); give a new folder")
+    start = time.perf_counter()
+    files = [a for f in composition(config) for a in ("-c", str(f))]
+    cmd = [sys.executable, "-m", "lit_experiments", "curriculum", *files, f"--trainer.run_dir={run_dir}", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    print(f"distill demo: {' '.join(cmd[2:])}", flush=True)
+    if subprocess.run(cmd, env=env).returncode != 0:
+        print(f"distill demo: the curriculum failed; see {run_dir / 'results.json'}", file=sys.stderr)
+        return 1
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text())
+    card: list[dict[str, Any]] = []
+    if not args.no_card:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        card = card_step(run_dir, final_checkpoint(run_dir, results), run_dir / "deploy")
+        results = json.loads(results_path.read_text())
+        results["latency_card"] = card
+        from lit_experiments.core.folds import write_json
+
+        write_json(results_path, results)
+    test = results.get("test") or {}
+    print("\n== distill demo: student vs teacher (test units of held-out ShapesWorld; student at its calibration)")
+    for key in SHOWN:
+        if key in test:
+            print(f"  {key:<40} {test[key]:.4f}")
+    quality = (results.get("teacher") or {}).get("standin_quality") or {}
+    if quality:
+        print(f"  stand-in teacher on its own held-out world: miou_pos {quality.get('miou_pos', float('nan')):.4f}, "
+              f"presence_f1 {quality.get('presence_f1', float('nan')):.4f}")
+    for row in card:
+        print(f"  card {row['model']:<26} test/miou {row.get('metric') or float('nan'):.4f}  "
+              f"{row['latency_ms']:.3f} ms/unit  {row['size_mb']:.2f} MB  ({row.get('threads')})")
+    print(f"distill demo: {time.perf_counter() - start:.0f} s -> {results_path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
