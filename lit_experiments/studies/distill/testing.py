@@ -1,0 +1,151 @@
+"""The distill test's reporting, as a mixin of :class:`~.module.DistillModule`: clip scores (F27), the F46 probes,
+the gallery, ECE and the reliability plot, and the headline names.
+
+Everything here reads the module's state (student, calibrations, torchmetrics states, ``trainer.datamodule``)
+and logs or writes through it; ``DistillModule.on_test_epoch_end`` calls it in order.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .calibration import ece, reliability_plot, unit_scores
+from .clips import temporal_change
+from .evaluation import concept_responsiveness, paraphrase_stability, postprocess, update_metric
+from .gallery import visual_check
+
+METRICS = ("miou", "miou_pos", "presence_f1", "il_mcc", "pmf1", "cgf1")
+
+
+class DistillTestMixin:
+    """Test-time reporting of :class:`~.module.DistillModule` (see the module docstring)."""
+
+    def _clip_test_step(self, batch: dict) -> None:
+        out, size, t = self(batch), self._size(batch), batch["frames"]
+        update_metric(self.video_student, postprocess(out, size=size, **self.calibration.postprocess_kwargs()),
+                      batch["targets"])
+        self.video_change["student"].update(temporal_change(out, t))
+        if "teacher" in batch:
+            update_metric(self.video_teacher, postprocess(batch["teacher"], size=size,
+                                                          **self.teacher_calibration.postprocess_kwargs()),
+                          batch["targets"])
+            self.video_change["teacher"].update(temporal_change(batch["teacher"], t))
+
+    def _clip_results(self, undefined: dict[str, str]) -> None:
+        for who, metric in (("student", self.video_student), ("teacher", self.video_teacher)):
+            if not metric.update_count:
+                continue
+            for name, value in metric.compute().items():
+                if name in METRICS:
+                    self._log_defined(f"test/video/{who}/{name}", float(value), undefined)
+            self._log_defined(f"test/video/{who}/temporal_stability",
+                              1.0 - float(self.video_change[who].compute()), undefined)
+        for m in (self.video_student, self.video_teacher, *self.video_change.values()):
+            m.reset()
+
+    def _score_fns(self, dm: Any) -> tuple[Any, Any]:
+        """Student and teacher as ``(images, prompts) -> outputs`` (each model's own ids of the same strings)."""
+        from .datamodule import student_tokenizer
+        from .prompts import DualTokenizer
+
+        tok = DualTokenizer(dm.teacher.tokenizer, student_tokenizer(dm.student_tokenizer_name, dm.student_context),
+                            dm.teacher.text_max_length, dm.student_context)
+
+        def student_fn(imgs: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+            return self.student(imgs.to(self.device), tok.student_encode(prompts).to(self.device))
+
+        def teacher_fn(imgs: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+            ids, mask = tok.teacher_encode(prompts)
+            return dm.teacher(images=imgs.to(dm.teacher.model.device), input_ids=ids, attention_mask=mask)
+
+        return student_fn, teacher_fn
+
+    def _probe_set(self, dm: Any, n: int) -> tuple[list[int], Any]:
+        """The first ``n`` test images with some but not every concept present."""
+        src = dm.source("test")
+        keep = [i for i in range(len(src)) if src.present[i] and len(src.present[i]) < len(dm.categories)]
+        return keep[:n], src
+
+    def prompt_probes(self) -> dict[str, float]:
+        """F46 on the first ``probe_images`` test images, for student and teacher: concept responsiveness (mean
+        score of present-concept prompts minus absent ones; 0 = the prompt is ignored) and paraphrase stability
+        (agreement of the masks of ``c`` / ``a c`` / ``the c`` on images that contain ``c``)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or getattr(dm, "teacher", None) is None:
+            return {}
+        keep, src = self._probe_set(dm, self.probe_images)
+        if not keep:
+            return {}
+        images = torch.stack([src.image(i) for i in keep])
+        present = [src.present[i] for i in keep]
+        absent = [[c for c in dm.categories if c not in p] for p in present]
+        student_fn, teacher_fn = self._score_fns(dm)
+        groups = [[c, f"a {c}", f"the {c}"] for c in dm.categories]
+        where = [[j for j, p in enumerate(present) if c in p] for c in dm.categories]
+        groups, where = [g for g, w in zip(groups, where) if w], [w for w in where if w]
+        out = {}
+        with torch.no_grad():
+            for who, fn in (("student", student_fn), ("teacher", teacher_fn)):
+                out[f"test/{who}/concept_responsiveness"] = concept_responsiveness(fn, images, present, absent)
+                out[f"test/{who}/paraphrase_stability"] = paraphrase_stability(fn, images, groups, group_images=where)
+        return out
+
+    def write_gallery(self) -> dict[str, Any]:
+        """Teacher and student masks for every vocabulary prompt on the first ``gallery_images`` probe images:
+        two PNG grids and a static HTML gallery in ``<run_dir>/distill/gallery`` (the seed's visual check)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.gallery_images <= 0 or dm is None or getattr(dm, "teacher", None) is None:
+            return {}
+        keep, src = self._probe_set(dm, self.gallery_images)
+        if not keep:
+            return {}
+        student_fn, teacher_fn = self._score_fns(dm)
+        with torch.no_grad():
+            res = visual_check(teacher_fn, student_fn, torch.stack([src.image(i) for i in keep]), list(dm.vocab),
+                               self.run_dir / "distill" / "gallery",
+                               student_kwargs=self.calibration.postprocess_kwargs())
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in res.items()}
+
+    def _calibration_results(self) -> None:
+        """ECE of the unit scores (``max_q sigmoid(logit_q / T) * sigmoid(presence / Tp)`` against "the prompt
+        has ground truth") of student and teacher, at their calibrations and at T = 1 (``*_raw``), and one
+        reliability plot of the four in ``<run_dir>/distill/reliability.png``."""
+        curves = {}
+        for who, cal in (("student", self.calibration), ("teacher", self.teacher_calibration)):
+            if not self.test_records[who].update_count:
+                continue
+            rec = self.test_records[who].compute()
+            records = {k: v for k, v in rec.items() if k != "presence_logits" or v.numel()}
+            labels = records["presence_labels"]
+            for tag, (t, tp) in (("", (cal.temperature, cal.presence_temperature)), ("_raw", (1.0, 1.0))):
+                probs = unit_scores(records, t, tp)
+                self.log(f"test/{who}{tag}/ece", ece(probs, labels))
+                curves[f"{who}{tag}"] = (probs, labels)
+        if curves and self._is_rank_zero():
+            path = reliability_plot(curves, self.run_dir / "distill" / "reliability.png",
+                                    title="unit scores vs prompt has ground truth (test)")
+            self.add_results("reliability_plot", {"path": str(path)})
+
+    def _log_headline(self, undefined: dict[str, str]) -> None:
+        """The demo's headline names: the student's numbers as ``test/<metric>``, the teacher's as
+        ``test/teacher_<metric>`` and ``test/miou_ratio`` = student / teacher mIoU (all units)."""
+        logged = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        for name in ("miou", "miou_pos", "presence_f1", "il_mcc", "cgf1", "concept_responsiveness",
+                     "paraphrase_stability"):
+            for src, dst in ((f"test/student/{name}", f"test/{name}"), (f"test/teacher/{name}",
+                                                                       f"test/teacher_{name}")):
+                if src in logged:
+                    self.log(dst, logged[src])
+        if "test/ratio/miou" in logged:
+            self.log("test/miou_ratio", logged["test/ratio/miou"])
+
+    def _log_defined(self, name: str, value: float, undefined: dict[str, str]) -> None:
+        """Log a finite metric; an undefined one (NaN: e.g. IL_MCC when no unit is predicted present, an empty
+        marginal) is listed in results.json ``undefined`` instead of being logged as a number."""
+        if math.isfinite(value):
+            self.log(name, value)
+        else:
+            undefined[name] = "undefined on this split (an empty confusion-matrix marginal or no positive unit)"
