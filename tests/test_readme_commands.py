@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PLACEHOLDER_CONFIGS = {"a.yaml": "configs/toy/curriculum.yaml", "cfg.yaml": "configs/satipatthana/demo.yaml"}
 RUN_COMMANDS = {"fit", "curriculum", "validate", "test", "predict"}
+#: commands that build the study from its configs too (they get the same tiny override)
+BUILD_COMMANDS = RUN_COMMANDS | {"export", "quantize"}
 #: extra options per study for a tiny run (slots configs count steps in thousands)
 TINY_ARGS = {"slots": ["--trainer.max_steps=2", "--trainer.val_check_interval=1"]}
 
@@ -81,7 +83,7 @@ class Session:
         if args == ["demo"]:
             return ["demo", "--help"], "`lit-exp demo` runs every demo for minutes (`make demo`); --help instead"
         if args and args[0] in ("multilabel-demo", "distill-demo"):
-            return ["multilabel-demo", "--help"], "a study's demo runs for minutes (`make demo`); --help instead"
+            return [args[0], "--help"], "a study's demo runs for minutes (`make demo`); --help instead"
         configs = []
         for i, arg in enumerate(args):
             if i > 0 and args[i - 1] in ("-c", "--config"):
@@ -102,7 +104,7 @@ class Session:
         gpu = any("configs/trainer/gpu.yaml" in a or "configs/trainer/ddp.yaml" in a for a in args)
         if gpu and not torch.cuda.is_available():
             return [*args, "--print_config"], "needs a GPU (none here): parsed with --print_config only"
-        if args and args[0] in RUN_COMMANDS and configs and "--print_config" not in args and "--help" not in args:
+        if args and args[0] in BUILD_COMMANDS and configs and "--print_config" not in args and "--help" not in args:
             last = max(i for i, a in enumerate(args) if a in configs)
             args[last + 1:last + 1] = self.tiny(configs[0])
             note = "tiny override composed after the README's configs"

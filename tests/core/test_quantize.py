@@ -17,7 +17,7 @@ from lit_experiments.studies.distill.student import OUTPUT_KEYS, tiny_student
 
 from .test_export import write_tiny_distill
 
-MIOU = "test/student/miou"
+MIOU = "test/miou"  # the distill headline name of the student's mIoU
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -69,7 +69,7 @@ def card_step(run_dir: Path, ckpt: Path, out: Path) -> list[dict[str, Any]]:
     def metric(kwargs: dict[str, Any]) -> Any:
         return lambda predict: image_miou(predict, images, kwargs)
 
-    metrics = {"teacher": metric({}), "student_fp32": metric(calibrated),
+    metrics = {"teacher": metric(model.teacher_calibration.postprocess_kwargs()), "student_fp32": metric(calibrated),
                "student_int8_weight_only": metric(calibrated), "student_onnx": metric(calibrated)}
     return latency_card(dm.teacher, model, batch, out, metrics=metrics, metric_name="test/miou")
 
