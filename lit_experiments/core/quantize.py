@@ -184,6 +184,20 @@ def write_tables(rows: list[dict[str, Any]], headline: list[str], out: Path, met
 
 
 # ---------------------------------------------------------------------- the command
+def record_in_run(info: Any, out: Path, rows: list[dict[str, Any]]) -> None:
+    """Add the table to the checkpoint's run ``results.json`` (section ``quantize``: ``rows`` and the folder),
+    when the checkpoint lies in a run folder; the file is rewritten atomically, nothing else in it changes."""
+    run_dir = getattr(info, "run_dir", None)
+    path = Path(run_dir) / "results.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return
+    from .folds import write_json
+
+    data = json.loads(path.read_text())
+    data["quantize"] = {"dir": str(out), "checkpoint": str(info.path), "rows": rows}
+    write_json(path, data)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lit-exp quantize", description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--config", action="append", required=True, help="study YAML (repeatable, composed)")
@@ -232,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                                f"at its start ({measured[0]['memory_source']})",
                 "all_metrics": {m["mode"]: m["metrics"] for m in measured}}
         write_tables(rows, headline, out, meta)
+        record_in_run(info, out, rows)
     finally:
         torch.set_num_threads(threads)
     print(f"quantize: {len(rows)} modes -> {out / 'quantize.md'}")

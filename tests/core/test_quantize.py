@@ -113,3 +113,21 @@ def test_unknown_mode_is_a_clear_error(tiny, capsys):
         main(["quantize", "-c", str(config), "--ckpt", str(ckpt), "--mode", "fp32,int4"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "'int4'" in err and "int8_weight_only" in err and "Traceback" not in err
+
+
+def test_the_table_is_added_to_the_runs_results_json_and_nothing_else_changes(tiny, tmp_path):
+    import shutil
+
+    config, ckpt = tiny
+    run = tmp_path / "run"
+    (run / "stages" / "00_decoder").mkdir(parents=True)
+    shutil.copy(ckpt, run / "stages" / "00_decoder" / "final.ckpt")
+    before = {"study": "DistillModule", "status": "done", "test": {"test/miou": 0.5}}
+    (run / "results.json").write_text(json.dumps(before))
+    assert main(["quantize", "-c", str(config), "--ckpt", str(run / "stages" / "00_decoder" / "final.ckpt"),
+                 "--mode", "fp32,int8_weight_only", "--repeats", "1", "--threads", "1"]) == 0
+    after = json.loads((run / "results.json").read_text())
+    table = json.loads((run / "quantize" / "quantize.json").read_text())
+    assert after["quantize"]["rows"] == table["rows"] and [r["mode"] for r in table["rows"]] == ["fp32",
+                                                                                                 "int8_weight_only"]
+    assert {k: v for k, v in after.items() if k != "quantize"} == before
