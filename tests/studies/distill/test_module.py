@@ -64,7 +64,7 @@ def test_unknown_objectives_and_args_are_named():
 
 
 def test_encoder_stage_distils_the_teachers_cached_vision_features(tmp_path, teacher):
-    from lit_experiments.studies.distill.datamodule import TeacherVision
+    from lit_experiments.studies.distill.teacher_cache import TeacherVision
 
     dm = DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
                            cache_dir=str(tmp_path / "cache"), batch_size=4, feature_level=-1)
