@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
         write_json(results_path, results)
     test = results.get("test") or {}
-    print("\n== distill demo: student vs teacher (test units of held-out ShapesWorld; student at its calibration)")
+    print("\n== distill demo: student vs teacher (test units of held-out ShapesWorld; each at its validation "
+          "calibration)")
     for key in SHOWN:
         if key in test:
             print(f"  {key:<40} {test[key]:.4f}")
