@@ -21,3 +21,12 @@ def _isolate_run_dirs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (latency numbers and float sums that do not depend on scheduling)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

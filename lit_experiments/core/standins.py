@@ -64,3 +64,10 @@ def loss_summary(losses: Sequence[float], started: float, steps: int) -> dict[st
     k = max(1, min(10, steps // 10))
     return {"loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
             "train_seconds": time.perf_counter() - started, "steps": steps}
+
+
+def info_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """What a stand-in part records about its training (results.json): cache ``path``, whether it was ``cached``,
+    ``loss_first`` / ``loss_last``, ``train_seconds`` and the ``training`` arguments."""
+    return {k: info[k] for k in ("path", "cached", "loss_first", "loss_last", "train_seconds", "training")
+            if k in info}

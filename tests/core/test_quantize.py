@@ -20,12 +20,7 @@ from .test_export import write_tiny_distill
 MIOU = "test/miou"  # the distill headline name of the student's mIoU
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

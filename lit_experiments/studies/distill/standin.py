@@ -352,8 +352,7 @@ class StandinTeacher(Sam3Teacher):
         self.model.load_state_dict(trained.model.state_dict())
         self.freeze()
         self.standin_data = {**DEFAULT_DATA, **(data or {})}
-        self.standin_info = {k: info[k] for k in ("path", "cached", "loss_first", "loss_last", "train_seconds",
-                                                  "training") if k in info}
+        self.standin_info = standins.info_summary(info)
         self.standin_quality: dict[str, Any] = {}
         if evaluate_on_build:
             quality = evaluate_standin_teacher(self, self.standin_data)

@@ -249,8 +249,7 @@ class StandinTowers(SiglipTowers):
         self.model.load_state_dict(trained.model.state_dict())
         self.freeze()
         self.standin_data = {**DEFAULT_DATA, **(data or {})}
-        self.standin_info = {k: info[k] for k in ("path", "cached", "loss_first", "loss_last", "train_seconds",
-                                                  "training") if k in info}
+        self.standin_info = standins.info_summary(info)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "standin": self.standin_info}

@@ -15,13 +15,7 @@ from lit_experiments.studies.distill.module import DistillModule
 from lit_experiments.studies.distill.student import OUTPUT_KEYS, tiny_student
 from lit_experiments.studies.distill.teacher import Sam3Teacher, tiny_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
