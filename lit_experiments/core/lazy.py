@@ -37,6 +37,8 @@ class LazyBuild(L.Callback):
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            destroy_process_group_at_exit()
         if stage != "fit":
             return
         dm = trainer.datamodule
@@ -62,3 +64,28 @@ class LazyBuild(L.Callback):
                 f"{type(pl_module).__name__}.dry_run() must reach every lazy module so it exists before freezing "
                 "and before the optimizer is built (F09, F36)"
             )
+
+
+_CLEANUP_REGISTERED = False
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group when this process exits (once per process).
+
+    A spawned DDP worker that exits with its gloo process group alive can abort in the C++ teardown ("terminate
+    called without an active exception", SIGABRT), which fails the whole run although training finished. Every
+    rank calls this from :meth:`LazyBuild.setup` (the hook that runs on every rank of every stage)."""
+    global _CLEANUP_REGISTERED
+    if not _CLEANUP_REGISTERED:
+        import atexit
+
+        atexit.register(_destroy_process_group)
+        _CLEANUP_REGISTERED = True
+

@@ -82,3 +82,27 @@ def test_stage_spec_round_trip_in_ddp_spawn_pickles():
 
     spec = StageSpec(name="a", max_epochs=1, trainable=["x"])
     assert pickle.loads(pickle.dumps(spec)) == spec
+
+
+def test_every_rank_destroys_its_process_group_at_exit(tmp_path, monkeypatch):
+    """A spawned worker that exited with its gloo group alive aborted now and then (SIGABRT, "terminate called
+    without an active exception") and failed the 2-process test above; LazyBuild.setup, which runs on every
+    rank, registers the clean-up."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from lit_experiments.core import lazy
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(lazy, "_CLEANUP_REGISTERED", False)
+
+    class Rank:
+        world_size = 2
+
+    lazy.LazyBuild().setup(Rank(), ToyModule(), "validate")
+    assert registered == [lazy._destroy_process_group]
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    registered[0]()  # what the interpreter runs at exit
+    assert not dist.is_initialized()
