@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, ConfigError, LitExpError
+from .build import default_out, load_study, reference_batch
+from .errors import ConfigError, LitExpError
 
 FORMATS = {"onnx": ".onnx", "torch_export": ".pt2"}
 DEFAULT_TOLERANCE = 1e-4
@@ -274,89 +275,6 @@ def export_and_check(parts: dict[str, ExportPart], out: Path, fmt: str,
     return reports
 
 
-# ---------------------------------------------------------------------- building a study from its config
-def build_study(configs: Sequence[str]) -> tuple[Any, Any, list[Any] | None]:
-    """The model, the datamodule and the ``stages`` (or None) of the composed ``configs`` (any study: their
-    ``model:`` / ``data:`` class paths), seeded with the config's ``seed_everything`` (default 0)."""
-    import lightning as L
-    import yaml
-    from jsonargparse import ArgumentError, ArgumentParser
-
-    from .configs import composition, merge
-    from .errors import check_yaml_file
-    from .specs import StageSpec
-    from .study import StudyModule
-
-    files: list[Path] = []
-    for config in configs:
-        check_yaml_file(config)
-        files += [f.resolve() for f in composition(config) if f.resolve() not in files]
-    sections = [yaml.safe_load(f.read_text(encoding="utf-8")) or {} for f in files]
-    raw: dict[str, Any] = {}
-    for section in sections:
-        raw = merge(raw, section)
-    missing = [k for k in ("model", "data") if k not in raw]
-    if missing:
-        raise ConfigError(f"{' + '.join(configs)}: no {' / '.join(missing)} section; expected a study config with "
-                          "model: and data: (class_path / init_args)")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--model", type=StudyModule)
-    parser.add_argument("--data", type=L.LightningDataModule)
-    parser.add_argument("--stages", type=list[StageSpec] | None, default=None)
-    L.seed_everything(int(raw.get("seed_everything") or 0), verbose=False)
-    cfg = None
-    try:  # each file over the previous ones, as the CLI does: a later file may switch a part's class_path
-        for section in sections:
-            part = {k: section[k] for k in ("model", "data", "stages") if k in section}
-            if part or cfg is None:
-                cfg = parser.parse_object(part, cfg_base=cfg, defaults=cfg is None)
-    except ArgumentError as err:
-        from .errors import clean_parser_message
-
-        raise ConfigError(f"{' + '.join(configs)}: {'; '.join(clean_parser_message(str(err)))}") from err
-    init = parser.instantiate_classes(cfg)
-    return init.model, init.data, init.stages
-
-
-def load_study(configs: Sequence[str], ckpt: str) -> tuple[Any, Any, Any]:
-    """Build the study of ``configs``, put it in the checkpoint's stage and load ``ckpt`` (``init``: the
-    untrained model, on purpose); returns ``(model in eval mode, datamodule, CheckpointInfo | None)``."""
-    from .checkpoints import NO_CHECKPOINT, load_weights_for_eval
-    from .curriculum import apply_data_overrides
-    from .lazy import lazy_build
-
-    model, dm, stages = build_study(configs)
-
-    def enter_stage(name: str | None) -> None:
-        if not stages:
-            return
-        names = [s.name for s in stages]
-        index = names.index(name) if name in names else len(stages) - 1
-        for stage in stages[: index + 1]:
-            apply_data_overrides(dm, stage)
-        model.set_stage(stages[index], in_curriculum=False)
-
-    info = None
-    if ckpt == NO_CHECKPOINT:
-        enter_stage(None)
-        lazy_build(model, dm.example_batch())
-    else:
-        try:
-            info = load_weights_for_eval(model, dm, ckpt, prepare=enter_stage)
-        except CheckpointError as err:  # its messages name the flag of `lit-exp test`
-            raise CheckpointError(str(err).replace("--ckpt_path", "--ckpt")) from err
-    return model.eval(), dm, info
-
-
-def reference_batch(dm: Any, split: str = "test") -> Any:
-    """The first batch of the test loader (``split="test"``) or the datamodule's example batch."""
-    if split == "test":
-        dm.setup("test")
-        loaders = dm.test_dataloader()
-        return next(iter(loaders[0] if isinstance(loaders, (list, tuple)) else loaders))  # the first test loader
-    return dm.example_batch()
-
-
 # ---------------------------------------------------------------------- the command
 def select_parts(parts: dict[str, ExportPart], wanted: str | None, study: str) -> dict[str, ExportPart]:
     if not wanted:
@@ -367,11 +285,6 @@ def select_parts(parts: dict[str, ExportPart], wanted: str | None, study: str) -
         raise ConfigError(f"--parts: {', '.join(map(repr, unknown))} not a part of {study}; its parts: "
                           f"{', '.join(parts)}")
     return {n: parts[n] for n in names}
-
-
-def default_out(configs: Sequence[str], info: Any, sub: str) -> Path:
-    run_dir = getattr(info, "run_dir", None)
-    return (Path(run_dir) if run_dir else Path("runs") / sub / Path(configs[-1]).stem) / sub
 
 
 def main(argv: list[str] | None = None) -> int:

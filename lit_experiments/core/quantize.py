@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = ["fp32"] + [m for m in dict.fromkeys(modes) if m != "fp32"]
     limit = args.limit_test_batches
     limit = int(limit) if limit is not None and limit > 1 else limit
-    from .export import default_out, load_study, reference_batch
+    from .build import default_out, load_study, reference_batch
 
     threads = torch.get_num_threads()
     if args.threads:

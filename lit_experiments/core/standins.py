@@ -71,3 +71,10 @@ def info_summary(info: dict[str, Any]) -> dict[str, Any]:
     ``loss_first`` / ``loss_last``, ``train_seconds`` and the ``training`` arguments."""
     return {k: info[k] for k in ("path", "cached", "loss_first", "loss_last", "train_seconds", "training")
             if k in info}
+
+
+def log_progress(tag: str, step: int, steps: int, losses: Sequence[float], every: int, started: float) -> None:
+    """Print ``[tag] step s/N loss L (Ts)`` every ``every`` steps and at the last one (``step`` counts from 0)."""
+    if (step + 1) % every == 0 or step + 1 == steps:
+        print(f"[{tag}] step {step + 1}/{steps} loss {np.mean(losses[-every:]):.3f} "
+              f"({time.perf_counter() - started:.0f}s)", flush=True)

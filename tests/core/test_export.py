@@ -15,7 +15,8 @@ import torch
 
 from lit_experiments.cli import main
 from lit_experiments.core import export as export_mod
-from lit_experiments.core.export import ParityError, check_parity, load_study, reference_batch
+from lit_experiments.core.build import build_study, load_study, reference_batch
+from lit_experiments.core.export import ParityError, check_parity
 from lit_experiments.core.study import StudyModule
 from lit_experiments.studies.distill import deploy
 from lit_experiments.studies.distill.module import DistillModule
@@ -61,7 +62,7 @@ def write_tiny_distill(tmp: Path) -> tuple[Path, Path]:
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "tiny.yaml"
     config.write_text(TINY.replace("CACHE", str(tmp / "cache")))
-    model, _, _ = export_mod.build_study([str(config)])
+    model, _, _ = build_study([str(config)])
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))

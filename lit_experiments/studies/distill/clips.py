@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.shapes import ShapesWorld
 
-from .prompts import Prompt
+from .prompts import Prompt, fixed_units
 
 if TYPE_CHECKING:  # pragma: no cover
     from .datamodule import DistillDataModule, UnitSource
@@ -91,14 +90,8 @@ class ClipSplit(Dataset):
                         for k in range(self.n)]
         self.units: list[tuple[int, Prompt]] | None = None
         if split != "train":
-            rng = np.random.default_rng([dm.seed, 10 + ("train", "val", "test").index(split), 0x5EED])
-            self.units = []
-            for k, present in enumerate(self.present):
-                self.units += [(k, Prompt(c, "category", c)) for c in present]
-                absent = [c for c in dm.categories if c not in present]
-                if absent:
-                    c = absent[int(rng.integers(len(absent)))]
-                    self.units.append((k, Prompt(c, "negative", c)))
+            self.units = fixed_units(self.present, dm.categories, None,
+                                     [dm.seed, 10 + ("train", "val", "test").index(split), 0x5EED])
 
     def __len__(self) -> int:
         return self.n if self.units is None else len(self.units)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.ops import box_convert, masks_to_boxes
@@ -38,7 +37,7 @@ from lit_experiments.core.study import StudyDataModule
 from lit_experiments.data.shapes import ShapesWorld
 
 from .clips import ClipSplit, Frames, clip_settings, clip_world, collate_clips
-from .prompts import DEFAULT_GENERIC, DualTokenizer, Prompt, PromptSampler
+from .prompts import DEFAULT_GENERIC, DualTokenizer, Prompt, PromptSampler, fixed_units
 from .teacher import Sam3Teacher
 from .teacher_cache import output_cache, vision_cache
 
@@ -143,16 +142,8 @@ class UnitSplit(Dataset):
         self.source = dm.source(split)
         self.units: list[tuple[int, Prompt]] | None = None
         if split != "train":
-            rng = np.random.default_rng([dm.seed, SPLITS.index(split), 0x5EED])
-            self.units = []
-            for i, present in enumerate(self.source.present):
-                self.units += [(i, Prompt(c, "category", c)) for c in present]
-                absent = [c for c in dm.categories if c not in present]
-                if absent:
-                    c = absent[int(rng.integers(len(absent)))]
-                    self.units.append((i, Prompt(c, "negative", c)))
-                if dm.generic:
-                    self.units.append((i, Prompt(dm.generic[0], "generic")))
+            self.units = fixed_units(self.source.present, dm.categories, dm.generic[0] if dm.generic else None,
+                                     [dm.seed, SPLITS.index(split), 0x5EED])
 
     def __len__(self) -> int:
         return len(self.source) if self.units is None else len(self.units)

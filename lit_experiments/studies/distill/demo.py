@@ -43,19 +43,15 @@ def image_miou(predict: Any, loader: Any, kwargs: dict[str, Any]) -> float:
     """mIoU against ground truth over every unit of ``loader`` (image batches) of ``predict(batch)``."""
     import torch
 
-    from .evaluation import postprocess, unit_metric, update_metric
+    from .evaluation import split_metrics
 
-    metric = unit_metric()
     with torch.no_grad():
-        for batch in loader:
-            out = predict(batch)
-            update_metric(metric, postprocess(out, size=tuple(batch["image"].shape[-2:]), **kwargs), batch["targets"])
-    return float(metric.compute()["miou"])
+        return split_metrics([(predict(batch), batch["targets"]) for batch in loader], **kwargs)["miou"]
 
 
 def card_step(run_dir: Path, ckpt: Path, out: Path) -> list[dict[str, Any]]:
     """Load the final student and its teacher; the latency card on the first test batch (see module docs)."""
-    from lit_experiments.core.export import load_study
+    from lit_experiments.core.build import load_study
 
     from .deploy import latency_card
 

@@ -195,7 +195,8 @@ def _records(batches: Batches, name: str) -> dict[str, Tensor]:
     return cat_records([calibration_records(out, tgts) for out, tgts in batches])
 
 
-def _split_metrics(batches: Batches, **kwargs: float) -> dict[str, float]:
+def split_metrics(batches: Batches, **kwargs: float) -> dict[str, float]:
+    """SA-Co metrics of ``(outputs, targets)`` batches post-processed with ``kwargs``."""
     metric = unit_metric()
     for out, tgts in batches:
         size = tuple(_gt_masks(tgts[0], 0).shape[-2:]) if len(tgts) else None
@@ -215,8 +216,8 @@ def evaluate_calibrated(val: Batches, test: Batches,
     :func:`~.calibration.calibration_records`)."""
     cal = fit_calibration(_records(val, "validation"), metric=metric, fitted_on="validation")
     rec = _records(test, "test")
-    out = _split_metrics(test, **cal.postprocess_kwargs())
-    out.update({f"raw/{k}": v for k, v in _split_metrics(test).items()})
+    out = split_metrics(test, **cal.postprocess_kwargs())
+    out.update({f"raw/{k}": v for k, v in split_metrics(test).items()})
     q, ql = rec["query_logits"].reshape(-1), rec["query_labels"].reshape(-1)
     out["ece_query"], out["ece_query_calibrated"] = ece(q.sigmoid(), ql), ece((q / cal.temperature).sigmoid(), ql)
     if "presence_logits" in rec:

@@ -171,6 +171,23 @@ class PromptSampler:
         return Prompt(self.generic[int(rng.integers(len(self.generic)))], "generic", None, fallback)
 
 
+def fixed_units(presents: Sequence[Sequence[str]], categories: Sequence[str], generic: str | None,
+                seed: Sequence[int]) -> list[tuple[int, Prompt]]:
+    """The fixed evaluation units of a split: per item ``i`` (an image or a clip), every present concept, one absent
+    concept (drawn from ``numpy.random.default_rng(seed)``) and, with ``generic``, that generic prompt."""
+    rng = np.random.default_rng(list(seed))
+    units: list[tuple[int, Prompt]] = []
+    for i, present in enumerate(presents):
+        units += [(i, Prompt(c, "category", c)) for c in present]
+        absent = [c for c in categories if c not in present]
+        if absent:
+            c = absent[int(rng.integers(len(absent)))]
+            units.append((i, Prompt(c, "negative", c)))
+        if generic:
+            units.append((i, Prompt(generic, "generic")))
+    return units
+
+
 def _check_texts(texts: str | Sequence[str]) -> list[str]:
     items = [texts] if isinstance(texts, str) else list(texts)
     for i, text in enumerate(items):

@@ -140,9 +140,7 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            print(f"[siglip stand-in] step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.3f} "
-                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        standins.log_progress("siglip stand-in", step, steps, losses, log_every, t0)
     towers.freeze()
     return standins.loss_summary(losses, t0, steps)
 
