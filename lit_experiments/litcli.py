@@ -182,6 +182,9 @@ class LitCLI(LightningCLI):
     def _finish(self, results: RunResults) -> None:
         for section, values in getattr(self.model, "extra_results", {}).items():
             results.merge(section, values)
+        split_info = getattr(self.datamodule, "split_info", None)
+        if split_info:
+            results.merge("splits", split_info)
         results.set_headline(list(getattr(self.model, "headline_metrics", [])))
         path = results.save()
         if self.trainer.is_global_zero:

@@ -315,7 +315,7 @@ def record_stage(run: CurriculumRun, task: StageTask, trainer: LitTrainer, base:
         "wall_s": round(wall, 3), "finished": _now(), "checkpoint": _rel(sdir / "final.ckpt", run.run_dir),
     })
     results.merge("final", metrics)
-    _merge_extra(results, run.model)
+    _merge_extra(results, run.model, run.datamodule)
     results.save()
     run.ran.append(stage.name)
 
@@ -340,7 +340,7 @@ def final_test(run: CurriculumRun) -> None:
     tester = run.base.stage_trainer(run.stages[-1], run.run_dir / "test", run.shared, checkpoint=False)
     out = tester.test(run.model, datamodule=run.datamodule, verbose=False)
     run.results.merge("test", to_float_dict(out[0] if out else {}))
-    _merge_extra(run.results, run.model)
+    _merge_extra(run.results, run.model, run.datamodule)
     run.results.save()
 
 
@@ -405,6 +405,9 @@ def _has_test(datamodule: Any) -> bool:
     return is_overridden("test_dataloader", datamodule, L.LightningDataModule)
 
 
-def _merge_extra(results: RunResults, model: Any) -> None:
+def _merge_extra(results: RunResults, model: Any, datamodule: Any = None) -> None:
     for section, values in getattr(model, "extra_results", {}).items():
         results.merge(section, values)
+    split_info = getattr(datamodule, "split_info", None)
+    if split_info:  # core.splits.check_disjoint's record (F47)
+        results.merge("splits", split_info)

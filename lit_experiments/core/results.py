@@ -84,6 +84,60 @@ def to_float_dict(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+REFERENCES = "references"  # results.json section: {headline metric: [reference rows]}
+FLOOR, REFERENCE = "floor", "reference"
+PER_ITEM_DIR = "per_item"  # <run_dir>/per_item/<name>.json: per-test-item scores for paired bootstraps
+
+
+def reference_row(name: str, value: float | None, kind: str = FLOOR, what: str = "") -> dict[str, Any]:
+    """One row beside a headline (F49): ``kind`` is ``floor`` (predict nothing, chance, random ranking, an untrained
+    model, a side-input rule) or ``reference`` (a baseline or probe), computed by the same metric code on the same
+    test units; ``what`` says in a few words what it is."""
+    if kind not in (FLOOR, REFERENCE):
+        raise ValueError(f"reference kind {kind!r}: expected {FLOOR!r} or {REFERENCE!r}")
+    return {"name": name, "kind": kind, "value": None if value is None else float(value), "what": what}
+
+
+def check_floors(data: dict[str, Any]) -> list[str]:
+    """Problems of a results.json's headline (F49): each headline metric needs at least one floor row."""
+    problems = []
+    refs = data.get(REFERENCES, {})
+    for metric in data.get("headline", {}):
+        rows = refs.get(metric, [])
+        if not any(r.get("kind") == FLOOR for r in rows):
+            problems.append(f"headline {metric} has no floor row in results.json[{REFERENCES!r}]")
+    return problems
+
+
+def write_per_item(run_dir: str | Path, name: str, ids: list[Any], scores: dict[str, list[float]],
+                   meta: dict[str, Any] | None = None) -> Path:
+    """``<run_dir>/per_item/<name>.json``: one score per test item and metric (same order as ``ids``), written
+    atomically, so the report can compare two models on one test set with a paired bootstrap over items (F51)."""
+    n = len(ids)
+    for key, values in scores.items():
+        if len(values) != n:
+            raise ValueError(f"per-item scores {name}/{key}: {len(values)} values for {n} items")
+    path = Path(run_dir) / PER_ITEM_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    notes: dict[str, str] = {}
+    blob = finite_or_null({"name": name, "ids": [str(i) for i in ids], "scores": scores, "meta": meta or {}}, notes)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(blob, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
+def read_per_item(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Every per-item file of a run, by name (empty when the run saved none)."""
+    out = {}
+    for path in sorted((Path(run_dir) / PER_ITEM_DIR).glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 class RunResults:
     """Reads, updates and atomically rewrites ``<run_dir>/results.json``; only rank zero writes."""
 

@@ -25,3 +25,20 @@ def isolated_rng() -> Iterator[None]:
     finally:
         np.random.set_state(np_state)
         pyrandom.setstate(py_state)
+
+
+def run_seed(explicit: int | None = None, purpose: str = "") -> int:
+    """The seed of one random choice of a run (F50): ``explicit`` when a YAML pins it, otherwise derived from the
+    run's ``seed_everything`` seed (``PL_GLOBAL_SEED``, 0 when unset) and ``purpose`` (``"data"``, ``"prompts"``,
+    ``"sampler"``, ``"standin"``, ...), so a sweep over seeds varies data order, samplers, prompts, augmentations
+    and stand-ins, not only the initialisation. Pure: reads the environment, moves no RNG."""
+    if explicit is not None:
+        return int(explicit)
+    import hashlib
+    import os
+
+    base = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+    if not purpose:
+        return base
+    digest = hashlib.sha1(f"{base}:{purpose}".encode()).hexdigest()
+    return int(digest[:8], 16)

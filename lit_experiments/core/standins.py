@@ -24,7 +24,11 @@ from .seeding import isolated_rng
 
 
 def cache_path(cache_dir: str | Path, prefix: str, key: dict[str, Any]) -> Path:
-    """``cache_dir/<prefix>-<sha1 of json(key)>.pt`` (keys sorted, non-JSON values as ``str``)."""
+    """``cache_dir/<prefix>-<sha1 of json(key)>.pt`` (keys sorted, non-JSON values as ``str``).
+
+    The torch thread count is part of every key (F50): a stand-in trained with another number of threads has
+    other weights (float reductions run in another order), so it is never served for this one."""
+    key = {**key, "torch_threads": torch.get_num_threads()}
     blob = json.dumps(key, sort_keys=True, default=str).encode()
     return Path(cache_dir) / f"{prefix}-{hashlib.sha1(blob).hexdigest()[:16]}.pt"
 

@@ -232,6 +232,27 @@ class StudyModule(L.LightningModule):
         self.extra_results.setdefault(section, {}).update(clean)
 
 
+    def add_reference(self, metric: str, name: str, value: Any, kind: str = "floor", what: str = "") -> None:
+        """A floor or reference row beside headline ``metric`` in ``results.json["references"]`` (F49); a row of the
+        same name is replaced."""
+        from .results import REFERENCES, reference_row
+
+        value = None if value is None else float(value.item() if hasattr(value, "item") else value)
+        rows = [r for r in self.extra_results.setdefault(REFERENCES, {}).get(metric, []) if r["name"] != name]
+        rows.append(reference_row(name, value, kind, what))
+        self.extra_results[REFERENCES][metric] = rows
+
+    def save_per_item(self, name: str, ids: list[Any], scores: dict[str, Any], meta: dict[str, Any] | None = None
+                      ) -> Path | None:
+        """Per-test-item scores (already gathered across ranks) into ``<run_dir>/per_item/<name>.json`` (F51)."""
+        from .results import write_per_item
+
+        if not self._is_rank_zero():
+            return None
+        clean = {k: [float(x) for x in (v.tolist() if hasattr(v, "tolist") else v)] for k, v in scores.items()}
+        return write_per_item(self.run_dir, name, list(ids.tolist() if hasattr(ids, "tolist") else ids), clean, meta)
+
+
 def _to_jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
@@ -253,6 +274,7 @@ class StudyDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.fold_spec = fold  # {"file": <cv>/folds.json, "index": k}, given by `lit-exp cv`
         self.fold_info: dict[str, Any] | None = None
+        self.split_info: dict[str, Any] | None = None  # core.splits.check_disjoint's record -> results["splits"]
         self._fold: tuple[list[int], list[int]] | None = None
 
     # ----------------------------------------------------------------- folds (`lit-exp cv`, core/folds.py)
