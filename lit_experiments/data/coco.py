@@ -7,6 +7,10 @@ file's categories sorted by id), ``color`` / ``material`` / ``size`` (from an op
 ``attributes`` dict, as written by ``lit-exp data shapes``; else -1 / 0), ``num_objects``, ``labels``
 multi-hot, ``caption`` (first caption of an optional captions file, else built from category names).
 
+``image_ids`` keeps only the images of those ids (in the file's order; an id not in the file is an error): a
+held-out part of a split (validation drawn from train2017) and the rest. :meth:`CocoInstances.image_files` names
+every kept image by its file (image folder + ``file_name``), the id two splits are compared by (F47).
+
 ``mode="pairs"`` yields one item per (image, category present) - plus, with ``negatives > 0``, that many
 absent categories per image - with ``mask`` bool (H,W) (union of the category's instances),
 ``prompt`` (the category name), ``category``, ``positive`` and ``image_id``: the unit of promptable
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +80,7 @@ class CocoInstances(FileDataset):
         on_bad_sample: str = "error",
         check_files: bool = True,
         seed: int = 0,
+        image_ids: Sequence[int | str] | None = None,
     ) -> None:
         if mode not in ("image", "pairs"):
             raise ValueError(f"CocoInstances: mode={mode!r}; expected 'image' or 'pairs'")
@@ -102,7 +108,15 @@ class CocoInstances(FileDataset):
             for a in json.loads(cap_path.read_text()).get("annotations", []):
                 self.captions.setdefault(a["image_id"], a["caption"])
         images = sorted(data.get("images", []), key=lambda im: im["id"])
-        unknown = sorted(set(anns) - {im["id"] for im in images})
+        self.all_image_ids = [im["id"] for im in images]
+        if image_ids is not None:
+            wanted = {str(i) for i in image_ids}
+            missing = sorted(wanted - {str(im["id"]) for im in images})
+            if missing:
+                raise LabelError(f"{self.ann_path}: image_ids name {len(missing)} id(s) not in the file's images list "
+                                 f"(e.g. {missing[:3]})")
+            images = [im for im in images if str(im["id"]) in wanted]
+        unknown = sorted(set(anns) - set(self.all_image_ids))
         if unknown:
             k, a = next((k, a) for k, a in enumerate(data["annotations"]) if a["image_id"] == unknown[0])
             raise LabelError(f"{self.ann_path}: annotation #{k} (id {a.get('id')}) names image_id {unknown[0]!r}, "
@@ -110,8 +124,12 @@ class CocoInstances(FileDataset):
         self.samples = [{"path": self.image_dir / im["file_name"], "image": im, "anns": anns.get(im["id"], [])}
                         for im in images]
         self._scan(check_files)
-        self.max_objects = max_objects or max([len(s["anns"]) for s in self.samples] + [1])
+        self.max_objects = max_objects or max([len(a) for a in anns.values()] + [1])  # over the whole file
         self.pairs = self._make_pairs() if mode == "pairs" else []
+
+    def image_files(self) -> list[str]:
+        """Every kept image as its resolved file path (the id two splits are compared by)."""
+        return [str(Path(s["path"]).resolve()) for s in self.samples]
 
     def settings(self) -> dict:
         return {"mode": self.mode, "negatives": self.negatives, "image_size": self.image_size,

@@ -5,6 +5,19 @@ Sources. Any split whose items carry ShapesWorld's keys (``image`` uint8 (3,S,S)
 ``seed + 1``, ``seed + 2`` for train / val / test) or ``coco`` (:class:`~lit_experiments.data.coco.CocoInstances`,
 ``coco_train`` / ``coco_val`` / ``coco_test`` its arguments; the category names are the prompts).
 
+Splits that cannot leak (F47). ``coco_val: {holdout: F}`` holds out a seeded fraction ``F`` of ``coco_train``'s
+images as validation (:func:`~lit_experiments.core.splits.ensure_holdout`: the ids are drawn once and written to
+``split_file``, default ``<ann_file>.holdout_<F>.json`` next to the training annotations, and read on every later
+run; ``seed``: the draw's seed, default from ``seed_everything``); training then skips them. Before any unit is
+served, :meth:`DistillDataModule.check_splits` compares validation with test (the same annotation file and image
+folder, or a shared image file) and refuses an overlap naming both, unless ``allow_val_test_overlap: true``;
+the record is ``split_info`` (results.json ``splits``; ``tuned_on_test: true`` with the opt-in).
+
+Seeds (F50). ``seed`` is the data's: the ShapesWorld worlds and the fixed validation / test units (so every
+seed and every A/B arm is scored on the same test units). The random choices of training (the per-epoch
+image order, the training prompts) default to seeds derived from ``seed_everything``
+(:func:`~lit_experiments.core.seeding.run_seed`) unless ``shuffle_seed`` / ``prompts.seed`` pin them.
+
 Units. A unit is (image, prompt). The prompt vocabulary is the category names plus ``prompts.generic``; the
 targets of a prompt are the visible instances of its category (all instances for a generic prompt, none for an
 absent category). Training draws one prompt per image and epoch with :class:`~.prompts.PromptSampler` (kinds at
@@ -33,6 +46,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.ops import box_convert, masks_to_boxes
 
 from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.seeding import run_seed
+from lit_experiments.core.splits import check_disjoint, ensure_holdout
 from lit_experiments.core.study import StudyDataModule
 from lit_experiments.data.shapes import ShapesWorld
 
@@ -189,7 +204,11 @@ class DistillDataModule(StudyDataModule):
         dataset: ``shapes`` or ``coco``; ``n_train`` / ``n_val`` / ``n_test`` images (shapes), ``seed``.
         shapes: ShapesWorld arguments over :data:`DEFAULT_WORLD`.
         root / coco_train / coco_val / coco_test / image_size: a COCO-style folder and each split's
-            ``CocoInstances`` arguments (``ann_file``, ``image_dir``), the image side.
+            ``CocoInstances`` arguments (``ann_file``, ``image_dir``), the image side. ``coco_val`` may instead be
+            ``{holdout: F, split_file: null, seed: null}``: a seeded fraction of ``coco_train`` held out (F47).
+        allow_val_test_overlap: accept a validation split that equals or overlaps the test split (every number
+            of the run is then marked as tuned on test); default: refused (F47).
+        shuffle_seed: the training order's seed (default: from ``seed_everything``, F50).
         prompts: :class:`~.prompts.PromptSampler` arguments (``ratios``, ``generic``, ``seed``) and ``per_image``:
             training prompts per image and epoch, distinct where the image allows (:meth:`~.prompts.PromptSampler.
             sample_many`), consecutive in a batch, so ignoring the prompt cannot lower the loss (default 1).
@@ -212,7 +231,7 @@ class DistillDataModule(StudyDataModule):
         coco_test: dict[str, Any] | None = None, image_size: int | None = None, prompts: dict[str, Any] | None = None,
         student_tokenizer: str = "MobileCLIP-S1", student_context: int = 32, feature_level: int | None = None,
         concept: str = "category", clips: dict[str, Any] | None = None, video: bool = False,
-        cache_dir: str = ".cache/features",
+        cache_dir: str = ".cache/features", allow_val_test_overlap: bool = False, shuffle_seed: int | None = None,
         batch_size: int = 16, eval_batch_size: int | None = 64, num_workers: int = 0, fold: dict | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size, fold=fold)
@@ -228,6 +247,9 @@ class DistillDataModule(StudyDataModule):
         self.world = {**DEFAULT_WORLD, **(shapes or {})}
         self.root, self.image_size, self.cache_dir = root, image_size, cache_dir
         self.coco = {"train": coco_train, "val": coco_val, "test": coco_test}
+        self.holdout = self._holdout_args(coco_val) if dataset == "coco" else None
+        self.allow_val_test_overlap = bool(allow_val_test_overlap)
+        self.shuffle_seed = run_seed(shuffle_seed, "distill/order")
         prompts = dict(prompts or {})
         unknown = sorted(set(prompts) - {"ratios", "generic", "seed", "per_image"})
         if unknown:
@@ -249,6 +271,70 @@ class DistillDataModule(StudyDataModule):
         self._splits: dict[str, UnitSplit] = {}
         self._prepared = False
 
+    # ------------------------------------------------------------------ splits (F47)
+    @staticmethod
+    def _holdout_args(coco_val: dict[str, Any]) -> dict[str, Any] | None:
+        if "holdout" not in coco_val:
+            return None
+        unknown = sorted(set(coco_val) - {"holdout", "split_file", "seed"})
+        if unknown:
+            raise ConfigError(f"data.init_args.coco_val: unknown keys {unknown} beside holdout; allowed: holdout, "
+                              "split_file, seed")
+        fraction = coco_val["holdout"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ConfigError(f"data.init_args.coco_val.holdout={fraction!r}; expected the fraction of coco_train "
+                              "held out as validation, between 0 and 1")
+        return {"fraction": float(fraction), "split_file": coco_val.get("split_file"),
+                "seed": run_seed(coco_val.get("seed"), "distill/holdout")}
+
+    def _coco_where(self, split: str) -> str:
+        from pathlib import Path
+
+        args = self.coco["train" if split == "val" and self.holdout else split]
+        where = f"{Path(str(self.root)) / args['ann_file']} with images {Path(str(self.root)) / args['image_dir']}"
+        if split == "val" and self.holdout:
+            return f"{self.holdout['fraction']} of {where} held out ({self.holdout_file()})"
+        return where
+
+    def holdout_file(self) -> Any:
+        """The JSON file of the held-out validation ids (``coco_val.split_file`` or beside the train annotations)."""
+        from pathlib import Path
+
+        if self.holdout["split_file"]:
+            return Path(self.holdout["split_file"])
+        ann = Path(str(self.root)) / self.coco["train"]["ann_file"]
+        return ann.with_name(f"{ann.stem}.holdout_{self.holdout['fraction']}.json")
+
+    def holdout_ids(self) -> list[str]:
+        """The held-out validation image ids of ``coco_train`` (drawn once, then read from :meth:`holdout_file`)."""
+        from lit_experiments.data.coco import CocoInstances
+
+        if getattr(self, "_holdout_ids", None) is None:
+            pool = CocoInstances(str(self.root), check_files=False, **self.coco["train"]).all_image_ids
+            self._holdout_ids = (pool, ensure_holdout(self.holdout_file(), pool, self.holdout["fraction"],
+                                                      self.holdout["seed"]))
+        return self._holdout_ids[1]
+
+    def split_ids(self, split: str) -> list[str]:
+        """The ids two splits are compared by: image files (coco), ``<world seed>/<index>`` (shapes)."""
+        src = self.source(split)
+        if self.dataset == "coco":
+            return src.dataset.image_files()
+        return [f"shapes-seed{src.dataset.seed}/{i}" for i in range(len(src))]
+
+    def check_splits(self) -> dict[str, Any]:
+        """Refuse a validation split that equals or overlaps the test split (F47); the record is ``split_info``."""
+        if self.split_info is None:
+            if self.dataset == "coco":
+                names = {s: self._coco_where(s) for s in ("val", "test")}
+            else:
+                names = {s: f"ShapesWorld seed {self.seed + SPLITS.index(s)} ({self.sizes[s]} images)"
+                         for s in ("val", "test")}
+            self.split_info = check_disjoint(self.split_ids("val"), self.split_ids("test"), val_name=names["val"],
+                                             test_name=names["test"], allow_overlap=self.allow_val_test_overlap,
+                                             what="images")
+        return self.split_info
+
     # ------------------------------------------------------------------ sources and vocabulary
     def source(self, split: str) -> UnitSource:
         """The images of ``split`` (``train`` / ``val`` / ``test``) or the frames of its clips (``clips-<split>``)."""
@@ -265,7 +351,11 @@ class DistillDataModule(StudyDataModule):
             else:
                 from lit_experiments.data.coco import CocoInstances
 
-                ds = CocoInstances(str(self.root), image_size=self.image_size, **self.coco[split])
+                args, keep = dict(self.coco[split]), None
+                if self.holdout and split in ("train", "val"):
+                    args, held = dict(self.coco["train"]), set(self.holdout_ids())
+                    keep = [i for i in self._holdout_ids[0] if (str(i) in held) == (split == "val")]
+                ds = CocoInstances(str(self.root), image_size=self.image_size, image_ids=keep, **args)
                 self._sources[split] = UnitSource(ds, list(ds.categories))
         return self._sources[split]
 
@@ -280,11 +370,12 @@ class DistillDataModule(StudyDataModule):
         """Categories, prompt sampler, vocabulary and both models' ids of every vocabulary prompt."""
         if self._prepared:
             return
+        self.check_splits()
         self.categories = self.source("train").categories
         generic = self.prompt_args.get("generic", list(DEFAULT_GENERIC))
         self.generic = list(generic or [])
         self.sampler = PromptSampler(self.categories, generic=self.generic, ratios=self.prompt_args.get("ratios"),
-                                     seed=int(self.prompt_args.get("seed", self.seed)))
+                                     seed=run_seed(self.prompt_args.get("seed"), "distill/prompts"))
         self.vocab = [*self.categories, *self.generic]
         if self.teacher is not None:
             tok = DualTokenizer(self.teacher.tokenizer, student_tokenizer(self.student_tokenizer_name,
@@ -335,7 +426,8 @@ class DistillDataModule(StudyDataModule):
         ds = self.clip_split("train") if self.video else self.split("train")
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = EpochSampler(len(ds), True, self.seed, rank, world, int(self.prompt_args.get("per_image", 1)))
+        sampler = EpochSampler(len(ds), True, self.shuffle_seed, rank, world,
+                               int(self.prompt_args.get("per_image", 1)))
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_units, persistent_workers=self.num_workers > 0)
 

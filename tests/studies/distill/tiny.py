@@ -20,13 +20,13 @@ def tiny(config: Path, raw: dict, tmp: Path) -> dict:
                                                                        num_queries=4)}}
     d: dict[str, Any] = {"teacher": teacher, "batch_size": 4, "eval_batch_size": 8, "num_workers": 0,
                          "cache_dir": str(tmp / "cache")}
-    if data.get("dataset") == "coco":
-        for split, n in (("train", 6), ("val", 3)):
+    if data.get("dataset") == "coco":  # validation held out of train (the config's coco_val), test apart (F47)
+        for split, n in (("train", 8), ("test", 3)):
             write_shapes(tmp / "coco" / split, "coco", n=n, seed=len(split), image_size=32, max_objects=2)
         split = {s: {"ann_file": f"{s}/annotations/instances.json", "image_dir": f"{s}/images"}
-                 for s in ("train", "val")}
-        d.update(root=str(tmp / "coco"), image_size=32, coco_train=split["train"], coco_val=split["val"],
-                 coco_test=split["val"])
+                 for s in ("train", "test")}
+        d.update(root=str(tmp / "coco"), image_size=32, coco_train=split["train"], coco_test=split["test"],
+                 coco_val={**data.get("coco_val", {}), "holdout": 0.25})
     else:
         d.update(n_train=6, n_val=3, n_test=3, shapes={**data.get("shapes", {}), "image_size": 32})
     student = {"init_args": {
