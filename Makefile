@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-full lint bench clean
+.PHONY: venv demo demo-seeds test test-full lint bench clean
 
 # (re)install when the dependency file changed; otherwise a no-op
 $(STAMP): pyproject.toml
@@ -19,6 +19,13 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-disabled} $(PY) -m lit_experiments demo
+
+# every demo once per seed, then docs/results/demo_seeds.{json,md} and the README's result tables (F50; about
+# 3x `make demo`). SEEDS / ONLY narrow it: make demo-seeds ONLY="satipatthana slots"
+SEEDS ?= 0 1 2
+demo-seeds: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-disabled} $(PY) -m lit_experiments demo --seeds $(SEEDS) $(if $(ONLY),--only $(ONLY)) \
+		--summary docs/results/demo_seeds.json --readme README.md
 
 test: $(STAMP)
 	WANDB_MODE=disabled $(PY) -m pytest -q -n 2 --dist loadfile

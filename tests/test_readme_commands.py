@@ -9,7 +9,7 @@ Each line goes through `lit_experiments.cli.main` in order, with two kinds of ch
   so it takes seconds; its command-line options still apply on top.
 
 A line that needs a GPU is parsed with `--print_config` instead when there is none (the reason is printed);
-`lit-exp demo`, `lit-exp multilabel-demo` and `lit-exp distill-demo` (minutes, what `make demo` runs) are replaced by their `--help`.
+`lit-exp demo` (with or without `--seeds`), `lit-exp multilabel-demo` and `lit-exp distill-demo` (minutes, what `make demo` runs) are replaced by their `--help`.
 A new README line with an unknown placeholder fails here until it is mapped.
 """
 
@@ -80,7 +80,7 @@ class Session:
         """The README line as arguments for ``main`` and, when changed beyond placeholders, why."""
         args = shlex.split(command)[1:]
         note = None
-        if args == ["demo"]:
+        if args[:1] == ["demo"]:  # also `demo --seeds ...` (`make demo-seeds`: three times as long)
             return ["demo", "--help"], "`lit-exp demo` runs every demo for minutes (`make demo`); --help instead"
         if args and args[0] in ("multilabel-demo", "distill-demo"):
             return [args[0], "--help"], "a study's demo runs for minutes (`make demo`); --help instead"
