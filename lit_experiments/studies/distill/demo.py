@@ -1,6 +1,7 @@
 """`lit-exp distill-demo`: the distill study's demo: stand-in teacher, encoder -> decoder -> video, test, latency card.
 
-    lit-exp distill-demo -c configs/distill/demo.yaml --run_dir runs/distill/demo [--threads 1] [--no-card]
+    lit-exp distill-demo -c configs/distill/demo.yaml --run_dir runs/distill/demo [--seed_everything N] [--threads 1]
+        [--no-card]
 
 1. ``lit-exp curriculum`` of the config (its ``# base:`` files first) into ``run_dir``: the stand-in teacher of
    ``data.init_args.teacher`` (:class:`~.standin.StandinTeacher`: trained once, cached, scored against ground
@@ -10,8 +11,14 @@
    student fp32, student int8 weight-only (torchao) and the student's ONNX export in ONNX Runtime, each with its
    test mIoU against ground truth (all test image units; students at their stored calibration, the teacher at
    0.5), latency per unit and size, measured in one process.
-3. ``run_dir/results.json`` gains ``latency_card``; the headline (student and teacher mIoU, their ratio,
-   presence F1, IL_MCC, concept responsiveness, paraphrase stability) is printed.
+3. ``run_dir/results.json`` gains ``latency_card``; the headline is printed beside its floors (F49): the student's
+   mIoU on positive units (THE headline), the teacher's and their ratio, each with the predict-nothing and
+   prompt-blind floors computed on the same test units; concept responsiveness with paraphrase stability beside
+   it (each model at its validation calibration); the teacher's score on every prompt family before distillation
+   (F53).
+
+``--seed_everything N`` seeds the tool (``lightning.seed_everything(N)``) and the run: every random choice of the
+run (training order, prompts, the stand-in teacher's training) is derived from it unless the YAML pins it (F50).
 """
 from __future__ import annotations
 
@@ -26,9 +33,9 @@ from typing import Any
 
 from lit_experiments.core.errors import ConfigError
 
-SHOWN = ("test/teacher_miou_pos", "test/miou_pos", "test/teacher_miou", "test/miou", "test/miou_ratio",
-         "test/teacher_presence_f1", "test/presence_f1", "test/teacher_il_mcc", "test/il_mcc",
-         "test/teacher_concept_responsiveness", "test/concept_responsiveness", "test/paraphrase_stability")
+HEADLINE_SHOWN = ("test/miou_pos", "test/teacher_miou_pos", "test/miou_pos_ratio", "test/miou", "test/teacher_miou")
+OTHER_SHOWN = ("test/teacher_presence_f1", "test/presence_f1", "test/teacher_il_mcc", "test/il_mcc",
+               "test/video/student/miou", "test/video/teacher/miou")
 
 
 def final_checkpoint(run_dir: Path, results: dict[str, Any]) -> Path:
@@ -70,6 +77,35 @@ def card_step(run_dir: Path, ckpt: Path, out: Path) -> list[dict[str, Any]]:
     return latency_card(dm.teacher, model, batch, out, metrics=metrics, metric_name="test/miou")
 
 
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.4f}"
+
+
+def print_headline(results: dict[str, Any]) -> None:
+    """The headline beside its floors and references (F49), the prompt numbers together, the teacher per family."""
+    test, refs = results.get("test") or {}, results.get("references") or {}
+    print("\n== distill demo: student vs teacher (test units of held-out ShapesWorld; each at its validation "
+          "calibration)")
+    for key in HEADLINE_SHOWN:
+        if key not in test:
+            continue
+        rows = "; ".join(f"{r['kind']} {r['name']} {_fmt(r['value'])}" for r in refs.get(key, []))
+        print(f"  {key:<38} {test[key]:.4f}" + (f"   [{rows}]" if rows else ""))
+    for who, pre in (("student", ""), ("teacher", "teacher_")):
+        cr, ps = test.get(f"test/{pre}concept_responsiveness"), test.get(f"test/{pre}paraphrase_stability")
+        if cr is not None and ps is not None:
+            print(f"  {who}: concept responsiveness {cr:.4f} with paraphrase stability {ps:.4f} (a prompt-blind "
+                  "model: 0 and 1.0)")
+    for key in OTHER_SHOWN:
+        if key in test:
+            print(f"  {key:<38} {test[key]:.4f}")
+    fams = (results.get("teacher_families") or {}).get("families") or {}
+    if fams:
+        parts = [f"{name} {v.get('miou_pos', v.get('miou')):.3f}{'' if v['trained_on'] else ' (not trained on)'}"
+                 for name, v in fams.items()]
+        print("  teacher per prompt family before distillation (validation, at 0.5): " + ", ".join(parts))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lit-exp distill-demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,7 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run_dir", default="runs/distill/demo", help="a new folder for this run")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training (default 1: 2 busy cores)")
     p.add_argument("--no-card", action="store_true", help="skip the latency card")
+    p.add_argument("--seed_everything", type=int, default=None,
+                   help="the run's seed (default: the config's seed_everything); drives every random choice (F50)")
     args, extra = p.parse_known_args(argv)
+    if args.seed_everything is not None:
+        import lightning as L
+
+        L.seed_everything(args.seed_everything, verbose=False)
+        extra = [*extra, "--seed_everything", str(args.seed_everything)]
     from lit_experiments.core.configs import composition
 
     config, run_dir = Path(args.config), Path(args.run_dir)
@@ -106,12 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         from lit_experiments.core.folds import write_json
 
         write_json(results_path, results)
-    test = results.get("test") or {}
-    print("\n== distill demo: student vs teacher (test units of held-out ShapesWorld; each at its validation "
-          "calibration)")
-    for key in SHOWN:
-        if key in test:
-            print(f"  {key:<40} {test[key]:.4f}")
+    print_headline(results)
     quality = (results.get("teacher") or {}).get("standin_quality") or {}
     if quality:
         print(f"  stand-in teacher on its own held-out world: miou_pos {quality.get('miou_pos', float('nan')):.4f}, "

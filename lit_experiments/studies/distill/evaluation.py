@@ -238,7 +238,8 @@ def run_units(score_fn: ScoreFn, images: Tensor, index: Sequence[int], prompts: 
     return outs
 
 
-def _unit_scores(outs: Sequence[Mapping[str, Tensor]], score: str, presence_temperature: float) -> Tensor:
+def _unit_scores(outs: Sequence[Mapping[str, Tensor]], score: str, presence_temperature: float,
+                 temperature: float = 1.0) -> Tensor:
     vals = []
     for o in outs:
         if score == "presence":
@@ -247,7 +248,7 @@ def _unit_scores(outs: Sequence[Mapping[str, Tensor]], score: str, presence_temp
                 raise ValueError("concept_responsiveness(score='presence'): the outputs have no presence_logits")
             vals.append((pres.float() / presence_temperature).sigmoid())
         else:
-            vals.append(query_scores(o, presence_temperature=presence_temperature).amax(1))
+            vals.append(query_scores(o, temperature, presence_temperature).amax(1))
     return torch.cat(vals).double()
 
 
@@ -272,9 +273,10 @@ def _check_images(images: Tensor) -> int:
 def concept_responsiveness(score_fn: ScoreFn, images: Tensor, present_prompts: Sequence[str] | Sequence[Sequence[str]],
                            absent_prompts: Sequence[str] | Sequence[Sequence[str]],
                            score: Literal["max_query", "presence"] = "max_query", presence_temperature: float = 1.0,
-                           batch_size: int = 64) -> float:
+                           batch_size: int = 64, temperature: float = 1.0) -> float:
     """F46 concept responsiveness (module docstring). ``present_prompts[i]`` / ``absent_prompts[i]``: one prompt
-    or a list of prompts of categories present in / absent from image ``i``."""
+    or a list of prompts of categories present in / absent from image ``i``; ``temperature`` /
+    ``presence_temperature``: the model's calibration (the unit score of :func:`postprocess`)."""
     if score not in ("max_query", "presence"):
         raise ValueError(f"concept_responsiveness: score={score!r}; expected 'max_query' or 'presence'")
     n = _check_images(images)
@@ -284,7 +286,8 @@ def concept_responsiveness(score_fn: ScoreFn, images: Tensor, present_prompts: S
     for key, per_image in groups.items():
         index = [i for i, ps in enumerate(per_image) for _ in ps]
         flat = [p for ps in per_image for p in ps]
-        s = _unit_scores(run_units(score_fn, images, index, flat, batch_size), score, presence_temperature)
+        s = _unit_scores(run_units(score_fn, images, index, flat, batch_size), score, presence_temperature,
+                         temperature)
         means[key] = torch.zeros(n, dtype=torch.float64).index_add_(0, torch.as_tensor(index), s) / torch.tensor(
             [len(ps) for ps in per_image], dtype=torch.float64)
     diffs = means["present"] - means["absent"]

@@ -61,6 +61,7 @@ from .evaluation import (
     write_table,
 )
 from .losses import DistillLoss, FeatureDistillLoss, SetLoss
+from .references import UnitIds, family_scores, predict_nothing, prompt_blind
 from .student import Student
 from .testing import METRICS, DistillTestMixin
 
@@ -115,11 +116,10 @@ class DistillModule(DistillTestMixin, StudyModule):
         optimizer: the optimizer of a plain ``fit``.
     """
 
+    #: THE headline is the student's mIoU on positive units; each has floors in results.json ``references`` (F49)
     headline_metrics: ClassVar[list[str]] = [
-        "test/teacher_miou_pos", "test/miou_pos", "test/teacher_miou", "test/miou", "test/miou_ratio",
-        "test/teacher_presence_f1", "test/presence_f1", "test/teacher_il_mcc", "test/il_mcc",
-        "test/teacher_concept_responsiveness", "test/concept_responsiveness", "test/paraphrase_stability",
-        "test/video/student/miou", "test/video/teacher/miou",
+        "test/miou_pos", "test/teacher_miou_pos", "test/miou_pos_ratio", "test/concept_responsiveness",
+        "test/teacher_concept_responsiveness",
     ]
 
     def __init__(self, student: Student, distill_loss: DistillLoss | None = None, set_loss: SetLoss | None = None,
@@ -152,6 +152,8 @@ class DistillModule(DistillTestMixin, StudyModule):
         self.video_student, self.video_teacher = unit_metric(), unit_metric()
         self.video_change = torch.nn.ModuleDict({"student": MeanMetric(), "teacher": MeanMetric()})
         self.val_records = Records()
+        self.test_floors = torch.nn.ModuleDict({"predict_nothing": unit_metric(), "prompt_blind": unit_metric()})
+        self.test_ids = UnitIds()
 
     # ------------------------------------------------------------------ stages
     def _stage_args(self, stage: StageSpec) -> StageArgs:
@@ -284,6 +286,16 @@ class DistillModule(DistillTestMixin, StudyModule):
         self.log("train/feature_cosine", terms["cosine"].detach(), batch_size=b, on_step=False, on_epoch=True)
         return terms["total"]
 
+    def on_fit_start(self) -> None:
+        """F53: before the first distillation, the teacher against ground truth on every prompt family of the
+        validation images (``results.json["teacher_families"]``)."""
+        super().on_fit_start()
+        dm = getattr(self.trainer, "datamodule", None)
+        if "teacher_families" in self.extra_results or getattr(dm, "teacher", None) is None:
+            return
+        if hasattr(dm, "sampler") or hasattr(dm, "prepare"):
+            self.add_results("teacher_families", family_scores(dm, "val"))
+
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
@@ -317,6 +329,12 @@ class DistillModule(DistillTestMixin, StudyModule):
         update_metric(self.test_student, postprocess(out, size=size, **self.calibration.postprocess_kwargs()),
                       batch["targets"])
         update_metric(self.test_raw, postprocess(out, size=size), batch["targets"])
+        dm = getattr(self.trainer, "datamodule", None)
+        update_metric(self.test_floors["predict_nothing"], predict_nothing(batch["targets"]), batch["targets"])
+        if dm is not None and hasattr(dm, "source"):
+            update_metric(self.test_floors["prompt_blind"], prompt_blind(dm.source("test"), batch["index"],
+                                                                         batch["targets"]), batch["targets"])
+        self.test_ids.update(batch["index"], batch["unit"])
         self.test_records["student"].update(calibration_records(out, batch["targets"]))
         if "teacher" in batch:
             teacher = batch["teacher"]
@@ -333,6 +351,7 @@ class DistillModule(DistillTestMixin, StudyModule):
         for name in METRICS:
             self._log_defined(f"test/student/{name}", student[name], undefined)
             self._log_defined(f"test/student_raw/{name}", raw[name], undefined)
+        teacher: dict[str, float] = {}
         if self.test_teacher.update_count:
             teacher = {k: float(v) for k, v in self.test_teacher.compute().items()}
             for name, value in self.test_teacher_raw.compute().items():
@@ -349,6 +368,7 @@ class DistillModule(DistillTestMixin, StudyModule):
             for name, value in self.prompt_probes().items():
                 self._log_defined(name, value, undefined)
         self._log_headline(undefined)
+        self._references(student, teacher if self.test_teacher.update_count else None)
         if self._is_rank_zero():
             gallery = self.write_gallery()
             if gallery:
@@ -364,5 +384,5 @@ class DistillModule(DistillTestMixin, StudyModule):
         if undefined:
             self.add_results("undefined", undefined)
         for m in (self.test_student, self.test_raw, self.test_teacher, self.test_teacher_raw,
-                  *self.test_records.values()):
+                  *self.test_records.values(), *self.test_floors.values(), self.test_ids):
             m.reset()

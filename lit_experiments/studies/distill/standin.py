@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +68,11 @@ from lit_experiments.metrics.promptable import UnitStats, promptable_metrics, un
 from .teacher import Sam3Teacher, tiny_config
 
 CACHE_VERSION = 1
-DATA_KEYS = ("n_train", "n_eval", "seed", "neg_p", "paired", "prompts_per_image", "concept")
-CONCEPTS = ("category", "color")
+DATA_KEYS = ("n_train", "n_eval", "seed", "neg_p", "paired", "prompts_per_image", "concept", "generic")
+CONCEPTS = ("category", "color", "both")
 #: the default recipe (measured numbers in the module docstring)
 DEFAULT_DATA: dict[str, Any] = {"n_train": 2048, "n_eval": 256, "seed": 0, "neg_p": 0.25, "paired": True,
-                                "prompts_per_image": 1, "concept": "color", "colors": ("red", "green", "blue"),
+                                "prompts_per_image": 1, "concept": "color", "generic": (), "colors": ("red", "green", "blue"),
                                 "image_size": 64, "max_objects": 2, "size_range": (0.25, 0.45), "motion": False}
 #: queries of the default stand-in: with 8 the queries stay interchangeable (each scores 1/8) within 1200 steps
 DEFAULT_QUERIES = 2
@@ -93,12 +93,16 @@ def _world_kwargs(data: dict[str, Any]) -> dict[str, Any]:
 class UnitBank:
     """Rendered images of a ShapesWorld with per-concept instance masks and boxes (the units' source).
 
-    ``concept``: ``"category"`` (prompts are shape names, ``categories`` = the world's categories) or
-    ``"color"`` (prompts are colour names, ``categories`` = the world's colours: a unit's targets are the
-    objects of that colour). ``images`` uint8 (N, 3, S, S); ``present[i]`` the sorted concept indices in image
-    ``i``; :meth:`targets` the ``{"masks", "boxes"}`` of (image, concept)."""
+    ``concept``: ``"category"`` (prompts are shape names, ``categories`` = the world's categories), ``"color"``
+    (prompts are colour names, ``categories`` = the world's colours: a unit's targets are the objects of that
+    colour) or ``"both"`` (colours, then categories). ``generic``: class-agnostic words appended to the vocabulary
+    (``"object"``: every object of the image; F53, the A/B's generic prompts). ``categories`` is the whole prompt
+    vocabulary; ``family(v)`` says whether word ``v`` is a ``color``, ``category`` or ``generic`` word.
+    ``images`` uint8 (N, 3, S, S); ``member`` (N, K, V) bool: object ``k`` of image ``i`` answers word ``v``;
+    ``present[i]`` the sorted vocabulary indices answered by a visible object of image ``i``; :meth:`targets` the
+    ``{"masks", "boxes"}`` of (image, word)."""
 
-    def __init__(self, world: ShapesWorld, concept: str = "category") -> None:
+    def __init__(self, world: ShapesWorld, concept: str = "category", generic: Sequence[str] = ()) -> None:
         if concept not in CONCEPTS:
             raise ConfigError(f"UnitBank: concept={concept!r}; expected one of {CONCEPTS}")
         self.world = world
@@ -106,18 +110,42 @@ class UnitBank:
         items = [world[i] for i in range(len(world))]
         self.images = torch.stack([it["image"] for it in items])
         self.instances = torch.stack([it["instances"] for it in items])
-        if concept == "category":
-            self.categories = list(world.categories)
-            self.object_category = torch.stack([it["category"] for it in items])  # (N, K), -1 pad
-        else:  # colour indices into COLORS -> indices into the world's colour subset
-            self.categories = [world.COLOR_NAMES[c] for c in world.colors]
-            lookup = torch.full((len(world.COLOR_NAMES) + 1,), -1, dtype=torch.long)
-            lookup[torch.tensor(world.colors)] = torch.arange(len(world.colors))
-            self.object_category = lookup[torch.stack([it["color"] for it in items])]  # -1 pad stays -1
+        n, k = len(items), int(items[0]["category"].shape[0]) if items else 0
+        colors = [world.COLOR_NAMES[c] for c in world.colors]
+        families: list[str] = []
+        columns: list[torch.Tensor] = []  # (N, K) bool per vocabulary word
+        if concept in ("color", "both"):
+            color = torch.stack([it["color"] for it in items]) if items else torch.zeros(0, k, dtype=torch.long)
+            columns += [color == c for c in world.colors]
+            families += ["color"] * len(colors)
+        if concept in ("category", "both"):
+            cat = torch.stack([it["category"] for it in items]) if items else torch.zeros(0, k, dtype=torch.long)
+            columns += [cat == j for j in range(len(world.categories))]
+            families += ["category"] * len(world.categories)
+        valid = torch.arange(k)[None] < torch.tensor([int(it["num_objects"]) for it in items])[:, None]
+        columns += [valid.clone() for _ in generic]
+        families += ["generic"] * len(generic)
+        names = ([*colors] if concept in ("color", "both") else []) + (
+            list(world.categories) if concept in ("category", "both") else []) + [str(g) for g in generic]
+        if len({x.casefold() for x in names}) != len(names):
+            raise ConfigError(f"UnitBank: the prompt vocabulary {names} repeats a word (a generic word that is "
+                              "also a colour or category name?)")
+        self.categories, self.families = names, families
+        self.member = torch.stack(columns, -1) & valid[..., None]  # (N, K, V)
         self.present: list[list[int]] = []
-        for i in range(len(world)):
-            ids = [k for k in range(int(items[i]["num_objects"])) if bool((self.instances[i] == k + 1).any())]
-            self.present.append(sorted({int(self.object_category[i, k]) for k in ids}))
+        for i in range(n):
+            vis = torch.tensor([bool((self.instances[i] == j + 1).any()) for j in range(k)], dtype=torch.bool)
+            self.present.append((self.member[i] & vis[:, None]).any(0).nonzero().flatten().tolist())
+
+    def family(self, v: int) -> str:
+        """``color``, ``category`` or ``generic``: the family of vocabulary word ``v``."""
+        return self.families[v]
+
+    @property
+    def object_category(self) -> torch.Tensor:
+        """(N, K) the first concept word each object answers (-1 for padding), for single-concept banks."""
+        first = self.member.float().argmax(-1)
+        return torch.where(self.member.any(-1), first, torch.full_like(first, -1))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -125,7 +153,7 @@ class UnitBank:
     def targets(self, index: int, category: int) -> dict[str, torch.Tensor]:
         """Visible instance masks (n, S, S) float and boxes (n, 4) normalised cxcywh of ``category``."""
         size = self.images.shape[-1]
-        ks = (self.object_category[index] == category).nonzero().flatten().tolist()
+        ks = self.member[index, :, category].nonzero().flatten().tolist()
         masks = [self.instances[index] == k + 1 for k in ks]
         masks = [m for m in masks if bool(m.any())]
         if not masks:
@@ -138,7 +166,13 @@ class UnitBank:
         return [c for c in range(len(self.categories)) if c not in self.present[index]]
 
     def _pick(self, pool: list[int], r: float) -> int:
-        return pool[min(int(r * len(pool)), len(pool) - 1)]
+        """A word of ``pool`` for ``r`` in [0, 1): a family present in the pool first (uniformly), then a word of
+        it, so a few colours are not drowned by many generic words (one family: a uniform word)."""
+        fams = sorted({self.families[v] for v in pool})
+        j = min(int(r * len(fams)), len(fams) - 1)
+        sub = [v for v in pool if self.families[v] == fams[j]]
+        r2 = min(max(r * len(fams) - j, 0.0), 1.0)
+        return sub[min(int(r2 * len(sub)), len(sub) - 1)]
 
     def sample_units(self, count: int, neg_p: float, gen: torch.Generator,
                      paired: bool = True) -> list[tuple[int, int]]:
@@ -207,15 +241,17 @@ def default_loss(**kwargs: Any) -> LossFn:
 
 def _fit(teacher: Sam3Teacher, data: dict[str, Any], steps: int, batch_size: int, lr: float, seed: int,
          log_every: int, loss_fn: LossFn | None = None, warmup: int | None = None,
-         aux_weight: float = 0.0) -> dict[str, Any]:
-    """Train ``teacher.model`` in place on random units (AdamW, linear warm-up then cosine decay).
+         aux_weight: float = 0.0, callback: Callable[[int], None] | None = None,
+         every: int = 0) -> dict[str, Any]:
+    """Train ``teacher.model`` in place on random units (AdamW, linear warm-up then cosine decay); ``callback(step)``
+    after every ``every`` steps (a learning curve, :mod:`.standin_curve`).
 
     Seeds the global torch RNG (SAM3's dropout draws from it) with ``seed``: callers wrap it in
     :func:`~lit_experiments.core.seeding.isolated_rng` so the training's own RNG state never leaks out."""
     torch.manual_seed(int(seed))
     data = {**DEFAULT_DATA, **data}
     bank = UnitBank(ShapesWorld(int(data["n_train"]), seed=int(data["seed"]), **_world_kwargs(data)),
-                    concept=str(data["concept"]))
+                    concept=str(data["concept"]), generic=tuple(data["generic"]))
     loss_fn = loss_fn or default_loss()
     gen = torch.Generator().manual_seed(int(seed))
     model = teacher.model
@@ -261,6 +297,9 @@ def _fit(teacher: Sam3Teacher, data: dict[str, Any], steps: int, batch_size: int
         sched.step()
         losses.append(float(loss.detach()))
         standins.log_progress("sam3 stand-in", step, steps, losses, log_every, t0)
+        if callback is not None and every > 0 and (step + 1) % every == 0:
+            callback(step + 1)
+            model.train()
     teacher.freeze()
     return {**standins.loss_summary(losses, t0, steps), "threads": torch.get_num_threads()}
 
@@ -325,24 +364,34 @@ def evaluate_standin_teacher(teacher: Sam3Teacher, data: dict[str, Any] | None =
     if n_eval < 1:
         raise ConfigError(f"evaluate_standin_teacher: data.n_eval={n_eval}; expected >= 1")
     bank = UnitBank(ShapesWorld(n_eval, seed=int(data["seed"]) + 1, **_world_kwargs(data)),
-                    concept=str(data["concept"]))
+                    concept=str(data["concept"]), generic=tuple(data["generic"]))
     units = bank.eval_units(seed=int(data["seed"]) + 1)
     preds = predict_units(teacher, bank, units)
-    stats = UnitStats.cat([unit_stats(p["masks"], p["scores"], bank.targets(i, c)["masks"], score_threshold)
-                           for p, (i, c) in zip(preds, units)])
-    return {**promptable_metrics(stats), "score_threshold": score_threshold, "n_images": n_eval}
+    per_unit = [unit_stats(p["masks"], p["scores"], bank.targets(i, c)["masks"], score_threshold)
+                for p, (i, c) in zip(preds, units)]
+    out = {**promptable_metrics(UnitStats.cat(per_unit)), "score_threshold": score_threshold, "n_images": n_eval}
+    families = sorted(set(bank.families))
+    if len(families) > 1:  # F53: every prompt family scored on its own (positive units of the family's words)
+        for fam in families:
+            pos = [st for st, (i, c) in zip(per_unit, units) if bank.family(c) == fam and c in bank.present[i]]
+            if pos:
+                out[f"miou_pos/{fam}"] = promptable_metrics(UnitStats.cat(pos))["miou_pos"]
+    return out
 
 
 class StandinTeacher(Sam3Teacher):
     """The demo's teacher as a config part: :func:`train_standin_teacher` (trained once, then loaded from
     ``cache_dir``). Arguments as :func:`train_standin_teacher` (``config`` null: :func:`default_config`; ``data``
-    over :data:`DEFAULT_DATA`); ``evaluate_on_build`` also scores it against ground truth on its held-out world
+    over :data:`DEFAULT_DATA`; ``seed`` null: derived from ``seed_everything``, F50); ``evaluate_on_build`` also scores it against ground truth on its held-out world
     (:func:`evaluate_standin_teacher`, in ``standin_quality``), so every result names how well the teacher
     segments. ``settings()`` adds the stand-in's cache file, training and quality."""
 
     def __init__(self, config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 600,
-                 batch_size: int = 16, lr: float = 1e-3, seed: int = 0, cache_dir: str = ".cache/standins",
+                 batch_size: int = 16, lr: float = 1e-3, seed: int | None = None, cache_dir: str = ".cache/standins",
                  evaluate_on_build: bool = True) -> None:
+        from lit_experiments.core.seeding import run_seed
+
+        seed = run_seed(seed, "distill/standin")  # F50: from seed_everything unless the YAML pins it
         config = json.loads(json.dumps(config or default_config()))
         super().__init__(config=config, init_seed=seed)
         trained, info = train_standin_teacher(config, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,

@@ -70,9 +70,12 @@ class DistillTestMixin:
         return keep[:n], src
 
     def prompt_probes(self) -> dict[str, float]:
-        """F46 on the first ``probe_images`` test images, for student and teacher: concept responsiveness (mean
-        score of present-concept prompts minus absent ones; 0 = the prompt is ignored) and paraphrase stability
-        (agreement of the masks of ``c`` / ``a c`` / ``the c`` on images that contain ``c``)."""
+        """F46 on the first ``probe_images`` test images, for student and teacher, each at its calibration
+        (temperatures, threshold): concept responsiveness (mean score of present-concept prompts minus absent ones;
+        0 = the prompt is ignored) and paraphrase stability (agreement of the masks of ``c`` / ``a c`` / ``the c``
+        on images that contain ``c``; 1.0 for a model that ignores the prompt, so it is read only beside concept
+        responsiveness). ``test/<who>_blind/*``: the same code on the model with its prompt replaced by one fixed
+        word (a prompt-blind model: the floor rows, F49)."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or getattr(dm, "teacher", None) is None:
             return {}
@@ -87,11 +90,78 @@ class DistillTestMixin:
         where = [[j for j, p in enumerate(present) if c in p] for c in dm.categories]
         groups, where = [g for g, w in zip(groups, where) if w], [w for w in where if w]
         out = {}
+        fixed = dm.vocab[0]
         with torch.no_grad():
-            for who, fn in (("student", student_fn), ("teacher", teacher_fn)):
-                out[f"test/{who}/concept_responsiveness"] = concept_responsiveness(fn, images, present, absent)
-                out[f"test/{who}/paraphrase_stability"] = paraphrase_stability(fn, images, groups, group_images=where)
+            for who, fn, cal in (("student", student_fn, self.calibration),
+                                 ("teacher", teacher_fn, self.teacher_calibration)):
+                kw = cal.postprocess_kwargs()
+                temps = {"temperature": kw["temperature"], "presence_temperature": kw["presence_temperature"]}
+
+                def blind(imgs: torch.Tensor, prompts: list[str], fn: Any = fn) -> dict[str, torch.Tensor]:
+                    return fn(imgs, [fixed] * len(prompts))
+
+                for tag, f in (("", fn), ("_blind", blind)):
+                    out[f"test/{who}{tag}/concept_responsiveness"] = concept_responsiveness(f, images, present, absent,
+                                                                                            **temps)
+                    out[f"test/{who}{tag}/paraphrase_stability"] = paraphrase_stability(f, images, groups,
+                                                                                        group_images=where, **kw)
         return out
+
+    def _references(self, student: dict[str, float], teacher: dict[str, float] | None) -> None:
+        """Floors and references of the headline (F49) and the per-unit scores (F51): see :mod:`.references`."""
+        from .references import unit_ious
+
+        if not self.test_floors["predict_nothing"].update_count:
+            return
+        floors = {name: {k: float(v) for k, v in m.compute().items()} for name, m in self.test_floors.items()
+                  if m.update_count}
+        what = {"predict_nothing": "no mask for any unit (same metric, same test units)",
+                "prompt_blind": "every object of the image for every prompt, score 1 (a perfect segmenter that "
+                                "ignores the text)"}
+        t_pos = teacher.get("miou_pos", float("nan")) if teacher else float("nan")
+        ratio = student["miou_pos"] / t_pos if t_pos > 0 else float("nan")
+        if ratio == ratio:
+            self.log("test/miou_pos_ratio", ratio)
+        for name, values in floors.items():
+            for metric in ("miou_pos", "miou"):
+                self.add_reference(f"test/{metric}", name, values[metric], "floor", what[name])
+                if teacher:
+                    self.add_reference(f"test/teacher_{metric}", name, values[metric], "floor", what[name])
+            if t_pos > 0:
+                self.add_reference("test/miou_pos_ratio", name, values["miou_pos"] / t_pos, "floor",
+                                   f"{name.replace('_', ' ')} floor / the teacher's mIoU on positive units")
+        if teacher:
+            for metric in ("miou_pos", "miou"):
+                self.add_reference(f"test/{metric}", "teacher", teacher[metric], "reference",
+                                   "the teacher at its validation calibration, same units")
+        logged = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        for who, dst in (("student", ""), ("teacher", "teacher_")):
+            for metric in ("concept_responsiveness", "paraphrase_stability"):
+                key = f"test/{who}_blind/{metric}"
+                if key in logged:
+                    self.add_reference(f"test/{dst}{metric}", "prompt_blind", logged[key], "floor",
+                                       f"the {who} with one fixed prompt for every unit (ignores the text)")
+        if teacher and "test/teacher/concept_responsiveness" in logged:
+            self.add_reference("test/concept_responsiveness", "teacher", logged["test/teacher/concept_responsiveness"],
+                               "reference", "the teacher at its validation calibration")
+        index, unit = self.test_ids.compute()
+        dm = getattr(self.trainer, "datamodule", None)
+        vocab = list(getattr(dm, "vocab", []))
+        ids = [f"{int(i)}:{vocab[int(u)] if int(u) < len(vocab) else int(u)}" for i, u in zip(index, unit)]
+        models = {"student": self.test_student, "predict_nothing": self.test_floors["predict_nothing"],
+                  "prompt_blind": self.test_floors["prompt_blind"]}
+        if teacher:
+            models["teacher"] = self.test_teacher
+        ious = {name: unit_ious(m) for name, m in models.items() if m.update_count}
+        pos = ious["student"][1]
+        keys = {"student": "test/miou", "teacher": "test/teacher_miou"}
+        all_units = {keys.get(n, f"floor/{n}/miou"): v[0] for n, v in ious.items()}
+        meta = {"metric": "semantic IoU per (image, prompt) unit; negative units 1 when nothing is predicted",
+                "units": "<image index>:<prompt>"}
+        self.save_per_item("test_units", ids, all_units, meta)
+        pos_ids = [u for u, p in zip(ids, pos.tolist()) if p]
+        self.save_per_item("test_units_pos", pos_ids, {k.replace("miou", "miou_pos"): v[pos] for k, v in
+                                                       all_units.items()}, {**meta, "units": "positive units only"})
 
     def write_gallery(self) -> dict[str, Any]:
         """Teacher and student masks for every vocabulary prompt on the first ``gallery_images`` probe images:
@@ -130,11 +200,12 @@ class DistillTestMixin:
             self.add_results("reliability_plot", {"path": str(path)})
 
     def _log_headline(self, undefined: dict[str, str]) -> None:
-        """The demo's headline names: the student's numbers as ``test/<metric>``, the teacher's as
-        ``test/teacher_<metric>`` and ``test/miou_ratio`` = student / teacher mIoU (all units)."""
+        """The demo's names: the student's numbers as ``test/<metric>``, the teacher's as ``test/teacher_<metric>``
+        and ``test/miou_ratio`` = student / teacher mIoU (all units; the headline ratio ``test/miou_pos_ratio`` is
+        taken on positive units, :meth:`_references`)."""
         logged = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
         for name in ("miou", "miou_pos", "presence_f1", "il_mcc", "cgf1", "concept_responsiveness",
-                     "paraphrase_stability"):
+                     "paraphrase_stability"):  # test/miou_pos_ratio: see _references
             for src, dst in ((f"test/student/{name}", f"test/{name}"), (f"test/teacher/{name}",
                                                                        f"test/teacher_{name}")):
                 if src in logged:
