@@ -85,7 +85,7 @@ def run_seeds(demos: list[Path], seeds: list[int], out: Path, extra: list[str], 
         study, errors, walls = config.parent.name, {}, {}
         for seed in seeds:
             elapsed = time.perf_counter() - start
-            eta = f", about {elapsed / done * (total - done) / 60:.0f} min left" if done else ""
+            eta = f", about {elapsed / done * (total - done) / 60:.1f} min left" if done else ""
             print(f"\n[demo --seeds] run {done + 1}/{total}: {study} seed {seed} ({elapsed / 60:.1f} min in{eta})",
                   flush=True)
             row = run_demo(config, seedtable.seed_dir(out, seed), extra, seed)

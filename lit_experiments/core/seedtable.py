@@ -180,6 +180,12 @@ def fmt_spread(row: dict[str, Any]) -> str:
     return f"{row['mean']:.{d}f} +- {row['std']:.{d}f}"
 
 
+def fmt_values(row: dict[str, Any]) -> str:
+    """The per-seed values at the decimals of ``mean +- std`` (``-`` for a seed without one)."""
+    d = _decimals(row.get("mean"))
+    return ", ".join("-" if v is None else f"{v:.{d}f}" for v in row.get("values", []))
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -206,14 +212,15 @@ def render_study(entry: dict[str, Any]) -> str:
     lines = [head]
     for seed, error in entry.get("errors", {}).items():
         lines.append(f"Seed {seed} gave no numbers: {_cell(error)}.")
-    lines += ["", "| metric / row | kind | mean +- std | n | gap / std | what |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| metric / row | kind | mean +- std | per seed | gap / std | what |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for name, metric in entry.get("metrics", {}).items():
         strongest = metric.get("strongest_floor")
         gap = _gap_text(metric) + (f" over `{_cell(strongest)}`" if strongest and metric.get("gap") is not None else "")
-        lines.append(f"| `{_cell(name)}` | headline | {fmt_spread(metric)} | {metric['n']} | {gap} | |")
+        lines.append(f"| `{_cell(name)}` | headline | {fmt_spread(metric)} | {fmt_values(metric)} | {gap} | |")
         for ref in metric.get("references", []):
-            lines.append(f"| &nbsp;&nbsp;{_cell(ref['name'])} | {_cell(ref['kind'])} | {fmt_spread(ref)} | {ref['n']} "
-                         f"| | {_cell(ref.get('what', ''))} |")
+            lines.append(f"| &nbsp;&nbsp;{_cell(ref['name'])} | {_cell(ref['kind'])} | {fmt_spread(ref)} "
+                         f"| {fmt_values(ref)} | | {_cell(ref.get('what', ''))} |")
     return "\n".join(lines) + "\n\n"  # a blank line ends the table before the closing marker
 
 

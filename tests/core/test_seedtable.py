@@ -83,7 +83,7 @@ def test_f50_seed_table_numbers_from_results_files(tmp_path):
     assert miou["n"] == 2 and miou["values"] == [0.60, None, 0.64]
     assert miou["std"] == pytest.approx(np.std([0.60, 0.64], ddof=1))
     table = seedtable.render_study(beta)
-    assert "Seed 1 gave no numbers: no results.json." in table and "| `test/miou` | headline | 0.620 +- 0.028 | 2 |" \
+    assert "Seed 1 gave no numbers: no results.json." in table and "| `test/miou` | headline | 0.620 +- 0.028 | 0.600, -, 0.640 |" \
         in table
     json.dumps(summary, allow_nan=False)  # strict JSON: nothing non-finite
 
