@@ -71,6 +71,23 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_report(study: str, run_dirs: list[Path], out: Path) -> str | None:
+    """``lit-exp report`` of a fit / curriculum demo's seed runs (mean +- std with the variance source, floors) into
+    ``out``; a demo tool writes its own reports (""). None when the report failed."""
+    if registry.demo_tool(study) is not None:
+        return ""
+    dirs = [str(d) for d in run_dirs if (d / "results.json").is_file()]
+    if not dirs:
+        return None
+    cmd = [sys.executable, "-m", "lit_experiments", "report", *dirs, "--out", str(out)]
+    print(f"\n=== report {study}: {' '.join(cmd[2:])}", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
+    if subprocess.run(cmd, env=env).returncode != 0:
+        print(f"[demo --seeds] {study}: lit-exp report failed (the seed table is still written)", flush=True)
+        return None
+    return str(out / "report.md")
+
+
 def run_seeds(demos: list[Path], seeds: list[int], out: Path, extra: list[str], summary_path: str | None,
               readme: str | None) -> int:
     """Every demo once per seed into ``out/seed<N>/<study>``, then the seed tables (written after each study, so an
@@ -96,6 +113,10 @@ def run_seeds(demos: list[Path], seeds: list[int], out: Path, extra: list[str], 
                 errors[seed] = f"exit code {row['returncode']}"
         entry = seedtable.collect(out, [study], {study: errors})
         entry["studies"][study]["wall_s"] = walls
+        report = seed_report(study, [seedtable.seed_dir(out, s) / study for s in seeds], out / "report" / study)
+        entry["studies"][study]["report"] = report
+        if report is None:
+            rows.append({"study": f"{study} report", "ok": False, "wall_s": 0.0, "headline": {}})
         entry["command"] = "lit-exp demo --seeds " + " ".join(map(str, seeds))
         local = seedtable.merge(local, entry)
         seedtable.write_summary(local, out / "demo_seeds.json")

@@ -169,6 +169,8 @@ def test_f50_demo_seeds_runs_each_seed(tmp_path, monkeypatch):
 
     def fake_run(cmd, env=None, **kwargs):
         calls.append(cmd)
+        if "report" in cmd:
+            return subprocess.CompletedProcess(cmd, 0)
         if "--run_dir" in cmd:
             run_dir, seed = Path(cmd[cmd.index("--run_dir") + 1]), None
             if "--seed_everything" in cmd:
@@ -198,6 +200,10 @@ def test_f50_demo_seeds_runs_each_seed(tmp_path, monkeypatch):
         ["--seed_everything=0"], ["--seed_everything=1"]]
     assert {c[c.index("--run_dir") + 1] for c in tool} == {str(out / "seed0" / "multilabel"),
                                                           str(out / "seed1" / "multilabel")}
+    # then `lit-exp report` over the curriculum demo's seed runs (a demo tool writes its own reports)
+    reports = [c for c in calls if "report" in c]
+    assert [c[4:] for c in reports] == [[str(out / "seed0" / "satipatthana"), str(out / "seed1" / "satipatthana"),
+                                         "--out", str(out / "report" / "satipatthana")]]
     summary = seedtable.load_summary(tmp_path / "s.json")
     m = summary["studies"]["satipatthana"]["metrics"]["test/m"]
     assert m["values"] == pytest.approx([0.5, 0.6]) and m["std"] == pytest.approx(np.std([0.5, 0.6], ddof=1))
@@ -208,7 +214,7 @@ def test_f50_demo_seeds_runs_each_seed(tmp_path, monkeypatch):
         demo.main(["--configs", configs, "--seeds", "0", "--only", "satipatthana", "--out", str(out)])
     calls.clear()
     assert demo.main(["--configs", configs, "--only", "satipatthana", "--out", str(tmp_path / "plain")]) == 0
-    assert len(calls) == 1 and not any("seed_everything" in a for a in calls[0])
+    assert len(calls) == 1 and not any("seed_everything" in a for a in calls[0])  # and no report
 
 
 def test_f50_seed_everything_drives_run_seed(monkeypatch):
