@@ -71,6 +71,29 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def tools_without_seed_option(demos: list[Path]) -> list[str]:
+    """The demo tools among ``demos``' studies whose ``--help`` has no ``--seed_everything`` (their runs would not
+    follow the seed: F50), checked before a sweep of minutes starts."""
+    import contextlib
+    import importlib
+    import io
+
+    missing = []
+    for config in demos:
+        tool = registry.demo_tool(config.parent.name)
+        if tool is None:
+            continue
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                importlib.import_module(registry.tools()[tool]).main(["--help"])
+            except SystemExit:
+                pass
+        if "--seed_everything" not in text.getvalue():
+            missing.append(tool)
+    return missing
+
+
 def seed_report(study: str, run_dirs: list[Path], out: Path) -> str | None:
     """``lit-exp report`` of a fit / curriculum demo's seed runs (mean +- std with the variance source, floors) into
     ``out``; a demo tool writes its own reports (""). None when the report failed."""
@@ -168,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                 if (seed_dir(out, s) / d.parent.name).exists()]
         if used:
             parser.error(f"{used[0]} already exists (a seed table must not read an older run): use a new --out")
+        missing = tools_without_seed_option(demos)
+        if missing:
+            parser.error(f"demo tool(s) {', '.join(missing)} take no --seed_everything option: their runs would not "
+                         "follow --seeds (F50)")
         return run_seeds(demos, args.seeds, out, extra, args.summary, args.readme)
     out = Path(args.out) if args.out else Path("runs/demo") / time.strftime("%Y%m%d-%H%M%S")
     args.out = str(out)

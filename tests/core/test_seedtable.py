@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_experiments import demo
+from lit_experiments import demo, registry
 from lit_experiments.core import seedtable
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.results import reference_row
@@ -215,6 +215,14 @@ def test_f50_demo_seeds_runs_each_seed(tmp_path, monkeypatch):
     calls.clear()
     assert demo.main(["--configs", configs, "--only", "satipatthana", "--out", str(tmp_path / "plain")]) == 0
     assert len(calls) == 1 and not any("seed_everything" in a for a in calls[0])  # and no report
+
+
+def test_f50_every_demo_tool_takes_seed_everything():
+    """Every study's demo tool has the --seed_everything option `lit-exp demo --seeds` passes (checked by the
+    command before it starts)."""
+    demos = demo.find_demos(ROOT / "configs")
+    assert any(registry.demo_tool(d.parent.name) for d in demos)
+    assert demo.tools_without_seed_option(demos) == []
 
 
 def test_f50_seed_everything_drives_run_seed(monkeypatch):
