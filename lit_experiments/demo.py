@@ -71,6 +71,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def uncommitted_changes() -> bool:
+    """Whether tracked files differ from the commit the runs will record (``git status``; False outside git)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                             text=True, timeout=10, cwd=Path(__file__).parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
 def tools_without_seed_option(demos: list[Path]) -> list[str]:
     """The demo tools among ``demos``' studies whose ``--help`` has no ``--seed_everything`` (their runs would not
     follow the seed: F50), checked before a sweep of minutes starts."""
@@ -118,6 +128,9 @@ def run_seeds(demos: list[Path], seeds: list[int], out: Path, extra: list[str], 
     from lit_experiments.core import seedtable
 
     total, done, start = len(demos) * len(seeds), 0, time.perf_counter()
+    dirty = uncommitted_changes()
+    if dirty:
+        print("[demo --seeds] the working tree has uncommitted changes: the tables will say so", flush=True)
     rows: list[dict] = []
     summary = seedtable.load_summary(summary_path) if summary_path else {"studies": {}}
     local: dict = {"studies": {}}
@@ -136,6 +149,7 @@ def run_seeds(demos: list[Path], seeds: list[int], out: Path, extra: list[str], 
                 errors[seed] = f"exit code {row['returncode']}"
         entry = seedtable.collect(out, [study], {study: errors})
         entry["studies"][study]["wall_s"] = walls
+        entry["studies"][study]["dirty"] = dirty
         report = seed_report(study, [seedtable.seed_dir(out, s) / study for s in seeds], out / "report" / study)
         entry["studies"][study]["report"] = report
         if report is None:

@@ -207,6 +207,7 @@ def render_study(entry: dict[str, Any]) -> str:
     floor / reference rows; a line above says the seeds, the commit and any failed seed."""
     seeds = entry.get("seeds", [])
     shas = ", ".join(s[:7] for s in entry.get("git_sha", [])) or "unknown"
+    shas += " with uncommitted changes" if entry.get("dirty") else ""
     head = (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}) of the demo, commit {shas}; mean +- std (ddof 1); "
             f"gap / std = (headline - strongest floor) / headline std, target >= {TARGET_GAP:g}.")
     lines = [head]

@@ -168,6 +168,8 @@ def test_f50_demo_seeds_runs_each_seed(tmp_path, monkeypatch):
     calls: list[list[str]] = []
 
     def fake_run(cmd, env=None, **kwargs):
+        if cmd[0] == "git":  # the tree has uncommitted changes: the table says so
+            return subprocess.CompletedProcess(cmd, 0, stdout=" M lit_experiments/x.py\n", stderr="")
         calls.append(cmd)
         if "report" in cmd:
             return subprocess.CompletedProcess(cmd, 0)
@@ -208,6 +210,8 @@ def test_f50_demo_seeds_runs_each_seed(tmp_path, monkeypatch):
     m = summary["studies"]["satipatthana"]["metrics"]["test/m"]
     assert m["values"] == pytest.approx([0.5, 0.6]) and m["std"] == pytest.approx(np.std([0.5, 0.6], ddof=1))
     assert seedtable.check_readme(readme.read_text(), summary) == []
+    assert summary["studies"]["satipatthana"]["dirty"] is True and "unknown with uncommitted changes" in \
+        readme.read_text()
     assert (out / "demo_seeds.md").read_text() == seedtable.render_all(seedtable.load_summary(out / "demo_seeds.json"))
     # the same out again would read older runs: refused
     with pytest.raises(SystemExit):
