@@ -11,6 +11,8 @@ it and refuses when the data differ. Each fold run gets ``--data.init_args.fold 
 datamodule checks the data fingerprint, splits its pool and records ``folds`` in the run's results.json.
 The held-out test split stays outside the folds; ``--test`` scores the best fold's model (by ``--select``), every
 fold's, or none on it. ``<sweep>/cv.json`` holds mean / std (ddof=1) / n / values per variant and metric.
+A requested test that fails is listed in cv.json ``failed_tests`` (and by `lit-exp report`) and the command exits
+1 (F54): a variant never drops silently out of the summary.
 """
 
 from __future__ import annotations
@@ -107,6 +109,12 @@ def read_folds(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def fold_sizes(data: dict[str, Any]) -> tuple[float, float]:
+    """(mean held-out size, mean training size) over the folds: n_test / n_train of the corrected t-test."""
+    folds = data["folds"]
+    return (sum(len(f["val"]) for f in folds) / len(folds), sum(len(f["train"]) for f in folds) / len(folds))
+
+
 def ensure_folds(path: Path, n_samples: int, labels: Any, n_folds: int, seed: int) -> dict[str, Any]:
     """The folds at ``path``: read when they exist (same data, same k, else an error), written otherwise."""
     data_fp = data_fingerprint(n_samples, labels)
@@ -144,7 +152,7 @@ def load_fold(datamodule: Any, spec: dict[str, Any]) -> tuple[list[int], list[in
                           f"{spec['file']} were drawn from ({data['n_samples']} samples); the folds do not apply")
     fold = data["folds"][index]
     info = {"file": str(Path(spec["file"]).resolve()), "fingerprint": data["fingerprint"], "index": index,
-            "n_folds": data["n_folds"], "kind": data["kind"]}
+            "n_folds": data["n_folds"], "kind": data["kind"], "fold_sizes": list(fold_sizes(data))}
     return list(fold["train"]), list(fold["val"]), info
 
 
@@ -224,14 +232,23 @@ def cv_summary(sweep_dir: Path, index: dict[str, Any], folds: dict[str, Any], se
                  for t, d in zip(tests, data)]
         keys = [k for k in table[0] if all(t.get(k) is not None for t in table)]
         out["variants"][variant] = {k: summarise([t[k] for t in table]) for k in keys}
-        out["source"][variant] = "test+val" if use_test else "val"
+        failed = [r["name"] for r in runs if r.get("test_error")]
+        out["source"][variant] = "test+val" if use_test else f"val (test failed: {', '.join(failed)})" if failed \
+            else "val"
         scored = [(metric_value(d.get("final", {}), select), r) for d, r in zip(data, runs)]
         scored = [(s[1], r) for s, r in scored if s is not None]
         if scored:
             value, best = (max if mode == "max" else min)(scored, key=lambda p: p[0])
             out["best"][variant] = {"run": best["name"], "fold": best["fold"], "seed": best["seed"], select: value,
                                     "test": best.get("test_metrics")}
+    out["failed_tests"] = failed_tests(index)
     return out
+
+
+def failed_tests(index: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs whose requested test on the test split failed (F54)."""
+    return [{"run": r["name"], "variant": r["variant"], "fold": r.get("fold"), "seed": r.get("seed"),
+             "error": r["test_error"]} for r in index["runs"] if r.get("test_error")]
 
 
 def score_on_test(plan: Any, out: Path, entry: dict[str, Any]) -> None:
@@ -241,6 +258,8 @@ def score_on_test(plan: Any, out: Path, entry: dict[str, Any]) -> None:
 
     run = next(r for r in plan.runs if r.name == entry["name"])
     run_dir = out / run.name
+    for key in ("test_error", "test", "test_metrics"):  # a rescore replaces every earlier outcome
+        entry.pop(key, None)
     data = json.loads((run_dir / "results.json").read_text())
     stages = data.get("stages", {})
     ckpts = [run_dir / s["checkpoint"] for s in stages.values() if s.get("checkpoint")]
@@ -257,6 +276,10 @@ def score_on_test(plan: Any, out: Path, entry: dict[str, Any]) -> None:
         print(f"test {run.name} -> failed, {entry['test_error']}")
         return
     found = sorted((run_dir / "eval").glob("test-*/results.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        entry["test_error"] = f"the test wrote no {run_dir / 'eval'}/test-*/results.json"
+        print(f"test {run.name} -> failed, {entry['test_error']}")
+        return
     result = json.loads(found[-1].read_text())
     entry.update(test=str(found[-1].relative_to(out)), test_metrics=result.get("test", {}))
     print(f"test {run.name} ({ckpt.relative_to(out)}) -> {sweep._headline({'headline': result.get('test', {})})}")
@@ -268,6 +291,8 @@ def print_cv(summary: dict[str, Any]) -> None:
             std = "n/a" if s["std"] is None else f"{s['std']:.4f}"
             print(f"{variant:<24} {name:<24} {s['mean']:.4f} +- {std} (n={s['n']}, "
                   f"{summary['source'][variant]})")
+    for failed in summary.get("failed_tests") or []:
+        print(f"FAILED test of {failed['run']} ({failed['variant']}, fold {failed['fold']}): {failed['error']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,4 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / CV_FILE, summary)
     print_cv(summary)
     print(f"cv.json: {out / CV_FILE}")
+    if summary["failed_tests"]:  # F54: a requested test that failed fails the command
+        print(f"cv: {len(summary['failed_tests'])} requested test(s) failed (listed in {out / CV_FILE}); "
+              "their variants' test metrics are missing", flush=True)
+        return 1
     return 0 if all(r["status"] == "done" for r in index["runs"]) else 1

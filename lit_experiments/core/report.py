@@ -1,11 +1,14 @@
 """`lit-exp report`: compare runs or sweeps: config diff, metric table, mean +- std, paired tests, curves.
 
 Reads each run's ``results.json`` and ``config.yaml`` (and a sweep's ``sweep.json``), never the logs except
-the stage curves (``stages/*/metrics.csv``), and writes ``report.md`` and a static ``report.html`` (tables and
-PNG figures, one self-contained folder) into ``--out`` (default ``<first dir>/report/``).
+the stage curves (``stages/*/metrics.csv``) and per-item scores (``per_item/*.json``), and writes ``report.md``
+and a static ``report.html`` (tables and PNG figures, one self-contained folder) into ``--out`` (default
+``<first dir>/report/``). Each metric's table holds its floors and references (F49); the statistics fit n
+(report_stats.py, F51); "A beats B on this test set" is a paired bootstrap over test items (report_items.py).
 
     lit-exp report runs/sweeps/width --metric toy/test/acc
     lit-exp report base=runs/a base=runs/a-2 wide=runs/b --baseline base --factor model.init_args.width
+    lit-exp report runs/multilabel/demo --items mlp:caption_rule
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .report_floors import floor_gap, floor_warnings, mark, reference_rows, tuned, tuned_warnings
 from .report_stats import Run, Table, fmt, mean_std, paired_test, variance_source
 
 #: config keys that differ between any two runs and say nothing about the comparison
@@ -92,7 +96,30 @@ def load_run(run_dir: Path, variant: str, name: str | None = None, entry: dict[s
     fold = entry.get("fold") if entry.get("fold") is not None else folds.get("index")
     run.fold = int(fold) if fold is not None else None
     run.fingerprint = folds.get("fingerprint")
+    run.fold_ratio = fold_ratio(folds, run_dir)
+    run.tuned_on_test = tuned(run.results)
+    run.test_error = entry.get("test_error")
     return run
+
+
+def fold_ratio(folds: dict[str, Any], run_dir: Path) -> tuple[float, float] | None:
+    """(mean held-out fold size, mean training size) of the folds file a run records (where it was written, else
+    beside the sweep), or the sizes the run recorded; None when neither is there."""
+    from .folds import fold_sizes, read_folds
+
+    recorded = folds.get("file")
+    if not recorded:
+        return None
+    for path in dict.fromkeys([Path(recorded), run_dir.parent / Path(recorded).name]):
+        if path.is_file():
+            try:
+                data = read_folds(path)
+            except (ConfigError, KeyError, TypeError, json.JSONDecodeError):
+                continue
+            if data.get("fingerprint") == folds.get("fingerprint"):
+                return fold_sizes(data)
+    sizes = folds.get("fold_sizes")
+    return (float(sizes[0]), float(sizes[1])) if isinstance(sizes, list) and len(sizes) == 2 else None
 
 
 def list_factors(overrides: dict[str, Any], sweep_dir: Path) -> set[str]:
@@ -152,6 +179,9 @@ def cv_check(specs: list[str], runs: list[Run]) -> list[str]:
                 if vals and isinstance(mean, (int, float)) and abs(mean_std(vals)[0] - mean) > 1e-9:
                     lines.append(f"⚠ {path}: {variant} {name} mean {mean:.6g} but the runs' results.json give "
                                  f"{mean_std(vals)[0]:.6g} (n={len(vals)})")
+        for failed in _load_json(path).get("failed_tests") or []:  # F54
+            lines.append(f"⚠ {path}: the requested test of {failed.get('run')} ({failed.get('variant')}) failed: "
+                         f"{failed.get('error')}; its test metrics are missing from every summary")
     return lines
 
 
@@ -199,35 +229,43 @@ def config_tables(runs: list[Run], variants: list[str], factors: set[str]) -> tu
     return table, warnings
 
 
+METRIC_HEADER = ["variant", "n", "mean", "std", "variance from", "above strongest floor", "delta", "delta %",
+                 "pairs", "test", "statistic", "p", "95% CI of delta", "note"]
+
+
 def metric_tables(runs: list[Run], variants: list[str], baseline: str, metrics: list[str]) -> list[Table]:
-    """Per metric: n, mean, std, source of variance, delta and % vs baseline, Wilcoxon, bootstrap CI."""
+    """Per metric: n, mean, std, source of variance, gap to the strongest floor, delta and % vs baseline, the
+    paired test that fits the runs (report_stats.paired_test), then the floor and reference rows."""
     tables = []
     done = [r for r in runs if r.status == "done"]
     for m in metrics:
-        t = Table(f"Metric {m} (baseline {baseline})",
-                  ["variant", "n", "mean", "std", "variance from", "delta", "delta %", "pairs",
-                   "wilcoxon W", "wilcoxon p", "bootstrap 95% CI of delta", "note"])
+        t = Table(f"Metric {m} (baseline {baseline})", METRIC_HEADER)
         base_runs = [r for r in done if r.variant == baseline and r.metric(m) is not None]
         base_mean = mean_std([r.metric(m) for r in base_runs])[0] if base_runs else None
+        rows = []
         for v in variants:
             vr = [r for r in done if r.variant == v and r.metric(m) is not None]
             if not vr:
-                t.rows.append([v, "0"] + ["-"] * 9 + ["no finished run has this metric"])
+                rows.append({"variant": v, "n": "0", "note": "no finished run has this metric"})
                 continue
             mean, std = mean_std([r.metric(m) for r in vr])
             delta = None if base_mean is None else mean - base_mean
             pct = None if delta is None or base_mean == 0 else 100 * delta / abs(base_mean)
+            row = {"variant": v, "n": str(len(vr)), "mean": mark(fmt(mean), vr), "std": mark(fmt(std), vr),
+                   "variance from": variance_source(vr), "above strongest floor": floor_gap(vr, m)}
             if v == baseline:
-                row = [v, str(len(vr)), fmt(mean), fmt(std), variance_source(vr), "-", "-", "-", "-", "-", "-",
-                       "baseline"]
+                row["note"] = "baseline"
             else:
                 pt = paired_test(base_runs, vr, m)
-                ci = f"[{fmt(pt.ci[0])}, {fmt(pt.ci[1])}]" if pt.ci else "-"
-                row = [v, str(len(vr)), fmt(mean), fmt(std), variance_source(vr), fmt(delta), fmt(pct, 2),
-                       str(pt.n), fmt(pt.statistic), fmt(pt.p), ci, pt.refused or pt.note]
+                both = vr + base_runs
+                row.update({"delta": mark(fmt(delta), both), "delta %": mark(fmt(pct, 2), both), "pairs": str(pt.n),
+                            "test": pt.test or "-", "statistic": fmt(pt.statistic), "p": fmt(pt.p),
+                            "95% CI of delta": mark(pt.ci_cell(), both), "note": pt.refused or pt.note})
                 if pt.refused:
                     t.notes.append(f"{v}: {pt.refused}")
-            t.rows.append(row)
+            rows.append(row)
+        rows += reference_rows(done, variants, m, base_mean)
+        t.rows = [[row.get(h, "-") for h in METRIC_HEADER] for row in rows]
         tables.append(t)
     return tables
 
@@ -237,7 +275,7 @@ def runs_table(runs: list[Run], metrics: list[str]) -> Table:
     for r in runs:
         t.rows.append([r.name, r.variant, "-" if r.seed is None else str(r.seed),
                        "-" if r.fold is None else str(r.fold), r.status,
-                       *[fmt(r.metric(m)) for m in metrics], r.error or ""])
+                       *[mark(fmt(r.metric(m)), [r]) for m in metrics], r.error or r.test_error or ""])
     return t
 
 
@@ -261,9 +299,11 @@ def render_md(title: str, tables: list[Table], warnings: list[str], figures: lis
 
 
 def build_report(specs: list[str], out: Path | None = None, baseline: str | None = None,
-                 metrics: list[str] | None = None, factors: list[str] | None = None) -> Path:
+                 metrics: list[str] | None = None, factors: list[str] | None = None,
+                 items: list[str] | None = None) -> Path:
     """Write ``report.md`` and ``report.html`` for ``specs``; returns the output folder."""
     from .report_html import copy_run_figures, curve_figures, log_wandb, metric_figures, render_html
+    from .report_items import item_tables
 
     runs, found_factors, variants = collect(specs)
     if not runs:
@@ -276,12 +316,14 @@ def build_report(specs: list[str], out: Path | None = None, baseline: str | None
     out = Path(out) if out else Path(specs[0].partition("=")[2] or specs[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     cfg_table, warnings = config_tables(runs, variants, all_factors)
-    warnings += cv_check(specs, runs)
-    tables = [*metric_tables(runs, variants, baseline, metrics), cfg_table, runs_table(runs, metrics)]
-    bad = [r for r in runs if r.status not in ("done",)]
-    if bad:
+    warnings += cv_check(specs, runs) + tuned_warnings(runs) + floor_warnings(runs, variants)
+    tables = [*metric_tables(runs, variants, baseline, metrics), *item_tables(runs, variants, baseline, items),
+              cfg_table, runs_table(runs, metrics)]
+    bad = [r for r in runs if r.status != "done" or r.test_error]
+    if bad:  # a run that trained but whose requested test failed is listed too (F54)
         failed = Table("Failed or missing runs", ["run", "variant", "status", "error"],
-                       [[r.name, r.variant, r.status, r.error or ""] for r in bad])
+                       [[r.name, r.variant, r.status if r.status != "done" else "test failed",
+                         r.error or r.test_error or ""] for r in bad])
         tables.append(failed)
     figures = metric_figures(runs, variants, metrics, out) + curve_figures(runs, metrics, out)
     figures += copy_run_figures(runs, out)
@@ -300,8 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factor", action="append", default=None,
                    help="config key that is the studied factor (sweeps know theirs; repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: <first dir>/report)")
+    p.add_argument("--items", action="append", default=None, metavar="A:B",
+                   help="paired bootstrap over test items of per-item scores A and B (per_item/<A>.json, or "
+                        "<file>#<key>) within each run (repeatable); variants vs baseline are compared anyway")
     args = p.parse_args(argv)
-    out = build_report(args.dirs, args.out and Path(args.out), args.baseline, args.metric, args.factor)
+    out = build_report(args.dirs, args.out and Path(args.out), args.baseline, args.metric, args.factor, args.items)
     text = (out / "report.md").read_text()
     for line in text.splitlines():
         if line.startswith("- ⚠"):

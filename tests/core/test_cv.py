@@ -148,3 +148,29 @@ def test_cv_test_all_scores_every_fold_and_aggregates_test_metrics(tmp_path):
     assert stats["values"] == pytest.approx(values.tolist()) and stats["n"] == 3
     assert stats["mean"] == pytest.approx(values.mean()) and stats["std"] == pytest.approx(values.std(ddof=1))
     assert "head/val/acc" in summary["variants"]["hidden=8"]
+
+
+def test_f54_cv_failed_test_exits_nonzero(tmp_path, monkeypatch, capsys):
+    """A requested test that fails makes `lit-exp cv` exit non-zero; cv.json and the report list the failure."""
+    from lit_experiments.core import report, sweep
+
+    real = sweep.execute
+
+    def test_breaks(args):  # training runs as usual; the product's test call fails
+        if args[0] == "test":
+            raise RuntimeError("scoring on the test split broke")
+        return real(args)
+
+    monkeypatch.setattr(sweep, "execute", test_breaks)
+    out = tmp_path / "cv"
+    assert cv(tmp_path, out, "--folds", "2", "--test", "all") != 0
+    assert "FAILED test of" in capsys.readouterr().out
+    summary = json.loads((out / "cv.json").read_text())
+    failed = summary["failed_tests"]
+    assert [(f["variant"], f["fold"]) for f in failed] == [("base", 0), ("base", 1)]
+    assert all("scoring on the test split broke" in f["error"] for f in failed)
+    assert summary["source"]["base"].startswith("val (test failed:")  # the test metrics do not silently vanish
+    text = (report.build_report([str(out)]) / "report.md").read_text()
+    assert "⚠" in text and "the requested test of base__seed0__fold0 (base) failed" in text
+    listed = [line for line in text.splitlines() if line.startswith("| base__seed0__fold") and "test failed" in line]
+    assert len(listed) == 2 and all("scoring on the test split broke" in line for line in listed)

@@ -1,4 +1,5 @@
-"""`lit-exp report`: numbers against numpy / scipy, config diff flags (F29), fold pairing (F45), HTML in Chromium."""
+"""`lit-exp report`: numbers against numpy / scipy, config diff flags (F29), fold pairing (F45), statistics that
+fit n (F51), floors (F49), HTML in Chromium."""
 
 from __future__ import annotations
 
@@ -16,14 +17,19 @@ import yaml
 from scipy import stats
 
 from lit_experiments import cli
-from lit_experiments.core import report, report_html
+from lit_experiments.core import folds as folds_mod
+from lit_experiments.core import report, report_html, report_stats
 from lit_experiments.core.errors import ConfigError
 
 METRIC = "toy/test/acc"
 
 
+FLOOR = [{"name": "chance", "kind": "floor", "value": 0.5, "what": "uniform random labels"}]
+
+
 def write_run(run_dir: Path, value: float | None, cfg: dict, seed: int, fold: int | None = None,
-              fingerprint: str | None = None, status: str = "done", curve: bool = False) -> None:
+              fingerprint: str | None = None, status: str = "done", curve: bool = False,
+              refs: list[dict] | None = None, extra: dict | None = None) -> None:
     run_dir.mkdir(parents=True)
     cfg = {"seed_everything": seed, "trainer": {"run_dir": str(run_dir), "max_epochs": 30},
            "model": {"class_path": "toy.Module", "init_args": {"width": 8, "lr": 0.001}},
@@ -31,7 +37,8 @@ def write_run(run_dir: Path, value: float | None, cfg: dict, seed: int, fold: in
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     res = {"run_name": run_dir.name, "study": "ToyModule", "status": status, "seed": seed,
            "stages": {"fit": {"status": status, "metrics": {"toy/val/acc": value}, "epochs": 3, "steps": 30}},
-           "test": {METRIC: value, "toy/test/loss": 1 - (value or 0)}, "headline": {METRIC: value}}
+           "test": {METRIC: value, "toy/test/loss": 1 - (value or 0)}, "headline": {METRIC: value},
+           "references": {METRIC: FLOOR if refs is None else refs}, **(extra or {})}
     if fold is not None:
         res["folds"] = {"file": "folds.json", "fingerprint": fingerprint, "index": fold, "n_folds": 5}
     (run_dir / "results.json").write_text(json.dumps(res))
@@ -52,6 +59,10 @@ def make_sweep(root: Path, variants: dict[str, tuple[dict, float]], seeds: list[
     """A sweep dir with sweep.json; returns the value of every run by (variant, seed, fold)."""
     rng = np.random.default_rng(rng_seed)
     runs, values = [], {}
+    if folds is not None:  # a real folds file (40 samples) beside the runs: the corrected t-test reads its sizes
+        root.mkdir(parents=True)
+        drawn = folds_mod.ensure_folds(root / "folds.json", 40, None, folds, 0)
+        fingerprints = {n: (fingerprints or {}).get(n, drawn["fingerprint"]) for n in variants}
     for seed in seeds:
         for fold in ([None] if folds is None else range(folds)):
             base = 0.7 + rng.normal(0, 0.03)
@@ -117,11 +128,11 @@ def test_sweep_report_numbers_match_numpy_and_scipy(tmp_path: Path) -> None:
         assert float(r["delta"]) == pytest.approx(d.mean(), abs=6e-5)
         assert float(r["delta %"]) == pytest.approx(100 * d.mean() / base.mean(), abs=6e-3)
         w = stats.wilcoxon(d)
-        assert float(r["wilcoxon W"]) == pytest.approx(w.statistic, abs=6e-5)
-        assert float(r["wilcoxon p"]) == pytest.approx(w.pvalue, abs=6e-5)
+        assert r["test"] == report_stats.WILCOXON
+        assert float(r["statistic"]) == pytest.approx(w.statistic, abs=6e-5)
+        assert float(r["p"]) == pytest.approx(w.pvalue, abs=6e-5)
         assert "too small" in r["note"] and r["pairs"] == "3"
-        lo, hi = (float(x) for x in r["bootstrap 95% CI of delta"].strip("[]").split(","))
-        assert lo - 1e-4 <= d.mean() <= hi + 1e-4 and lo >= d.min() - 1e-4 and hi <= d.max() + 1e-4
+        assert r["95% CI of delta"] == "descriptive, n = 3"  # F51: no interval from 3 pairs
     cfg = tables["Config differences between variants"]
     assert [c["key"] for c in cfg] == ["model.init_args.width"] and cfg[0]["studied factor"] == "yes"
     assert "⚠" not in (out / "report.md").read_text().split("## ")[0]
@@ -131,24 +142,13 @@ def test_sweep_report_numbers_match_numpy_and_scipy(tmp_path: Path) -> None:
     assert "runs/w16-s1/fit/val_masks.png" in (out / "report.md").read_text()
 
 
-def test_cv_report_pairs_by_seed_and_fold_and_bootstrap_ci(tmp_path: Path) -> None:
-    variants = {"base": (width(8), 0.0), "aug": (width(16), 0.03)}
-    values = make_sweep(tmp_path / "cv", variants, seeds=[0, 1], folds=5)
-    out = report.build_report([str(tmp_path / "cv")], tmp_path / "rep")
-    r = row(md_tables((out / "report.md").read_text()), f"Metric {METRIC} (baseline base)", "aug")
-    keys = [(s, f) for s in (0, 1) for f in range(5)]
-    d = np.array([values[("aug", *k)] - values[("base", *k)] for k in keys])
-    assert r["variance from"] == "seeds and folds" and r["n"] == "10" and r["pairs"] == "10"
-    w = stats.wilcoxon(d)
-    assert float(r["wilcoxon p"]) == pytest.approx(w.pvalue, abs=6e-5) and r["note"] == ""
-    lo, hi = (float(x) for x in r["bootstrap 95% CI of delta"].strip("[]").split(","))
-    assert lo < d.mean() < hi and lo < 0.03 < hi  # contains the true mean difference of the fixture
-    rng = np.random.default_rng(1)
-    means = d[rng.integers(0, len(d), (20000, len(d)))].mean(1)  # independent numpy percentile bootstrap
-    ref = np.percentile(means, [2.5, 97.5])
-    assert abs(lo - ref[0]) < 0.15 * (ref[1] - ref[0]) and abs(hi - ref[1]) < 0.15 * (ref[1] - ref[0])
-    one_seed = [x for x in report.collect([str(tmp_path / "cv")])[0] if x.seed == 0 and x.variant == "base"]
-    assert report.variance_source(one_seed) == "folds"
+def corrected_t_by_hand(d: np.ndarray, folds_file: Path) -> tuple[float, float, float]:
+    """t, two-sided p and half-width of the 95% interval of Nadeau and Bengio (2003), from the folds file."""
+    folds = json.loads(folds_file.read_text())["folds"]
+    ratio = np.mean([len(f["val"]) for f in folds]) / np.mean([len(f["train"]) for f in folds])
+    se = np.sqrt((1 / len(d) + ratio) * d.var(ddof=1))
+    t = d.mean() / se
+    return t, 2 * stats.t.sf(abs(t), len(d) - 1), stats.t.ppf(0.975, len(d) - 1) * se
 
 
 def test_f29_report_flags_a_difference_besides_the_studied_factor(tmp_path: Path, monkeypatch) -> None:
@@ -170,7 +170,7 @@ def test_f45_runs_with_different_folds_are_not_paired_and_the_report_says_why(tm
     make_sweep(tmp_path / "cv", variants, seeds=[0], folds=5, fingerprints={"base": "aaa111", "aug": "bbb222"})
     text = (report.build_report([str(tmp_path / "cv")]) / "report.md").read_text()
     r = row(md_tables(text), f"Metric {METRIC} (baseline base)", "aug")
-    assert r["pairs"] == "0" and r["wilcoxon p"] == "-" and r["bootstrap 95% CI of delta"] == "-"
+    assert r["pairs"] == "0" and r["p"] == "-" and r["95% CI of delta"] == "-"
     assert "folds fingerprint differs" in r["note"] and "F45" in r["note"] and "aaa111" in r["note"]
     assert "⚠ differs besides the studied factor: folds.fingerprint" in text
     assert r["variance from"] == "folds"
@@ -298,7 +298,7 @@ def test_report_over_a_toy_sweep_run_by_lit_exp_sweep(tmp_path: Path, monkeypatc
     assert float(r["mean"]) == pytest.approx(v.mean(), abs=6e-5)
     assert float(r["std"]) == pytest.approx(v.std(ddof=1), abs=6e-5)
     assert float(r["delta"]) == pytest.approx((v - b).mean(), abs=6e-5) and r["variance from"] == "seeds"
-    assert float(r["wilcoxon p"]) == pytest.approx(stats.wilcoxon(v - b).pvalue, abs=6e-5)
+    assert float(r["p"]) == pytest.approx(stats.wilcoxon(v - b).pvalue, abs=6e-5)
     cfg = md_tables(text)["Config differences between variants"]
     assert [(c["key"], c["studied factor"]) for c in cfg] == [("data.init_args.batch_size", "yes")]
     assert (tmp_path / "sw" / "report" / "figures" / "curves_val_loss.png").is_file()
@@ -332,7 +332,10 @@ def test_report_over_toy_cv_runs_matches_cv_json_and_refuses_other_folds(tmp_pat
             for r in sweep["runs"]}
     d = np.array([vals[(b32, f)] - vals[(base, f)] for f in range(3)])
     assert t[b32]["pairs"] == "3" and float(t[b32]["delta"]) == pytest.approx(d.mean(), abs=6e-5)
-    assert float(t[b32]["wilcoxon p"]) == pytest.approx(stats.wilcoxon(d).pvalue, abs=6e-5)
+    assert t[b32]["test"] == report_stats.CORRECTED_T and t[b32]["95% CI of delta"] == "descriptive, n = 3"
+    stat, p, _ = corrected_t_by_hand(d, tmp_path / "cv" / "folds.json")
+    assert float(t[b32]["statistic"]) == pytest.approx(stat, abs=6e-5)
+    assert float(t[b32]["p"]) == pytest.approx(p, abs=6e-5)
     assert t["other_folds"]["pairs"] == "0" and "folds fingerprint differs" in t["other_folds"]["note"]
     assert "⚠ differs besides the studied factor: folds.fingerprint" in text
 
