@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -93,13 +94,17 @@ def tools_without_seed_option(demos: list[Path]) -> list[str]:
         tool = registry.demo_tool(config.parent.name)
         if tool is None:
             continue
+        module = registry.tools().get(tool)
+        if module is None:
+            missing.append(f"{tool} (not a registered tool)")
+            continue
         text = io.StringIO()
         with contextlib.redirect_stdout(text), contextlib.redirect_stderr(io.StringIO()):
             try:
-                importlib.import_module(registry.tools()[tool]).main(["--help"])
+                importlib.import_module(module).main(["--help"])
             except SystemExit:
                 pass
-        if "--seed_everything" not in text.getvalue():
+        if not re.search(r"^\s+(-\w, )?--seed_everything\b", text.getvalue(), re.M):  # an option, not prose
             missing.append(tool)
     return missing
 
