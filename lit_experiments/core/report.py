@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .report_floors import floor_gap, floor_warnings, mark, reference_rows, tuned, tuned_warnings
-from .report_stats import Run, Table, fmt, mean_std, paired_test, variance_source
+from .report_stats import Run, Table, fmt, fold_ratio, mean_std, paired_test, variance_source
 
 #: config keys that differ between any two runs and say nothing about the comparison
 IGNORED_KEYS = ("seed_everything", "trainer.run_dir", "trainer.default_root_dir", "trainer.wandb")
@@ -74,8 +74,9 @@ def _load_config(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
 
 
-def load_run(run_dir: Path, variant: str, name: str | None = None, entry: dict[str, Any] | None = None) -> Run:
-    """A :class:`Run` from ``run_dir`` (a sweep's ``entry`` gives its seed / fold / status first)."""
+def load_run(run_dir: Path, variant: str, name: str | None = None, entry: dict[str, Any] | None = None,
+             sweep_dir: Path | None = None) -> Run:
+    """A :class:`Run` from ``run_dir`` (a sweep's ``entry`` gives its seed / fold / status / test first)."""
     entry = entry or {}
     run = Run(name=name or run_dir.name, variant=variant, run_dir=run_dir)
     path = run_dir / "results.json"
@@ -89,6 +90,16 @@ def load_run(run_dir: Path, variant: str, name: str | None = None, entry: dict[s
         run.status, run.error = "failed", entry.get("error") or run.error
     if entry.get("test_metrics"):  # `lit-exp cv --test all|best` scored this fold's model on the test split
         run.results["test"] = {**entry["test_metrics"], **(run.results.get("test") or {})}
+    tested = (sweep_dir or run_dir.parent) / str(entry.get("test") or "")
+    evals = [tested] if entry.get("test") and tested.is_file() else sorted(run_dir.glob("eval/test-*/results.json"),
+                                                                          key=lambda p: p.stat().st_mtime)[-1:]
+    for path in evals:  # the test's references, splits and per-item scores (the run's own come first)
+        ev = _load_json(path)
+        run.results["references"] = {**(ev.get("references") or {}), **(run.results.get("references") or {})}
+        if tuned(ev):
+            run.results.setdefault("eval_splits", ev.get("splits"))
+        if not (run_dir / "per_item").is_dir():
+            run.items_dir = path.parent
     run.config = _load_config(run_dir)
     folds = run.results.get("folds") or {}
     seed = entry.get("seed", run.results.get("seed", run.config.get("seed_everything")))
@@ -97,29 +108,9 @@ def load_run(run_dir: Path, variant: str, name: str | None = None, entry: dict[s
     run.fold = int(fold) if fold is not None else None
     run.fingerprint = folds.get("fingerprint")
     run.fold_ratio = fold_ratio(folds, run_dir)
-    run.tuned_on_test = tuned(run.results)
+    run.tuned_on_test = tuned(run.results) or tuned({"splits": run.results.get("eval_splits")})
     run.test_error = entry.get("test_error")
     return run
-
-
-def fold_ratio(folds: dict[str, Any], run_dir: Path) -> tuple[float, float] | None:
-    """(mean held-out fold size, mean training size) of the folds file a run records (where it was written, else
-    beside the sweep), or the sizes the run recorded; None when neither is there."""
-    from .folds import fold_sizes, read_folds
-
-    recorded = folds.get("file")
-    if not recorded:
-        return None
-    for path in dict.fromkeys([Path(recorded), run_dir.parent / Path(recorded).name]):
-        if path.is_file():
-            try:
-                data = read_folds(path)
-            except (ConfigError, KeyError, TypeError, json.JSONDecodeError):
-                continue
-            if data.get("fingerprint") == folds.get("fingerprint"):
-                return fold_sizes(data)
-    sizes = folds.get("fold_sizes")
-    return (float(sizes[0]), float(sizes[1])) if isinstance(sizes, list) and len(sizes) == 2 else None
 
 
 def list_factors(overrides: dict[str, Any], sweep_dir: Path) -> set[str]:
@@ -154,7 +145,7 @@ def collect(specs: list[str]) -> tuple[list[Run], set[str], list[str]]:
                 factors |= list_factors(entry.get("overrides") or {}, d)
                 run_dir = d / str(entry.get("run_dir") or entry.get("name"))
                 variant = label or str(entry.get("variant") or entry.get("name"))
-                runs.append(load_run(run_dir, variant, str(entry.get("name") or run_dir.name), entry))
+                runs.append(load_run(run_dir, variant, str(entry.get("name") or run_dir.name), entry, d))
         elif (d / "results.json").is_file():
             runs.append(load_run(d, label or d.name))
         else:

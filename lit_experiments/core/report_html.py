@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from .curves import Curve, plot
+from .report_floors import references
 from .report_stats import Run, Table
 
 STYLE = ("body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;"
@@ -45,7 +46,8 @@ def render_html(title: str, tables: list[Table], warnings: list[str], figures: l
 
 
 def metric_figures(runs: list[Run], variants: list[str], metrics: list[str], out: Path) -> list[str]:
-    """One PNG per metric: every run's value per variant and the variant's mean."""
+    """One PNG per metric: every run's value per variant, the variant's mean, and the metric's floors (dashed)
+    and references (dotted), each the mean over the runs that carry it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,6 +62,13 @@ def metric_figures(runs: list[Run], variants: list[str], metrics: list[str], out
             if values:
                 ax.scatter([i] * len(values), values, alpha=0.6)
                 ax.hlines(sum(values) / len(values), i - 0.3, i + 0.3, color="k")
+        done = [r for r in runs if r.status == "done"]
+        for (kind, name), entry in references(done, m).items():  # floors dashed, references dotted (F49)
+            if entry["values"]:
+                y = sum(entry["values"]) / len(entry["values"])
+                ax.axhline(y, color="0.4", lw=1, ls="--" if kind == "floor" else ":")
+                ax.annotate(f"{kind}: {name}", (0.01, y), xycoords=("axes fraction", "data"), fontsize=7,
+                            color="0.3", va="bottom")
         ax.set_xticks(range(len(variants)), variants, rotation=20, fontsize=8)
         ax.set_title(m, fontsize=9)
         ax.grid(alpha=0.3)

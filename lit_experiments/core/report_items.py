@@ -112,9 +112,15 @@ def _pick(files: dict[str, dict[str, Any]], spec: str) -> tuple[list[Any], dict[
     return data.get("ids") or [], scores
 
 
-def _compare(table: Table, label_a: str, label_b: str, spec: str, a: tuple, b: tuple, runs: list[Run]) -> None:
+def _compare(table: Table, label_a: str, label_b: str, spec: str, a: tuple, b: tuple, runs: list[Run],
+             skip_same: bool = False) -> None:
     (ids_a, sa), (ids_b, sb) = a, b
     pairs = [(k, k) for k in sa if k in sb]
+    if skip_same:  # scores that do not depend on the variant (a floor saved beside the model) compare nothing
+        same = [k for k, _ in pairs if list(ids_a) == list(ids_b) and sa[k] == sb[k]]
+        pairs = [p for p in pairs if p[0] not in same]
+        if same:
+            table.notes.append(f"{label_a} vs {label_b}: {spec} {', '.join(same)} identical in both, left out")
     if not pairs and len(sa) == len(sb) == 1:  # file#key vs file#other_key: the two named scores
         pairs = [(next(iter(sa)), next(iter(sb)))]
     if not pairs:
@@ -129,7 +135,7 @@ def item_tables(runs: list[Run], variants: list[str], baseline: str, compare: li
     """The per-item bootstrap tables: variant vs baseline per shared per-item file, and ``compare`` (``A:B``)
     within each run; none when no run saved per-item scores."""
     done = [r for r in runs if r.status == "done"]
-    files = {r.name: read_per_item(r.run_dir) for r in done}
+    files = {r.name: read_per_item(r.items_dir or r.run_dir) for r in done}
     tables = []
     across = Table(f"Paired bootstrap over test items: variant vs baseline {baseline} (same seed and fold)", HEADER)
     base = {(r.seed, r.fold): r for r in done if r.variant == baseline}
@@ -138,7 +144,8 @@ def item_tables(runs: list[Run], variants: list[str], baseline: str, compare: li
         if r.variant == baseline or b is None:
             continue
         for name in [n for n in files[r.name] if n in files[b.name]]:
-            _compare(across, r.name, b.name, name, _pick(files[r.name], name), _pick(files[b.name], name), [r, b])
+            _compare(across, r.name, b.name, name, _pick(files[r.name], name), _pick(files[b.name], name), [r, b],
+                     skip_same=True)
     if across.rows:
         across.notes.append(f"items resampled jointly for both runs, {BOOTSTRAP_RESAMPLES} times (seed "
                             f"{BOOTSTRAP_SEED}); the interval is over test items, not over seeds (F51)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,8 @@ class Run:
     tuned_on_test: bool = False
     #: `lit-exp cv --test` scored this run on the test split and that failed (F54)
     test_error: str | None = None
+    #: the folder whose ``per_item/`` holds its per-item test scores when not ``run_dir`` (its test's eval folder)
+    items_dir: Any = None
 
     def metric(self, name: str) -> float | None:
         """The value of ``name`` in headline, test, final, then the stages' metrics (None: absent or null)."""
@@ -50,6 +53,26 @@ class Run:
                 value = source[name]
                 return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
         return None
+
+
+def fold_ratio(folds: dict[str, Any], run_dir: Path) -> tuple[float, float] | None:
+    """(mean held-out fold size, mean training size) of the folds file a run records (where it was written, else
+    beside the sweep), or the sizes the run recorded; None when neither is there."""
+    from .folds import fold_sizes, read_folds
+
+    recorded = folds.get("file")
+    if not recorded:
+        return None
+    for path in dict.fromkeys([Path(recorded), run_dir.parent / Path(recorded).name]):
+        if path.is_file():
+            try:
+                data = read_folds(path)
+            except (ValueError, KeyError, TypeError):  # ConfigError and JSONDecodeError are ValueErrors
+                continue
+            if data.get("fingerprint") == folds.get("fingerprint"):
+                return fold_sizes(data)
+    sizes = folds.get("fold_sizes")
+    return (float(sizes[0]), float(sizes[1])) if isinstance(sizes, list) and len(sizes) == 2 else None
 
 
 def variance_source(runs: list[Run]) -> str:

@@ -167,3 +167,29 @@ def test_f49_report_prints_floors(tmp_path: Path) -> None:
     write_run(tmp_path / "bare", 0.7, width(8), seed=0, refs=[reference_row("probe", 0.6, "reference")])
     bare = (report.build_report([str(tmp_path / "bare")]) / "report.md").read_text()
     assert f"⚠ bare: headline {METRIC} has no floor row" in bare and "F49" in bare
+
+
+def test_cv_tests_bring_their_references_items_and_tuned_marks(tmp_path: Path) -> None:
+    """`lit-exp cv --test` writes the test's results.json and per-item scores under the fold run's eval/ folder: the
+    report reads the floors, the per-item scores and the splits record from there."""
+    make_sweep(tmp_path / "cv", {"base": (width(8), 0.0), "aug": (width(16), 0.03)}, seeds=[0], folds=2)
+    sweep = json.loads((tmp_path / "cv" / "sweep.json").read_text())
+    rng = np.random.default_rng(0)
+    ids = [str(i) for i in range(40)]
+    for entry in sweep["runs"]:
+        ev = tmp_path / "cv" / entry["name"] / "eval" / "test-20260101-000000"
+        ev.mkdir(parents=True)
+        floor = {"test/map": [reference_row("chance", 0.25, "floor", "mean positive rate")]}
+        splits = {"tuned_on_test": entry["name"] == "aug-s0-f1"}
+        (ev / "results.json").write_text(json.dumps({"test": {"test/map": 0.5}, "references": floor, "splits": splits}))
+        write_per_item(ev, "test", ids, {"ap": rng.random(40).tolist(), "floor/chance": [0.25] * 40})
+        entry.update(test=f"{entry['name']}/eval/test-20260101-000000/results.json", test_metrics={"test/map": 0.5})
+    (tmp_path / "cv" / "sweep.json").write_text(json.dumps(sweep))
+    text = (report.build_report([str(tmp_path / "cv")], metrics=["test/map"]) / "report.md").read_text()
+    tables = md_tables(text)
+    assert row(tables, "Metric test/map (baseline base)", "floor: chance")["n"] == "2"
+    items = next(v for k, v in tables.items() if k.startswith("Paired bootstrap over test items"))
+    assert [(r["A"], r["B"], r["per-item scores"]) for r in items] == [("aug-s0-f0", "base-s0-f0", "test: ap"),
+                                                                       ("aug-s0-f1", "base-s0-f1", "test: ap")]
+    assert items[1]["mean A"].endswith("[tuned on test]") and not items[0]["mean A"].endswith("]")
+    assert "floor/chance identical in both, left out" in text and "⚠ tuned on test: aug-s0-f1" in text
