@@ -27,8 +27,12 @@ its own weights (F42). Test: the student's metrics at its stored calibration (``
 (``test/student_raw/*``), the teacher's at its calibration (``test/teacher/*``) and at 0.5
 (``test/teacher_raw/*``), ratios student / teacher at their calibrations (``test/ratio/*``), a table in
 ``<run_dir>/distill/teacher_vs_student.{md,csv}``, ECE of both before and after calibration with a reliability
-plot (``<run_dir>/distill/reliability.png``), the F46 numbers and the gallery; the headline repeats the
-student's numbers as ``test/<metric>`` and the teacher's as ``test/teacher_<metric>``. With clips (``data.init_args.clips``), the clip frames are
+plot (``<run_dir>/distill/reliability.png``), the F46 numbers (each model at its calibration) and the gallery;
+the student's numbers are repeated as ``test/<metric>`` and the teacher's as ``test/teacher_<metric>``. The
+headline is ``test/miou_pos`` with ``test/miou_pos_ratio`` (student / teacher on positive units) and concept
+responsiveness; results.json ``references`` holds their floors (predict nothing, prompt-blind) and the teacher,
+``per_item/test_units{,_pos}.json`` the per-unit IoUs (:mod:`.references`). Before the first fit, the teacher is
+scored on every prompt family of the validation images (results.json ``teacher_families``, F53). With clips (``data.init_args.clips``), the clip frames are
 scored apart (F27): ``test/video/{student,teacher}/*`` and ``test/video/{student,teacher}/temporal_stability``
 (1 - the mean frame-to-frame change of presence and query scores).
 """

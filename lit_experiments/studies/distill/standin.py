@@ -37,6 +37,14 @@ colour, 4 colours, <= 3 objects, 2 queries           900    98   0.58      0.85 
 category, <= 2 objects, 2 queries                    900    107  0.00      0.00         n/a     0.57
 ===================================================  =====  ===  ========  ===========  ======  =====
 
+Vocabulary families (F53; ``python -m lit_experiments.studies.distill.standin_curve``, 1 thread, seed 0,
+``docs/figures/distill/standin_curve_*.{json,png}``, ``miou_pos`` per family on the held-out world every 150
+steps of one run): colour + generic words (object, thing, shape, item; the demo's teacher): colour 0.15 / 0.47 /
+0.49 / 0.66 / 0.54 and generic 0.69 / 0.71 / 0.58 / 0.62 / 0.51 at steps 150 / 300 / 600 / 750 / 1200; colours +
+shape categories + generic words: colour 0.51, generic 0.51, category 0.00-0.03 at every step up to 1500 (the
+colour words do not pull the shape names off the plateau). Generic words are learned first (every object is the
+target, a per-pixel "foreground" feature); shape names stay at chance.
+
 Rows from "same, init of" down ran ``_fit`` on ``Sam3Teacher(config)`` (its default initialisation) rather
 than through :func:`train_standin_teacher`. Colour prompts are grounded at once (presence probability 0.999
 on positive, 0.001 on negative units); with 8 queries the queries stay interchangeable (every query scores

@@ -76,14 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default="{}", help="JSON: more stand-in data keys (world: min_objects, max_objects...)")
+    p.add_argument("--queries", type=int, default=None, help="the stand-in's queries (default: the recipe's)")
     p.add_argument("--out", default="docs/figures/distill/standin_curve")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = {"concept": args.concept, "generic": list(args.generic)}
-    rows = learning_curve(data, args.steps, args.every, seed=args.seed)
+    from .standin import default_config
+    from .teacher import tiny_config
+
+    data = {"concept": args.concept, "generic": list(args.generic), **json.loads(args.data)}
+    config = tiny_config(num_queries=args.queries) if args.queries else default_config()
+    rows = learning_curve(data, args.steps, args.every, seed=args.seed, config=config)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"data": data, "steps": args.steps, "seed": args.seed,
+                                                    "queries": args.queries,
                                                     "threads": args.threads, "rows": rows}, indent=1))
     plot(rows, out.with_suffix(".png"), f"stand-in SAM3, concept {args.concept} + generic words")
     print(f"standin curve -> {out.with_suffix('.json')}, {out.with_suffix('.png')}")
