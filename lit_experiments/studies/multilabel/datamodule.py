@@ -4,9 +4,10 @@ Batch keys: ``image_emb`` float (B, Di), ``text_emb`` float (B, Dt) (absent with
 ``targets`` float 0/1 (B, C), ``index`` int64 (B,) (position in the split's base set: the pool or the test set).
 
 Data (the base splits are in :mod:`.sources`). ``dataset: shapes``: ShapesWorld images (world arguments
-default to the stand-in's ``standin.DEFAULT_DATA`` world settings, overridden by ``shapes``) with one caption per image from
-:func:`~.standin.partial_caption` (draw 0, seeded by the world seed: deterministic per index; it names a random
-subset of the objects, so the text is not a label oracle). ``csv`` / ``jsonl``: a ``MultiLabelFiles`` folder,
+default to the stand-in's ``standin.DEFAULT_DATA`` world settings, overridden by ``shapes``) with one side caption
+per image from :func:`~.standin.side_caption` (F52: each object named with probability ``caption_name_p``, an
+unnamed one mentioned by a colour-only phrase with ``caption_vague_p``; never a category that is absent), drawn
+with the run's caption seed, so the text is not a label oracle. ``csv`` / ``jsonl``: a ``MultiLabelFiles`` folder,
 ``file`` the pool and ``test_file`` the held-out set (same class list), images resized to ``image_size``; an
 unknown label raises the reader's ``LabelError`` naming file and line, an unreadable image or (with
 ``use_text``) a missing caption is an error naming the file (and line) or a counted skip (``on_bad_sample``).
@@ -22,7 +23,14 @@ problem; ``label_names`` lists the columns.
 Splits. A train pool (world seed ``seed + 2``) and a held-out test set (``seed + 3``); both differ from the
 stand-in's training world (``seed``) and its probe world (``seed + 1``). ``fold_pool()`` is
 ``(n_pool, targets (N, C))`` (iterstrat folds in ``lit-exp cv``); ``setup`` splits the pool with
-``fold_split``, or without a fold takes a seeded ``val_fraction`` of the pool for validation.
+``fold_split``, or without a fold takes a seeded ``val_fraction`` of the pool for validation. Validation and
+test must not share an image or come from the same file (F47, :func:`~lit_experiments.core.splits.check_disjoint`,
+record in ``split_info`` -> results.json ``splits``) unless ``allow_val_test_overlap: true``.
+
+Seeds (F50). The images are the data set (world seeds ``seed + 2`` / ``seed + 3``, fixed); every random choice of
+a run follows its ``seed_everything`` through :func:`~lit_experiments.core.seeding.run_seed` unless the YAML pins
+it: ``caption_seed`` (``"captions"``), ``split_seed`` (``"split"``: the validation share without folds) and
+``sampler_seed`` (``"sampler"``: the training order).
 
 Towers. The datamodule owns the frozen :class:`~.towers.SiglipTowers` (constructor part ``towers``, e.g. a
 real checkpoint or the demo's :class:`~.standin.StandinTowers`; :meth:`serve_towers` replaces them), so the
@@ -45,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.seeding import run_seed
 from lit_experiments.core.study import StudyDataModule
 
 from .sources import LABEL_SPACES, CocoCaptioned, FilesCaptioned, ShapesCaptioned, default_world
@@ -139,11 +148,18 @@ class MultilabelDataModule(StudyDataModule):
         n_pool / n_test: images in the train pool (folds / train + val) and in the held-out test set.
         seed: data seed; the pool's world uses ``seed + 2``, the test world ``seed + 3``.
         shapes: ShapesWorld arguments over the stand-in's default world (``standin.DEFAULT_DATA``).
-        caption_color_p / caption_material_p: probability that a mentioned object's colour / material is named
+        caption_color_p / caption_material_p: probability that a named object's colour / material is named
             (default: the stand-in's, 0.0).
+        caption_name_p / caption_vague_p: probability that an object is named by its category / that an unnamed
+            object is mentioned by a colour-only phrase (F52; ``shapes`` only).
+        caption_seed: the captions' seed (null: the run's ``"captions"`` seed).
         label_space: ``categories`` or ``color_x_category`` (8 colours x the world's categories).
         use_text: serve ``text_emb`` (caption embeddings) besides ``image_emb``.
-        val_fraction / split_seed: the seeded validation share of the pool when no fold is given.
+        val_fraction / split_seed: the seeded validation share of the pool when no fold is given (``split_seed``
+            null: the run's ``"split"`` seed).
+        sampler_seed: the training loader's shuffle seed (null: the run's ``"sampler"`` seed).
+        allow_val_test_overlap: accept a validation split that shares images with the test split (F47); the
+            record in results.json ``splits`` then says ``tuned_on_test: true``.
         on_bad_sample: ``error`` or ``skip``, counted (the csv / jsonl policy; unused by ``shapes``).
         cache_dir: where the frozen-feature caches live.
         fold: ``{"file": folds.json, "index": k}`` given by ``lit-exp cv``.
@@ -154,8 +170,10 @@ class MultilabelDataModule(StudyDataModule):
         shapes: dict[str, Any] | None = None, root: str | None = None, file: str | None = None,
         test_file: str | None = None, classes: list[str] | None = None, image_size: int | None = None,
         caption_color_p: float | None = None, caption_material_p: float | None = None,
+        caption_name_p: float = 0.5, caption_vague_p: float = 0.5, caption_seed: int | None = None,
         label_space: str = "categories", use_text: bool = True,
-        val_fraction: float = 0.2, split_seed: int = 0, on_bad_sample: str = "error",
+        val_fraction: float = 0.2, split_seed: int | None = None, sampler_seed: int | None = None,
+        allow_val_test_overlap: bool = False, on_bad_sample: str = "error",
         cache_dir: str = ".cache/features", batch_size: int = 64, eval_batch_size: int | None = 256,
         num_workers: int = 0, fold: dict[str, Any] | None = None,
         coco_pool: dict[str, Any] | None = None, coco_test: dict[str, Any] | None = None,
@@ -190,8 +208,16 @@ class MultilabelDataModule(StudyDataModule):
         self.color_p = float(DEFAULT_DATA["caption_color_p"] if caption_color_p is None else caption_color_p)
         self.material_p = float(DEFAULT_DATA["caption_material_p"] if caption_material_p is None
                                 else caption_material_p)
+        for key, value in (("caption_name_p", caption_name_p), ("caption_vague_p", caption_vague_p),
+                           ("caption_color_p", self.color_p), ("caption_material_p", self.material_p)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"data.init_args.{key}={value}; expected a probability in [0, 1]")
+        self.name_p, self.vague_p = float(caption_name_p), float(caption_vague_p)
+        self.caption_seed = run_seed(caption_seed, "captions")
         self.label_space, self.use_text = label_space, bool(use_text)
-        self.val_fraction, self.split_seed, self.on_bad_sample = float(val_fraction), int(split_seed), on_bad_sample
+        self.val_fraction, self.on_bad_sample = float(val_fraction), on_bad_sample
+        self.split_seed, self.sampler_seed = run_seed(split_seed, "split"), run_seed(sampler_seed, "sampler")
+        self.allow_val_test_overlap = bool(allow_val_test_overlap)
         self.cache_dir = cache_dir
         self.root, self.file, self.test_file, self.classes, self.image_size = root, file, test_file, classes, image_size
         self.coco = {"pool": dict(coco_pool or {}), "test": dict(coco_test or {})}
@@ -214,7 +240,8 @@ class MultilabelDataModule(StudyDataModule):
         if split not in self.base:
             n = self.n_pool if split == "pool" else self.n_test
             self.base[split] = ShapesCaptioned(n, self.seed + SPLIT_SEED_OFFSETS[split], self.world,
-                                               self.label_space, self.color_p, self.material_p)
+                                               self.label_space, self.color_p, self.material_p, self.name_p,
+                                               self.vague_p, self.caption_seed)
         return self.base[split]
 
     def setup(self, stage: str | None = None) -> None:
@@ -226,6 +253,7 @@ class MultilabelDataModule(StudyDataModule):
         if fold is not None:
             train, val = fold
             self.split_indices = {"train": list(train.indices), "val": list(val.indices)}
+            self._check_splits()
             return
         n = len(pool)
         n_val = max(1, math.ceil(n * self.val_fraction))
@@ -234,6 +262,21 @@ class MultilabelDataModule(StudyDataModule):
                               f"n_pool={n}")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         self.split_indices = {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
+        self._check_splits()
+
+    def _check_splits(self) -> None:
+        """F47: the validation images (a share of the pool) and the test images share none and are not one file."""
+        from lit_experiments.core.splits import check_disjoint
+
+        pool, test = self._base("pool"), self._base("test")
+        pool_ids = pool.unit_ids()
+        self.split_info = check_disjoint([pool_ids[i] for i in self.split_indices["val"]], test.unit_ids(),
+                                         val_name=f"validation share of {pool.source()}", test_name=test.source(),
+                                         allow_overlap=self.allow_val_test_overlap, what="images")
+
+    def captions(self, split: str = "test") -> list[str]:
+        """The captions of a base split (``pool`` or ``test``), in index order."""
+        return list(self._base(split).captions)
 
     def fold_pool(self) -> tuple[int, Any]:
         pool = self._base("pool")
@@ -289,7 +332,7 @@ class MultilabelDataModule(StudyDataModule):
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.split_seed)
+        gen = torch.Generator().manual_seed(self.sampler_seed)
         return self.train_loader(self.split("train"), generator=gen)
 
     def val_dataloader(self) -> DataLoader:

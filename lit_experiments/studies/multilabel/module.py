@@ -14,7 +14,10 @@ gradient can reach a tower. Its parts (constructor arguments, ``class_path`` in 
   (+ the excluded-class counts, F30), ``test/lrap``, ``test/t05/*`` and ``test/tuned/*`` (F1 / precision /
   recall macro, Hamming loss at 0.5 and at the stored thresholds), and the kNN inference ``test/knn_map``,
   ``test/knn_t05/f1_macro`` over the head's retrieval representation: the hash codes (Hamming) when the head
-  has a hash layer, else ``fused`` (cosine). A per-class table (AP, AUC, support, tuned threshold, F1 at both
+  has a hash layer, else ``fused`` (cosine). Beside them, results.json ``references`` holds the floors of every
+  headline metric on the same test images (:mod:`.floors`: chance / random ranking, predict every label or
+  nothing, the caption keyword rule; F49, F52), and ``per_item/test.json`` / ``per_item/caption_rule.json`` one
+  score per test image (F51: paired bootstraps over images). A per-class table (AP, AUC, support, tuned threshold, F1 at both
   policies) goes to ``<run_dir>/multilabel/per_class.{csv,png}``; the towers' settings (checkpoint, text mask
   policy, weight digest) to results.json ``towers``.
 * A checkpoint records a digest of the towers whose embeddings trained it (``towers_digest`` buffer); testing
@@ -35,6 +38,7 @@ from lit_experiments.core.specs import OptimSpec
 from lit_experiments.core.study import StudyModule
 from lit_experiments.metrics.multilabel import multilabel_metrics
 
+from .floors import caption_rule_scores, floor_rows, per_image_scores
 from .heads import AGCHHead, MLPHead
 from .inference import ProductQuantizerIndex, ThresholdPolicy, knn_scores, per_class_table, write_per_class
 from .losses import CombinedLoss
@@ -254,15 +258,54 @@ class MultilabelModule(StudyModule):
             self.log("test/knn_t05/f1_macro", float(knn["f1_macro"]))
             self.add_results("knn", {"k": self.knn_args.k, "metric": metric, "bank_size": len(bank["targets"]),
                                      "temperature": self.knn_args.temperature})
+        names = self._label_names(rows["targets"].shape[1])
+        self.add_floors(rows["targets"], names, self._test_captions(rows["index"]))
         if self._is_rank_zero():
-            names = self._label_names(rows["targets"].shape[1])
             table = per_class_table(rows["probs"], rows["targets"], self.thresholds.cpu(), names)
             write_per_class(table, self.run_dir / "multilabel" / "per_class.csv",
                             self.run_dir / "multilabel" / "per_class.png")
+            self.save_test_items(rows, names)
         self.add_results("thresholds", {"tuned": self.thresholds.cpu().tolist(), "fixed": 0.5,
                                         "fitted_on": "the fold's validation split"})
         for m in (self.test_rows, self.bank_rows):
             m.reset()
+
+    def _test_captions(self, index: torch.Tensor) -> list[str] | None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "captions"):
+            return None
+        captions = dm.captions("test")
+        return [captions[int(i)] for i in index.tolist()]
+
+    def add_floors(self, targets: torch.Tensor, names: list[str], captions: list[str] | None) -> None:
+        """F49: the floors of every headline metric on these test units (:func:`~.floors.floor_rows`: chance,
+        predict every label / nothing, the caption keyword rule) into results.json ``references``."""
+        for metric, rows in floor_rows(targets, captions, names).items():
+            for name, value, kind, what in rows:
+                self.add_reference(metric, name, value, kind=kind, what=what)
+
+    def save_test_items(self, rows: dict[str, torch.Tensor], names: list[str]) -> None:
+        """F51: per test image scores of this head (:func:`~.floors.per_image_scores` at the fixed and the tuned
+        thresholds) into ``per_item/test.json``, with the class scores and targets in ``meta`` (a bootstrap over
+        images can recompute mAP); the caption rule's into ``per_item/caption_rule.json`` on the same images."""
+        probs, targets, index = rows["probs"], rows["targets"], rows["index"]
+        fixed = per_image_scores(probs, targets, 0.5)
+        tuned = per_image_scores(probs, targets, self.thresholds.cpu())
+        scores = {"ap": fixed["ap"], "f1_t05": fixed["f1"], "f1_tuned": tuned["f1"], "hamming_t05": fixed["hamming"]}
+        meta = {"units": "test images (index into the test split)", "label_names": names,
+                "probs": [[round(float(v), 6) for v in row] for row in probs.tolist()],
+                "targets": targets.long().tolist(),
+                "means": {"ap": "test/lrap", "hamming_t05": "test/t05/hamming"}}
+        self.save_per_item("test", index, scores, meta)
+        captions = self._test_captions(index)
+        if captions is not None:
+            rule = caption_rule_scores(captions, names)
+            items = per_image_scores(rule, targets, 0.5)
+            self.save_per_item("caption_rule", index, {"ap": items["ap"], "f1_t05": items["f1"],
+                                                       "f1_tuned": items["f1"], "hamming_t05": items["hamming"]},
+                               {"units": "test images (index into the test split)", "label_names": names,
+                                "what": "the caption keyword rule (floors.caption_rule_scores)",
+                                "probs": rule.long().tolist(), "targets": targets.long().tolist()})
 
     def _label_names(self, n: int) -> list[str]:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

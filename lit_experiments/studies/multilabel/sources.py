@@ -1,7 +1,7 @@
 """The base splits of the multilabel study: images with multi-hot targets and one caption each.
 
-* :class:`ShapesCaptioned`: ShapesWorld with a partial caption per image, label space ``categories`` or
-  ``color_x_category``;
+* :class:`ShapesCaptioned`: ShapesWorld with a noisy side caption per image (:func:`~.standin.side_caption`, F52),
+  label space ``categories`` or ``color_x_category``;
 * :class:`FilesCaptioned`: a ``csv`` / ``jsonl`` multi-label file (``MultiLabelFiles``);
 * :class:`CocoCaptioned`: COCO-style instances + captions (``CocoMultiLabel``).
 
@@ -10,6 +10,7 @@ Each has ``targets`` (N, C), ``captions``, ``label_names`` and ``fingerprint()``
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.shapes import ShapesWorld
 
-from .standin import DATA_KEYS, DEFAULT_DATA, partial_caption
+from .standin import DATA_KEYS, DEFAULT_DATA, side_caption
 
 LABEL_SPACES = ("categories", "color_x_category")
 
@@ -30,17 +31,24 @@ def default_world() -> dict[str, Any]:
 
 
 class ShapesCaptioned(Dataset):
-    """ShapesWorld images with multi-hot ``labels`` in a label space and a partial caption per image.
+    """ShapesWorld images with multi-hot ``labels`` in a label space and a noisy side caption per image.
 
     Items: ``image`` uint8 (3,H,W), ``labels`` float32 (C,), ``caption`` str, ``index``. ``targets`` (N, C)
-    and ``captions`` are computed at construction from the scenes (no rendering)."""
+    and ``captions`` are computed at construction from the scenes (no rendering). Captions:
+    :func:`~.standin.side_caption` with ``caption_seed`` (the run's caption seed: the world's images stay, their
+    captions are drawn again per run seed), each object named with probability ``name_p``, an unnamed one
+    mentioned by a colour-only phrase with ``vague_p`` (F52)."""
 
     def __init__(self, n: int, seed: int, world: dict[str, Any], label_space: str = "categories",
-                 color_p: float = 0.0, material_p: float = 0.0) -> None:
+                 color_p: float = 0.0, material_p: float = 0.0, name_p: float = 0.5, vague_p: float = 0.5,
+                 caption_seed: int = 0) -> None:
         if label_space not in LABEL_SPACES:
             raise ConfigError(f"data.init_args.label_space={label_space!r}; expected one of {LABEL_SPACES}")
         self.world = ShapesWorld(int(n), seed=int(seed), **world)
         self.label_space, self.color_p, self.material_p = label_space, float(color_p), float(material_p)
+        self.name_p, self.vague_p = float(name_p), float(vague_p)
+        # one caption stream per world: the caption seed mixed with the world seed (pool and test differ)
+        self.caption_seed = int(np.random.SeedSequence([abs(int(caption_seed)), abs(int(seed))]).generate_state(1)[0])
         cats = list(self.world.categories)
         if label_space == "categories":
             self.label_names = cats
@@ -54,12 +62,21 @@ class ShapesCaptioned(Dataset):
                 targets[i, scene.categories] = 1.0
             else:
                 targets[i, scene.colors * len(cats) + scene.categories] = 1.0
-            self.captions.append(partial_caption(self.world, i, self.world.seed, 0, self.color_p, self.material_p))
+            self.captions.append(side_caption(self.world, i, self.caption_seed, self.name_p, self.vague_p,
+                                              self.color_p, self.material_p))
         self.targets = torch.from_numpy(targets)
 
     def fingerprint(self) -> str:
         """The world's fingerprint: the images (the captions are fingerprinted by :class:`CaptionTokens`)."""
         return self.world.fingerprint()
+
+    def unit_ids(self) -> list[str]:
+        """One id per image (world fingerprint and index): what a validation / test overlap check compares."""
+        fp = self.world.fingerprint()
+        return [f"{fp}:{i}" for i in range(len(self.world))]
+
+    def source(self) -> str:
+        return f"ShapesWorld seed {self.world.seed} ({self.world.fingerprint()})"
 
     def __len__(self) -> int:
         return len(self.world)
@@ -109,6 +126,13 @@ class FilesCaptioned(Dataset):
     def fingerprint(self) -> str:
         return self.reader.fingerprint()
 
+    def unit_ids(self) -> list[str]:
+        """The resolved image paths (one per item)."""
+        return [str(Path(s["path"]).resolve()) for s in self.reader.samples]
+
+    def source(self) -> str:
+        return str(getattr(self.reader, "ann_path", None) or self.reader.file)
+
     def __len__(self) -> int:
         return len(self.reader)
 
@@ -153,3 +177,6 @@ class CocoCaptioned(FilesCaptioned):
     @property
     def skipped(self) -> int:
         return self.reader.skipped + self.skipped_captions
+
+    def source(self) -> str:
+        return f"{self.reader.ann_path} (images {self.reader.image_dir})"

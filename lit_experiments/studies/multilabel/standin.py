@@ -4,9 +4,15 @@ No weights can be downloaded, and frozen random towers carry no signal, so the d
 ``SiglipModel`` (the class a real FixRes checkpoint loads) with SigLIP's sigmoid loss on ShapesWorld images
 and partial captions, saves it keyed by a hash of (tower config, data args, training args) and reuses it.
 
-* Captions (:func:`partial_caption`) name a random non-empty subset of the objects, as COCO captions do,
-  so the text tower is not a label oracle; each mentioned object's colour / material words are kept with
-  probabilities ``caption_color_p`` / ``caption_material_p``. The draw is seeded by (seed, sample, epoch).
+* Training captions (:func:`partial_caption`) name a random non-empty subset of the objects, as COCO captions
+  do; each mentioned object's colour / material words are kept with probabilities ``caption_color_p`` /
+  ``caption_material_p``. The draw is seeded by (seed, sample, epoch). The captions the study's heads read as a
+  side input are :func:`side_caption` (each object named with a probability, sometimes by a colour-only
+  phrase: the text is not a label oracle, F52).
+* Seeds and threads (F50): ``seed: null`` (the default) is :func:`~lit_experiments.core.seeding.run_seed`
+  (``"standin"``) of the run's ``seed_everything``, so a seed sweep trains one stand-in per seed; training runs
+  with ``threads`` torch threads (default 1) whatever the caller's count, so the weights and the cache key
+  (:func:`lit_experiments.core.standins.cache_path`, which adds the thread count) do not depend on it.
 * ``data``: ShapesWorld keyword arguments (``image_size``, ``colors``, ``max_objects``...) plus ``n_train``
   (training pairs), ``n_eval`` (held-out images: first half trains the probe, second half tests it and the
   zero-shot classifier), ``seed`` (the training world; the held-out world uses ``seed + 1``), and the caption
@@ -21,8 +27,10 @@ and partial captions, saves it keyed by a hash of (tower config, data args, trai
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,7 @@ import torch.nn.functional as F
 
 from lit_experiments.core import standins
 from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.seeding import run_seed
 from lit_experiments.data.shapes import MATERIALS, ShapesWorld, make_caption
 
 from .towers import SiglipTowers, tiny_config
@@ -39,6 +48,9 @@ from .towers import SiglipTowers, tiny_config
 CACHE_VERSION = 1
 LOGIT_BIAS_INIT = -5.0
 SCALAR_LR_MULT = 30.0  # logit_scale / logit_bias learn 30x faster: with the towers alone they barely move
+VAGUE_NOUN = "shape"  # the noun of a colour-only phrase: names no category
+EMPTY_CAPTION = "a photo"  # a side caption that mentions no object
+DEFAULT_THREADS = 1  # torch threads of stand-in training (F50: weights independent of the caller's count)
 DATA_KEYS = ("n_train", "n_eval", "seed", "caption_color_p", "caption_material_p")
 #: the default recipe (see the study's notes for the measured alternatives)
 DEFAULT_DATA: dict[str, Any] = {"n_train": 4096, "n_eval": 1024, "seed": 0, "image_size": 32, "max_objects": 2,
@@ -74,6 +86,33 @@ def partial_caption(world: ShapesWorld, index: int, seed: int = 0, draw: int = 0
         material = MATERIALS[scene.materials[j]] if rng.random() < material_p else None
         words.append((color, material, world.categories[scene.categories[j]]))
     return make_caption(words)
+
+
+def side_caption(world: ShapesWorld, index: int, seed: int, name_p: float = 0.5, vague_p: float = 0.5,
+                 color_p: float = 0.0, material_p: float = 0.0) -> str:
+    """The side-input caption of sample ``index`` (F52: not a label oracle), objects nearest first.
+
+    Each object is named by its category with probability ``name_p`` (its colour / material words kept with
+    ``color_p`` / ``material_p``); an object not named is mentioned by a colour-only phrase ("a red shape") with
+    probability ``vague_p``, else left out. A caption that mentions nothing is "a photo". A category that is not in
+    the image is never named. Deterministic in ``(seed, index)``; one uniform draw per object and decision, so a
+    higher ``name_p`` names a superset of the objects."""
+    for name, p in (("name_p", name_p), ("vague_p", vague_p), ("color_p", color_p), ("material_p", material_p)):
+        if not 0.0 <= float(p) <= 1.0:
+            raise ConfigError(f"side_caption: {name}={p}; expected a probability in [0, 1]")
+    scene = world.sample_scene(index)
+    rng = np.random.default_rng(np.random.SeedSequence([abs(int(seed)), int(index), 0x51DE]))
+    u = rng.random((4, scene.num_objects))
+    words: list[tuple[str | None, str | None, str]] = []
+    for j in range(scene.num_objects):
+        color = world.COLOR_NAMES[scene.colors[j]]
+        if u[0, j] < name_p:
+            words.append((color if u[1, j] < color_p else None,
+                          MATERIALS[scene.materials[j]] if u[2, j] < material_p else None,
+                          world.categories[scene.categories[j]]))
+        elif u[3, j] < vague_p:
+            words.append((color, None, VAGUE_NOUN))
+    return make_caption(words) if words else EMPTY_CAPTION
 
 
 def sigmoid_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
@@ -145,26 +184,43 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
     return standins.loss_summary(losses, t0, steps)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_standin(config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 1200,
-                  batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                  cache_dir: str | Path = ".cache/standins") -> tuple[SiglipTowers, dict[str, Any]]:
+                  batch_size: int = 64, lr: float = 2e-3, seed: int | None = None,
+                  cache_dir: str | Path = ".cache/standins",
+                  threads: int = DEFAULT_THREADS) -> tuple[SiglipTowers, dict[str, Any]]:
     """Tiny SigLIP towers trained on ShapesWorld (or loaded from ``cache_dir`` when trained before).
 
-    Returns the frozen towers and ``info``: ``cached`` (bool), ``path``, ``loss_first`` / ``loss_last``
-    (mean of the first / last tenth, at most 10 steps), ``train_seconds`` and the arguments."""
+    ``seed`` None: :func:`~lit_experiments.core.seeding.run_seed` (``"standin"``) of the run's seed (F50).
+    Training (and the cache key, which holds the thread count) runs with ``threads`` torch threads whatever the
+    caller's count. Returns the frozen towers and ``info``: ``cached`` (bool), ``path``, ``loss_first`` /
+    ``loss_last`` (mean of the first / last tenth, at most 10 steps), ``train_seconds`` and the arguments."""
     config = dict(config or default_config())
     data = {**DEFAULT_DATA, **(data or {})}
-    if steps < 1 or batch_size < 2 or lr <= 0:
-        raise ConfigError(f"train_standin: steps={steps}, batch_size={batch_size}, lr={lr}; expected steps >= 1, "
-                          "batch_size >= 2, lr > 0")
+    if steps < 1 or batch_size < 2 or lr <= 0 or threads < 1:
+        raise ConfigError(f"train_standin: steps={steps}, batch_size={batch_size}, lr={lr}, threads={threads}; "
+                          "expected steps >= 1, batch_size >= 2, lr > 0, threads >= 1")
     if int(data["n_train"]) < batch_size:
         raise ConfigError(f"train_standin: data.n_train={data['n_train']} is smaller than batch_size={batch_size}")
+    seed = run_seed(seed, "standin")
     training = {"steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed)}
-    path = cache_path(cache_dir, config, data, training)
-    towers = SiglipTowers(config=config, init_seed=seed)
-    info = standins.load_or_train(path, towers.model, lambda: _fit(towers, data, int(steps), int(batch_size), float(lr),
-                                                                   int(seed), max(1, steps // 10)),
-                                  extra={"config": config, "data": data, "training": training})
+    with torch_threads(threads):
+        path = cache_path(cache_dir, config, data, training)
+        towers = SiglipTowers(config=config, init_seed=seed)
+        info = standins.load_or_train(path, towers.model,
+                                      lambda: _fit(towers, data, int(steps), int(batch_size), float(lr), int(seed),
+                                                   max(1, steps // 10)),
+                                      extra={"config": config, "data": data, "training": training})
     towers.freeze()
     return towers, info
 
@@ -192,7 +248,8 @@ def probe_map(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     return float(multilabel_metrics(scores, torch.as_tensor(test_y))["map"])
 
 
-def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None, init_seed: int = 0) -> dict[str, Any]:
+def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None,
+                     init_seed: int | None = None) -> dict[str, Any]:
     """Quality of stand-in towers on a held-out ShapesWorld (seed ``data.seed + 1``, ``n_eval`` images).
 
     * ``zero_shot_acc``: on the second half, the fraction of images whose nearest prompt
@@ -201,7 +258,10 @@ def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None, i
       any category present.
     * ``probe_map``: :func:`probe_map` of the towers' image embeddings, fitted on the first half, tested on
       the second; ``probe_map_init``: the same for the same architecture at random initialisation
-      (``init_seed``)."""
+      (``init_seed``; None: the run's ``"standin-init"`` seed), a floor; ``probe_map_chance``: the expected mAP
+      of a random ranking of the probe's test half (:func:`~.floors.random_ranking_map`)."""
+    from .floors import random_ranking_map
+
     data = {**DEFAULT_DATA, **(data or {})}
     if towers.config_dict is None:
         raise ConfigError("evaluate_standin: the towers were loaded from a checkpoint; it evaluates stand-ins built "
@@ -218,7 +278,7 @@ def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None, i
     text = F.normalize(towers.encode_text(**prompts), dim=1)
     pred = (F.normalize(emb[half:], dim=1) @ text.t()).argmax(1)
     fresh = SiglipTowers(kind=towers.kind, config=towers.config_dict,
-                         text_mask_policy=towers.text_mask_policy, init_seed=init_seed)
+                         text_mask_policy=towers.text_mask_policy, init_seed=run_seed(init_seed, "standin-init"))
     emb0 = embed_images(fresh, images)
     return {
         "zero_shot_acc": float((pred == first[half:]).float().mean()),
@@ -226,6 +286,7 @@ def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None, i
         "zero_shot_chance": 1.0 / len(world.categories),
         "probe_map": probe_map(emb[:half].numpy(), y[:half], emb[half:].numpy(), y[half:]),
         "probe_map_init": probe_map(emb0[:half].numpy(), y[:half], emb0[half:].numpy(), y[half:]),
+        "probe_map_chance": random_ranking_map(labels[half:]),
         "n_probe_train": half, "n_probe_test": n_eval - half,
         "colors": [world.COLOR_NAMES[i] for i in world.colors],
     }
@@ -235,15 +296,16 @@ class StandinTowers(SiglipTowers):
     """The demo's towers as a config part: :func:`train_standin` (trained once, then loaded from ``cache_dir``).
 
     Args: as :func:`train_standin` (``config`` null: :func:`default_config`; ``data``: overrides of
-    :data:`DEFAULT_DATA`). ``settings()`` adds the stand-in's cache file, training arguments and losses."""
+    :data:`DEFAULT_DATA`; ``seed`` null: the run's ``"standin"`` seed; ``threads``: torch threads of training). ``settings()`` adds the stand-in's cache file, training arguments and losses."""
 
     def __init__(self, config: dict[str, Any] | None = None, data: dict[str, Any] | None = None, steps: int = 1200,
-                 batch_size: int = 64, lr: float = 2e-3, seed: int = 0, cache_dir: str = ".cache/standins",
-                 text_mask_policy: str = "pad_to_max") -> None:
+                 batch_size: int = 64, lr: float = 2e-3, seed: int | None = None, cache_dir: str = ".cache/standins",
+                 text_mask_policy: str = "pad_to_max", threads: int = DEFAULT_THREADS) -> None:
         config = dict(config or default_config())
+        seed = run_seed(seed, "standin")
         super().__init__(config=config, init_seed=seed, text_mask_policy=text_mask_policy)
         trained, info = train_standin(config, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                                      cache_dir=cache_dir)
+                                      cache_dir=cache_dir, threads=threads)
         self.model.load_state_dict(trained.model.state_dict())
         self.freeze()
         self.standin_data = {**DEFAULT_DATA, **(data or {})}

@@ -9,7 +9,7 @@ from lit_experiments.core import folds as folds_mod
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.shapes import CATEGORIES, COLORS, ShapesWorld
 from lit_experiments.studies.multilabel.datamodule import MultilabelDataModule
-from lit_experiments.studies.multilabel.standin import partial_caption
+from lit_experiments.studies.multilabel.standin import side_caption
 from lit_experiments.studies.multilabel.towers import SiglipTowers, tiny_config
 
 CFG = tiny_config(image_size=16, patch_size=8, hidden=32, vision_layers=1, text_layers=1, heads=2, text_len=12)
@@ -45,7 +45,8 @@ def test_batches_hold_what_the_towers_compute(tmp_path, policy):
     world = ShapesWorld(8, seed=3, **d.world)  # the test world: seed + 3
     items = [world[i] for i in range(8)]
     images = torch.stack([it["image"] for it in items])
-    captions = [partial_caption(world, i, 3, 0, 0.0, 0.0) for i in range(8)]
+    captions = [side_caption(world, i, d.base["test"].caption_seed, 0.5, 0.5) for i in range(8)]
+    assert captions == d.captions("test")
     want_img = t.encode_image(**t.image_inputs(images))
     want_txt = torch.cat([t.encode_text(**t.tokenize([c])) for c in captions])  # one caption at a time
     assert torch.equal(test["index"], torch.arange(8))

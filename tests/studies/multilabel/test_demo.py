@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from lit_experiments import registry
+from lit_experiments.core.results import check_floors
 from lit_experiments.demo import main as demo_main
 from lit_experiments.studies.multilabel.towers import tiny_config
 
@@ -22,7 +23,7 @@ def tiny_demo(tmp: Path) -> Path:
     folder = tmp / "configs" / "multilabel"
     folder.mkdir(parents=True)
     shutil.copy(CONFIGS / "seed_siglip2.yaml", folder / "seed_siglip2.yaml")
-    for name in ("mlp.yaml", "agch.yaml"):
+    for name in ("mlp.yaml", "agch.yaml", "probe.yaml"):
         shutil.copy(CONFIGS / name, folder / name)
     demo = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
     towers = demo["data"]["init_args"]["towers"]["init_args"]
@@ -42,7 +43,7 @@ def test_f31_demo_runs_every_variant_on_one_folds_file_and_reports_them(tmp_path
     configs = tiny_demo(tmp_path)
     out = tmp_path / "demo"
     assert demo_main(["--configs", str(configs), "--only", "multilabel", "--out", str(out), "--folds", "2",
-                      "--variants", "mlp.yaml", "agch.yaml"]) == 0
+                      "--variants", "mlp.yaml", "agch.yaml", "probe.yaml", "--bootstrap", "50"]) == 0
     run = out / "multilabel"
     results = json.loads((run / "results.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
@@ -50,24 +51,44 @@ def test_f31_demo_runs_every_variant_on_one_folds_file_and_reports_them(tmp_path
     standin = json.loads((run / "standin" / "results.json").read_text())
     for key in ("test/zero_shot_acc", "test/probe_map", "test/probe_map_init"):
         assert 0.0 <= standin["test"][key] <= 1.0
+    for key in ("test/zero_shot_acc", "test/probe_map"):
         assert results["headline"][f"standin/{key}"] == standin["test"][key]
+    refs = results["references"]
+    assert refs["standin/test/probe_map"][0]["value"] == standin["test"]["test/probe_map_init"]
+    assert check_floors(results) == []  # F49: every headline key of the demo has its floors
     cv = json.loads((run / "cv" / "cv.json").read_text())
-    assert set(cv["variants"]) == {"mlp", "agch"}
+    assert set(cv["variants"]) == {"mlp", "agch", "probe"}
     index = json.loads((run / "cv" / "sweep.json").read_text())["runs"]
-    assert len(index) == 4 and all(r["status"] == "done" for r in index)
+    assert len(index) == 6 and all(r["status"] == "done" for r in index)
+    assert {r["seed"] for r in index} == {results["seed"]} == {0}  # the demo's seed reaches every fold run
     fingerprints = set()
     for r in index:
         rec = json.loads((run / "cv" / r["results"]).read_text())["folds"]
         fingerprints.add(rec["fingerprint"])
         assert rec["index"] == r["fold"]
     assert fingerprints == {cv["folds"]["fingerprint"]}  # one folds file for every variant and fold
-    for variant in ("mlp", "agch"):
+    for variant in ("mlp", "agch", "probe"):
         values = [r["test_metrics"]["test/map"] for r in index if r["variant"] == variant]
         assert cv["variants"][variant]["test/map"]["mean"] == pytest.approx(np.mean(values))
         assert results["headline"][f"{variant}/test/map"] == pytest.approx(np.mean(values))
-        assert results["headline"][f"{variant}/test/map_std"] == pytest.approx(np.std(values, ddof=1))
+        assert results["spread"][f"{variant}/test/map"]["std"] == pytest.approx(np.std(values, ddof=1))
+        names = {r["name"]: r for r in refs[f"{variant}/test/map"]}
+        assert {"chance: random ranking", "caption keyword rule"} <= set(names)
+        tests = [json.loads((run / "cv" / r["test"]).read_text()) for r in index if r["variant"] == variant]
+        rule = [row["value"] for t in tests for row in t["references"]["test/map"] if row["name"] == "caption keyword rule"]
+        assert names["caption keyword rule"]["value"] == pytest.approx(np.mean(rule))
+        if variant != "probe":
+            assert names["image-only probe"]["kind"] == "reference"
+            assert names["image-only probe"]["value"] == pytest.approx(cv["variants"]["probe"]["test/map"]["mean"])
     diffs = [a["test_metrics"]["test/map"] - b["test_metrics"]["test/map"]
              for a in index if a["variant"] == "agch" for b in index if b["variant"] == "mlp" and b["fold"] == a["fold"]]
-    assert results["headline"]["agch-mlp/test/map_diff"] == pytest.approx(np.mean(diffs))
+    assert results["paired"]["agch-mlp/test/map"]["mean_diff"] == pytest.approx(np.mean(diffs))
+    boot = results["bootstrap"]
+    best = max(("mlp", "agch"), key=lambda v: cv["variants"][v]["test/map"]["mean"])
+    assert boot["best"] == best
+    for name, key in (("caption keyword rule", "caption keyword rule"), ("image-only probe", "probe")):
+        other = cv["variants"]["probe"]["test/map"]["mean"] if key == "probe" else names["caption keyword rule"]["value"]
+        assert boot[name]["diff"] == pytest.approx(cv["variants"][best]["test/map"]["mean"] - other, abs=1e-5)
+        assert boot[name]["ci95"][0] <= boot[name]["diff"] <= boot[name]["ci95"][1] and boot[name]["n_boot"] == 50
     assert (run / "cv" / "report" / "report.md").is_file()
     assert "mlp" in (run / "cv" / "report" / "report.md").read_text()
