@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+RUN_SEED_ENV = "LIT_EXP_RUN_SEED"  # the run's seed while a curriculum reseeds each stage with seed + index
+
 
 @contextlib.contextmanager
 def isolated_rng() -> Iterator[None]:
@@ -29,7 +31,7 @@ def isolated_rng() -> Iterator[None]:
 
 def run_seed(explicit: int | None = None, purpose: str = "") -> int:
     """The seed of one random choice of a run (F50): ``explicit`` when a YAML pins it, otherwise derived from the
-    run's ``seed_everything`` seed (``PL_GLOBAL_SEED``, 0 when unset) and ``purpose`` (``"data"``, ``"prompts"``,
+    run's ``seed_everything`` seed (``PL_GLOBAL_SEED``, 0 when unset; in a curriculum the run's seed, not stage i's seed + i) and ``purpose`` (``"data"``, ``"prompts"``,
     ``"sampler"``, ``"standin"``, ...), so a sweep over seeds varies data order, samplers, prompts, augmentations
     and stand-ins, not only the initialisation. Pure: reads the environment, moves no RNG."""
     if explicit is not None:
@@ -37,7 +39,7 @@ def run_seed(explicit: int | None = None, purpose: str = "") -> int:
     import hashlib
     import os
 
-    base = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+    base = int(os.environ.get(RUN_SEED_ENV) or os.environ.get("PL_GLOBAL_SEED", "0"))
     if not purpose:
         return base
     digest = hashlib.sha1(f"{base}:{purpose}".encode()).hexdigest()
