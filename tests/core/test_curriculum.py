@@ -233,3 +233,34 @@ def test_a_nan_metric_leaves_strict_json_with_a_note(tmp_path):
     assert saved["stages"]["encoder"]["metrics"]["encoder/val/ratio"] is None
     assert saved["stages"]["encoder"]["metrics"]["encoder/val/acc"] >= 0.0
     assert saved["nonfinite"]["stages.encoder.metrics.encoder/val/ratio"] == "nan"
+
+
+def _sampler_seeds(tmp_path, seed: int, name: str) -> list[int]:
+    """run_seed(None, "sampler") as the toy datamodule sees it at the start of each curriculum stage."""
+    import lightning as L
+
+    from lit_experiments.core.seeding import run_seed
+    from lit_experiments.studies.toy.datamodule import ToyDataModule
+
+    seen: list[int] = []
+    original = ToyDataModule.train_dataloader
+
+    class Recording(ToyDataModule):
+        def train_dataloader(self):
+            seen.append(run_seed(None, "sampler"))
+            return original(self)
+
+    dm = Recording(n_train=64, n_val=21, n_test=21, batch_size=16)
+    L.seed_everything(seed, verbose=False)
+    trainer(tmp_path, name=name).curriculum(RecordingToy(), dm, stages(*THREE[:2]), test_after=False)
+    return seen
+
+
+def test_f50_a_curriculum_stage_keys_run_seed_on_the_run_not_the_stage(tmp_path, monkeypatch):
+    """Stage i reseeds with seed + i; a run_seed() inside a stage still keys on the run's seed, so seed 0's second
+    stage does not share its sampler order with seed 1's first stage."""
+    monkeypatch.delenv("LIT_EXP_RUN_SEED", raising=False)
+    zero = _sampler_seeds(tmp_path, 0, "s0")
+    one = _sampler_seeds(tmp_path, 1, "s1")
+    assert len(zero) >= 2 and len(set(zero)) == 1, zero  # every stage of one run: one sampler seed
+    assert len(set(one)) == 1 and one[0] != zero[0]
