@@ -41,7 +41,6 @@ SUBCOMMANDS = {
     "test": "score a checkpoint on the test set (--ckpt_path; writes <run_dir>/eval/)",
     "predict": "write the study's outputs for the test set to files (--ckpt_path; <run_dir>/eval/)",
 }
-CONFIG_FLAGS = ("-c", "--config")
 
 
 def description() -> str:
@@ -77,16 +76,6 @@ def fast_help() -> str:
     return "\n".join(lines)
 
 
-def _config_files(args: list[str]) -> list[str]:
-    files = []
-    for i, arg in enumerate(args):
-        if arg in CONFIG_FLAGS and i + 1 < len(args):
-            files.append(args[i + 1])
-        elif arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
-    return files
-
-
 def build_cli(args: list[str] | None = None, run: bool = True) -> Any:
     """The LightningCLI (:class:`lit_experiments.litcli.LitCLI`) for ``args`` (``None``: ``sys.argv``)."""
     from .litcli import build_cli as _build
@@ -114,16 +103,14 @@ def _run(args: list[str], from_argv: bool) -> Any:
 
         raise ConfigError(f"unknown subcommand or tool {args[0]!r}; expected one of "
                           f"{', '.join(list(SUBCOMMANDS) + list(tools))}")
-    from .core.configs import expand_config_args
+    from .core.configs import composition_of, config_args
     from .core.errors import check_yaml_file
 
-    for path in _config_files(args):
+    given = [value for _, _, value in config_args(args)]
+    for path in given:
         check_yaml_file(path)  # names the file and line of a YAML error (jsonargparse says `<unicode string>`)
-    args, bases = expand_config_args(args)  # a delta's `# base:` files go first (core/configs.py)
-    if bases:
-        print("composing " + " + ".join(str(b) for b in bases) + " with the given config(s)", flush=True)
-        if from_argv:
-            sys.argv[1:] = args
+    for path in composition_of(given):
+        check_yaml_file(path)  # the bases too: LitCLI composes every file by one rule (core/configs.merge, F48)
     build_cli(None if from_argv else args)
     return None
 

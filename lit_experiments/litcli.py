@@ -27,11 +27,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from .core.checkpoints import NO_CHECKPOINT, CheckpointInfo, load_weights_for_eval
+from .core.configs import compose_config_args
 from .core.curriculum import apply_data_overrides
 from .core.errors import ConfigError, LitExpError, clean_parser_message
 from .core.predict import PredictionWriter
 from .core.results import RunResults, to_float_dict
 from .core.rundir import resolve_run_dir
+from .core.seeding import RUN_SEED_ENV
 from .core.specs import StageSpec
 from .core.study import StudyModule
 from .core.trainer import LitTrainer, default_run_dir
@@ -87,6 +89,7 @@ class LitCLI(LightningCLI):
         self._eval_dir: Path | None = None
         self._loaded: CheckpointInfo | None = None
         self._predictions: PredictionWriter | None = None
+        self._config_sources: list[str] = []  # the -c files and their bases, in the order composed
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -110,8 +113,17 @@ class LitCLI(LightningCLI):
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """The ``-c`` files composed by the one rule (core/configs.merge, F48) and parsed as one config."""
         try:
-            super().parse_arguments(parser, args)
+            if isinstance(args, dict) or (args is not None and not isinstance(args, (list, tuple))):
+                self.config = parser.parse_object(args)
+            else:
+                composed, files, bases = compose_config_args(list(sys.argv[1:] if args is None else args))
+                self._config_sources = [os.path.abspath(f) for f in files]
+                if bases and rank_zero_only.rank == 0:
+                    print("composing " + " + ".join(str(b) for b in bases) + " with the given config(s)",
+                          file=sys.stderr, flush=True)
+                self.config = parser.parse_args(composed)
         except ArgumentError as err:
             raise ConfigError(explain_parse_error(str(err), self._argv, getattr(self, "_subcommand_parsers", {})
                                                   )) from err
@@ -122,6 +134,8 @@ class LitCLI(LightningCLI):
             self.config[sub]["ckpt_path"] = None
 
     def before_instantiate_classes(self) -> None:
+        # seed_everything just ran: every run_seed() of this run keys on its seed (F50; in-process sweeps included)
+        os.environ[RUN_SEED_ENV] = os.environ.get("PL_GLOBAL_SEED", "0")
         sub = self.subcommand
         if sub == "fit":  # a run dir that holds a run is never reused silently (suffix or refuse)
             cfg = self.config[sub]
@@ -164,9 +178,8 @@ class LitCLI(LightningCLI):
 
     # ---------------------------------------------------------------- helpers
     def _config_files(self) -> list[str]:
-        cfg = self.config.get(str(self.subcommand), self.config)
-        files = cfg.get("config") or []
-        return [str(getattr(f, "absolute", f)) if not isinstance(f, str) else f for f in files]
+        """The config files the run was composed from (bases first), absolute."""
+        return list(self._config_sources)
 
     def _results(self) -> RunResults:
         results = RunResults(self.trainer.run_dir)

@@ -179,15 +179,13 @@ def grid_variants(grid: dict[str, list[str]]) -> list[tuple[str, list[str], dict
 
 
 def plan_from_args(args: argparse.Namespace, kind: str) -> Plan:
-    from .configs import load_composed, merge
+    from .configs import load_composed
 
     configs = [str(Path(c).resolve()) for c in args.config]
     for c in configs + list(args.list):
         if not Path(c).is_file():
             raise ConfigError(f"config {c} does not exist")
-    composed: dict[str, Any] = {}
-    for c in configs:
-        composed = merge(composed, load_composed(c))
+    composed = load_composed(*configs)  # the CLI's composition of the same -c files (one rule, F48)
     grid = parse_grid(args.grid)
     if args.grid == [] and not args.list and kind == "sweep":
         raise ConfigError("lit-exp sweep: the grid is empty; give --grid KEY=V1,V2 or --list DELTA.yaml ...")

@@ -243,3 +243,18 @@ def test_help_starts_fast_without_torch_or_lightning():
     assert float(seconds) < 10  # loose bound for a loaded machine; measured ~0.1 s
     for word in ("fit", "validate", "test", "predict", "curriculum", "data", "curves", "demo", "--debug"):
         assert word in out.stdout
+
+
+def test_a_delta_run_records_its_files_and_says_its_bases_on_stderr(tmp_path, capsys):
+    """`-c delta.yaml` (a `# base:` line): the bases are said on stderr (stdout stays the run's own output), the
+    run records every composed file in results.json and one composed config.yaml (core/configs, F48)."""
+    delta = tmp_path / "delta.yaml"
+    delta.write_text(f"# base: {FIT}\nmodel:\n  init_args:\n    hidden: 7\n")
+    run_dir = tmp_path / "r"
+    code, out, err = run_split(["fit", "-c", delta, f"--trainer.run_dir={run_dir}", "--trainer.max_steps=1"], capsys)
+    assert code == 0, err
+    assert f"composing {FIT}" in err and "composing" not in out
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["config_files"] == [str(FIT), str(delta)]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["hidden"] == 7 and not saved.get("config")
