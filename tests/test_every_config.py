@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from lit_experiments.cli import main
-from lit_experiments.core.configs import composition, load_composed, merge
+from lit_experiments.core.configs import composition, composition_of, load_composed, merge
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = ROOT / "configs"
@@ -57,8 +57,8 @@ def plan(config: Path) -> tuple[list[Path], dict[str, Any], Callable]:
     files = composition(config)
     raw = load_composed(config)
     if "model" not in raw:  # a fragment: composed after the toy curriculum
-        files = composition(HOST) + files
-        raw = merge(load_composed(HOST), raw)
+        files = composition_of([HOST, config])
+        raw = load_composed(HOST, config)  # the CLI's composition of the same files (one rule, F48)
         return files, raw, tiny_for("toy")
     return files, raw, tiny_for(study_of(config))
 
