@@ -1,8 +1,14 @@
 """Labelled video frames: a folder of images + ``labels.csv`` (frame, label), optional external queries.
 
 ``FrameFolder(root)`` items: ``image`` uint8 (3,H,W), ``label`` int64 (class index), ``frame`` str (file
-name), ``index``. ``FrameFolder(root, split="queries")`` reads the external query images of
-``<root>/queries/`` (labels from ``queries/labels.csv`` when present, else -1).
+name), ``video`` str (the video the frame belongs to), ``index``. ``FrameFolder(root, split="queries")`` reads
+the external query images of ``<root>/queries/`` (labels from ``queries/labels.csv`` when present, else -1).
+
+Videos (LESSONS F47): every frame belongs to one video, so temporal positives never cross a video boundary and a
+split can hold out whole videos. The video id comes from ``<root>/videos.csv`` (header ``frame,video``) when it
+exists, else from the file name: the part of the stem before its last ``_`` (``000012_003.png`` -> ``000012``).
+A frame without one (no ``_`` in its name and no videos.csv row) is an error naming the file. Within a video the
+frames keep the order of labels.csv (``FrameFolder.video_ids`` / ``positions``).
 
 Labels: integers, or class names when ``classes`` is given (or ``<root>/classes.txt`` exists). A
 label outside the class list (or not an integer without a class list) raises :class:`LabelError`
@@ -26,6 +32,8 @@ LAYOUT = """\
   labels.csv         header "frame,label"; frame = file name in frames/ (extension optional),
                      label = integer or class name
   classes.txt        optional: class names, one a line (label order)
+  videos.csv         optional: header "frame,video"; without it the video id is the frame name's stem
+                     before its last "_" (000012_003.png -> video 000012)
   queries/           optional external query images (+ optional queries/labels.csv, same format)
 """
 
@@ -56,6 +64,7 @@ class FrameFolder(FileDataset):
             folder = require(root / "frames", "FrameFolder frames folder", LAYOUT, is_dir=True)
             labels_file = require(root / "labels.csv", "FrameFolder labels file", LAYOUT, is_dir=False)
             self.samples = self._labelled(folder, labels_file)
+            self._assign_videos(root / "videos.csv")
         else:
             qdir = Path(queries_dir) if queries_dir is not None else root / "queries"
             folder = require(qdir, "FrameFolder queries folder", LAYOUT, is_dir=True)
@@ -101,18 +110,65 @@ class FrameFolder(FileDataset):
             out.append({"path": path, "label": label})
         return out
 
+    def _assign_videos(self, videos_file: Path) -> None:
+        """``video`` of every sample: from videos.csv when present, else the file-name prefix (see ``LAYOUT``)."""
+        table: dict[str, str] | None = None
+        if videos_file.is_file():
+            reader = csv.DictReader(videos_file.read_text().splitlines())
+            if not reader.fieldnames or not {"frame", "video"} <= set(reader.fieldnames):
+                raise ValueError(f"{videos_file}:1: header {reader.fieldnames} must be 'frame,video'")
+            table = {}
+            for rec in reader:
+                name, video = (rec["frame"] or "").strip(), (rec["video"] or "").strip()
+                if not name or not video:
+                    raise LabelError(f"{videos_file}:{reader.line_num}: empty frame or video ({rec})")
+                table[Path(name).stem] = video
+        for s in self.samples:
+            stem = s["path"].stem
+            if table is not None:
+                if stem not in table:
+                    raise DataLayoutError(f"{videos_file}: frame {s['path'].name!r} has no video row (every frame "
+                                          f"listed in labels.csv needs one)\nexpected layout:\n{LAYOUT}")
+                s["video"] = table[stem]
+            elif "_" in stem.strip("_"):
+                s["video"] = stem.rsplit("_", 1)[0]
+            else:
+                raise DataLayoutError(
+                    f"{s['path']}: no video id: the file name has no '<video>_<frame>' prefix and "
+                    f"{videos_file} does not exist. Name frames <video>_<t>.png or write videos.csv (frame,video), "
+                    f"so temporal positives and held-out splits never cross a video boundary (F47)"
+                    f"\nexpected layout:\n{LAYOUT}")
+
+    @property
+    def video_ids(self) -> list[str]:
+        """The video of every frame (labelled frames; queries have none)."""
+        return [s.get("video", "") for s in self.samples]
+
+    @property
+    def positions(self) -> list[int]:
+        """The position of every frame within its video (labels.csv order)."""
+        seen: dict[str, int] = {}
+        out = []
+        for v in self.video_ids:
+            out.append(seen.get(v, 0))
+            seen[v] = out[-1] + 1
+        return out
+
     def _check(self, sample: dict) -> None:
         read_image(sample["path"])
 
     def _load(self, index: int) -> dict:
         s = self.samples[index]
         image, _ = resize_pair(image_tensor(read_image(s["path"])), None, self.image_size)
-        return {"image": image, "label": torch.tensor(s["label"], dtype=torch.int64), "frame": s["path"].name}
+        return {"image": image, "label": torch.tensor(s["label"], dtype=torch.int64), "frame": s["path"].name,
+                "video": s.get("video", "")}
 
 
 def write_frames(root: str | os.PathLike, frames: list[np.ndarray], names: list[str], labels: list[int],
-                 queries: list[np.ndarray] | None = None, query_labels: list[int] | None = None) -> None:
-    """Write ``frames/<name>.png`` + ``labels.csv`` and optionally ``queries/`` (+ ``queries/labels.csv``)."""
+                 queries: list[np.ndarray] | None = None, query_labels: list[int] | None = None,
+                 videos: list[str] | None = None) -> None:
+    """Write ``frames/<name>.png`` + ``labels.csv``, optionally ``videos.csv`` (one video id per frame; without it
+    the reader takes the name's prefix before its last ``_``) and ``queries/`` (+ ``queries/labels.csv``)."""
     from PIL import Image
 
     root = Path(root)
@@ -128,5 +184,12 @@ def write_frames(root: str | os.PathLike, frames: list[np.ndarray], names: list[
                 w.writerows([[f"{nm}.png", int(lab)] for nm, lab in zip(nms, labs)])
 
     dump(root / "frames", frames, names, labels)
+    if videos is not None:
+        if len(videos) != len(names):
+            raise ValueError(f"write_frames: {len(videos)} video ids for {len(names)} frames")
+        with open(root / "videos.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["frame", "video"])
+            w.writerows([[f"{nm}.png", str(v)] for nm, v in zip(names, videos)])
     if queries is not None:
         dump(root / "queries", queries, [f"query_{i:04d}" for i in range(len(queries))], query_labels)

@@ -7,9 +7,16 @@ the FastAP stage), ``label`` int64 (B,) (the retrieval label: ShapesWorld's ``ph
 In the SimSiam stage ``on_after_batch_transfer`` adds ``view1`` / ``view2`` float (B,3,H,W) in [0, 1]: two
 torchvision v2 augmentations of each frame, made on the device the model runs on.
 
-Splits. ShapesWorld: three worlds with different seeds (train / val / test clips). A frames folder: frames in
-file order, the last ``test_fraction`` held out for test and the ``val_fraction`` before it for validation
-(contiguous blocks, so near-identical neighbouring frames do not leak across splits).
+Splits (F47). ShapesWorld: three worlds with different seeds (train / val / test clips; the data itself, pinned).
+A frames folder: whole videos (``FrameFolder`` video ids: videos.csv or the file-name prefix), in order of first
+appearance; the last ``test_fraction`` of the videos is the test split and the ``val_fraction`` before it the
+validation split, or the videos listed in ``val_videos`` / ``test_videos``. Validation and test are checked
+disjoint by video id (``core.splits.check_disjoint``; ``allow_val_test_overlap: true`` accepts an overlap and marks
+the run as tuned on test); the record is ``self.split_info`` (results.json ``splits``). A frame's ``clip`` is its
+video, so temporal positives and the ``*_xclip`` numbers never cross a video boundary.
+
+Seeds (F50): the samplers' seed is ``core.seeding.run_seed(sampler_seed, "sampler")`` (derived from the run's
+``seed_everything`` unless pinned); the augmentations draw from the global torch RNG that ``seed_everything`` seeds.
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.seeding import run_seed
+from lit_experiments.core.splits import check_disjoint
 from lit_experiments.core.study import StudyDataModule
 from lit_experiments.data.errors import DataLayoutError
 from lit_experiments.data.shapes import ShapesWorld
@@ -47,6 +56,8 @@ class ShapesFrames(Dataset):
         self.images = torch.cat(frames)
         self.labels, self.class_labels = torch.cat(phase), torch.cat(cat)
         self.clips = torch.arange(len(self.labels)) // self.t_len  # the video of every frame
+        self.t = torch.arange(len(self.labels)) % self.t_len  # its position in the video
+        self.seed = seed
         self.class_names = list(self.world.categories)
 
     def fingerprint(self) -> str:
@@ -82,13 +93,18 @@ class ShapesQueries(Dataset):
 
 
 class FolderFrames(Dataset):
-    """A :class:`~lit_experiments.data.frames.FrameFolder` split with the study's keys (clip 0, t = frame order)."""
+    """A :class:`~lit_experiments.data.frames.FrameFolder` split with the study's keys: ``clip`` = the frame's video
+    (an index into ``videos``), ``t`` = its position in the video."""
 
-    def __init__(self, folder: Any, indices: list[int]) -> None:
-        self.folder, self.indices = folder, list(indices)
+    def __init__(self, folder: Any, indices: list[int], videos: list[str]) -> None:
+        self.folder, self.indices, self.videos = folder, list(indices), list(videos)
         self.labels = torch.tensor([folder.samples[i]["label"] for i in self.indices], dtype=torch.int64)
         self.class_labels = self.labels
         self.class_names = folder.classes
+        vid, pos = folder.video_ids, folder.positions
+        index = {v: k for k, v in enumerate(self.videos)}
+        self.clips = torch.tensor([index[vid[i]] for i in self.indices], dtype=torch.int64)
+        self.t = torch.tensor([pos[i] for i in self.indices], dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -98,10 +114,10 @@ class FolderFrames(Dataset):
         return self.folder.samples[self.indices[int(i)]]["path"].name
 
     def __getitem__(self, i: int) -> dict:
-        j = self.indices[int(i)]
-        item = self.folder[j]
+        i = int(i)
+        item = self.folder[self.indices[i]]
         return {"image": item["image"], "label": item["label"], "class_label": item["label"],
-                "clip": torch.tensor(0), "t": torch.tensor(j), "index": torch.tensor(int(i)), "frame": item["frame"]}
+                "clip": self.clips[i], "t": self.t[i], "index": torch.tensor(i), "frame": item["frame"]}
 
 
 class TwoViews:
@@ -135,7 +151,10 @@ class RetrievalDataModule(StudyDataModule):
             external query images of the ShapesWorld default (frame 0 of clips of another world).
         root / classes / image_size / on_bad_sample: the frames folder, its class names, a resize, and the
             bad-sample policy (``error`` or ``skip``, counted).
-        val_fraction / test_fraction: contiguous frame blocks of a frames folder held out for val / test.
+        val_fraction / test_fraction: the share of a frames folder's videos held out for val / test (whole videos,
+            the last ones in file order); ``val_videos`` / ``test_videos``: the video ids of each instead.
+        allow_val_test_overlap: accept validation and test sharing videos (refused otherwise, F47); the run is
+            then marked ``tuned_on_test`` in results.json.
         inputs: ``images`` or ``features`` (the FastAP stage: the frozen backbone's features from the on-disk
             cache; the module hands the backbone over when the stage starts).
         sampler: ``random`` (shuffled frames; SimSiam) or ``m_per_class`` (the rank-aware
@@ -144,7 +163,8 @@ class RetrievalDataModule(StudyDataModule):
         use_labels: FastAP positives share ``label`` and the sampler groups by label; else positives are frames of
             the same clip within ``temporal_window`` and the sampler draws groups of ``m_per_class`` consecutive
             frames of a clip (the seed's ``use_labels = False``).
-        m_per_class: samples per class (or group) in a batch; ``sampler_seed``: the samplers' seed.
+        m_per_class: samples per class (or group) in a batch; ``sampler_seed``: the samplers' seed (default: derived
+            from ``seed_everything``, F50).
         augment: :class:`TwoViews` arguments (``size`` defaults to the frame size).
         knn_bank_size: training frames used as the kNN monitor's memory bank (0 = all).
         cache_dir: where the feature caches live.
@@ -155,9 +175,10 @@ class RetrievalDataModule(StudyDataModule):
         shapes: dict[str, Any] | None = None, root: str | None = None, classes: list[str] | None = None,
         image_size: int | None = None, on_bad_sample: str = "error", val_fraction: float = 0.1,
         test_fraction: float = 0.2, inputs: str = "images", sampler: str = "random", use_labels: bool = True, m_per_class: int = 4,
-        temporal_window: int = 1, sampler_seed: int = 0, augment: dict[str, Any] | None = None,
+        temporal_window: int = 1, sampler_seed: int | None = None, augment: dict[str, Any] | None = None,
         knn_bank_size: int = 0, cache_dir: str = ".cache/features", n_queries: int = 2, batch_size: int = 128,
-        eval_batch_size: int | None = 256, num_workers: int = 0,
+        eval_batch_size: int | None = 256, num_workers: int = 0, val_videos: list[str] | None = None,
+        test_videos: list[str] | None = None, allow_val_test_overlap: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size)
         if dataset not in ("shapes", "frames"):
@@ -171,9 +192,11 @@ class RetrievalDataModule(StudyDataModule):
         self.shapes = {"image_size": 32, "min_objects": 1, "max_objects": 1, **(shapes or {})}
         self.root, self.classes, self.image_size, self.on_bad_sample = root, classes, image_size, on_bad_sample
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        if sampler not in ("random", "m_per_class"):
-            raise ConfigError(f"data.init_args.sampler={sampler!r}; expected 'random' or 'm_per_class'")
-        self.sampler_kind = sampler
+        self.val_videos = None if val_videos is None else [str(v) for v in val_videos]
+        self.test_videos = None if test_videos is None else [str(v) for v in test_videos]
+        self.allow_val_test_overlap = bool(allow_val_test_overlap)
+        #: ``random`` | ``m_per_class``: the attribute a curriculum stage's ``data: {sampler: ...}`` sets
+        self.sampler = _sampler_kind(sampler)
         self.inputs, self.use_labels, self.m_per_class = inputs, use_labels, m_per_class
         self.temporal_window, self.sampler_seed = temporal_window, sampler_seed
         self.augment_args = dict(augment or {})
@@ -182,7 +205,7 @@ class RetrievalDataModule(StudyDataModule):
         self.queries: Dataset | None = None
         self.feature_source: Any = None  # FrozenFeatures handed over by the module in the FastAP stage
         self._views: TwoViews | None = None
-        self.sampler: MPerClassBatchSampler | None = None
+        self.batch_sampler: MPerClassBatchSampler | None = None  # the m-per-class sampler of the last loader
 
     # ------------------------------------------------------------------ data
     def setup(self, stage: str | None = None) -> None:
@@ -192,24 +215,51 @@ class RetrievalDataModule(StudyDataModule):
             for split, n in (("train", self.n_train), ("val", self.n_val), ("test", self.n_test)):
                 self.splits[split] = ShapesFrames(n, SPLIT_SEEDS[split], self.shapes)
             self.queries = ShapesQueries(self.n_queries, self.shapes) if self.n_queries > 0 else None
+            val, test = self.splits["val"], self.splits["test"]
+            self.split_info = check_disjoint(
+                [f"world{val.seed}/clip{c}" for c in range(self.n_val)],
+                [f"world{test.seed}/clip{c}" for c in range(self.n_test)],
+                val_name=f"ShapesWorld seed {val.seed} ({self.n_val} clips)",
+                test_name=f"ShapesWorld seed {test.seed} ({self.n_test} clips)",
+                allow_overlap=self.allow_val_test_overlap, what="clips")
             return
         from lit_experiments.data.frames import FrameFolder
 
         folder = FrameFolder(self.root, classes=self.classes, image_size=self.image_size,
                              on_bad_sample=self.on_bad_sample)
-        n = len(folder)
-        n_test, n_val = math.ceil(n * self.test_fraction), math.ceil(n * self.val_fraction)
-        if n - n_test - n_val < 2:
-            raise DataLayoutError(f"{self.root}: {n} frames leave fewer than 2 for training after val_fraction="
-                                  f"{self.val_fraction} and test_fraction={self.test_fraction}")
-        order = list(range(n))
-        cut1, cut2 = n - n_test - n_val, n - n_test
-        for split, idx in (("train", order[:cut1]), ("val", order[cut1:cut2]), ("test", order[cut2:])):
-            self.splits[split] = FolderFrames(folder, idx)
+        parts = self._video_split(folder)
+        for split, videos in parts.items():
+            idx = [i for i, v in enumerate(folder.video_ids) if v in set(videos)]
+            self.splits[split] = FolderFrames(folder, idx, videos)
+        if len(self.splits["train"]) < 2:
+            raise DataLayoutError(f"{self.root}: {len(self.splits['train'])} training frames left after holding out "
+                                  f"{len(parts['val'])} validation and {len(parts['test'])} test videos (val_fraction="
+                                  f"{self.val_fraction}, test_fraction={self.test_fraction}); expected >= 2")
         if (Path(self.root) / "queries").is_dir():
             self.queries = FrameFolder(self.root, split="queries", classes=folder.classes,
                                        image_size=self.image_size, on_bad_sample=self.on_bad_sample)
             self._check_queries(folder)
+
+    def _video_split(self, folder: Any) -> dict[str, list[str]]:
+        """Video ids of train / val / test: listed (``val_videos`` / ``test_videos``) or the last videos in file
+        order; validation and test checked disjoint (F47), the record kept as ``split_info``."""
+        order = list(dict.fromkeys(folder.video_ids))
+        known = set(order)
+        for key, listed in (("val_videos", self.val_videos), ("test_videos", self.test_videos)):
+            missing = [v for v in (listed or []) if v not in known]
+            if missing:
+                raise ConfigError(f"data.init_args.{key}: {missing[:3]} are not videos of {self.root} (it has "
+                                  f"{len(order)}: {order[:3]}...)")
+        n = len(order)
+        test = self.test_videos if self.test_videos is not None else order[n - math.ceil(n * self.test_fraction):]
+        rest = [v for v in order if v not in set(test)]
+        val = self.val_videos if self.val_videos is not None else rest[len(rest) - math.ceil(n * self.val_fraction):]
+        self.split_info = check_disjoint(
+            val, test, val_name=f"{self.root} validation videos ({len(val)})",
+            test_name=f"{self.root} test videos ({len(test)})", allow_overlap=self.allow_val_test_overlap,
+            what="videos")
+        held = set(val) | set(test)
+        return {"train": [v for v in order if v not in held], "val": list(val), "test": list(test)}
 
     def _check_queries(self, folder: Any) -> None:
         size = tuple(folder[0]["image"].shape)
@@ -260,17 +310,12 @@ class RetrievalDataModule(StudyDataModule):
 
     # ------------------------------------------------------------------ loaders
     def group_labels(self) -> torch.Tensor:
-        """What the m-per-class sampler groups by: ``label``, or (clip, block of m consecutive frames)."""
+        """What the m-per-class sampler groups by: ``label``, or (video, block of m consecutive frames): a group
+        never crosses a video boundary."""
         base = self.frames("train")
         if self.use_labels:
             return base.labels
-        n = len(base)
-        clips = getattr(base, "clips", None)  # a frames folder knows no clips: one sequence in file order
-        if clips is None:
-            clip, t = torch.zeros(n, dtype=torch.long), torch.arange(n)
-        else:
-            clip, t = clips, torch.arange(n) % base.t_len
-        return clip * (10 ** 6) + t // self.m_per_class
+        return base.clips * (10 ** 6) + base.t // self.m_per_class
 
     def train_dataloader(self) -> DataLoader:
         ds = self._with_features(self.frames("train"), "train")
@@ -280,22 +325,24 @@ class RetrievalDataModule(StudyDataModule):
             raise ConfigError("RetrievalDataModule's samplers are rank-aware themselves: set "
                               "trainer.use_distributed_sampler: false for a multi-device run (F40)")
         kw = {"num_workers": self.num_workers, "collate_fn": _collate, "persistent_workers": self.num_workers > 0}
-        if self.sampler_kind == "random":
-            self.sampler = None
+        seed = run_seed(self.sampler_seed, "sampler")
+        if _sampler_kind(self.sampler) == "random":
+            self.batch_sampler = None
             if world > 1:
                 from torch.utils.data.distributed import DistributedSampler
 
-                dist = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.sampler_seed,
+                dist = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed,
                                           drop_last=True)
                 return DataLoader(ds, batch_size=self.batch_size, sampler=dist, drop_last=True, **kw)
-            gen = torch.Generator().manual_seed(self.sampler_seed)
+            gen = torch.Generator().manual_seed(seed)
             return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=gen, **kw)
         if self.batch_size % self.m_per_class:
             raise ConfigError(f"data.batch_size={self.batch_size} must be a multiple of data.m_per_class="
                               f"{self.m_per_class}")
-        self.sampler = MPerClassBatchSampler(self.group_labels(), m=self.m_per_class, batch_size=self.batch_size,
-                                             num_replicas=world, rank=rank, seed=self.sampler_seed)
-        return DataLoader(ds, batch_sampler=self.sampler, **kw)
+        self.batch_sampler = MPerClassBatchSampler(self.group_labels(), m=self.m_per_class,
+                                                   batch_size=self.batch_size, num_replicas=world, rank=rank,
+                                                   seed=seed)
+        return DataLoader(ds, batch_sampler=self.batch_sampler, **kw)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self.eval_loader(self._with_features(self.frames("val"), "val"), collate_fn=_collate),
@@ -323,11 +370,17 @@ class RetrievalDataModule(StudyDataModule):
                 size = self.augment_args.get("size") or int(batch["image"].shape[-1])
                 self._views = TwoViews(**{**self.augment_args, "size": size})
             batch["view1"], batch["view2"] = self._views(batch["image"]), self._views(batch["image"])
-        if training and not self.use_labels:  # positives: frames of one clip within the temporal window
+        if training and not self.use_labels:  # positives: frames of one video within the temporal window
             same = batch["clip"][:, None] == batch["clip"][None, :]
             near = (batch["t"][:, None] - batch["t"][None, :]).abs() <= self.temporal_window
             batch["pos_mask"] = same & near
         return batch
+
+
+def _sampler_kind(value: Any) -> str:
+    if value not in ("random", "m_per_class"):
+        raise ConfigError(f"data.init_args.sampler={value!r}; expected 'random' or 'm_per_class'")
+    return value
 
 
 def _collate(items: list[dict]) -> dict:

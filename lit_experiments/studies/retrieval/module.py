@@ -12,12 +12,25 @@ Stages (``stage.args.objective``, default: the stage name):
   ``data.inputs: images`` both augmented views of every frame enter the batch and each view is the other's
   positive. Queries without a positive and empty bins are logged (F39).
 
-Test: backbone features and projector embeddings of every held-out frame; ``test/map`` (the final embedding),
-``test/map_simsiam`` (the backbone's features, which the FastAP stage does not change), ``test/map_chance`` (the
-mean positive rate: the expected AP of a random ranking), the @k metrics, ``test/knn_acc`` and
-``test/knn_acc_init`` (the same backbone at its random initialisation, BatchNorm statistics measured on the
-bank), the ``*_xclip`` numbers with the query's own video left out of its ranking, ``test/z_std`` beside
-``test/z_std_healthy``; figures and a ranking table in ``<run_dir>/retrieval/``.
+Test (F49): on the held-out frames, by one metric code (``lit_experiments.metrics.retrieval``) on one set of
+queries, the mAP on the retrieval label (ShapesWorld's ``phase``) of
+
+* ``test/map`` - the final embedding (the headline; after an unlabelled FastAP stage it is the seed's setting),
+* ``test/map_simsiam`` - SimSiam's own embedding: the projector's output as the SimSiam stage left it (a frozen
+  copy taken when the FastAP stage starts; the projector itself when no FastAP stage ran),
+* ``test/map_backbone`` - the backbone's features (FastAP's frozen input),
+* ``test/map_init`` - the same backbone at its random initialisation (BatchNorm statistics measured on the bank),
+* ``test/map_probe`` - a linear probe (logistic regression on the kNN bank's frozen features and labels), its
+  class probabilities as the embedding,
+* ``test/map_random`` - the expected AP of a uniformly random ranking (closed form; ``test/map_chance`` is the
+  mean positive rate),
+
+and each again with every frame of the query's own video left out of its ranking (``*_xclip``). Headline:
+``test/map`` and ``test/map_xclip``; results.json ``references`` holds the random ranking and the random-init
+backbone as floors, SimSiam's embedding, the backbone and the probe as references (``StudyModule.add_reference``);
+the per-query AP of every embedding is saved with ``StudyModule.save_per_item`` (``per_item/retrieval.json``) for
+paired bootstraps. Also ``test/knn_acc`` / ``test/knn_acc_init`` (the kNN monitor's category), the @k metrics,
+``test/z_std`` beside ``test/z_std_healthy``; figures and a ranking table in ``<run_dir>/retrieval/``.
 """
 from __future__ import annotations
 
@@ -37,7 +50,7 @@ from lit_experiments.metrics import RetrievalMetrics, WeightedKNNAccuracy
 from lit_experiments.metrics.embedding import effective_rank
 
 from .losses import FastAPLoss, SimSiamLoss
-from .parts import FrozenFeatures, Predictor, Projector, TimmBackbone
+from .parts import FrozenCopy, FrozenFeatures, Predictor, Projector, TimmBackbone
 
 OBJECTIVES = ("simsiam", "fastap")
 
@@ -105,10 +118,16 @@ class RetrievalModule(StudyModule):
     """
 
     loss_lower_bounds: ClassVar[dict[str, float]] = {"simsiam": -1.0, "fastap": 0.0}
-    headline_metrics: ClassVar[list[str]] = [
-        "test/knn_acc", "test/knn_acc_init", "test/map_simsiam", "test/map", "test/map_chance", "test/map@r",
-        "test/map_simsiam_xclip", "test/map_xclip", "test/map_chance_xclip", "test/hit_rate@10", "test/z_std",
-        "test/z_std_healthy",
+    headline_metrics: ClassVar[list[str]] = ["test/map", "test/map_xclip"]
+    #: rows beside each headline mAP (F49): (results-key stem, row name, kind, what)
+    reference_rows: ClassVar[list[tuple[str, str, str, str]]] = [
+        ("map_random", "random ranking", "floor", "expected AP of a uniformly random ranking (closed form)"),
+        ("map_init", "random-init backbone", "floor", "the backbone at its random initialisation, BatchNorm "
+         "statistics measured on the bank"),
+        ("map_simsiam", "SimSiam embedding", "reference", "the projector's output as the SimSiam stage left it"),
+        ("map_backbone", "backbone features", "reference", "the frozen backbone's features (FastAP's input)"),
+        ("map_probe", "linear probe", "reference", "class probabilities of a logistic-regression probe fitted on "
+         "the bank's frozen features and labels"),
     ]
 
     def __init__(
@@ -136,6 +155,11 @@ class RetrievalModule(StudyModule):
         self.val_z = CatMetric()
         self.test_z = EmbeddingBank()
         self.test_f = EmbeddingBank()
+        self.test_s = EmbeddingBank()  # SimSiam's embedding
+        self.test_f0 = EmbeddingBank()  # the random-init backbone's features
+        self.test_bank = EmbeddingBank()  # the bank's features and retrieval labels (the linear probe)
+        #: the projector as the SimSiam stage left it, taken when a FastAP stage starts (``test/map_simsiam``)
+        self.simsiam_projector = FrozenCopy(self.projector)
         self._low_steps = 0
         self.__dict__["_init_backbone"] = None  # not a submodule: never saved, never trained
 
@@ -150,6 +174,13 @@ class RetrievalModule(StudyModule):
     def on_stage(self, stage: StageSpec) -> None:
         self.args = self._stage_args(stage)
         self._low_steps = 0
+        if self.args.objective == "fastap" and not bool(self.simsiam_projector.taken):
+            self.simsiam_projector.take(self.projector)
+
+    def simsiam_embedding(self, features: torch.Tensor) -> torch.Tensor:
+        """SimSiam's embedding of backbone ``features``: the frozen copy once FastAP started, else the projector."""
+        part = self.simsiam_projector if bool(self.simsiam_projector.taken) else self.projector
+        return part(features)
 
     def setup(self, stage: str) -> None:
         """Hand the datamodule the number of kNN classes and, for ``inputs: features``, the frozen backbone."""
@@ -186,12 +217,13 @@ class RetrievalModule(StudyModule):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"features": (B, C), "embedding": (B, D)}`` of uint8 or [0, 1] images (eval mode, no grad)."""
+        """``{"features": (B, C), "embedding": (B, D), "simsiam": (B, D)}`` of uint8 or [0, 1] images (eval mode,
+        no grad)."""
         was = self.training
         self.eval()
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         f = self.backbone(x.to(self.device))
-        out = {"features": f, "embedding": self.projector(f)}
+        out = {"features": f, "embedding": self.projector(f), "simsiam": self.simsiam_embedding(f)}
         self.train(was)
         return out
 
@@ -308,19 +340,53 @@ class RetrievalModule(StudyModule):
         role = "bank" if dataloader_idx == 1 else "query"
         self.knn_test.update(F.normalize(f.float(), dim=1), batch["class_label"], role)
         self.knn_test_init.update(F.normalize(f0.float(), dim=1), batch["class_label"], role)
-        if dataloader_idx == 0:
-            self.test_f.update(f, batch["label"], batch["index"])
-            self.test_z.update(self.projector(f), batch["label"], batch["index"])
+        if dataloader_idx == 1:
+            self.test_bank.update(f, batch["label"], batch["index"])
+            return
+        self.test_f.update(f, batch["label"], batch["index"])
+        self.test_z.update(self.projector(f), batch["label"], batch["index"])
+        self.test_s.update(self.simsiam_embedding(f), batch["label"], batch["index"])
+        self.test_f0.update(f0, batch["label"], batch["index"])
 
     def on_test_epoch_end(self) -> None:
+        from .evaluation import linear_probe
         from .report import evaluation_outputs
 
-        results = evaluation_outputs(self, self.test_f.compute(), self.test_z.compute(), self.ks)
+        f_pack = self.test_f.compute()
+        bank = self.test_bank.compute() if self.test_bank.update_count else None
+        probe = linear_probe(bank[0], bank[1], f_pack[0]) if bank is not None else None
+        others = {"simsiam": self.test_s.compute()[0], "init": self.test_f0.compute()[0], "probe": probe}
+        results = evaluation_outputs(self, f_pack, self.test_z.compute(), self.ks, others)
+        per_item, groups = results.pop("_per_item"), results.pop("_groups")
         results["knn_acc"] = float(self.knn_test.compute())
         results["knn_acc_init"] = float(self.knn_test_init.compute())
         for name, value in results.items():
             if isinstance(value, (int, float)):
                 self.log(f"test/{name}", float(value))
-        for m in (self.knn_test, self.knn_test_init, self.test_f, self.test_z):
+        self._references(results)
+        self._per_item(per_item, f_pack, groups)
+        for m in (self.knn_test, self.knn_test_init, self.test_f, self.test_z, self.test_s, self.test_f0,
+                  self.test_bank):
             m.reset()
         self.__dict__["_init_backbone"] = None
+
+    def _references(self, results: dict[str, Any]) -> None:
+        """Floors and references beside each headline mAP, from the same evaluation (F49)."""
+        for metric in self.headline_metrics:
+            suffix = metric.removeprefix("test/map")
+            if f"map{suffix}" not in results:
+                continue
+            for stem, name, kind, what in self.reference_rows:
+                value = results.get(f"{stem}{suffix}")
+                if value is not None:
+                    self.add_reference(metric, name, value, kind=kind, what=what)
+
+    def _per_item(self, per_item: dict[str, torch.Tensor], f_pack: tuple, groups: torch.Tensor | None) -> None:
+        """Per-query AP of every embedding (NaN: a query without a positive) for the report's paired bootstrap."""
+        _, labels, ids = f_pack
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        frames = dm.frames("test") if dm is not None and hasattr(dm, "frames") else None
+        names = [frames.frame_name(int(i)) if frames is not None else int(i) for i in ids.tolist()]
+        meta = {"labels": labels.tolist(), "videos": None if groups is None else groups.tolist(),
+                "what": "average precision of each test frame as a query (the others are the gallery)"}
+        self.save_per_item("retrieval", names, {f"test/{k}": v for k, v in per_item.items()}, meta)

@@ -5,6 +5,8 @@
 * :class:`Projector`: SimSiam's projection MLP (``layers`` linear layers, BN + ReLU between them, the last BN
   without affine parameters); its input width is the backbone's, filled in by the module.
 * :class:`Predictor`: SimSiam's bottleneck MLP (``out -> hidden -> out``).
+* :class:`FrozenCopy`: a frozen copy of a part taken at one moment (SimSiam's projector when FastAP starts), so
+  SimSiam's own embedding is still measurable after FastAP has fine-tuned the projector.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch import nn
 from torchvision.ops import MLP
 
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.core.seeding import isolated_rng
+from lit_experiments.core.seeding import isolated_rng, run_seed
 
 
 class TimmBackbone(nn.Module):
@@ -30,17 +32,18 @@ class TimmBackbone(nn.Module):
         checkpoint: a local file with a state dict of this model (a SimSiam run's backbone, or any other).
         model_kwargs: extra ``timm.create_model`` arguments (e.g. ``channels: [16, 32, 64, 128]`` for a CPU demo).
         mean / std: input normalisation applied inside, so every caller passes [0, 1] images.
-        init_seed: seed of the random initialisation (``fresh()`` reproduces the same network).
+        init_seed: seed of the random initialisation (``fresh()`` reproduces the same network); default: derived
+            from the run's ``seed_everything`` (``core.seeding.run_seed(None, "backbone_init")``, F50).
     """
 
     def __init__(self, name: str = "resnet18", pretrained: bool = False, checkpoint: str | None = None,
                  model_kwargs: dict[str, Any] | None = None, mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                 std: tuple[float, float, float] = (0.229, 0.224, 0.225), init_seed: int = 0) -> None:
+                 std: tuple[float, float, float] = (0.229, 0.224, 0.225), init_seed: int | None = None) -> None:
         super().__init__()
         import timm
 
         self.name, self.pretrained, self.checkpoint = name, pretrained, checkpoint
-        self.model_kwargs, self.init_seed = dict(model_kwargs or {}), int(init_seed)
+        self.model_kwargs, self.init_seed = dict(model_kwargs or {}), run_seed(init_seed, "backbone_init")
         if not timm.is_model(name):
             raise ConfigError(f"model.init_args.backbone.init_args.name={name!r} is not a timm model "
                               "(see timm.list_models())")
@@ -157,3 +160,25 @@ class Predictor(nn.Module):
         if self.net is None:
             raise RuntimeError("Predictor.build(dim) was not called")
         return self.net(z)
+
+
+class FrozenCopy(nn.Module):
+    """A frozen copy of ``part`` (same architecture), filled by :meth:`take` once; ``taken`` says whether it was.
+
+    ``always_frozen``: no stage glob trains it (core.freezing), and it is saved in every checkpoint."""
+
+    always_frozen = True
+
+    def __init__(self, part: nn.Module) -> None:
+        super().__init__()
+        import copy
+
+        self.part = copy.deepcopy(part).requires_grad_(False)
+        self.register_buffer("taken", torch.zeros((), dtype=torch.bool))
+
+    def take(self, part: nn.Module) -> None:
+        self.part.load_state_dict(part.state_dict())
+        self.taken.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.part(x)

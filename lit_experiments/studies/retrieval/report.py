@@ -5,10 +5,10 @@
         --ckpt_b RUN/stages/02_fastap/final.ckpt --query 0 --query 17 --out runs/retrieval/compare
 
 Embeds every held-out frame (and the external query images of a frames folder), then writes to ``--out``:
-``metrics.json`` (mAP, mAP@R, R-precision, precision / recall / hit_rate @k of the final embedding and of the
-backbone's features, the chance level, embedding spread), ``per_query_ap.csv``, ``ranking.md`` (rank, frame,
-score, label of the internal ``--query`` frames and of every external query) with one thumbnail grid PNG per
-query, ``similarity_hist.png`` (positive vs negative pairs), ``embedding_map.png`` (PCA, or ``--map umap``) and,
+``metrics.json`` (mAP, mAP@R, R-precision, precision / recall / hit_rate @k of the final embedding; mAP of
+SimSiam's embedding and of the backbone's features; the expected AP of a random ranking; embedding spread),
+``per_query_ap.csv``, ``ranking.md`` (rank, frame, score, label of the internal ``--query`` frames and of every
+external query) with one thumbnail grid PNG per query, ``similarity_hist.png`` (positive vs negative pairs), ``embedding_map.png`` (PCA, or ``--map umap``) and,
 with ``--ckpt_b``, ``compare.md`` / ``compare.json`` (per-query AP of A vs B, most improved / degraded queries,
 spread of both). The metric definitions are those of ``lit_experiments.metrics.retrieval``.
 """
@@ -25,56 +25,87 @@ if TYPE_CHECKING:
     import torch
 
 
+#: the embeddings besides the final one, by results-key suffix (``map_<name>``)
+OTHERS = ("backbone", "simsiam", "init", "probe")
+
+
 def retrieval_numbers(f: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, ks: list[int],
-                      groups: torch.Tensor | None = None) -> dict[str, Any]:
-    """Self-retrieval numbers of the final embedding ``z`` and of the backbone features ``f`` (same frames).
+                      groups: torch.Tensor | None = None, others: dict[str, torch.Tensor | None] | None = None
+                      ) -> dict[str, Any]:
+    """Self-retrieval numbers of the final embedding ``z`` (``map``, ``map@r``, the @k metrics, spread) and, by the
+    same metric code on the same queries, of the backbone features ``f`` (``map_backbone``) and of every embedding
+    in ``others`` (``map_<name>``: ``simsiam`` = SimSiam's projector output, ``init`` = the random-init backbone,
+    ``probe`` = a linear probe's class probabilities; None values are left out). ``map_random`` is the expected AP
+    of a random ranking (closed form, the floor); ``map_chance`` the mean positive rate.
 
     With ``groups`` (the video of each frame, more than one), the ``*_xclip`` numbers leave every frame of the
-    query's own video out of its ranking: neighbouring frames are near-duplicates and would make the numbers."""
+    query's own video out of its ranking: neighbouring frames are near-duplicates and would make the numbers.
+    ``_per_item`` holds the per-query AP of every embedding (and the random ranking's expectation), by key."""
     import torch
     import torch.nn.functional as F
 
     from lit_experiments.metrics import embedding_stats, retrieval_metrics
     from lit_experiments.metrics.embedding import effective_rank
 
+    from .evaluation import expected_random_ap
+
     n = z.shape[0]
     ks_ok = [k for k in ks if k <= n - 1] or [1]
-    out_z = retrieval_metrics(F.normalize(z.float(), dim=1), F.normalize(z.float(), dim=1), labels, labels,
-                              ks=ks_ok, exclude_self=True)
-    out_f = retrieval_metrics(F.normalize(f.float(), dim=1), F.normalize(f.float(), dim=1), labels, labels,
-                              ks=ks_ok, exclude_self=True)
-    pos = (labels[:, None] == labels[None, :]).sum(1) - 1
+    embs = {"": z, "backbone": f, **{k: v for k, v in (others or {}).items() if v is not None}}
+
+    def run(x: torch.Tensor, **kw: Any) -> dict[str, Any]:
+        xn = F.normalize(x.float(), dim=1)
+        return retrieval_metrics(xn, xn, labels, labels, exclude_self=True, **kw)
+
+    outs = {name: run(x, ks=ks_ok) for name, x in embs.items()}
+    out_z, out_f = outs[""], outs["backbone"]
+    same = labels[:, None] == labels[None, :]
+    pos = same.sum(1) - 1
     has = pos > 0
+    rand = expected_random_ap(pos, torch.full_like(pos, n - 1))
     stats = embedding_stats(z.float())
     res: dict[str, Any] = {k: float(v) for k, v in out_z.items() if k not in ("per_query_ap", "n_queries",
                                                                               "n_skipped_queries")}
+    for name, out in outs.items():
+        if name:
+            res[f"map_{name}"], res[f"map@r_{name}"] = float(out["map"]), float(out["map@r"])
     res.update({
-        "map_simsiam": float(out_f["map"]), "map@r_simsiam": float(out_f["map@r"]),
+        "map_random": float(rand[has].mean()) if bool(has.any()) else float("nan"),
         "map_chance": float((pos[has].double() / (n - 1)).mean()) if bool(has.any()) else float("nan"),
         "n_queries": int(out_z["n_queries"]), "n_skipped_queries": int(out_z["n_skipped_queries"]),
         "z_std": float(stats["std"]), "z_std_healthy": float(stats["std_expected"]),
         "z_std_ratio": float(stats["std_ratio"]), "effective_rank": float(effective_rank(z.float())),
         "cos_p50": float(stats["cos_p50"]), "cos_p95": float(stats["cos_p95"]),
     })
+    per_item = {f"map{'_' + k if k else ''}": o["per_query_ap"] for k, o in outs.items()}
+    per_item["map_random"] = rand
     dropped = [k for k in ks if k > n - 1]
     if dropped:
         res["ks_dropped"] = len(dropped)
     if groups is not None and len(torch.unique(groups)) > 1:  # a query's own video left out (near-duplicates)
         own = (groups[:, None] == groups[None, :]).sum(1)
         ks_x = [k for k in ks_ok if k <= n - int(own.max())] or [1]
-        kw = {"ks": ks_x, "exclude_self": True, "query_groups": groups, "gallery_groups": groups}
-        xz = retrieval_metrics(F.normalize(z.float(), dim=1), F.normalize(z.float(), dim=1), labels, labels, **kw)
-        xf = retrieval_metrics(F.normalize(f.float(), dim=1), F.normalize(f.float(), dim=1), labels, labels, **kw)
+        kw = {"ks": ks_x, "query_groups": groups, "gallery_groups": groups}
+        xouts = {name: run(x, **kw) for name, x in embs.items()}
         other = groups[:, None] != groups[None, :]
-        pos_x = ((labels[:, None] == labels[None, :]) & other).sum(1)
+        pos_x = (same & other).sum(1)
         has_x = pos_x > 0
+        rand_x = expected_random_ap(pos_x, other.sum(1))
+        xz = xouts[""]
         res.update({
-            "map_xclip": float(xz["map"]), "map_simsiam_xclip": float(xf["map"]),
-            "precision@1_xclip": float(xz["precision@1"]), "hit_rate@10_xclip": float(xz.get("hit_rate@10", float("nan"))),
+            "map_xclip": float(xz["map"]), "precision@1_xclip": float(xz["precision@1"]),
+            "hit_rate@10_xclip": float(xz.get("hit_rate@10", float("nan"))),
+            "map_random_xclip": float(rand_x[has_x].mean()) if bool(has_x.any()) else float("nan"),
             "map_chance_xclip": float((pos_x[has_x].double() / other.sum(1)[has_x]).mean()) if bool(has_x.any())
             else float("nan"),
         })
+        for name, out in xouts.items():
+            if name:
+                res[f"map_{name}_xclip"] = float(out["map"])
+            per_item[f"map{'_' + name if name else ''}_xclip"] = out["per_query_ap"]
+        per_item["map_random_xclip"] = rand_x
     res["_per_query"] = (out_f["per_query_ap"], out_z["per_query_ap"], out_z, stats)
+    res["_per_item"] = per_item
     return res
 
 
@@ -120,12 +151,16 @@ def write_outputs(out: Path, res: dict[str, Any], z: torch.Tensor, labels: torch
     return names
 
 
-def evaluation_outputs(module: Any, f_pack: tuple, z_pack: tuple, ks: list[int]) -> dict[str, Any]:
-    """The test-time numbers of :class:`~.module.RetrievalModule`; files in ``<run_dir>/retrieval/`` on rank 0."""
+def evaluation_outputs(module: Any, f_pack: tuple, z_pack: tuple, ks: list[int],
+                       others: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The test-time numbers of :class:`~.module.RetrievalModule` (``others``: see :func:`retrieval_numbers`);
+    files in ``<run_dir>/retrieval/`` on rank 0. ``_per_item`` / ``_groups`` stay in the result for the caller."""
     f, labels, ids = f_pack
     z = z_pack[0]
     dm = getattr(module.trainer, "datamodule", None)
-    res = retrieval_numbers(f, z, labels, ks, _groups(dm, ids))
+    groups = _groups(dm, ids)
+    res = retrieval_numbers(f, z, labels, ks, groups, others)
+    res["_groups"] = groups
     if module._is_rank_zero() and dm is not None:
         frames = dm.frames("test")
         first = frames[int(ids[0])]
@@ -175,21 +210,22 @@ def _build(config: str) -> tuple[Any, Any]:
     return init.model, init.data
 
 
-def _embed_split(model: Any, dm: Any) -> tuple[Any, Any, Any, Any]:
-    """Backbone features, embeddings, labels and indices of the test frames (eval mode, no grad)."""
+def _embed_split(model: Any, dm: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """Backbone features, embeddings, SimSiam's embeddings, labels and indices of the test frames (eval mode)."""
     import torch
 
     frames = dm.frames("test")
-    fs, zs, labels, ids = [], [], [], []
+    fs, zs, ss, labels, ids = [], [], [], [], []
     bs = dm.eval_batch_size or 256
     for lo in range(0, len(frames), bs):
         items = [frames[i] for i in range(lo, min(len(frames), lo + bs))]
         out = model.embed(torch.stack([it["image"] for it in items]))
         fs.append(out["features"].cpu())
         zs.append(out["embedding"].cpu())
+        ss.append(out["simsiam"].cpu())
         labels += [int(it["label"]) for it in items]
         ids += [int(it["index"]) for it in items]
-    return torch.cat(fs), torch.cat(zs), torch.tensor(labels), torch.tensor(ids)
+    return torch.cat(fs), torch.cat(zs), torch.cat(ss), torch.tensor(labels), torch.tensor(ids)
 
 
 def _load(config: str, ckpt: str) -> tuple[Any, Any]:
@@ -210,8 +246,8 @@ def report_one(config: str, ckpt: str, out: Path, query_idx: list[int], top: int
     """Evaluate one checkpoint into ``out``; returns its numbers (with the per-query internals)."""
 
     model, dm = _load(config, ckpt)
-    f, z, labels, ids = _embed_split(model, dm)
-    res = retrieval_numbers(f, z, labels, ks, _groups(dm, ids))
+    f, z, s, labels, ids = _embed_split(model, dm)
+    res = retrieval_numbers(f, z, labels, ks, _groups(dm, ids), {"simsiam": s})
     frames = dm.frames("test")
     queries = []
     for q in query_idx:
@@ -247,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (run or Path("runs/retrieval")) / "retrieval-report"
     queries = args.query or [0]
     a = report_one(args.config, args.ckpt, out / "a" if args.ckpt_b else out, queries, args.top, args.map, ks)
-    print(f"A {args.ckpt}: mAP {a['map']:.4f} (backbone {a['map_simsiam']:.4f}, chance {a['map_chance']:.4f}), "
+    print(f"A {args.ckpt}: mAP {a['map']:.4f} (SimSiam's embedding {a.get('map_simsiam', float('nan')):.4f}, backbone "
+          f"{a['map_backbone']:.4f}, random ranking {a['map_random']:.4f}), "
           f"mAP@R {a['map@r']:.4f}, z std {a['z_std']:.4f} (healthy {a['z_std_healthy']:.4f})")
     if args.ckpt_b:
         from .evaluation import compare_checkpoints

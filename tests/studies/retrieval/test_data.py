@@ -143,5 +143,5 @@ def test_multi_device_with_lightnings_distributed_sampler_is_a_config_error():
         dm.train_dataloader()
     dm.trainer = fake_trainer(world_size=2, use_distributed_sampler=False)  # the study's own rank-aware sampler
     loader = dm.train_dataloader()
-    assert dm.sampler is not None and loader.batch_sampler is dm.sampler
+    assert dm.batch_sampler is not None and loader.batch_sampler is dm.batch_sampler
     assert all(len(b) == 16 for b in loader.batch_sampler)
