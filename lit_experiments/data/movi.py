@@ -4,11 +4,16 @@ Items carry the ShapesWorld keys the format holds: ``video`` uint8 (T,3,H,W), ``
 (T,H,W) (0 = background, id ``k+1`` = ``instances[k]`` metadata, as in Kubric), padded per-object
 ``category`` / ``color`` / ``material`` (0 rubber, 1 metal) / ``size`` (-1 / 0 where the clip lacks the
 field: MOVi-A/B have ``material``, MOVi-C/E ``category`` only), ``num_objects``, ``labels``
-(multi-hot over ``self.categories``), ``caption`` (stored one, else built from the attributes) and
-``phase`` when the clip stores one.
+(multi-hot over ``self.categories``), ``caption`` (stored one, else built from the attributes), ``phase`` when
+the clip stores one, and ``index`` (the clip's position in the reader, set by ``FileDataset``).
+
+A clip's id is ``<split folder>/<file or folder name>`` (:attr:`MoviClips.clip_ids`); :meth:`MoviClips.subset`
+keeps the clips of given ids, so a held-out validation part of a folder (``core.splits.ensure_holdout``) and the
+rest are two readers whose ids can be checked disjoint (F47).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import zipfile
@@ -89,6 +94,29 @@ class MoviClips(FileDataset):
         self.colors = list(colors or vocab.get("colors") or COLORS)
         for s in self.samples:
             self._validate(s)
+
+    @property
+    def clip_ids(self) -> list[str]:
+        """One id per clip, in reader order: ``<folder name>/<clip file or folder name>``."""
+        return [f"{self.root.name}/{s['path'].name}" for s in self.samples]
+
+    def subset(self, keep: set[str] | list[str], exclude: bool = False) -> MoviClips:
+        """A reader over the clips whose id is in ``keep`` (``exclude=True``: every other clip); same settings.
+
+        An id of ``keep`` that names no clip of this reader is an error (a held-out list written for other data).
+        """
+        keep = set(keep)
+        ids = self.clip_ids
+        unknown = keep - set(ids)
+        if unknown:
+            raise DataLayoutError(f"MoviClips {self.root}: {len(unknown)} clip ids are not in this folder "
+                                  f"(e.g. {sorted(unknown)[:3]})")
+        out = copy.copy(self)
+        out.samples = [s for s, i in zip(self.samples, ids) if (i in keep) != exclude]
+        if not out.samples:
+            raise DataLayoutError(f"MoviClips {self.root}: no clips left after "
+                                  f"{'excluding' if exclude else 'keeping'} {len(keep)} ids")
+        return out
 
     def settings(self) -> dict:
         return {"max_objects": self.max_objects, "categories": self.categories, "colors": self.colors,

@@ -5,6 +5,11 @@ Masks (B,T,K,N) on the feature grid are upsampled bilinearly to the GT size and 
 dropped), full ARI and mBO, per frame (every frame a sample) and per video (a clip is one sample).
 Samples are grouped by material (``metal`` / ``non-metal`` / ``mixed`` clips) when the data knows
 materials, else by the category of object 1 (``cat<k>``).
+
+Floors (F49), scored by the same metric code on the same frames: ``grid_fg_ari`` / ``grid_video_fg_ari`` (a
+fixed partition into one rectangle per slot, :func:`grid_partition`) and, at test, ``untrained_fg_ari`` /
+``untrained_fg_ari_<alt>`` / ``untrained_video_fg_ari`` (the same model at its initial weights). The per-sample
+rows carry every score per clip (the per-item file of the paired bootstrap, F51).
 """
 from __future__ import annotations
 
@@ -79,13 +84,14 @@ class SegmentationScores(torch.nn.Module):
     The scores are torchmetrics ``Metric`` states (``dist_reduce_fx="cat"``), so :meth:`compute` returns
     values reduced over every rank's samples; :meth:`all_rows` all-gathers the per-sample table.
 
-    ``grid_fg_ari`` is the FG-ARI of :func:`grid_partition` with as many regions as slots (a
-    position-only baseline that a useful model has to beat).
+    ``grid_fg_ari`` / ``grid_video_fg_ari`` score :func:`grid_partition` with as many regions as slots (a
+    position-only floor that a useful model has to beat). With ``untrained=True`` the ``untrained_*`` scores of
+    the labels passed as ``untrained`` to :meth:`update` (the model at its initial weights) are kept too.
     """
 
-    def __init__(self, num_slots: int = 7, alt_masks: str | None = None) -> None:
+    def __init__(self, num_slots: int = 7, alt_masks: str | None = None, untrained: bool = False) -> None:
         super().__init__()
-        self.num_slots = num_slots
+        self.num_slots, self.alt_masks = num_slots, alt_masks
         self.frame = torch.nn.ModuleDict({
             "fg_ari": ARIMetric(True), "ari": ARIMetric(False), "mbo": MBOMetric(),
             "grid_fg_ari": ARIMetric(True, name="grid_fg_ari"),
@@ -94,12 +100,19 @@ class SegmentationScores(torch.nn.Module):
         self.alt = ARIMetric(True, name=f"fg_ari_{alt_masks}") if alt_masks else None
         self.video = torch.nn.ModuleDict({
             "fg_ari": ARIMetric(True, name="video_fg_ari"), "ari": ARIMetric(False, name="video_ari"),
-            "mbo": MBOMetric(name="video_mbo"),
+            "mbo": MBOMetric(name="video_mbo"), "grid_fg_ari": ARIMetric(True, name="grid_video_fg_ari"),
         })
+        self.untrained = torch.nn.ModuleDict()
+        if untrained:  # floors: the model at its initial weights, both mask sources, frame and clip level
+            self.untrained["frame"] = ARIMetric(True, name="untrained_fg_ari")
+            self.untrained["video"] = ARIMetric(True, name="untrained_video_fg_ari")
+            if alt_masks:
+                self.untrained["alt"] = ARIMetric(True, name=f"untrained_fg_ari_{alt_masks}")
         self.rows: list[dict[str, Any]] = []
 
     def _metrics(self) -> list[torch.nn.Module]:
-        return [*self.frame.values(), *self.video.values(), *([self.alt] if self.alt is not None else [])]
+        return [*self.frame.values(), *self.video.values(), *([self.alt] if self.alt is not None else []),
+                *self.untrained.values()]
 
     def reset(self) -> None:
         for m in self._metrics():
@@ -107,31 +120,55 @@ class SegmentationScores(torch.nn.Module):
         self.rows = []
 
     def update(
-        self, pred: torch.Tensor, target: torch.Tensor, batch: dict, alt_pred: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, batch: dict, alt_pred: torch.Tensor | None = None,
+        untrained: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> None:
-        """``pred``/``target`` int (B,T,H,W); ``alt_pred`` the labels of the other mask source."""
+        """``pred``/``target`` int (B,T,H,W); ``alt_pred`` the labels of the other mask source; ``untrained`` the
+        labels of the untrained model ``(eval masks, other source)`` (scored when built with ``untrained=True``)."""
         b, t = target.shape[:2]
         groups = sample_groups(batch)
         frame_groups = None if groups is None else [g for g in groups for _ in range(t)]
-        pf, tf = pred.reshape(b * t, *pred.shape[2:]), target.reshape(b * t, *target.shape[2:])
+        grid = grid_partition(self.num_slots, tuple(target.shape))
+        per_clip: dict[str, torch.Tensor] = {}  # (B,) scores of each clip, for the per-sample rows
+
+        def frames(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(b * t, *x.shape[2:])
+
+        def clip_mean(name: str, frame_scores: torch.Tensor) -> None:
+            per_clip[name] = torch.nanmean(frame_scores.view(b, t), dim=1) if t else torch.full((b,), float("nan"))
+
+        pf, tf = frames(pred), frames(target)
         for name, m in self.frame.items():
-            m.update(grid_partition(self.num_slots, tuple(pf.shape)) if name == "grid_fg_ari" else pf, tf, frame_groups)
-        for m in self.video.values():
-            m.update(pred, target, groups)
+            m.update(frames(grid) if name == "grid_fg_ari" else pf, tf, frame_groups)
+        for name, m in self.video.items():
+            m.update(grid if name == "grid_fg_ari" else pred, target, groups)
+        clip_mean("fg_ari", ari(pf, tf, True))
+        clip_mean("grid_fg_ari", ari(frames(grid), tf, True))
         if self.alt is not None and alt_pred is not None:
-            self.alt.update(alt_pred.reshape(b * t, *alt_pred.shape[2:]), tf, frame_groups)
-        fg_video = ari(pred, target, True)
+            self.alt.update(frames(alt_pred), tf, frame_groups)
+            clip_mean(self.alt.name, ari(frames(alt_pred), tf, True))
+        per_clip["video_fg_ari"] = ari(pred, target, True)
+        per_clip["grid_video_fg_ari"] = ari(grid, target, True)
+        if len(self.untrained) and untrained is not None:
+            u_pred, u_alt = untrained
+            self.untrained["frame"].update(frames(u_pred), tf, frame_groups)
+            self.untrained["video"].update(u_pred, target, groups)
+            clip_mean("untrained_fg_ari", ari(frames(u_pred), tf, True))
+            per_clip["untrained_video_fg_ari"] = ari(u_pred, target, True)
+            if "alt" in self.untrained and u_alt is not None:
+                self.untrained["alt"].update(frames(u_alt), tf, frame_groups)
+                clip_mean(self.untrained["alt"].name, ari(frames(u_alt), tf, True))
         full_video = ari(pred, target, False)
         mbo_video = mbo(pred, target)
-        fg_frames = ari(pf, tf, True).view(b, t)
         idx = batch.get("index")
         for i in range(b):
             self.rows.append({
                 "index": int(idx[i]) if idx is not None else len(self.rows),
                 "group": groups[i] if groups else "",
                 "num_objects": int(batch["num_objects"][i]) if "num_objects" in batch else -1,
-                "video_fg_ari": _f(fg_video[i]), "video_ari": _f(full_video[i]), "video_mbo": _f(mbo_video[i]),
-                "frame_fg_ari_mean": _f(torch.nanmean(fg_frames[i])) if t else float("nan"),
+                "video_fg_ari": _f(per_clip["video_fg_ari"][i]), "video_ari": _f(full_video[i]),
+                "video_mbo": _f(mbo_video[i]), "frame_fg_ari_mean": _f(per_clip["fg_ari"][i]),
+                **{f"clip/{k}": _f(v[i]) for k, v in per_clip.items()},
             })
 
     def compute(self) -> dict[str, float]:

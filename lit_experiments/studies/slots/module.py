@@ -3,14 +3,22 @@
 Batch keys (from :class:`~.datamodule.SlotsDataModule`): ``features`` float (B,T,N,C) frozen backbone
 features (feature path), ``video`` uint8 (B,T,3,H,W), ``instances`` int64 (B,T,H,W) (0 = background),
 optional ``material`` / ``category`` / ``num_objects`` / ``index``. Images are clips with T = 1.
+
+Test (F49, F51): beside every headline FG-ARI, results.json ``references`` holds two floors scored by the same
+metric code on the same frames: a fixed grid partition (one rectangle per slot) and the untrained model (the
+same parts at the weights they had before the first step, kept from the first dry run). Per-clip scores of the
+model and both floors go to ``<run_dir>/per_item/slots_test.json`` for the paired bootstrap of ``lit-exp report``.
 """
 from __future__ import annotations
 
+import copy
+import math
 from typing import Any, ClassVar, Literal
 
 import torch
 from torchmetrics import MeanMetric
 
+from lit_experiments.core.seeding import isolated_rng
 from lit_experiments.core.specs import OptimSpec
 from lit_experiments.core.study import StudyModule
 
@@ -45,8 +53,9 @@ class SlotsModule(StudyModule):
     """
 
     loss_lower_bounds: ClassVar[dict[str, float]] = {"loss": 0.0, "recon": 0.0, "diversity": 0.0}
+    # the grid partition and the untrained model are floors beside these (results.json ``references``), not rows
     headline_metrics: ClassVar[list[str]] = [
-        "test/fg_ari", "test/fg_ari/metal", "test/fg_ari/non-metal", "test/grid_fg_ari", "test/video_fg_ari",
+        "test/fg_ari", "test/fg_ari/metal", "test/fg_ari/non-metal", "test/video_fg_ari",
         "test/fg_ari_attn", "test/fg_ari_decoder",
     ]
 
@@ -75,7 +84,9 @@ class SlotsModule(StudyModule):
         self.alt_masks = "attn" if eval_masks == "decoder" else "decoder"  # scored too, as fg_ari_<alt>
         num_slots = self.model.grouper.num_slots
         self.val_scores = SegmentationScores(num_slots, alt_masks=self.alt_masks)
-        self.test_scores = SegmentationScores(num_slots, alt_masks=self.alt_masks)
+        self.test_scores = SegmentationScores(num_slots, alt_masks=self.alt_masks, untrained=True)
+        self._init_state: dict[str, torch.Tensor] | None = None  # the weights before the first step (a floor)
+        self._untrained: list[SlotModel] = []  # the untrained copy during a test (a list: not a submodule)
         # eval losses as torchmetrics means (weighted by clips), reduced across ranks like the scores
         self.eval_losses = torch.nn.ModuleDict(
             {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in EVAL_LOSSES}
@@ -89,6 +100,16 @@ class SlotsModule(StudyModule):
     def dry_run(self, batch: dict) -> None:
         self.model.build(_to(batch, self.device))
         self.model(_to(batch, self.device))
+        if self._init_state is None:  # the first dry run comes before any step and before any weights load
+            self._init_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def untrained_model(self) -> SlotModel | None:
+        """A copy of the model at the weights it had at its first dry run (None before one)."""
+        if self._init_state is None:
+            return None
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self._init_state)
+        return model.eval().to(self.device)
 
     def losses(self, out: SlotOutput) -> dict[str, torch.Tensor]:
         rl = self.recon_loss(out.recon, out.target)
@@ -134,7 +155,13 @@ class SlotsModule(StudyModule):
         gt = gt.unsqueeze(1) if gt.dim() == 3 else gt
         pred, target = predicted_labels(*self.masks_for_eval(out), gt)
         alt_pred = predicted_labels(*self.masks_for_eval(out, self.alt_masks), gt)[0]
-        scores.update(pred.cpu(), target.cpu(), _cpu_meta(batch), alt_pred.cpu())
+        untrained = None
+        if split == "test" and self._untrained:
+            with torch.no_grad(), isolated_rng():  # the floor must not move the random state the model sees
+                u_out = self._untrained[0](batch)
+            untrained = (predicted_labels(*self.masks_for_eval(u_out), gt)[0].cpu(),
+                         predicted_labels(*self.masks_for_eval(u_out, self.alt_masks), gt)[0].cpu())
+        scores.update(pred.cpu(), target.cpu(), _cpu_meta(batch), alt_pred.cpu(), untrained)
         if self._figure_batch is None and self.figure_clips > 0:
             video = batch.get("video", batch.get("image"))
             if video is not None:
@@ -158,8 +185,11 @@ class SlotsModule(StudyModule):
                 continue
             self.log(f"{split}/{key}", value, sync_dist=False)
         if split == "test":
-            self.log_table("test/per_sample", scores.all_rows())
+            rows = scores.all_rows()
+            self.log_table("test/per_sample", rows)
             self.add_results("slots_test", values)
+            self._add_floors(values)
+            self._save_per_item(rows)
         if self._figure_batch is not None and not self.trainer.sanity_checking:
             fb = self._figure_batch
             self.log_figure(f"{split}/masks", overlay_figure(fb["video"], fb["gt"], fb["pred"], self.figure_clips))
@@ -180,12 +210,48 @@ class SlotsModule(StudyModule):
     def on_test_epoch_start(self) -> None:
         self.test_scores.reset()
         self._figure_batch = None
+        model = self.untrained_model()
+        self._untrained = [model] if model is not None else []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_scores, "test")
 
     def on_test_epoch_end(self) -> None:
         self._eval_end(self.test_scores, "test")
+        self._untrained = []
+
+    # ------------------------------------------------------------- floors (F49) and per-clip scores (F51)
+    def _add_floors(self, values: dict[str, float]) -> None:
+        """``references`` rows beside every FG-ARI the test reports (overall, per group, clip level, other source)."""
+        alt = f"fg_ari_{self.alt_masks}"
+        k = self.model.grouper.num_slots
+        for key in values:
+            for base, grid, untrained in (("fg_ari", "grid_fg_ari", "untrained_fg_ari"),
+                                          ("video_fg_ari", "grid_video_fg_ari", "untrained_video_fg_ari"),
+                                          (alt, "grid_fg_ari", f"untrained_{alt}")):
+                if key != base and not key.startswith(base + "/"):
+                    continue
+                suffix = key[len(base):]
+                metric = f"test/{key}"
+                self.add_reference(metric, "grid partition", values.get(grid + suffix), "floor",
+                                   what=f"{k} fixed rectangles (one per slot) that ignore the image")
+                if untrained + suffix in values:
+                    self.add_reference(metric, "untrained model", values[untrained + suffix], "floor",
+                                       what="the same model at its initial weights (the run's seed), same masks")
+
+    def _save_per_item(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        ids: list[Any] = [r["index"] for r in rows]
+        if dm is not None and hasattr(dm, "item_ids"):
+            known = dm.item_ids("test")
+            ids = [known[i] if 0 <= i < len(known) else i for i in ids]
+        keys = [c for c in rows[0] if c.startswith("clip/")]
+        scores = {c.split("/", 1)[1]: [r.get(c, math.nan) for r in rows] for c in keys}
+        self.save_per_item("slots_test", ids, scores,
+                           meta={"unit": "clip", "masks": self.eval_masks,
+                                 "note": "fg_ari*: mean over the clip's frames; video_*: the clip as one sample"})
 
 
 _META_KEYS = ("material", "category", "num_objects", "index")

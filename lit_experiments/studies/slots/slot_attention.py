@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torchvision.ops import MLP
 
+from lit_experiments.core.seeding import run_seed
+
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> MLP:
     """ReLU MLP with ``layers`` linear layers (>= 1): ``torchvision.ops.MLP`` (its p=0 dropouts are no-ops)."""
@@ -39,15 +41,18 @@ def fourier_grid(grid: tuple[int, int], dim: int, scale: float = 1.0, seed: int 
 class LearnedPositionalEmbedding(nn.Module):
     """A learned ``(N, D)`` table added to a ``(B, N, D)`` sequence (F04).
 
-    With ``grid=(h, w)`` it starts as a smooth Fourier code of the position, else small random values.
+    With ``grid=(h, w)`` it starts as a smooth Fourier code of the position, else small random values. The
+    Fourier code's random frequencies come from ``seed``, by default derived from the run's ``seed_everything``
+    (``core.seeding.run_seed``, F50), so a sweep over seeds varies them like every other initial weight.
     """
 
     def __init__(
-        self, num_positions: int, dim: int, grid: tuple[int, int] | None = None, scale: float = 1.0
+        self, num_positions: int, dim: int, grid: tuple[int, int] | None = None, scale: float = 1.0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if grid is not None and grid[0] * grid[1] == num_positions:
-            init = fourier_grid(grid, dim, scale)
+            init = fourier_grid(grid, dim, scale, seed=run_seed(seed, "slots/pos_emb"))
         else:
             init = torch.randn(num_positions, dim) * 0.02
         self.weight = nn.Parameter(init)
