@@ -92,6 +92,27 @@ def test_frames_round_trip_with_queries(tmp_path):
     assert int(queries[1]["label"]) == int(qworld[1]["phase"])
 
 
+def test_frames_video_ids_from_the_name_prefix_or_videos_csv(tmp_path):
+    out = _write(tmp_path, "frames", ["--num-frames", "3", "--queries", "0"])
+    reader = FrameFolder(out)  # names <clip>_<t>.png: the video is the prefix
+    assert reader.video_ids == [f"{j // 3:06d}" for j in range(N * 3)]
+    assert reader.positions == [j % 3 for j in range(N * 3)]
+    assert reader[4]["video"] == "000001"
+    from lit_experiments.data.frames import write_frames
+
+    ims = [np.full((8, 8, 3), i, np.uint8) for i in range(4)]
+    root = tmp_path / "csv"
+    write_frames(root, ims, ["a", "b", "c", "d"], [0, 1, 0, 1], videos=["v1", "v1", "v2", "v2"])
+    reader = FrameFolder(root)  # no prefix in the names: videos.csv says it
+    assert reader.video_ids == ["v1", "v1", "v2", "v2"] and reader.positions == [0, 1, 0, 1]
+    (root / "videos.csv").write_text("frame,video\na.png,v1\nb.png,v1\nc.png,v2\n")
+    with pytest.raises(DataLayoutError, match="'d.png' has no video row"):
+        FrameFolder(root)
+    (root / "videos.csv").unlink()
+    with pytest.raises(DataLayoutError, match="no video id"):
+        FrameFolder(root)
+
+
 def test_coco_polygon_and_uncompressed_rle(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "annotations").mkdir()

@@ -63,8 +63,9 @@ def test_f44_two_rank_test_metrics_equal_the_one_rank_run(tmp_path):
     module.eval()
     one = _test(module, tmp_path / "one")
     two = _test(module, tmp_path / "two", strategy="ddp_spawn", devices=2)
-    assert {"test/map", "test/map@r", "test/map_simsiam", "test/knn_acc", "test/knn_acc_init", "test/map_chance",
-            "test/precision@5", "test/hit_rate@10", "test/z_std"} <= set(one)
+    assert {"test/map", "test/map@r", "test/map_simsiam", "test/map_backbone", "test/map_init", "test/map_probe",
+            "test/map_random", "test/knn_acc", "test/knn_acc_init", "test/map_chance", "test/precision@5",
+            "test/hit_rate@10", "test/z_std"} <= set(one)
     assert one["test/n_queries"] == 25
     assert set(one) == set(two)
     for key in one:

@@ -1,9 +1,11 @@
 """Reduced learning check of the retrieval study, in the default suite: the demo config end to end, shortened.
 
-SimSiam then FastAP through `lit-exp curriculum` (stages, feature cache, m-per-class sampler, test hook), then the
-demo's claims on held-out frames: the SimSiam backbone's kNN accuracy beats the same backbone at its random
-initialisation, FastAP raises mAP over the SimSiam-only features, both mAPs beat the chance level, and the
-SimSiam collapse monitor stays healthy. The full demo's numbers are the slow test in test_targets_slow.py.
+SimSiam then unlabelled FastAP (temporal positives within a video, the seed's setting) through `lit-exp
+curriculum` (stages, feature cache, m-per-class sampler over video blocks, test hook), then the claims the demo
+supports on held-out frames: the SimSiam backbone's kNN accuracy beats the same backbone at its random
+initialisation, the SimSiam features rank the phase above the random-init backbone, the headline carries its
+floors (F49), and the SimSiam collapse monitor stays healthy. That unlabelled FastAP does not beat SimSiam's
+embedding on the phase is the demo's measured result (README), not a claim checked here.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from lit_experiments.cli import main
+from lit_experiments.core.results import check_floors
 
 ROOT = Path(__file__).resolve().parents[3]
 DEMO = ROOT / "configs" / "retrieval" / "demo.yaml"
@@ -42,11 +45,10 @@ def run_reduced(tmp_path: Path, simsiam_steps: int, fastap_epochs: int, n_train:
 def check_claims(res: dict) -> dict:
     t = res["test"]
     assert res["status"] == "done"
+    assert check_floors(res) == [] and set(res["headline"]) == {"test/map", "test/map_xclip"}
     assert t["test/knn_acc"] > t["test/knn_acc_init"] + 0.05, (t["test/knn_acc_init"], t["test/knn_acc"])
-    assert t["test/map"] > t["test/map_simsiam"] + 0.01, (t["test/map_simsiam"], t["test/map"])
-    assert t["test/map_simsiam"] > t["test/map_chance"], (t["test/map_chance"], t["test/map_simsiam"])
-    # the same claims with every frame of the query's own video left out (no near-duplicate neighbours)
-    assert t["test/map_xclip"] > t["test/map_simsiam_xclip"] > t["test/map_chance_xclip"], t
+    assert t["test/map_backbone"] > t["test/map_init"], (t["test/map_init"], t["test/map_backbone"])
+    assert t["test/map_random"] > t["test/map_chance"]  # the expected AP of a random ranking, above the rate
     assert t["test/precision@1_xclip"] < t["test/precision@1"]  # neighbouring frames made P@1
     monitor = res["stages"]["simsiam"]["metrics"]["simsiam/train/z_std_ratio_epoch"]
     assert monitor > 0.5, monitor  # std of normalised z above 0.5 / sqrt(d) during SimSiam
