@@ -14,22 +14,16 @@ def build_study(configs: Sequence[str]) -> tuple[Any, Any, list[Any] | None]:
     """The model, the datamodule and the ``stages`` (or None) of the composed ``configs`` (any study: their
     ``model:`` / ``data:`` class paths), seeded with the config's ``seed_everything`` (default 0)."""
     import lightning as L
-    import yaml
     from jsonargparse import ArgumentError, ArgumentParser
 
-    from .configs import composition, merge
+    from .configs import load_composed
     from .errors import check_yaml_file
     from .specs import StageSpec
     from .study import StudyModule
 
-    files: list[Path] = []
     for config in configs:
         check_yaml_file(config)
-        files += [f.resolve() for f in composition(config) if f.resolve() not in files]
-    sections = [yaml.safe_load(f.read_text(encoding="utf-8")) or {} for f in files]
-    raw: dict[str, Any] = {}
-    for section in sections:
-        raw = merge(raw, section)
+    raw = load_composed(*configs)  # the one composition rule of the CLI (F48)
     missing = [k for k in ("model", "data") if k not in raw]
     if missing:
         raise ConfigError(f"{' + '.join(configs)}: no {' / '.join(missing)} section; expected a study config with "
@@ -39,12 +33,8 @@ def build_study(configs: Sequence[str]) -> tuple[Any, Any, list[Any] | None]:
     parser.add_argument("--data", type=L.LightningDataModule)
     parser.add_argument("--stages", type=list[StageSpec] | None, default=None)
     L.seed_everything(int(raw.get("seed_everything") or 0), verbose=False)
-    cfg = None
-    try:  # each file over the previous ones, as the CLI does: a later file may switch a part's class_path
-        for section in sections:
-            part = {k: section[k] for k in ("model", "data", "stages") if k in section}
-            if part or cfg is None:
-                cfg = parser.parse_object(part, cfg_base=cfg, defaults=cfg is None)
+    try:
+        cfg = parser.parse_object({k: raw[k] for k in ("model", "data", "stages") if k in raw})
     except ArgumentError as err:
         from .errors import clean_parser_message
 

@@ -160,27 +160,20 @@ def load_fold(datamodule: Any, spec: dict[str, Any]) -> tuple[list[int], list[in
 def pool_of(config: dict[str, Any] | list[str | Path]) -> tuple[Any, int, Any]:
     """The config's datamodule, built without training, and its ``fold_pool()``.
 
-    ``config``: the composed dict, or the config files in order (each file's ``data`` applied over the previous
-    ones as the CLI does, so a later file may switch a part's ``class_path`` without inheriting the old
-    class's ``init_args``)."""
+    ``config``: the composed dict, or the config files in order (composed by the CLI's one rule, F48)."""
     import lightning as L
     from jsonargparse import ArgumentParser
 
-    from .configs import composition
+    from .configs import load_composed
 
-    if isinstance(config, dict):
-        sections = [config.get("data")]
-    else:
-        files = list(dict.fromkeys(f.resolve() for c in config for f in composition(c)))
-        sections = [(yaml_load(f) or {}).get("data") for f in files]
-    sections = [s for s in sections if s is not None]
-    if not sections or not isinstance(sections[0], dict) or "class_path" not in sections[0]:
+    if not isinstance(config, dict):
+        config = load_composed(*config)
+    section = config.get("data")
+    if not isinstance(section, dict) or "class_path" not in section:
         raise ConfigError("cv: the config has no `data: {class_path: ..., init_args: ...}`")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningDataModule, "data")
-    cfg = None
-    for section in sections:
-        cfg = parser.parse_object({"data": section}, cfg_base=cfg, defaults=cfg is None)
+    cfg = parser.parse_object({"data": section})
     dm = parser.instantiate_classes(cfg).data
     if "fold" not in inspect.signature(type(dm).__init__).parameters:
         raise ConfigError(f"cv: {type(dm).__name__} takes no `fold` init argument; add `fold: dict | None = None` "

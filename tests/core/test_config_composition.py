@@ -195,3 +195,42 @@ def test_stage_deltas_through_the_cli(tmp_path, capsys):
         main(["curriculum", "-c", str(TOY), "-c", str(missing), "--print_config"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "x.yaml" in err and "'nope'" in err and "Traceback" not in err
+
+
+
+def test_f48_tools_building_a_study_compose_like_the_cli(tmp_path, monkeypatch):
+    """``core.build.build_study`` (export / quantize / study demos) and ``core.folds.pool_of`` (cv) compose a
+    delta key by key, as the CLI does: the distill A/B delta keeps the demo's ``prompts.per_image`` (a dict-typed
+    argument), a multilabel delta that changes one key of the towers keeps the others."""
+    from lit_experiments.core.build import build_study
+    from lit_experiments.core.configs import load_composed
+    from lit_experiments.core.folds import pool_of
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    from lit_experiments.studies.distill.teacher import tiny_config
+
+    teacher = {"class_path": "lit_experiments.studies.distill.teacher.Sam3Teacher",  # no stand-in training
+               "init_args": {"checkpoint": None, "config": tiny_config(image_size=32, patch_size=8, hidden=32,
+                                                                       num_queries=4)}}
+    tiny = tmp_path / "tiny_teacher.yaml"
+    tiny.write_text(yaml.safe_dump({"data": {"init_args": {"teacher": teacher, "n_train": 6, "n_val": 3,
+                                                           "n_test": 3, "cache_dir": str(tmp_path / "c")}}}))
+    files = [str(root / "distill/demo.yaml"), str(root / "distill/ab_baseline.yaml"), str(tiny)]
+    expected = load_composed(*files)["data"]["init_args"]["prompts"]
+    assert "per_image" in expected
+    _, dm, _ = build_study(files)
+    for key, value in expected.items():
+        assert dm.prompt_args[key] == value, key
+
+    delta = tmp_path / "fewer_steps.yaml"
+    delta.write_text("data: {init_args: {n_pool: 64, n_test: 32, towers: {init_args: {steps: 3}}}}\n")
+    ml = [str(root / "multilabel/demo.yaml"), str(delta)]
+    towers = load_composed(*ml)["data"]["init_args"]["towers"]["init_args"]
+    assert towers["steps"] == 3 and "threads" in towers
+    from lit_experiments.studies.multilabel.datamodule import MultilabelDataModule
+
+    monkeypatch.setattr(MultilabelDataModule, "fold_pool", lambda self: (4, [0, 1, 0, 1]))  # no stand-in training
+    dm_cv, _, _ = pool_of(ml)
+    for key, value in towers.items():
+        if hasattr(dm_cv.towers, key):
+            assert getattr(dm_cv.towers, key) == value, key
