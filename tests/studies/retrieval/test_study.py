@@ -171,7 +171,7 @@ def test_report_compares_two_checkpoints_like_the_csvs_and_sklearn(demo_run, tmp
 
     for side, ckpt in (("a", ckpt_a), ("b", ckpt_b)):
         model, dm = report._load(str(config), str(ckpt))
-        _, z, labels, _ = report._embed_split(model, dm)
+        _, z, _, labels, _ = report._embed_split(model, dm)
         # float32 scores, as the product computes them: the tiny run's cosines spread by ~0.003 only, so a
         # float64 reference breaks float32 ties differently (mAP 0.5670 vs 0.5724 measured)
         zn = F.normalize(z.float(), dim=1)
