@@ -24,6 +24,13 @@ Where it departs from tamatebox/satipatthana-framework (on purpose):
   ``BinaryAUROC``, ``PeakSignalNoiseRatio``); the test's augmented / drunk noise is seeded per sample by its
   index in the split and the mismatch path pairs each sample with a fixed partner (``x_partner``), so a 2-rank
   test reports what a 1-rank test reports. The seed drew noise per batch and paired mismatches inside a batch.
+* Honest numbers (issue 22): the headline is ``test/acc``, ``test/trust_auroc``, ``test/trust_auroc_drunk`` and
+  (images) ``test/psnr``, each beside a floor in results.json ``references`` (majority training class, one constant
+  trust, the mean training image) and, where one exists, a reference (the plain baseline's accuracy, its max
+  softmax probability as a trust score), all on the same test samples; per-sample correctness and trust go to
+  ``per_item/satipatthana_test.json``. The data set, its split, the void pools, the training order, the
+  baseline's initialisation and the test's per-sample noise come from ``seed_everything`` unless ``seed`` pins
+  them (the configs pin none), so a sweep over seeds varies all of them.
 * Sizes that follow from other parts are filled in: ``TaskDecoder(in_dim: null)`` gets ``D + context_dim``
   from Vitakka and Vipassana at construction; MLPs are ``torchvision.ops.MLP``.
 
@@ -32,5 +39,6 @@ detached ``SantanaLog``, through the module's stage loss), F08 / F09 (per-stage 
 before freezing; bugs put back into the product), F10 (separate train / eval gate thresholds, collapse guard),
 F11 / F14 (per-sample trust inputs and energy), F12 (the Trainer's lr per stage equals the YAML's), F13 (paths
 and ratios, clean path), F15 (Upsample + Conv2d decoder), F16 (probe diversity), F17 (drunk constants in
-``Sati.drunk``, per-sample skips), F18 (unsquashed logits), F37 / F44 (un-padded, rank-reduced test metrics).
+``Sati.drunk``, per-sample skips), F18 (unsquashed logits), F37 / F44 (un-padded, rank-reduced test metrics),
+F49 / F50 (``test_honest.py``).
 """

@@ -7,7 +7,10 @@ Every batch is a dict:
   (B, ...) the input of another sample of the split (item ``(i + n // 2) % n``). The test seeds each sample's
   noise by ``index`` and builds the mismatch path from ``x_partner``, so a sample's test numbers do not depend
   on the batch or rank it lands in (F44).
-Splits are stratified and drawn once from ``seed``; void pools use their own seeds per split.
+Splits are stratified and drawn once from the data seed; void pools use their own seeds per split. The data seed
+(the generated data set, the split, the void pools) and the training order come from the run's ``seed_everything``
+through ``core.seeding.run_seed`` unless ``seed`` pins them (F50). Validation and test are parts of one sample
+array, checked disjoint by sample id (``core.splits.check_disjoint``, F47; the record is ``self.split_info``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
+from lit_experiments.core.seeding import run_seed
+from lit_experiments.core.splits import check_disjoint
 from lit_experiments.core.study import StudyDataModule
 
 
@@ -53,7 +58,8 @@ class SatipatthanaDataModule(StudyDataModule):
 
     Args:
         batch_size / eval_batch_size / num_workers: loader settings.
-        seed: seed of the split and of the void pools.
+        seed: pins the data seed (generated data, split, void pools) and the training order; None (default):
+            derived from the run's ``seed_everything`` (F50).
         val_fraction / test_fraction: fractions of all samples (stratified).
         void_kinds: which void generators to mix (equal shares).
         train_void_factor: the training void pool holds this many void samples per training sample.
@@ -62,7 +68,8 @@ class SatipatthanaDataModule(StudyDataModule):
 
     known_void_kinds: tuple[str, ...] = ()
 
-    def __init__(self, batch_size: int = 64, eval_batch_size: int | None = 256, num_workers: int = 0, seed: int = 0,
+    def __init__(self, batch_size: int = 64, eval_batch_size: int | None = 256, num_workers: int = 0,
+                 seed: int | None = None,
                  val_fraction: float = 0.1, test_fraction: float = 0.2,
                  void_kinds: list[str] | tuple[str, ...] | None = None, train_void_factor: int = 1,
                  train_void_kinds: list[str] | tuple[str, ...] | None = None) -> None:
@@ -85,6 +92,13 @@ class SatipatthanaDataModule(StudyDataModule):
         self.test_fraction = test_fraction
         self.void_kinds = kinds
         self.splits: dict[str, SatipatthanaSet] = {}
+        self.split_ids: dict[str, list[int]] = {}  # positions in the loaded sample array, per split
+        self._order: torch.Generator | None = None
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the generated data, the split and the void pools (``seed``, else from the run's seed)."""
+        return run_seed(self.seed, "satipatthana/data")
 
     # ---------------------------------------------------------- to implement
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,24 +138,31 @@ class SatipatthanaDataModule(StudyDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        seed = self.data_seed
         x, y = self.load()
         idx = np.arange(len(x))
-        rest, test = train_test_split(idx, test_size=self.test_fraction, random_state=self.seed, stratify=y.numpy())
+        rest, test = train_test_split(idx, test_size=self.test_fraction, random_state=seed, stratify=y.numpy())
         val_share = self.val_fraction / (1 - self.test_fraction)
         if self.val_fraction > 0:
-            train, val = train_test_split(rest, test_size=val_share, random_state=self.seed, stratify=y[rest].numpy())
+            train, val = train_test_split(rest, test_size=val_share, random_state=seed, stratify=y[rest].numpy())
         else:
             train, val = rest, rest[:0]
+        source = f"{type(self).__name__}(seed={seed})"
+        self.split_info = check_disjoint(val.tolist(), test.tolist(), val_name=f"{source} validation part",
+                                         test_name=f"{source} test part", what="sample ids")
         reference = x[train]
         for offset, (name, part) in enumerate((("train", train), ("val", val), ("test", test))):
             factor = self.train_void_factor if name == "train" else 1
             names = self.train_void_kinds if name == "train" else self.void_kinds
-            xv, kv = self._voids(factor * len(part), self.seed * 1000 + 17 + offset, reference, names)
+            xv, kv = self._voids(factor * len(part), seed * 1000 + 17 + offset, reference, names)
             self.splits[name] = SatipatthanaSet(x[part], y[part], xv, kv, random_void=factor > 1)
+            self.split_ids[name] = [int(i) for i in part]
 
     def train_dataloader(self):
         self.setup()
-        return self.train_loader(self.splits["train"])
+        if self._order is None:  # one generator for the run: later stages continue its order (F50)
+            self._order = torch.Generator().manual_seed(run_seed(self.seed, "satipatthana/order"))
+        return self.train_loader(self.splits["train"], generator=self._order)
 
     def val_dataloader(self):
         self.setup()
@@ -182,7 +203,8 @@ class CirclesDataModule(SatipatthanaDataModule):
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import make_circles
 
-        x, y = make_circles(n_samples=self.n_samples, noise=self.noise, factor=self.factor, random_state=self.seed)
+        x, y = make_circles(n_samples=self.n_samples, noise=self.noise, factor=self.factor,
+                            random_state=self.data_seed)
         return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
 
     def _propose(self, kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -255,7 +277,7 @@ class ShapesDataModule(ImageDataModule):
         from lit_experiments.data.shapes import ShapesWorld
 
         world = ShapesWorld(self.n_samples, image_size=self.image_size, num_frames=None, max_objects=1,
-                            seed=self.seed)
+                            seed=self.data_seed)
         items = [world[i] for i in range(self.n_samples)]
         x = torch.stack([torch.as_tensor(np.asarray(it["image"])) for it in items]).float() / 255.0
         y = torch.as_tensor(np.stack([np.asarray(it["category"]).reshape(-1)[0] for it in items]), dtype=torch.long)

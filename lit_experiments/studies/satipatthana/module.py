@@ -13,8 +13,16 @@ learning rate per stage by its ``optimizer`` (F12). Batches: see ``datamodule.py
 * fit:       plain ``lit-exp fit``: all of the above at once.
 
 Test: every number goes through a torchmetrics ``Metric`` (``evaluation/metrics.py``), reduced across ranks
-(F44); each sample's test noise is seeded by its index in the split, so no number depends on the batch or the
-rank a sample lands in. Validation terms are logged with ``sync_dist=True`` (weighted mean over ranks).
+(F44); each sample's test noise is seeded by its index in the split and the run's seed (``core.seeding.run_seed``,
+F50), so no number depends on the batch or the rank a sample lands in. Validation terms are logged with
+``sync_dist=True`` (weighted mean over ranks).
+
+Floors and references (F49) in results.json ``references``, on the same test samples by the same metric classes:
+``test/acc`` beside the majority training class (floor) and the plain baseline trained in its own stage
+(reference); ``test/trust_auroc`` beside one constant trust for every input (floor, 0.5) and the baseline's max
+softmax probability (reference); ``test/trust_auroc_drunk`` beside the constant trust; ``test/psnr`` (images)
+beside the mean training image. Per-sample correctness and trust go to ``<run_dir>/per_item/satipatthana_test.json``
+for the paired bootstrap (F51).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lit_experiments.core.seeding import run_seed
 from lit_experiments.core.specs import OptimSpec, StageSpec
 from lit_experiments.core.study import StudyModule
 
@@ -101,8 +110,8 @@ class SatipatthanaModule(StudyModule):
         optimizer: the optimizer of a plain ``fit``.
     """
 
-    headline_metrics: ClassVar[list[str]] = ["test/acc", "test/baseline_acc", "test/trust_clean", "test/trust_drunk",
-                                             "test/trust_void", "test/trust_auroc", "test/psnr"]
+    # the baseline is a reference row beside test/acc (results.json ``references``); trust per path stays in ``test``
+    headline_metrics: ClassVar[list[str]] = ["test/acc", "test/trust_auroc", "test/trust_auroc_drunk", "test/psnr"]
     loss_lower_bounds: ClassVar[dict[str, float]] = {"stability": 0.0, "recon": 0.0, "trust_bce": 0.0,
                                                       "task_ce": 0.0, "guidance": 0.0, "baseline_ce": 0.0}
 
@@ -131,6 +140,7 @@ class SatipatthanaModule(StudyModule):
         self.stage_defaults = stage_args or StageArgs()
         self._configure_stage_args({})
         self.test_metrics: SatipatthanaTestMetrics | None = None
+        self._noise_base = 0  # set per run at the test's start (F50)
 
     # ------------------------------------------------------------------ stages
     def on_stage(self, stage: StageSpec) -> None:
@@ -304,19 +314,26 @@ class SatipatthanaModule(StudyModule):
         if self.baseline is not None and not self._baseline_scored():
             rank_zero_warn("SatipatthanaModule: the baseline never trained (no `baseline` stage ran); "
                            "test/baseline_acc is not reported")
+        train = getattr(dm, "splits", {}).get("train")
+        image = bool(getattr(dm, "is_image", False))
+        majority = int(torch.bincount(train.y).argmax()) if train is not None else None
+        mean_image = train.x.mean(0) if train is not None and image else None
         self.test_metrics = SatipatthanaTestMetrics(
-            self.num_classes, list(getattr(dm, "void_kinds", [])), image=bool(getattr(dm, "is_image", False)),
-            baseline=self._baseline_scored(), max_steps=self.sati.max_steps).to(self.device)
+            self.num_classes, list(getattr(dm, "void_kinds", [])), image=image,
+            baseline=self._baseline_scored(), max_steps=self.sati.max_steps, majority_class=majority,
+            mean_image=mean_image).to(self.device)
+        self._noise_base = run_seed(None, "satipatthana/test_noise") << 24  # per-sample seeds differ per run (F50)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Every path on every sample; noise seeded per sample (``index``), mismatch from ``x_partner``."""
         x, index = batch["x"], batch["index"]
         clean = self.samatha(x)
         vip = self.analyse(clean, x)
-        aug_noise = PerSampleNoise(index * 4 + 1)
+        seeds = self._noise_base + index * 4
+        aug_noise = PerSampleNoise(seeds + 1)
         severity = aug_noise.rand((len(x),)).to(x)
         xa = x + self.augment_std * severity.view(-1, *([1] * (x.dim() - 1))) * aug_noise.randn(x.shape).to(x)
-        drunk = self.samatha(x, drunk=True, generator=PerSampleNoise(index * 4 + 2))
+        drunk = self.samatha(x, drunk=True, generator=PerSampleNoise(seeds + 2))
         void = self.samatha(batch["x_void"])
         partner = self.samatha(batch["x_partner"]).s_star  # s* of another sample with this sample's trajectory
         trust = {"clean": vip.trust, "augmented": self.analyse(self.samatha(xa), xa).trust,
@@ -328,6 +345,7 @@ class SatipatthanaModule(StudyModule):
             energy={"clean": clean.santana.step_energy, "drunk": drunk.santana.step_energy,
                     "void": void.santana.step_energy},
             baseline_logits=self.baseline(x) if self._baseline_scored() else None,
+            baseline_void_logits=self.baseline(batch["x_void"]) if self._baseline_scored() else None,
             recon=self.recon_decoder(clean.s_star) if x.dim() == 4 else None, x=x)
 
     def on_test_epoch_end(self) -> None:
@@ -339,6 +357,8 @@ class SatipatthanaModule(StudyModule):
         self.add_results("test", {**{f"test/{k}": v for k, v in metrics.items()},
                                   "test/n_test": len(samples["trust_clean"])})
         self.add_results("test_info", {"void_kinds": m.void_kinds})  # names, not numbers: outside `test`
+        self._add_references(metrics)
+        self._save_per_item(samples)
         if self._is_rank_zero():
             self.log_figure("trust_histograms", plots.trust_histograms({p: samples[f"trust_{p}"] for p in L.PATHS}))
             keep = slice(0, 64)
@@ -349,6 +369,33 @@ class SatipatthanaModule(StudyModule):
                 self.log_figure("decision_boundary", plots.decision_boundary(self._grid_predict, test.x, test.y,
                                                                              test.x_void))
         self.test_metrics = None
+
+    def _add_references(self, metrics: dict[str, float]) -> None:
+        """Floor / reference rows beside the headline metrics (F49), from the same test samples."""
+        rows = [("test/acc", "majority class", "majority_acc", "floor", "the most frequent training class, always"),
+                ("test/acc", "baseline", "baseline_acc", "reference",
+                 f"{type(self.baseline).__name__} trained on the same split in the baseline stage"),
+                ("test/trust_auroc", "constant trust", "constant_trust_auroc", "floor",
+                 "one trust value for every input (clean vs void)"),
+                ("test/trust_auroc", "baseline max softmax", "baseline_msp_auroc", "reference",
+                 "the baseline's max softmax probability as the trust score (clean vs void)"),
+                ("test/trust_auroc_drunk", "constant trust", "constant_trust_auroc", "floor",
+                 "one trust value for every input (clean vs drunk)"),
+                ("test/psnr", "mean training image", "psnr_mean_image", "floor",
+                 "the mean training image as every reconstruction")]
+        for metric, name, key, kind, what in rows:
+            if key in metrics and metric.split("/", 1)[1] in metrics:
+                self.add_reference(metric, name, metrics[key], kind, what=what)
+
+    def _save_per_item(self, samples: dict[str, torch.Tensor]) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        ids: list[Any] = samples["index"].tolist()
+        known = getattr(dm, "split_ids", {}).get("test")
+        if known is not None:
+            ids = [known[i] for i in ids]  # position of each test sample in the loaded data set
+        keys = ["correct", "baseline_correct", "majority_correct", "trust_clean", "trust_void", "trust_drunk"]
+        self.save_per_item("satipatthana_test", ids, {k: samples[k] for k in keys if k in samples},
+                           meta={"unit": "test sample", "correct": "1 when the task decoder's class is right"})
 
     def _grid_predict(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():

@@ -10,7 +10,8 @@ data or from another part are built from the first batch by the module's dry run
 * loss      ``losses.ReconstructionLoss(kind=mse | cosine | channel_norm)``
 
 ``datamodule.SlotsDataModule`` serves ShapesWorld videos or converted MOVi clips, with frozen features cached
-on disk; ``plugin.py`` registers the ``colour_edge`` backbone and the ``slots-analyze`` tool. Configs:
+on disk (MOVi: validation is a seeded held-out 2.5 % of ``train``, ids written once; test the official
+``validation`` folder; a validation equal to or overlapping test is refused, F47); ``plugin.py`` registers the ``colour_edge`` backbone and the ``slots-analyze`` tool. Configs:
 ``configs/slots/_base_movi.yaml`` (the seed's real run) with one delta per seed run, ``demo.yaml`` (CPU)
 with ``shapes_long`` / ``pixels_demo`` as deltas.
 
@@ -23,9 +24,16 @@ alphas and slot attention) are scored, against a fixed grid partition with one r
 BO-QSA (``bilevel``) training and learned slot queries; a pixel path; a CPU demo on ShapesWorld with a fixed
 colour/edge encoder instead of MOVi + pretrained ViTs.
 
+Honest numbers (issue 22): every FG-ARI headline (overall, per material group, per clip, the other mask source)
+has two floors in results.json ``references``, scored by the same metric on the same frames: the grid partition
+and the untrained model (the weights before the first step); per-clip scores go to ``per_item/slots_test.json``
+for the paired bootstrap; the ShapesWorld worlds, the training order and the positional code's frequencies come
+from ``seed_everything`` (``core.seeding.run_seed``) unless ``data.init_args.seed`` pins them, so the 3-seed
+spread of the demo includes the data.
+
 LESSONS rows covered (tests in ``tests/studies/slots/``): F01 (``encoders.FeatureInput`` + the TrainingHealth
 target guard; ``test_f01_*``), F02 / F03 (``losses``; ``test_f02_*``, ``test_f03_*``), F04
 (``slot_attention.LearnedPositionalEmbedding``; ``test_f04_*``), F05 (``evaluation.predicted_labels``;
 ``test_f05_*`` with four wrong-resize mutants), F06 (``analyze``; ``test_f06_*``), F44 (every val / test number
-through a torchmetrics ``Metric``; ``test_ddp.py::test_f44_*``).
+through a torchmetrics ``Metric``; ``test_ddp.py::test_f44_*``), F47 / F49 / F50 (``test_honest.py``).
 """

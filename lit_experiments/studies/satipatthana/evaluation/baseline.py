@@ -5,7 +5,9 @@ curriculum stage (``name: baseline, trainable: [baseline]``) through the same Tr
 spec and health guards as every other stage; the test scores it with a torchmetrics ``Metric``, so
 ``test/baseline_acc`` is reduced across ranks like every other test number (F44). Nothing trains inside
 a test hook. Its layers are built on the first forward (the input size comes from the data) under their
-own seed, so adding a baseline never shifts the initialisation of the other parts.
+own seed, so adding a baseline never shifts the initialisation of the other parts. That seed is derived from the
+run's ``seed_everything`` (``core.seeding.run_seed``, F50) unless ``seed`` pins it, so a sweep over seeds varies
+the baseline as it varies the model.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import torch
 from torch import nn
 from torchvision.ops import MLP
 
+from lit_experiments.core.seeding import run_seed
+
 
 class _SeededLazyPart(nn.Module):
     """Builds ``self.net`` on the first forward from the input's shape, under its own seed."""
 
-    def __init__(self, num_classes: int | None, seed: int) -> None:
+    def __init__(self, num_classes: int | None, seed: int | None) -> None:
         super().__init__()
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"{type(self).__name__}: num_classes={num_classes} must be >= 2")
@@ -35,7 +39,7 @@ class _SeededLazyPart(nn.Module):
             if self.num_classes is None:
                 raise ValueError(f"{type(self).__name__}: num_classes unknown (the module sets it from its own)")
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
+                torch.manual_seed(run_seed(self.seed, "satipatthana/baseline"))
                 self.net = self.make(tuple(x.shape[1:])).to(x.device)
         return self.net(x)
 
@@ -47,11 +51,11 @@ class MLPBaseline(_SeededLazyPart):
         hidden_dim: width of the hidden layers.
         num_layers: number of hidden layers.
         num_classes: classes (None: taken from ``SatipatthanaModule.num_classes``).
-        seed: seed of its initialisation (independent of the global RNG).
+        seed: seed of its initialisation (independent of the global RNG); None: from the run's seed (F50).
     """
 
     def __init__(self, hidden_dim: int = 64, num_layers: int = 2, num_classes: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int | None = None) -> None:
         super().__init__(num_classes, seed)
         if hidden_dim < 1 or num_layers < 1:
             raise ValueError(f"MLPBaseline: hidden_dim={hidden_dim}, num_layers={num_layers} must be >= 1")
@@ -68,10 +72,10 @@ class CNNBaseline(_SeededLazyPart):
     Args:
         hidden_dim: channels of the last convolution (the first has half).
         num_classes: classes (None: taken from ``SatipatthanaModule.num_classes``).
-        seed: seed of its initialisation (independent of the global RNG).
+        seed: seed of its initialisation (independent of the global RNG); None: from the run's seed (F50).
     """
 
-    def __init__(self, hidden_dim: int = 64, num_classes: int | None = None, seed: int = 0) -> None:
+    def __init__(self, hidden_dim: int = 64, num_classes: int | None = None, seed: int | None = None) -> None:
         super().__init__(num_classes, seed)
         if hidden_dim < 2:
             raise ValueError(f"CNNBaseline: hidden_dim={hidden_dim} must be >= 2")
