@@ -81,22 +81,23 @@ def tested_runs(cv_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def floor_references(runs: dict[str, list[dict[str, Any]]], metric: str) -> list[dict[str, Any]]:
-    """The floor rows of ``metric`` that the fold runs' tests wrote (the module's :func:`~.floors.floor_rows` on
-    the test images), one per name with its mean over every tested run (all runs share the test images and
-    captions, so the values agree)."""
+def run_references(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The floor / reference rows of ``metric`` that a variant's fold runs' tests wrote (the module's
+    :func:`~.floors.floor_rows` on the test images), one per name with its mean over the runs (they share the test
+    images and captions, so the values agree)."""
     import numpy as np
 
-    from lit_experiments.core.results import FLOOR, reference_row
+    from lit_experiments.core.results import reference_row
+
     values: dict[str, list[float]] = {}
     rows: dict[str, dict[str, Any]] = {}
-    for variant_runs in runs.values():
-        for run in variant_runs:
-            for row in run["test"].get("references", {}).get(metric, []):
-                if row.get("kind") == "floor" and row.get("value") is not None:
-                    rows.setdefault(row["name"], row)
-                    values.setdefault(row["name"], []).append(float(row["value"]))
-    return [reference_row(name, float(np.mean(values[name])), FLOOR, rows[name].get("what", "")) for name in rows]
+    for run in runs:
+        for row in run["test"].get("references", {}).get(metric, []):
+            if row.get("value") is not None:
+                rows.setdefault(row["name"], row)
+                values.setdefault(row["name"], []).append(float(row["value"]))
+    return [reference_row(name, float(np.mean(values[name])), rows[name]["kind"], rows[name].get("what", ""))
+            for name in rows]
 
 
 def item_scores(runs: list[dict[str, Any]], name: str) -> tuple[list[str], list[Any], Any] | None:
@@ -144,7 +145,7 @@ def summarise(cv_dir: Path, baseline: str, standin: dict[str, Any] | None, n_boo
             key = f"{variant}/{metric}"
             head[key] = metrics[metric]["mean"]
             spread[key] = {"std": metrics[metric]["std"], "n": metrics[metric]["n"], "over": "folds"}
-            refs[key] = floor_references(runs, metric)
+            refs[key] = run_references(runs.get(variant, []), metric)
             probe = summary["variants"].get(PROBE, {}).get(metric)
             if variant != PROBE and probe is not None:
                 refs[key].append(reference_row("image-only probe", probe["mean"], REFERENCE,
@@ -239,9 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed_everything
     if seed is None:
         seed = int(load_composed(config).get("seed_everything") or 0)
+    import os
+
     import lightning as L
 
+    from lit_experiments.core.seeding import RUN_SEED_ENV
+
     L.seed_everything(seed, verbose=False)  # PL_GLOBAL_SEED: the stand-in and the datamodules derive theirs
+    os.environ[RUN_SEED_ENV] = str(seed)  # core.seeding.run_seed reads the run's seed here first
     run_dir = Path(args.run_dir)
     start = time.perf_counter()
     standin = standin_step(config, run_dir / "standin")

@@ -15,7 +15,8 @@ are exact closed forms (checked against a simulation and sklearn in the tests):
   and, for the Hamming loss, "predict nothing" (the mean positive rate) are scored by the metric code.
 * the caption keyword rule (:func:`caption_rule_scores`): a label scores 1 when all its words occur in one clause
   of the image's caption (clauses split at commas and "and"), else 0 - it reads the labels off the side input.
-  Scored like a model at the fixed 0.5 threshold (the tuned-threshold F1 row uses the same 0/1 decisions).
+  Scored like a model at the fixed 0.5 threshold (the tuned-threshold F1 row uses the same 0/1 decisions). A floor
+  of every head that reads the caption; a reference row of an image-only head (it uses an input the head lacks).
 
 :func:`per_image_scores`: one value per test image (the label-ranking AP of its scores, F1 and Hamming loss of its
 decisions); their means are the run's ``lrap`` and ``hamming``, so the report can resample images (paired
@@ -107,10 +108,11 @@ def _rows_of(metrics: dict[str, Any], name: str, what: str) -> dict[str, tuple[s
     return {k: (name, v, FLOOR, what) for k, v in rows.items()}
 
 
-def floor_rows(targets: Tensor, captions: Sequence[str] | None, label_names: Sequence[str]
-               ) -> dict[str, list[tuple[str, float, str, str]]]:
+def floor_rows(targets: Tensor, captions: Sequence[str] | None, label_names: Sequence[str],
+               reads_captions: bool = True) -> dict[str, list[tuple[str, float, str, str]]]:
     """``{headline metric: [(name, value, kind, what), ...]}`` on the test units ``targets`` (N, C) with their
-    ``captions`` (None: no caption rule)."""
+    ``captions`` (None: no caption rule). The caption rule is a floor of a model that reads the captions and a
+    reference row of one that does not (``reads_captions=False``: an image-only probe)."""
     t = torch.as_tensor(targets).double()
     n, c = t.shape
     rate = float(t.mean())
@@ -134,8 +136,10 @@ def floor_rows(targets: Tensor, captions: Sequence[str] | None, label_names: Seq
         if len(captions) != n:
             raise ValueError(f"floor_rows: {len(captions)} captions for {n} test images")
         rule = multilabel_metrics(caption_rule_scores(captions, label_names), t, 0.5)
-        for key, row in _rows_of(rule, CAPTION_RULE, "a label scores 1 when its words are in the caption").items():
-            out[key].append(row)
+        kind = FLOOR if reads_captions else REFERENCE
+        for key, (name, value, _, what) in _rows_of(rule, CAPTION_RULE, "a label scores 1 when its words are in "
+                                                    "the caption").items():
+            out[key].append((name, value, kind, what))
     return out
 
 

@@ -280,7 +280,7 @@ class MultilabelModule(StudyModule):
     def add_floors(self, targets: torch.Tensor, names: list[str], captions: list[str] | None) -> None:
         """F49: the floors of every headline metric on these test units (:func:`~.floors.floor_rows`: chance,
         predict every label / nothing, the caption keyword rule) into results.json ``references``."""
-        for metric, rows in floor_rows(targets, captions, names).items():
+        for metric, rows in floor_rows(targets, captions, names, reads_captions=self.uses_text).items():
             for name, value, kind, what in rows:
                 self.add_reference(metric, name, value, kind=kind, what=what)
 

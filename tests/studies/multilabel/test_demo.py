@@ -77,6 +77,7 @@ def test_f31_demo_runs_every_variant_on_one_folds_file_and_reports_them(tmp_path
         tests = [json.loads((run / "cv" / r["test"]).read_text()) for r in index if r["variant"] == variant]
         rule = [row["value"] for t in tests for row in t["references"]["test/map"] if row["name"] == "caption keyword rule"]
         assert names["caption keyword rule"]["value"] == pytest.approx(np.mean(rule))
+        assert names["caption keyword rule"]["kind"] == ("reference" if variant == "probe" else "floor")
         if variant != "probe":
             assert names["image-only probe"]["kind"] == "reference"
             assert names["image-only probe"]["value"] == pytest.approx(cv["variants"]["probe"]["test/map"]["mean"])

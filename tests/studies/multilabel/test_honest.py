@@ -17,6 +17,7 @@ from sklearn.metrics import average_precision_score, label_ranking_average_preci
 from lit_experiments.core.configs import load_composed
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.results import check_floors, read_per_item
+from lit_experiments.core.seeding import RUN_SEED_ENV
 from lit_experiments.core.splits import SplitOverlapError
 from lit_experiments.metrics.multilabel import multilabel_metrics
 from lit_experiments.studies.multilabel import floors
@@ -38,12 +39,18 @@ def demo_datamodule(tmp_path, **over) -> tuple[MultilabelDataModule, dict]:
     return MultilabelDataModule(**args), args
 
 
+def run_seed_env(monkeypatch, seed: int) -> None:
+    """The environment of a run with ``seed_everything: seed`` (what core.seeding.run_seed reads)."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", str(seed))
+    monkeypatch.setenv(RUN_SEED_ENV, str(seed))
+
+
 def named_counts(caption: str, categories: list[str]) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", caption) if w in categories}
 
 
 def test_f52_captions_not_an_oracle(tmp_path, monkeypatch):
-    monkeypatch.setenv("PL_GLOBAL_SEED", "0")
+    run_seed_env(monkeypatch, 0)
     dm, args = demo_datamodule(tmp_path)
     p = args["caption_name_p"]
     assert 0.3 <= p <= 0.6  # the demo names each object with probability about 0.5
@@ -75,7 +82,7 @@ def test_f52_captions_not_an_oracle(tmp_path, monkeypatch):
     assert float(got["map"]) == pytest.approx(want, abs=1e-12)
     assert float(got["map"]) < 0.8 and float(got["f1_macro"]) < 0.8  # well below an oracle's 1.0
     # the noise follows the run's seed; the images do not
-    monkeypatch.setenv("PL_GLOBAL_SEED", "1")
+    run_seed_env(monkeypatch, 1)
     other, _ = demo_datamodule(tmp_path)
     assert other.captions("test") != captions
     assert torch.equal(other._base("test").targets, targets)
@@ -147,12 +154,27 @@ def test_f49_multilabel_headline_has_floors(tmp_path, monkeypatch):
     assert float(multilabel_metrics(probs, y)["map"]) == pytest.approx(res["test"]["test/map"], abs=1e-5)
     # the bug put back: a product whose floors drop the caption rule (or every floor) fails these checks
     real = floors.floor_rows
-    monkeypatch.setattr(module_mod, "floor_rows", lambda t, c, n: {k: [r for r in v if r[0] != floors.CAPTION_RULE]
-                                                                     for k, v in real(t, c, n).items()})
+    monkeypatch.setattr(module_mod, "floor_rows", lambda t, c, n, **kw: {
+        k: [r for r in v if r[0] != floors.CAPTION_RULE] for k, v in real(t, c, n, **kw).items()})
     dropped = test_results(tmp_path, args, ckpt)
     assert all(floors.CAPTION_RULE not in {r["name"] for r in rows} for rows in dropped["references"].values())
-    monkeypatch.setattr(module_mod, "floor_rows", lambda t, c, n: {})
+    monkeypatch.setattr(module_mod, "floor_rows", lambda t, c, n, **kw: {})
     assert check_floors(test_results(tmp_path, args, ckpt))
+
+
+def test_caption_rule_is_a_floor_of_caption_readers_and_a_reference_of_image_only_heads():
+    from lit_experiments.studies.multilabel.heads import MLPHead
+
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    captions, names = ["a circle", "a photo", "a square and a circle"], ["circle", "square"]
+    kinds = {}
+    for inputs in ("image+text", "image"):
+        module = MultilabelModule(head=MLPHead(inputs=inputs))
+        module.add_floors(y, names, captions)
+        refs = module.extra_results["references"]
+        assert check_floors({"headline": dict.fromkeys(module.headline_metrics, 0.5), "references": refs}) == []
+        kinds[inputs] = {r["kind"] for rows in refs.values() for r in rows if r["name"] == floors.CAPTION_RULE}
+    assert kinds == {"image+text": {"floor"}, "image": {"reference"}}
 
 
 def yaml_data(args: list[str]) -> dict:
@@ -175,19 +197,19 @@ def test_f50_seed_everything_varies_the_datamodule_and_standin_unless_pinned(tmp
         d.setup("fit")
         return d.caption_seed, d.split_indices["val"], d.sampler_seed
 
-    monkeypatch.setenv("PL_GLOBAL_SEED", "0")
+    run_seed_env(monkeypatch, 0)
     a = seeds()
-    monkeypatch.setenv("PL_GLOBAL_SEED", "1")
+    run_seed_env(monkeypatch, 1)
     b = seeds()
-    assert all(x != y for x, y in zip(a, b))  # captions, validation split and training order all move
+    assert all(x != y for x, y in zip(a, b)), (a, b)  # captions, validation split and training order all move
     pinned, _ = demo_datamodule(tmp_path, caption_seed=7, split_seed=3, sampler_seed=5)
     assert (pinned.caption_seed, pinned.split_seed, pinned.sampler_seed) == (7, 3, 5)
     assert "seed" not in load_composed(CONFIGS / "demo.yaml")["data"]["init_args"]["towers"]["init_args"]
     trained = []
     monkeypatch.setattr(standin.standins, "load_or_train", lambda path, model, train, extra: trained.append(
         (path, extra["training"]["seed"])) or {"path": str(path), "cached": True})
-    for seed in ("0", "1"):
-        monkeypatch.setenv("PL_GLOBAL_SEED", seed)
+    for seed in (0, 1):
+        run_seed_env(monkeypatch, seed)
         standin.train_standin(standin.default_config(), {"n_train": 64}, steps=1, cache_dir=tmp_path)
     assert trained[0][1] != trained[1][1] and trained[0][0] != trained[1][0]
     before = torch.get_num_threads()
