@@ -33,7 +33,7 @@ from .core.errors import ConfigError, LitExpError, clean_parser_message
 from .core.predict import PredictionWriter
 from .core.results import RunResults, to_float_dict
 from .core.rundir import resolve_run_dir
-from .core.seeding import RUN_SEED_ENV
+from .core.seeding import mark_run_seed
 from .core.specs import StageSpec
 from .core.study import StudyModule
 from .core.trainer import LitTrainer, default_run_dir
@@ -135,7 +135,7 @@ class LitCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         # seed_everything just ran: every run_seed() of this run keys on its seed (F50; in-process sweeps included)
-        os.environ[RUN_SEED_ENV] = os.environ.get("PL_GLOBAL_SEED", "0")
+        mark_run_seed(int(os.environ.get("PL_GLOBAL_SEED", "0")))
         sub = self.subcommand
         if sub == "fit":  # a run dir that holds a run is never reused silently (suffix or refuse)
             cfg = self.config[sub]

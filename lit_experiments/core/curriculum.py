@@ -8,7 +8,6 @@ append-only record (see :mod:`.rundir`).
 
 from __future__ import annotations
 
-import os
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from .rundir import (
     trim_metrics,
     write_config,
 )
-from .seeding import RUN_SEED_ENV
+from .seeding import mark_run_seed
 from .specs import SCHEDULERS, StageSpec
 
 if TYPE_CHECKING:
@@ -268,7 +267,7 @@ def prepare_stage(run: CurriculumRun, task: StageTask) -> tuple[LitTrainer, Path
             run.results.data.setdefault("superseded", []).append(
                 {"stage": stage.name, "record": run.results.stage(stage.name), "dir": _rel(moved, run.run_dir)})
     L.seed_everything(run.base.seed + index, workers=True, verbose=False)
-    os.environ[RUN_SEED_ENV] = str(run.base.seed)  # run_seed() keys on the run's seed, not the stage's (F50)
+    mark_run_seed(run.base.seed, run.base.seed + index)  # run_seed() keys on the run's seed, not the stage's (F50)
     run.model.set_stage(stage, in_curriculum=True)
     for key, value in {**run.data_defaults, **stage.data}.items():
         setattr(run.datamodule, key, value)

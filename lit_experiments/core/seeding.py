@@ -37,10 +37,31 @@ def run_seed(explicit: int | None = None, purpose: str = "") -> int:
     if explicit is not None:
         return int(explicit)
     import hashlib
-    import os
 
-    base = int(os.environ.get(RUN_SEED_ENV) or os.environ.get("PL_GLOBAL_SEED", "0"))
+    base = int(current_run_seed())
     if not purpose:
         return base
     digest = hashlib.sha1(f"{base}:{purpose}".encode()).hexdigest()
     return int(digest[:8], 16)
+
+
+def mark_run_seed(run_seed_value: int, stage_seed: int | None = None) -> None:
+    """Record the run's seed beside the seed ``seed_everything`` just set (``stage_seed``, default the same): while
+    ``PL_GLOBAL_SEED`` still equals it, :func:`run_seed` keys on the run's seed. A later ``seed_everything`` by
+    anyone else makes the record stale, and it is then ignored."""
+    import os
+
+    os.environ[RUN_SEED_ENV] = f"{int(run_seed_value)}:{int(run_seed_value if stage_seed is None else stage_seed)}"
+
+
+def current_run_seed() -> int:
+    """The run's seed: the recorded one while ``PL_GLOBAL_SEED`` is the seed it was recorded beside (a plain value
+    without ``:`` is always used), otherwise ``PL_GLOBAL_SEED`` (0 when unset)."""
+    import os
+
+    global_seed = os.environ.get("PL_GLOBAL_SEED", "0")
+    record = os.environ.get(RUN_SEED_ENV, "")
+    run, colon, stage = record.partition(":")
+    if run and (not colon or stage == global_seed):  # a plain value: set by hand (a tool, a test), always used
+        return int(run)
+    return int(global_seed)

@@ -264,3 +264,35 @@ def test_f50_a_curriculum_stage_keys_run_seed_on_the_run_not_the_stage(tmp_path,
     one = _sampler_seeds(tmp_path, 1, "s1")
     assert len(zero) >= 2 and len(set(zero)) == 1, zero  # every stage of one run: one sampler seed
     assert len(set(one)) == 1 and one[0] != zero[0]
+
+
+def test_f50_a_finished_runs_seed_record_is_not_read_by_a_later_seed_everything(monkeypatch):
+    """The run's seed recorded by a curriculum stage is ignored once someone else calls seed_everything."""
+    import lightning as L
+
+    from lit_experiments.core.seeding import mark_run_seed, run_seed
+
+    monkeypatch.delenv("LIT_EXP_RUN_SEED", raising=False)
+    L.seed_everything(5, verbose=False)
+    mark_run_seed(4, 5)  # stage 1 of a run with seed 4
+    in_stage = run_seed(None, "sampler")
+    L.seed_everything(4, verbose=False)
+    assert run_seed(None, "sampler") == in_stage  # run 4 == its stage 1
+    L.seed_everything(9, verbose=False)
+    mark_run_seed(9)
+    L.seed_everything(2, verbose=False)  # a later tool seeds itself
+    assert run_seed(None, "sampler") == _fresh(2) != in_stage
+
+
+def _fresh(seed: int) -> int:
+    import os
+
+    from lit_experiments.core.seeding import run_seed
+
+    old = os.environ.pop("LIT_EXP_RUN_SEED", None)
+    try:
+        os.environ["PL_GLOBAL_SEED"] = str(seed)
+        return run_seed(None, "sampler")
+    finally:
+        if old is not None:
+            os.environ["LIT_EXP_RUN_SEED"] = old
