@@ -232,6 +232,7 @@ def test_f50_every_demo_tool_takes_seed_everything():
 def test_f50_seed_everything_drives_run_seed(monkeypatch):
     """run_seed: another seed_everything or purpose gives another seed, a YAML-pinned value wins; pure."""
     monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored after the test
+    monkeypatch.delenv("LIT_EXP_RUN_SEED", raising=False)  # no run's seed recorded: PL_GLOBAL_SEED decides
     seeds = {}
     for base in (0, 1, 2):
         L.seed_everything(base, verbose=False)

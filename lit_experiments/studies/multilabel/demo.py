@@ -240,14 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed_everything
     if seed is None:
         seed = int(load_composed(config).get("seed_everything") or 0)
-    import os
-
     import lightning as L
 
-    from lit_experiments.core.seeding import RUN_SEED_ENV
+    from lit_experiments.core.seeding import mark_run_seed
 
     L.seed_everything(seed, verbose=False)  # PL_GLOBAL_SEED: the stand-in and the datamodules derive theirs
-    os.environ[RUN_SEED_ENV] = str(seed)  # core.seeding.run_seed reads the run's seed here first
+    mark_run_seed(seed)  # core.seeding.run_seed keys on this run's seed (stale once anyone reseeds)
     run_dir = Path(args.run_dir)
     start = time.perf_counter()
     standin = standin_step(config, run_dir / "standin")
