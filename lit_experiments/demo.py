@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lit_experiments import registry
 from lit_experiments.core.configs import composition, load_composed
+from lit_experiments.core.results import check_floors
 
 
 def find_demos(config_root: Path, only: list[str] | None = None) -> list[Path]:
@@ -59,8 +60,12 @@ def run_demo(config: Path, out_root: Path, extra: list[str], seed: int | None = 
     wall = time.perf_counter() - start
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    return {"study": study, "ok": proc.returncode == 0, "wall_s": round(wall, 1), "results": str(results_path),
-            "headline": results.get("headline", {}), "returncode": proc.returncode,
+    problems = check_floors(results) if proc.returncode == 0 else []
+    for problem in problems:  # F49: a headline printed without its floor is not a result
+        print(f"demo {study}: {problem}", file=sys.stderr, flush=True)
+    return {"study": study, "ok": proc.returncode == 0 and not problems, "wall_s": round(wall, 1),
+            "results": str(results_path), "headline": results.get("headline", {}), "returncode": proc.returncode,
+            **({"problems": problems} if problems else {}),
             **({} if seed is None else {"seed": seed})}
 
 

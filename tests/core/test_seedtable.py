@@ -267,3 +267,21 @@ def test_f50_seed_everything_drives_data_order(monkeypatch):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_f49_a_demo_headline_without_its_floor_fails_the_demo(tmp_path, monkeypatch):
+    """`lit-exp demo` checks every study's results.json with core.results.check_floors: a headline metric with no
+    floor row makes that demo FAILED (and the command exit 1), with the metric named."""
+    def fake_run(cmd, env=None, **kwargs):
+        run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("--trainer.run_dir=")))
+        run_dir.mkdir(parents=True)
+        refs = {"test/a": [reference_row("chance", 0.5)], "test/b": [reference_row("probe", 0.6, "reference")]}
+        (run_dir / "results.json").write_text(json.dumps({"headline": {"test/a": 0.9, "test/b": 0.8},
+                                                          "references": refs}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(demo.subprocess, "run", fake_run)
+    rows = [demo.run_demo(ROOT / "configs" / "satipatthana" / "demo.yaml", tmp_path, [])]
+    assert rows[0]["ok"] is False and rows[0]["problems"] == [
+        "headline test/b has no floor row in results.json['references']"]
+    assert "FAILED" in demo.format_table(rows)
