@@ -6,6 +6,7 @@
   ``configs/toy/curriculum.yaml``, with the toy study's tiny override.
 * With ``stages:`` -> ``lit-exp curriculum`` (each stage 1 step, then test); without -> ``lit-exp fit``
   (1 step), then ``lit-exp test --ckpt_path`` on that fit's checkpoint.
+* A study config's run records its validation / test split check (results.json ``splits``): disjoint ids (F47).
 * A config that needs CUDA (``trainer.accelerator: gpu | cuda``) is skipped where there is none.
 
 A YAML dropped into configs/ is covered without editing this file.
@@ -102,6 +103,16 @@ def read_test_metrics(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def read_splits(run_dir: Path) -> dict[str, Any]:
+    """The ``splits`` record (core.splits.check_disjoint, F47) of the run's results.json or one below it."""
+    for path in [run_dir / "results.json", *sorted(run_dir.rglob("results.json"))]:
+        if path.is_file():
+            section = json.loads(path.read_text()).get("splits")
+            if section:
+                return section
+    return {}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[rel(c) for c in CONFIGS])
 def test_config_runs_one_step_and_test(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files, raw, tiny = plan(config)
@@ -134,6 +145,11 @@ def test_config_runs_one_step_and_test(config: Path, tmp_path: Path, monkeypatch
     assert section, f"{rel(config)}: results.json has no test metrics"
     bad = not_finite_numbers(section)
     assert not bad, f"{rel(config)}: test entries that are not finite numbers: {bad}"
+    if "model" in load_composed(config) and study_of(config) != "toy":  # every study checks its val / test ids disjoint (F47)
+        splits = read_splits(run_dir)
+        assert splits, f"{rel(config)}: results.json has no `splits` record (core.splits.check_disjoint)"
+        assert splits["n_validation"] > 0 and splits["n_test"] > 0, f"{rel(config)}: {splits}"
+        assert splits["overlap"] == 0 and not splits["tuned_on_test"], f"{rel(config)}: {splits}"
     if merged.get("trainer", {}).get("wandb") is not None:
         assert list(tmp_path.rglob("offline-run-*")), f"{rel(config)}: wandb wrote no offline run"
 
