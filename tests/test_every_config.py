@@ -93,21 +93,12 @@ def not_finite_numbers(section: dict[str, Any]) -> dict[str, Any]:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)}
 
 
-def read_test_metrics(run_dir: Path) -> dict[str, Any]:
-    """The ``test`` section of the run's results.json (or of a results.json the test command wrote below it)."""
+def read_section(run_dir: Path, name: str) -> dict[str, Any]:
+    """Section ``name`` of the run's results.json (or of a results.json the test command wrote below it): the
+    ``test`` metrics, or the ``splits`` record of core.splits.check_disjoint (F47)."""
     for path in [run_dir / "results.json", *sorted(run_dir.rglob("results.json"))]:
         if path.is_file():
-            section = json.loads(path.read_text()).get("test")
-            if section:
-                return section
-    return {}
-
-
-def read_splits(run_dir: Path) -> dict[str, Any]:
-    """The ``splits`` record (core.splits.check_disjoint, F47) of the run's results.json or one below it."""
-    for path in [run_dir / "results.json", *sorted(run_dir.rglob("results.json"))]:
-        if path.is_file():
-            section = json.loads(path.read_text()).get("splits")
+            section = json.loads(path.read_text()).get(name)
             if section:
                 return section
     return {}
@@ -141,12 +132,12 @@ def test_config_runs_one_step_and_test(config: Path, tmp_path: Path, monkeypatch
         checkpoints = sorted(run_dir.rglob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
         assert checkpoints, f"{rel(config)}: fit wrote no checkpoint under {run_dir}"
         run_cli(["test", *config_args, f"--ckpt_path={checkpoints[0]}"])
-    section = read_test_metrics(run_dir)
+    section = read_section(run_dir, "test")
     assert section, f"{rel(config)}: results.json has no test metrics"
     bad = not_finite_numbers(section)
     assert not bad, f"{rel(config)}: test entries that are not finite numbers: {bad}"
     if "model" in load_composed(config) and study_of(config) != "toy":  # every study checks its val / test ids disjoint (F47)
-        splits = read_splits(run_dir)
+        splits = read_section(run_dir, "splits")
         assert splits, f"{rel(config)}: results.json has no `splits` record (core.splits.check_disjoint)"
         assert splits["n_validation"] > 0 and splits["n_test"] > 0, f"{rel(config)}: {splits}"
         assert splits["overlap"] == 0 and not splits["tuned_on_test"], f"{rel(config)}: {splits}"
