@@ -26,7 +26,8 @@ from lit_experiments.data.shapes import ShapesWorld
 from .prompts import Prompt, fixed_units
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .datamodule import DistillDataModule, UnitSource
+    from .datamodule import DistillDataModule
+    from .units import UnitSource
 
 CLIP_KEYS = ("n_train", "n_val", "n_test", "num_frames")
 DEFAULT_CLIPS: dict[str, int] = {"n_train": 64, "n_val": 16, "n_test": 32, "num_frames": 4}
@@ -117,7 +118,7 @@ class ClipSplit(Dataset):
 
 def collate_clips(items: list[dict]) -> dict:
     """Like :func:`~.datamodule.collate_units`: ``targets`` becomes a list (clips) of lists (frames)."""
-    from .datamodule import collate_units
+    from .units import collate_units
 
     return collate_units(items)
 

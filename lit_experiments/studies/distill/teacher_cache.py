@@ -16,7 +16,7 @@ from lit_experiments.core.errors import ConfigError
 from .teacher import OUTPUT_KEYS, Sam3Teacher
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .datamodule import UnitSource
+    from .units import UnitSource
 
 
 class VocabImages(Dataset):
