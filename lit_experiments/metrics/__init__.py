@@ -21,7 +21,12 @@ from lit_experiments.metrics.promptable import (
     promptable_metrics,
     unit_stats,
 )
-from lit_experiments.metrics.retrieval import RetrievalMetrics, compare_per_query_ap, retrieval_metrics
+from lit_experiments.metrics.retrieval import (
+    RetrievalMetrics,
+    compare_per_query_ap,
+    expected_random_ap,
+    retrieval_metrics,
+)
 
 __all__ = [
     "ARIMetric",
@@ -35,6 +40,7 @@ __all__ = [
     "ari",
     "cgf1",
     "compare_per_query_ap",
+    "expected_random_ap",
     "embedding_stats",
     "il_mcc",
     "mbo",

@@ -343,3 +343,23 @@ class RetrievalMetrics(Metric):
         out = retrieval_metrics(emb, emb, labels, labels, self.ks, self.exclude_self, self.chunk_size)
         out["query_ids"] = ids
         return out
+
+
+def expected_random_ap(n_pos: Tensor, n_gallery: Tensor) -> Tensor:
+    """Expected average precision of a uniformly random ranking of ``n_gallery`` items, ``n_pos`` of them positive
+    (elementwise; NaN where ``n_pos`` is 0).
+
+    With ``rel(r)`` the relevance at rank r, ``AP = (1/R) sum_r rel(r) (sum_{s<=r} rel(s)) / r`` and, for a random
+    ranking, ``E[rel(r)] = R/N`` and ``E[rel(r) rel(s)] = R(R-1) / (N(N-1))`` for ``s != r``, so
+    ``E[AP] = (H_N + (R - 1)(N - H_N) / (N - 1)) / N`` with the harmonic number ``H_N`` (1 when R = N; ``H_N / N``
+    when R = 1). It lies above the positive rate ``R/N`` (the mean over ranks of the precision is not the
+    precision's mean at the positives' ranks).
+    """
+    r, n = n_pos.double(), n_gallery.double()
+    top = int(n.max()) if n.numel() else 0
+    harmonic = torch.cat([torch.zeros(1, dtype=torch.float64),
+                          torch.cumsum(1.0 / torch.arange(1, top + 1, dtype=torch.float64), 0)])
+    h = harmonic[n_gallery.long()]
+    slope = torch.where(n > 1, (r - 1) / (n - 1).clamp(min=1), torch.zeros_like(r))
+    out = (h + slope * (n - h)) / n.clamp(min=1)
+    return torch.where(r > 0, out, torch.full_like(out, float("nan")))

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_experiments.metrics import expected_random_ap as random_ap
 from lit_experiments.metrics.multilabel import multilabel_metrics
 
 FLOOR, REFERENCE = "floor", "reference"
@@ -43,20 +44,12 @@ HAMMING = "test/t05/hamming"
 CAPTION_RULE = "caption keyword rule"
 
 
-def harmonic(n: int) -> float:
-    return float(sum(1.0 / k for k in range(1, n + 1)))
-
-
 def expected_random_ap(n: int, m: int) -> float:
-    """Expected AP of a uniformly random ranking of ``n`` items with ``m >= 1`` positives (exact).
-
-    A positive at rank ``r`` (uniform in 1..n) has ``(r-1)(m-1)/(n-1)`` other positives above it on average, so
-    ``E[AP] = (1/n) sum_r [1 + (r-1)(m-1)/(n-1)] / r``."""
+    """Expected AP of a uniformly random ranking of ``n`` items with ``m >= 1`` positives (exact; the closed form
+    is :func:`lit_experiments.metrics.retrieval.expected_random_ap`)."""
     if not 1 <= m <= n:
         raise ValueError(f"expected_random_ap: need 1 <= m <= n, got n={n}, m={m}")
-    if n == 1:
-        return 1.0
-    return (m - 1) / (n - 1) + harmonic(n) * (n - m) / (n * (n - 1))
+    return float(random_ap(torch.tensor([m]), torch.tensor([n]))[0])
 
 
 def random_ranking_map(targets: Tensor) -> float:

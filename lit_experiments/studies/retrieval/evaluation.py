@@ -8,8 +8,8 @@
 * :func:`embedding_map`: a 2-D map (PCA, or UMAP when umap-learn is installed) coloured by label.
 * :func:`compare_checkpoints`: two checkpoints on the same queries, side by side, with the most improved
   and most degraded queries (per-query AP).
-* :func:`expected_random_ap`: the expected AP of a uniformly random ranking (closed form), the floor of every
-  mAP (F49); :func:`linear_probe`: a logistic-regression probe on frozen features, a reference row.
+* the floor of every mAP (F49) is :func:`lit_experiments.metrics.expected_random_ap`, the expected AP of a
+  uniformly random ranking (closed form); :func:`linear_probe`: a logistic-regression probe on frozen features, a reference row.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects (Agg canvas), never through pyplot, so no global
 backend is set and nothing is shown.
@@ -299,26 +299,6 @@ def compare_checkpoints(
         md += ["", f"### {title} queries", "", f"| query | AP {name_a} | AP {name_b} | delta |", "|---|---:|---:|---:|"]
         md += [f"| {q} | {a:.4f} | {b:.4f} | {b - a:+.4f} |" for q, a, b in items] or ["| (none) | | | |"]
     return result, "\n".join(md) + "\n"
-
-
-def expected_random_ap(n_pos: Tensor, n_gallery: Tensor) -> Tensor:
-    """Expected average precision of a uniformly random ranking of ``n_gallery`` items, ``n_pos`` of them positive
-    (elementwise; NaN where ``n_pos`` is 0).
-
-    With ``rel(r)`` the relevance at rank r, ``AP = (1/R) sum_r rel(r) (sum_{s<=r} rel(s)) / r`` and, for a random
-    ranking, ``E[rel(r)] = R/N`` and ``E[rel(r) rel(s)] = R(R-1) / (N(N-1))`` for ``s != r``, so
-    ``E[AP] = (H_N + (R - 1)(N - H_N) / (N - 1)) / N`` with the harmonic number ``H_N`` (1 when R = N; ``H_N / N``
-    when R = 1). It lies above the positive rate ``R/N`` (the mean over ranks of the precision is not the
-    precision's mean at the positives' ranks).
-    """
-    r, n = n_pos.double(), n_gallery.double()
-    top = int(n.max()) if n.numel() else 0
-    harmonic = torch.cat([torch.zeros(1, dtype=torch.float64),
-                          torch.cumsum(1.0 / torch.arange(1, top + 1, dtype=torch.float64), 0)])
-    h = harmonic[n_gallery.long()]
-    slope = torch.where(n > 1, (r - 1) / (n - 1).clamp(min=1), torch.zeros_like(r))
-    out = (h + slope * (n - h)) / n.clamp(min=1)
-    return torch.where(r > 0, out, torch.full_like(out, float("nan")))
 
 
 def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, c: float = 1.0) -> Tensor | None:

@@ -44,10 +44,8 @@ def retrieval_numbers(f: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, ks
     import torch
     import torch.nn.functional as F
 
-    from lit_experiments.metrics import embedding_stats, retrieval_metrics
+    from lit_experiments.metrics import embedding_stats, expected_random_ap, retrieval_metrics
     from lit_experiments.metrics.embedding import effective_rank
-
-    from .evaluation import expected_random_ap
 
     n = z.shape[0]
     ks_ok = [k for k in ks if k <= n - 1] or [1]

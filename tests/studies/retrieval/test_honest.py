@@ -17,9 +17,9 @@ from lit_experiments.core.seeding import RUN_SEED_ENV
 from lit_experiments.core.specs import StageSpec
 from lit_experiments.core.splits import SplitOverlapError
 from lit_experiments.data.tools import write_shapes
+from lit_experiments.metrics import expected_random_ap
 from lit_experiments.studies.retrieval import report
 from lit_experiments.studies.retrieval.datamodule import RetrievalDataModule, _collate
-from lit_experiments.studies.retrieval.evaluation import expected_random_ap
 from lit_experiments.studies.retrieval.parts import TimmBackbone
 from lit_experiments.studies.retrieval.sampler import MPerClassBatchSampler
 
