@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .report_stats import mean_std
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 MARKER = re.compile(r"<!-- results:([A-Za-z0-9_.-]+) -->\n(.*?)<!-- /results:\1 -->", re.S)
@@ -53,9 +54,8 @@ def spread(values: Iterable[Any]) -> dict[str, Any]:
     values = [_number(v) for v in values]
     present = [v for v in values if v is not None]
     n = len(present)
-    mean = sum(present) / n if n else None
-    std = math.sqrt(sum((v - mean) ** 2 for v in present) / (n - 1)) if n >= 2 else None
-    return {"values": values, "mean": mean, "std": std, "n": n}
+    mean, std = mean_std(present) if n else (None, None)
+    return {"values": values, "mean": mean, "std": std if n >= 2 else None, "n": n}
 
 
 def summarise_study(study: str, runs: dict[int, dict[str, Any] | None], paths: dict[int, str] | None = None,
