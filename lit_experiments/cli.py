@@ -7,7 +7,7 @@
     lit-exp <tool> ...                                 (tools; studies register theirs in their plugin.py)
 
 This module imports neither torch nor lightning: ``lit-exp --help`` and the plain tools start fast; the
-LightningCLI (:mod:`lit_experiments.litcli`) is imported for a Lightning subcommand only. Errors of the
+LightningCLI (:mod:`lit_experiments.core.litcli`) is imported for a Lightning subcommand only. Errors of the
 workbench, of the config and of the data are printed as one short block on stderr (exit code 2 for the
 config, 1 at run time); ``--debug`` or ``LIT_EXP_DEBUG=1`` shows the traceback instead.
 """
@@ -25,13 +25,13 @@ from . import registry
 
 # non-Lightning commands of the core: name -> module with ``main(argv)``; studies add theirs in their plugin.py
 registry.register_tool("data", "lit_experiments.data.tools")
-registry.register_tool("curves", "lit_experiments.core.curves")
-registry.register_tool("report", "lit_experiments.core.report")
+registry.register_tool("curves", "lit_experiments.experiments.curves")
+registry.register_tool("report", "lit_experiments.experiments.report")
 registry.register_tool("demo", "lit_experiments.demo")
-registry.register_tool("sweep", "lit_experiments.core.sweep")
-registry.register_tool("cv", "lit_experiments.core.folds")
-registry.register_tool("export", "lit_experiments.core.export")
-registry.register_tool("quantize", "lit_experiments.core.quantize")
+registry.register_tool("sweep", "lit_experiments.experiments.sweep")
+registry.register_tool("cv", "lit_experiments.experiments.cv")
+registry.register_tool("export", "lit_experiments.deploy.export")
+registry.register_tool("quantize", "lit_experiments.deploy.quantize")
 
 #: Lightning subcommands and what they do (the fast ``--help`` lists them without importing Lightning)
 SUBCOMMANDS = {
@@ -77,15 +77,15 @@ def fast_help() -> str:
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> Any:
-    """The LightningCLI (:class:`lit_experiments.litcli.LitCLI`) for ``args`` (``None``: ``sys.argv``)."""
-    from .litcli import build_cli as _build
+    """The LightningCLI (:class:`lit_experiments.core.litcli.LitCLI`) for ``args`` (``None``: ``sys.argv``)."""
+    from .core.litcli import build_cli as _build
 
     return _build(args, run=run, description=description())
 
 
 def __getattr__(name: str) -> Any:
     if name == "LitCLI":
-        from .litcli import LitCLI
+        from .core.litcli import LitCLI
 
         return LitCLI
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -103,15 +103,9 @@ def _run(args: list[str], from_argv: bool) -> Any:
 
         raise ConfigError(f"unknown subcommand or tool {args[0]!r}; expected one of "
                           f"{', '.join(list(SUBCOMMANDS) + list(tools))}")
-    from .core.configs import composition_of, config_args
-    from .core.errors import check_yaml_file
+    from .core.litcli import run_command
 
-    given = [value for _, _, value in config_args(args)]
-    for path in given:
-        check_yaml_file(path)  # names the file and line of a YAML error (jsonargparse says `<unicode string>`)
-    for path in composition_of(given):
-        check_yaml_file(path)  # the bases too: LitCLI composes every file by one rule (core/configs.merge, F48)
-    build_cli(None if from_argv else args)
+    run_command(args, from_argv=from_argv, description=description())
     return None
 
 

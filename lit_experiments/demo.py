@@ -7,7 +7,7 @@ Every invocation writes to a new folder (``runs/demo/<timestamp>/<study>``): ear
 
 ``--seeds 0 1 2`` (F50) runs every demo once per seed instead (``--seed_everything=N`` for a fit / curriculum, the
 demo tool's ``--seed_everything N``) into ``runs/demo-seeds/<timestamp>/seed<N>/<study>`` and writes each study's
-headline as mean +- std over the seeds beside its floors (:mod:`lit_experiments.core.seedtable`) to
+headline as mean +- std over the seeds beside its floors (:mod:`lit_experiments.experiments.seedtable`) to
 ``OUT/demo_seeds.{json,md}``; ``--summary FILE`` merges it into a kept summary and ``--readme README.md``
 regenerates the README's ``<!-- results:STUDY -->`` tables from it (``make demo-seeds`` does all three).
 """
@@ -135,7 +135,7 @@ def run_seeds(demos: list[Path], seeds: list[int], out: Path, extra: list[str], 
               readme: str | None) -> int:
     """Every demo once per seed into ``out/seed<N>/<study>``, then the seed tables (written after each study, so an
     interrupted sweep keeps the studies it finished)."""
-    from lit_experiments.core import seedtable
+    from lit_experiments.experiments import seedtable
 
     total, done, start = len(demos) * len(seeds), 0, time.perf_counter()
     dirty = uncommitted_changes()
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if (args.summary or args.readme) and not args.seeds:
         parser.error("--summary / --readme go with --seeds (to regenerate only: python -m "
-                     "lit_experiments.core.seedtable --summary FILE --readme README.md)")
+                     "lit_experiments.experiments.seedtable --summary FILE --readme README.md)")
     if any(a == "--seed_everything" or a.startswith("--seed_everything=") for a in extra) and args.seeds:
         parser.error("--seeds sets each run's seed_everything; do not pass --seed_everything too")
     demos = find_demos(Path(args.configs), args.only)
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(set(args.seeds)) != len(args.seeds):
             parser.error(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed")
         out = Path(args.out) if args.out else Path("runs/demo-seeds") / time.strftime("%Y%m%d-%H%M%S")
-        from lit_experiments.core.seedtable import seed_dir
+        from lit_experiments.experiments.seedtable import seed_dir
 
         used = [str(seed_dir(out, s) / d.parent.name) for s in args.seeds for d in demos
                 if (seed_dir(out, s) / d.parent.name).exists()]

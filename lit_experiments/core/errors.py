@@ -40,6 +40,14 @@ class CheckpointError(LitExpError, ValueError):
     exit_code = 2
 
 
+class HealthError(LitExpError, RuntimeError):
+    """A guard found a run that would train wrongly (bad globs, lazy parts, a failed health check).
+
+    The message is complete on its own (what, where, likely cause with the LESSONS id), so a CLI can print
+    it as one block without the traceback.
+    """
+
+
 @dataclass
 class ErrorReport:
     """What the CLI prints for an error: the message lines, where it was raised and the exit code."""

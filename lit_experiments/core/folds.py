@@ -1,34 +1,24 @@
-"""`lit-exp cv`: k folds written once to `<sweep>/folds.json` and shared by every run and ablation (F31, F45).
+"""Fold files: k folds written once to ``<sweep>/folds.json`` and read by every run of a cross-validation (F31, F45).
 
-    lit-exp cv -c configs/toy/curriculum.yaml --folds 5 [--grid KEY=V1,V2 | --list variants/*.yaml]
-               [--seeds 0] [--test best|all|none] [--select val/acc] [--out runs/cv/toy]
-
-The folds are drawn once from the datamodule's pool (``StudyDataModule.fold_pool()``: the sample count and the
+The folds are drawn once from a datamodule's pool (``StudyDataModule.fold_pool()``: the sample count and the
 labels): 2-D 0/1 labels -> iterstrat ``MultilabelStratifiedKFold``, 1-D labels -> sklearn ``StratifiedKFold``,
-no labels -> ``KFold``; all shuffled with ``--fold_seed``. ``folds.json`` holds the index lists and a fingerprint
-(sha256 of the index lists and of the pool's data fingerprint); a later cv call over the same folder reuses
-it and refuses when the data differ. Each fold run gets ``--data.init_args.fold {"file": ..., "index": k}``; the
-datamodule checks the data fingerprint, splits its pool and records ``folds`` in the run's results.json.
-The held-out test split stays outside the folds; ``--test`` scores the best fold's model (by ``--select``), every
-fold's, or none on it. ``<sweep>/cv.json`` holds mean / std (ddof=1) / n / values per variant and metric.
-A requested test that fails is listed in cv.json ``failed_tests`` (and by `lit-exp report`) and the command exits
-1 (F54): a variant never drops silently out of the summary.
+no labels -> ``KFold``. ``folds.json`` holds the index lists and a fingerprint (sha256 of the index lists and
+of the pool's data fingerprint); a run's datamodule checks the data fingerprint before it splits its pool.
+The ``lit-exp cv`` command that writes them is :mod:`lit_experiments.experiments.cv`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .jsonfile import write_json
 
 FOLDS_FILE = "folds.json"
-CV_FILE = "cv.json"
 
 
 # ------------------------------------------------------------------------------------------------ folds
@@ -90,13 +80,6 @@ def make_folds(n_samples: int, labels: Any, n_folds: int, seed: int) -> list[dic
     return [{"train": sorted(map(int, tr)), "val": sorted(map(int, va))} for tr, va in splitter.split(x, y)]
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def read_folds(path: str | Path) -> dict[str, Any]:
     """folds.json, its fingerprint checked against its own index lists."""
     path = Path(path)
@@ -154,187 +137,3 @@ def load_fold(datamodule: Any, spec: dict[str, Any]) -> tuple[list[int], list[in
     info = {"file": str(Path(spec["file"]).resolve()), "fingerprint": data["fingerprint"], "index": index,
             "n_folds": data["n_folds"], "kind": data["kind"], "fold_sizes": list(fold_sizes(data))}
     return list(fold["train"]), list(fold["val"]), info
-
-
-# ------------------------------------------------------------------------------------------------ cv tool
-def pool_of(config: dict[str, Any] | list[str | Path]) -> tuple[Any, int, Any]:
-    """The config's datamodule, built without training, and its ``fold_pool()``.
-
-    ``config``: the composed dict, or the config files in order (composed by the CLI's one rule, F48)."""
-    import lightning as L
-    from jsonargparse import ArgumentParser
-
-    from .configs import load_composed
-
-    if not isinstance(config, dict):
-        config = load_composed(*config)
-    section = config.get("data")
-    if not isinstance(section, dict) or "class_path" not in section:
-        raise ConfigError("cv: the config has no `data: {class_path: ..., init_args: ...}`")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(L.LightningDataModule, "data")
-    cfg = parser.parse_object({"data": section})
-    dm = parser.instantiate_classes(cfg).data
-    if "fold" not in inspect.signature(type(dm).__init__).parameters:
-        raise ConfigError(f"cv: {type(dm).__name__} takes no `fold` init argument; add `fold: dict | None = None` "
-                          "(passed to StudyDataModule) and split its pool with `self.fold_split(pool)` in setup")
-    try:
-        n, labels = dm.fold_pool()
-    except NotImplementedError as err:
-        raise ConfigError(str(err)) from None
-    return dm, int(n), labels
-
-
-def yaml_load(path: Path) -> Any:
-    import yaml
-
-    return yaml.safe_load(Path(path).read_text())
-
-
-def summarise(values: list[float]) -> dict[str, Any]:
-    import numpy as np
-
-    arr = np.asarray(values, dtype=float)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
-            "n": len(values), "values": [float(v) for v in values]}
-
-
-def metric_value(metrics: dict[str, Any], name: str) -> tuple[str, float] | None:
-    """``name`` in ``metrics``, else the last key ending in ``/name`` (a curriculum's ``<stage>/val/acc``)."""
-    if metrics.get(name) is not None:
-        return name, float(metrics[name])
-    keys = [k for k in metrics if k.endswith("/" + name) and metrics[k] is not None]
-    return (keys[-1], float(metrics[keys[-1]])) if keys else None
-
-
-def cv_summary(sweep_dir: Path, index: dict[str, Any], folds: dict[str, Any], select: str, mode: str) -> dict:
-    """cv.json: per variant and metric mean / std / n / values over its done runs: the validation metrics of
-    ``final`` and, when every run was tested (``--test all``), the test metrics; the best fold by ``select``."""
-    out: dict[str, Any] = {"folds": {"file": str((sweep_dir / FOLDS_FILE).resolve()), "fingerprint":
-                                     folds["fingerprint"], "n_folds": folds["n_folds"], "kind": folds["kind"]},
-                           "select": select, "mode": mode, "variants": {}, "best": {}, "source": {}}
-    by_variant: dict[str, list[dict[str, Any]]] = {}
-    for run in index["runs"]:
-        if run["status"] == "done" and (sweep_dir / run["results"]).is_file():
-            by_variant.setdefault(run["variant"], []).append(run)
-    for variant, runs in by_variant.items():
-        data = [json.loads((sweep_dir / r["results"]).read_text()) for r in runs]
-        tests = [r.get("test_metrics") for r in runs]
-        use_test = all(tests)
-        table = [{**(t if use_test else {}), **{k: v for k, v in d.get("final", {}).items() if "val/" in k}}
-                 for t, d in zip(tests, data)]
-        keys = [k for k in table[0] if all(t.get(k) is not None for t in table)]
-        out["variants"][variant] = {k: summarise([t[k] for t in table]) for k in keys}
-        failed = [r["name"] for r in runs if r.get("test_error")]
-        out["source"][variant] = "test+val" if use_test else f"val (test failed: {', '.join(failed)})" if failed \
-            else "val"
-        scored = [(metric_value(d.get("final", {}), select), r) for d, r in zip(data, runs)]
-        scored = [(s[1], r) for s, r in scored if s is not None]
-        if scored:
-            value, best = (max if mode == "max" else min)(scored, key=lambda p: p[0])
-            out["best"][variant] = {"run": best["name"], "fold": best["fold"], "seed": best["seed"], select: value,
-                                    "test": best.get("test_metrics")}
-    out["failed_tests"] = failed_tests(index)
-    return out
-
-
-def failed_tests(index: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs whose requested test on the test split failed (F54)."""
-    return [{"run": r["name"], "variant": r["variant"], "fold": r.get("fold"), "seed": r.get("seed"),
-             "error": r["test_error"]} for r in index["runs"] if r.get("test_error")]
-
-
-def score_on_test(plan: Any, out: Path, entry: dict[str, Any]) -> None:
-    """``lit-exp test`` of a run's last checkpoint on the held-out test split; metrics into its entry."""
-    from . import sweep
-
-
-    run = next(r for r in plan.runs if r.name == entry["name"])
-    run_dir = out / run.name
-    for key in ("test_error", "test", "test_metrics"):  # a rescore replaces every earlier outcome
-        entry.pop(key, None)
-    data = json.loads((run_dir / "results.json").read_text())
-    stages = data.get("stages", {})
-    ckpts = [run_dir / s["checkpoint"] for s in stages.values() if s.get("checkpoint")]
-    ckpts = ckpts or sorted(run_dir.rglob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
-    if not ckpts:
-        entry["test_error"] = "no checkpoint in the run"
-        return
-    ckpt = ckpts[-1] if stages else ckpts[0]
-    cfg = [a for c in plan.configs for a in ("-c", c)]
-    try:
-        sweep.execute(["test", *cfg, *run.args, "--ckpt_path", str(ckpt), "--seed_everything", str(run.seed)])
-    except Exception as exc:  # noqa: BLE001
-        entry["test_error"] = sweep.first_line(exc)
-        print(f"test {run.name} -> failed, {entry['test_error']}")
-        return
-    found = sorted((run_dir / "eval").glob("test-*/results.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        entry["test_error"] = f"the test wrote no {run_dir / 'eval'}/test-*/results.json"
-        print(f"test {run.name} -> failed, {entry['test_error']}")
-        return
-    result = json.loads(found[-1].read_text())
-    entry.update(test=str(found[-1].relative_to(out)), test_metrics=result.get("test", {}))
-    print(f"test {run.name} ({ckpt.relative_to(out)}) -> {sweep._headline({'headline': result.get('test', {})})}")
-
-
-def print_cv(summary: dict[str, Any]) -> None:
-    for variant, metrics in summary["variants"].items():
-        for name, s in metrics.items():
-            std = "n/a" if s["std"] is None else f"{s['std']:.4f}"
-            print(f"{variant:<24} {name:<24} {s['mean']:.4f} +- {std} (n={s['n']}, "
-                  f"{summary['source'][variant]})")
-    for failed in summary.get("failed_tests") or []:
-        print(f"FAILED test of {failed['run']} ({failed['variant']}, fold {failed['fold']}): {failed['error']}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from . import sweep
-
-    parser = sweep.build_parser("cv", __doc__.split("\n\n")[0])
-    parser.add_argument("--folds", type=int, required=True, help="number of folds k")
-    parser.add_argument("--fold_seed", type=int, default=0, help="seed of the fold split (default 0)")
-    parser.add_argument("--test", choices=("best", "all", "none"), default="best",
-                        help="score the best fold's model (by --select), every fold's, or none on the test split")
-    parser.add_argument("--select", default="val/loss", help="validation metric that picks the best fold")
-    parser.add_argument("--mode", choices=("min", "max"), help="min or max of --select (default: min for a "
-                        "loss, max otherwise)")
-    args = parser.parse_args(argv)
-    args.seeds = args.seeds or "0"
-    mode = args.mode or ("min" if "loss" in args.select else "max")
-    plan = sweep.plan_from_args(args, kind="cv")
-    out = sweep.sweep_dir(args, plan)
-    _, n, labels = pool_of(plan.configs)
-    folds = ensure_folds(out / FOLDS_FILE, n, labels, args.folds, args.fold_seed)
-    fold_file = str((out / FOLDS_FILE).resolve())
-    plan.expand_folds(args.folds, fold_file)
-    if args.print_only:
-        sweep.print_commands(plan, out)
-        return 0
-    index = sweep.run_plan(plan, out, kind="cv")
-    done = [r for r in index["runs"] if r["status"] == "done"]
-    if args.test != "none" and done:
-        chosen = done
-        if args.test == "best":
-            scored = {}
-            for run in done:
-                final = json.loads((out / run["results"]).read_text()).get("final", {})
-                found = metric_value(final, args.select)
-                if found is not None:
-                    scored.setdefault(run["variant"], []).append((found[1], run))
-            if not scored:
-                raise ConfigError(f"--select {args.select}: no done run has it in results.json `final`")
-            chosen = [(max if mode == "max" else min)(v, key=lambda p: p[0])[1] for v in scored.values()]
-        for run in chosen:  # a run scored by an earlier call keeps its test result
-            if not (run.get("test") and (out / run["test"]).is_file()):
-                score_on_test(plan, out, run)
-        sweep.save_index(out, index)
-    summary = cv_summary(out, index, folds, args.select, mode)
-    write_json(out / CV_FILE, summary)
-    print_cv(summary)
-    print(f"cv.json: {out / CV_FILE}")
-    if summary["failed_tests"]:  # F54: a requested test that failed fails the command
-        print(f"cv: {len(summary['failed_tests'])} requested test(s) failed (listed in {out / CV_FILE}); "
-              "their variants' test metrics are missing", flush=True)
-        return 1
-    return 0 if all(r["status"] == "done" for r in index["runs"]) else 1

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from .errors import LitExpError
+from .errors import HealthError
 from .lazy import uninitialized_names
 
 #: check name -> (default policy, LESSONS ids, likely cause)
@@ -48,14 +48,6 @@ POLICIES = ("error", "warn", "off")
 
 #: what ``StudyModule.track(targets=...)`` accepts as the source of a target
 Source = torch.nn.Module | torch.Tensor | str | Iterable[Any]
-
-
-class HealthError(LitExpError, RuntimeError):
-    """A guard found a run that would train wrongly (bad globs, lazy parts, a failed health check).
-
-    The message is complete on its own (what, where, likely cause with the LESSONS id), so a CLI can print
-    it as one block without the traceback.
-    """
 
 
 class TrainingHealthError(HealthError):

@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
+from .errors import HealthError
+
 
 def uninitialized_names(module: torch.nn.Module) -> list[str]:
     names = [n for n, p in module.named_parameters() if isinstance(p, UninitializedParameter)]
@@ -49,15 +51,11 @@ class LazyBuild(L.Callback):
                 loader = trainer.fit_loop._data_source.dataloader()
                 batch = next(iter(loader))
         except StopIteration:
-            from .health import HealthError
-
             raise HealthError(f"LazyBuild: the training dataloader of {type(dm).__name__} is empty: no example batch "
                               "for the dry run (check the data path, the split sizes and drop_last)") from None
         lazy_build(pl_module, batch)
         left = uninitialized_names(pl_module)
         if left:
-            from .health import HealthError  # health imports this module
-
             stage = getattr(getattr(pl_module, "stage", None), "name", "fit")
             raise HealthError(
                 f"LazyBuild: stage {stage!r}: after the dry run these are still uninitialised: {left}. "

@@ -4,6 +4,8 @@
 * :func:`load_or_train` - load the saved weights into the model, or train it (under
   :func:`~lit_experiments.core.seeding.isolated_rng`: the global RNGs are untouched) and save it atomically (a
   temporary file renamed into place; a failed save leaves nothing behind).
+* :func:`fit_loop` - the one training loop of every stand-in: loss, backward, optional clipping, optimizer and
+  scheduler step, progress every ``log_every`` steps, an optional callback (a learning curve).
 * :func:`loss_summary` - the first / last tenth of a loss trace (at most 10 steps each) and the wall time.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,30 @@ def log_progress(tag: str, step: int, steps: int, losses: Sequence[float], every
     if (step + 1) % every == 0 or step + 1 == steps:
         print(f"[{tag}] step {step + 1}/{steps} loss {np.mean(losses[-every:]):.3f} "
               f"({time.perf_counter() - started:.0f}s)", flush=True)
+
+
+def fit_loop(tag: str, steps: int, step_loss: Callable[[int], torch.Tensor], optimizer: torch.optim.Optimizer,
+             scheduler: Any = None, log_every: int = 100, clip: tuple[Iterable[torch.nn.Parameter], float] | None = None,
+             callback: Callable[[int], None] | None = None, every: int = 0) -> dict[str, Any]:
+    """Train a stand-in for ``steps`` steps; ``step_loss(step)`` draws that step's batch and returns its loss.
+
+    Each step: ``zero_grad``, ``backward``, gradient-norm clipping when ``clip = (params, max_norm)``, the
+    optimizer step, then the scheduler step. Prints ``[tag] step s/N loss L (Ts)`` every ``log_every`` steps and
+    calls ``callback(steps_done)`` every ``every`` steps (``0``: never). Returns :func:`loss_summary`."""
+    losses: list[float] = []
+    started = time.perf_counter()
+    clip_params = list(clip[0]) if clip is not None else None
+    for step in range(steps):
+        loss = step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_params is not None:
+            torch.nn.utils.clip_grad_norm_(clip_params, clip[1])
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(float(loss.detach()))
+        log_progress(tag, step, steps, losses, log_every, started)
+        if callback is not None and every > 0 and (step + 1) % every == 0:
+            callback(step + 1)
+    return loss_summary(losses, started, steps)

@@ -123,7 +123,7 @@ class StudyModule(L.LightningModule):
         from .errors import ConfigError
 
         raise ConfigError(f"{type(self).__name__} names no exportable parts: define export_parts(batch) -> "
-                          "{name: ExportPart} (lit_experiments.core.export) to use `lit-exp export`")
+                          "{name: ExportPart} (lit_experiments.deploy.export) to use `lit-exp export`")
 
     # ---------------------------------------------------------------- health
     def track(
@@ -174,6 +174,13 @@ class StudyModule(L.LightningModule):
         ``losses``."""
         tracked, self._tracked = self._tracked, {}
         return tracked
+
+    @property
+    def frozen(self) -> Any:
+        """The run's frozen network: the datamodule's ``frozen`` part (it serves its outputs from a cache), or
+        ``None`` before a trainer with a datamodule is attached. One name and one way in every study."""
+        trainer = self._trainer
+        return getattr(getattr(trainer, "datamodule", None), "frozen", None) if trainer is not None else None
 
     # -------------------------------------------------------------- outputs
     @property

@@ -173,30 +173,30 @@ def test_debug_flag_and_env_show_the_traceback(tmp_path, monkeypatch):
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only known error kinds are shortened; an unexpected TypeError (a bug) propagates untouched."""
-    import lit_experiments.cli as cli
+    import lit_experiments.core.litcli as litcli
 
-    def broken(args=None, run=True):
+    def broken(args=None, run=True, description=None):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(cli, "build_cli", broken)
+    monkeypatch.setattr(litcli, "build_cli", broken)
     with pytest.raises(TypeError, match="a bug"):
         main(["fit", "-c", str(FIT)])
 
 
 def test_guard_error_with_a_lessons_id_is_short(monkeypatch, capsys):
-    import lit_experiments.cli as cli
+    import lit_experiments.core.litcli as litcli
 
-    def guard(args=None, run=True):
+    def guard(args=None, run=True, description=None):
         raise RuntimeError("stage 'head': parameter head.weight got no gradient (F07)\nlikely cause: detached loss")
 
-    monkeypatch.setattr(cli, "build_cli", guard)
+    monkeypatch.setattr(litcli, "build_cli", guard)
     code, out, err = run_split(["fit", "-c", FIT], capsys)
     assert code == 1 and "head.weight" in err and "(F07)" in err and "Traceback" not in err
 
 
 # ----------------------------------------------------------------------- progress and output (item 7)
 def test_progress_bar_policy():
-    from lit_experiments.litcli import progress_bar_wanted
+    from lit_experiments.core.litcli import progress_bar_wanted
 
     assert progress_bar_wanted([], env={}, tty=True) is True
     assert progress_bar_wanted([], env={"CI": "true"}, tty=True) is False

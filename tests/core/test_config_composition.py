@@ -199,12 +199,12 @@ def test_stage_deltas_through_the_cli(tmp_path, capsys):
 
 
 def test_f48_tools_building_a_study_compose_like_the_cli(tmp_path, monkeypatch):
-    """``core.build.build_study`` (export / quantize / study demos) and ``core.folds.pool_of`` (cv) compose a
+    """``deploy.build.build_study`` (export / quantize / study demos) and ``experiments.cv.pool_of`` (cv) compose a
     delta key by key, as the CLI does: the distill A/B delta keeps the demo's ``prompts.per_image`` (a dict-typed
     argument), a multilabel delta that changes one key of the towers keeps the others."""
-    from lit_experiments.core.build import build_study
     from lit_experiments.core.configs import load_composed
-    from lit_experiments.core.folds import pool_of
+    from lit_experiments.deploy.build import build_study
+    from lit_experiments.experiments.cv import pool_of
 
     root = Path(__file__).resolve().parents[2] / "configs"
     from lit_experiments.studies.distill.teacher import tiny_config

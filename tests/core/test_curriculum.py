@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from lit_experiments.core.curriculum import parse_only
-from lit_experiments.core.curves import read_curves
 from lit_experiments.core.rundir import RunDirError
 from lit_experiments.core.specs import StageSpec, matches_any
 from lit_experiments.core.trainer import LitTrainer
+from lit_experiments.experiments.curves import read_curves
 
 from .toys import RecordingToy, data, stages, trainer, weights
 

@@ -6,7 +6,7 @@ import csv
 import pytest
 
 from lit_experiments.cli import main as cli_main
-from lit_experiments.core.curves import read_curves
+from lit_experiments.experiments.curves import read_curves
 
 
 def _write_log(path, rows):

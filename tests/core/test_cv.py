@@ -152,7 +152,7 @@ def test_cv_test_all_scores_every_fold_and_aggregates_test_metrics(tmp_path):
 
 def test_f54_cv_failed_test_exits_nonzero(tmp_path, monkeypatch, capsys):
     """A requested test that fails makes `lit-exp cv` exit non-zero; cv.json and the report list the failure."""
-    from lit_experiments.core import report, sweep
+    from lit_experiments.experiments import report, sweep
 
     real = sweep.execute
 

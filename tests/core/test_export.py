@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from lit_experiments.cli import main
-from lit_experiments.core import export as export_mod
-from lit_experiments.core.build import build_study, load_study, reference_batch
-from lit_experiments.core.export import ParityError, check_parity
 from lit_experiments.core.study import StudyModule
+from lit_experiments.deploy import export as export_mod
+from lit_experiments.deploy.build import build_study, load_study, reference_batch
+from lit_experiments.deploy.export import ParityError, check_parity
 from lit_experiments.studies.distill import deploy
 from lit_experiments.studies.distill.module import DistillModule
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lit_experiments.cli import main
-from lit_experiments.core.quantize import MODES, quantize_model
+from lit_experiments.deploy.quantize import MODES, quantize_model
 from lit_experiments.studies.distill.student import OUTPUT_KEYS, tiny_student
 
 from .test_export import write_tiny_distill

@@ -65,8 +65,10 @@ def test_a_new_study_adds_a_tool_and_a_backbone_without_editing_the_core(fake_st
 
 def test_colour_edge_is_registered_by_the_slots_study_not_by_the_core():
     core_sources = [ROOT / "lit_experiments" / "backbones" / "__init__.py", ROOT / "lit_experiments" / "cli.py",
-                    ROOT / "lit_experiments" / "litcli.py", ROOT / "lit_experiments" / "registry.py",
-                    *sorted((ROOT / "lit_experiments" / "core").glob("*.py"))]
+                    ROOT / "lit_experiments" / "registry.py",
+                    *sorted((ROOT / "lit_experiments").glob("core/*.py")),
+                    *sorted((ROOT / "lit_experiments").glob("experiments/*.py")),
+                    *sorted((ROOT / "lit_experiments").glob("deploy/*.py"))]
     for source in core_sources:
         text = source.read_text()
         assert "colour_edge" not in text and "slots-analyze" not in text, source

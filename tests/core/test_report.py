@@ -18,8 +18,8 @@ from scipy import stats
 
 from lit_experiments import cli
 from lit_experiments.core import folds as folds_mod
-from lit_experiments.core import report, report_html, report_stats
 from lit_experiments.core.errors import ConfigError
+from lit_experiments.experiments import report, report_html, report_stats
 
 METRIC = "toy/test/acc"
 

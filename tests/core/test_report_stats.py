@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lit_experiments.core import report, report_items, report_stats
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.results import reference_row, write_per_item
+from lit_experiments.experiments import report, report_items, report_stats
 
 from .test_report import METRIC, _Tables, corrected_t_by_hand, make_sweep, md_tables, row, width, write_run
 

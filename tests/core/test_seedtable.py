@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from lit_experiments import demo, registry
-from lit_experiments.core import seedtable
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.results import reference_row
 from lit_experiments.core.seeding import run_seed
+from lit_experiments.experiments import seedtable
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = ROOT / "docs" / "results" / "demo_seeds.json"

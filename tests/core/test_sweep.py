@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lit_experiments.cli import main
-from lit_experiments.core import sweep
+from lit_experiments.experiments import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 CURRICULUM = str(ROOT / "configs" / "toy" / "curriculum.yaml")

@@ -58,7 +58,7 @@ def image_miou(predict: Any, loader: Any, kwargs: dict[str, Any]) -> float:
 
 def card_step(run_dir: Path, ckpt: Path, out: Path) -> list[dict[str, Any]]:
     """Load the final student and its teacher; the latency card on the first test batch (see module docs)."""
-    from lit_experiments.core.build import load_study
+    from lit_experiments.deploy.build import load_study
 
     from .deploy import latency_card
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         card = card_step(run_dir, final_checkpoint(run_dir, results), run_dir / "deploy")
         results = json.loads(results_path.read_text())
         results["latency_card"] = card
-        from lit_experiments.core.folds import write_json
+        from lit_experiments.core.jsonfile import write_json
 
         write_json(results_path, results)
     print_headline(results)

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from lit_experiments.core.export import ExportPart, export_and_check
-from lit_experiments.core.latency import describe_threads, file_mb, measure_latency, state_dict_mb
+from lit_experiments.deploy.export import ExportPart, export_and_check
+from lit_experiments.deploy.latency import describe_threads, file_mb, measure_latency, state_dict_mb
 
 from .evaluation import postprocess
 from .student import OUTPUT_KEYS
@@ -33,7 +33,7 @@ CARD_ROWS = ("teacher", "student_fp32", "student_int8_weight_only", "student_onn
 
 def export_parts(module: Any, batch: dict) -> dict[str, ExportPart]:
     """The student's parts on ``batch`` (``image`` (U, 3, H, W), ``student_input_ids`` (U, L)) as
-    :class:`~lit_experiments.core.export.ExportPart`; the decoder's example inputs are the encoders' outputs."""
+    :class:`~lit_experiments.deploy.export.ExportPart`; the decoder's example inputs are the encoders' outputs."""
     student = module.student.eval()
     images, ids = batch["image"].cpu(), batch["student_input_ids"].cpu()
     with torch.no_grad():
@@ -118,7 +118,7 @@ def latency_card(teacher: Any, module: Any, batch: dict, out_dir: str | Path,
     Returns the rows: ``model``, ``metric_name``, ``metric``, ``latency_ms`` (per unit), ``batch_ms`` (median),
     ``size_mb``, ``latency_ratio`` / ``size_ratio`` (vs ``student_fp32``), ``threads``.
     """
-    from lit_experiments.core.quantize import quantize_model
+    from lit_experiments.deploy.quantize import quantize_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

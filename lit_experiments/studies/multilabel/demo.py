@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.core.folds import write_json
+from lit_experiments.core.jsonfile import write_json
 
 DEFAULT_VARIANTS = ("mlp.yaml", "agch.yaml", "probe.yaml")
 HEADLINE_METRICS = ("test/map", "test/auc_macro", "test/tuned/f1_macro", "test/knn_map")  # the report's
@@ -45,7 +45,7 @@ PROBE = "probe"  # the image-only variant: a reference row of every other head
 def standin_step(config_file: Path, out: Path) -> dict[str, Any] | None:
     """Train or load the stand-in towers of ``config`` and write their evaluation; None for other towers."""
     from lit_experiments.core.configs import load_composed
-    from lit_experiments.core.folds import pool_of
+    from lit_experiments.experiments.cv import pool_of
 
     from .standin import StandinTowers, evaluate_standin
 
@@ -127,9 +127,9 @@ def summarise(cv_dir: Path, baseline: str, standin: dict[str, Any] | None, n_boo
     ``spread`` (std over folds), ``paired`` (variant minus baseline over folds: descriptive, the folds share
     their training data and test set) and ``bootstrap`` (the best head against the caption rule and the
     image-only probe: a paired bootstrap over test images recomputing mAP, F51)."""
-    from lit_experiments.core.report import collect
-    from lit_experiments.core.report_stats import paired_test
     from lit_experiments.core.results import FLOOR, REFERENCE, reference_row
+    from lit_experiments.experiments.report import collect
+    from lit_experiments.experiments.report_stats import paired_test
 
     from .floors import paired_bootstrap_map
 
@@ -210,9 +210,9 @@ def print_headline(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lit_experiments.core import folds
     from lit_experiments.core.configs import load_composed
-    from lit_experiments.core.report import build_report
+    from lit_experiments.experiments import cv as folds
+    from lit_experiments.experiments.report import build_report
 
     p = argparse.ArgumentParser(prog="lit-exp multilabel-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("-c", "--config", required=True, help="the demo config (composed with its # base: files)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_experiments.core.configs import load_composed
-from lit_experiments.core.report import flatten
+from lit_experiments.experiments.report import flatten
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "distill"
 CAP = {"model.init_args.distill_loss.init_args.max_matches", "model.init_args.distill_loss.init_args.min_teacher_score"}

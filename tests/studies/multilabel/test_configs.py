@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lit_experiments.core.configs import load_composed
-from lit_experiments.core.report import flatten
-from lit_experiments.core.sweep import plan_from_args
+from lit_experiments.experiments.report import flatten
+from lit_experiments.experiments.sweep import plan_from_args
 from lit_experiments.studies.multilabel.heads import AGCHHead
 from lit_experiments.studies.multilabel.losses import CombinedLoss
 

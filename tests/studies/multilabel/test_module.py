@@ -56,7 +56,7 @@ test_results.__test__ = False  # a helper, not a test
 
 def module_and_data(ckpt: Path, args: list[str]) -> tuple[MultilabelModule, MultilabelDataModule]:
     """The fitted module (weights of ``ckpt``) and its datamodule, built as the CLI builds them."""
-    from lit_experiments.core.folds import pool_of
+    from lit_experiments.experiments.cv import pool_of
 
     files = [a for a in args if a != "-c"]
     dm = pool_of(files)[0]

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 MODES = ("fp32", "fp16", "bf16", "int8_weight_only", "int8_dynamic")
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -191,7 +191,7 @@ def record_in_run(info: Any, out: Path, rows: list[dict[str, Any]]) -> None:
     path = Path(run_dir) / "results.json" if run_dir is not None else None
     if path is None or not path.is_file():
         return
-    from .folds import write_json
+    from ..core.jsonfile import write_json
 
     data = json.loads(path.read_text())
     data["quantize"] = {"dir": str(out), "checkpoint": str(info.path), "rows": rows}

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.errors import ConfigError, LitExpError
 from .build import default_out, load_study, reference_batch
-from .errors import ConfigError, LitExpError
 
 FORMATS = {"onnx": ".onnx", "torch_export": ".pt2"}
 DEFAULT_TOLERANCE = 1e-4

@@ -26,17 +26,17 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from .core.checkpoints import NO_CHECKPOINT, CheckpointInfo, load_weights_for_eval
-from .core.configs import compose_config_args
-from .core.curriculum import apply_data_overrides
-from .core.errors import ConfigError, LitExpError, clean_parser_message
-from .core.predict import PredictionWriter
-from .core.results import RunResults, to_float_dict
-from .core.rundir import resolve_run_dir
-from .core.seeding import mark_run_seed
-from .core.specs import StageSpec
-from .core.study import StudyModule
-from .core.trainer import LitTrainer, default_run_dir
+from .checkpoints import NO_CHECKPOINT, CheckpointInfo, load_weights_for_eval
+from .configs import compose_config_args
+from .curriculum import apply_data_overrides
+from .errors import ConfigError, LitExpError, clean_parser_message
+from .predict import PredictionWriter
+from .results import RunResults, to_float_dict
+from .rundir import resolve_run_dir
+from .seeding import mark_run_seed
+from .specs import StageSpec
+from .study import StudyModule
+from .trainer import LitTrainer, default_run_dir
 
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 EVAL_DIR_ENV = "LIT_EXP_EVAL_DIR"
@@ -153,7 +153,7 @@ class LitCLI(LightningCLI):
         shared = os.environ.get(EVAL_DIR_ENV)  # DDP ranks started by Lightning reuse rank zero's choice
         if shared and rank_zero_only.rank != 0:
             return Path(shared)
-        from .core.checkpoints import find_run_dir
+        from .checkpoints import find_run_dir
 
         base = find_run_dir(Path(self._eval_ckpt)) if self._eval_ckpt != NO_CHECKPOINT else None
         if base is None:
@@ -304,3 +304,20 @@ def build_cli(args: list[str] | None = None, run: bool = True, description: str 
         run=run,
         argv=args,
     )
+
+
+def run_command(args: list[str], from_argv: bool = False, description: str | None = None) -> None:
+    """One Lightning subcommand (``fit``, ``curriculum``, ``test``, ...) in this process.
+
+    Every config file and its ``# base:`` files are checked first, so a YAML error names its file and line
+    (jsonargparse says ``<unicode string>``); then the files are composed by the one rule (F48) and run.
+    ``from_argv``: LightningCLI reads ``sys.argv`` itself (the console script)."""
+    from .configs import composition_of, config_args
+    from .errors import check_yaml_file
+
+    given = [value for _, _, value in config_args(args)]
+    for path in given:
+        check_yaml_file(path)
+    for path in composition_of(given):
+        check_yaml_file(path)
+    build_cli(None if from_argv else args, description=description)

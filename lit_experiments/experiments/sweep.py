@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 INDEX_FILE = "sweep.json"
 
@@ -129,7 +129,7 @@ def valid_keys(composed: dict[str, Any]) -> set[str]:
     """Keys a grid may set: the composed config's keys plus the parameters of its model, data and trainer."""
     import importlib
 
-    from .trainer import LitTrainer
+    from ..core.trainer import LitTrainer
 
     keys = flat_keys(composed) | {"seed_everything", "trainer"}
     for section in ("model", "data"):
@@ -179,7 +179,7 @@ def grid_variants(grid: dict[str, list[str]]) -> list[tuple[str, list[str], dict
 
 
 def plan_from_args(args: argparse.Namespace, kind: str) -> Plan:
-    from .configs import load_composed
+    from ..core.configs import load_composed
 
     configs = [str(Path(c).resolve()) for c in args.config]
     for c in configs + list(args.list):
@@ -240,13 +240,14 @@ def execute(args: list[str]) -> None:
     """One ``lit-exp`` call in this process; errors propagate (``--debug``) so their first line is recorded."""
     import sys
 
-    from .. import cli
+    from ..core.litcli import run_command
 
     old, argv = os.environ.get("LIT_EXP_ON_EXISTING"), list(sys.argv)
     os.environ["LIT_EXP_ON_EXISTING"] = "refuse"  # the sweep moved any old folder aside: never a -2 sibling
     sys.argv = sys.argv[:1]  # LightningCLI warns when it gets args while sys.argv holds others
     try:
-        code = cli.main([args[0], "--debug", *args[1:]])
+        run_command(list(args))
+        code = 0
     except SystemExit as exc:
         code = exc.code
     finally:
@@ -261,7 +262,7 @@ def execute(args: list[str]) -> None:
 
 def move_aside(out: Path, name: str) -> str | None:
     """Move a run dir about to be re-run to ``<out>/superseded/<name>-N`` (the run-dir policy's own mover)."""
-    from .rundir import supersede  # imports lightning: not at `lit-exp sweep --help` time
+    from ..core.rundir import supersede  # imports lightning: not at `lit-exp sweep --help` time
 
     target = supersede(out / name, out)
     return str(target.relative_to(out)) if target is not None else None
@@ -274,8 +275,8 @@ def _headline(data: dict[str, Any]) -> str:
 
 def first_line(exc: BaseException) -> str:
     """The error's first line as the CLI would print it (``lit-exp: error: ...``), else ``Type: message``."""
-    from .errors import explain
-    from .results import error_line
+    from ..core.errors import explain
+    from ..core.results import error_line
 
     report = explain(exc)
     lines = [line.strip() for line in (report.lines if report else []) if line.strip()]

@@ -1,8 +1,8 @@
 """Seed tables (F50): a study's demo headline as mean +- std over seeds, beside its floors, and the README's
 result tables generated from them (never typed by hand).
 
-    python -m lit_experiments.core.seedtable --collect runs/demo-seeds/<time> --summary docs/results/demo_seeds.json
-    python -m lit_experiments.core.seedtable --summary docs/results/demo_seeds.json --readme README.md [--check]
+    python -m lit_experiments.experiments.seedtable --collect runs/demo-seeds/<time> --summary docs/results/demo_seeds.json
+    python -m lit_experiments.experiments.seedtable --summary docs/results/demo_seeds.json --readme README.md [--check]
 
 * :func:`collect` reads ``<dir>/seed<N>/<study>/results.json`` (what ``lit-exp demo --seeds ...`` writes) and
   :func:`summarise_study` turns one study's runs into: each headline metric's values, mean, sample std (ddof 1)
@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 from .report_stats import mean_std
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
@@ -280,7 +280,7 @@ def update_readme(readme: str | Path, summary: dict[str, Any]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lit_experiments.core.seedtable", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lit_experiments.experiments.seedtable", description=__doc__.split("\n\n")[0])
     p.add_argument("--collect", metavar="DIR", help="a `lit-exp demo --seeds` output folder (DIR/seed<N>/<study>/): "
                    "summarise it into --summary (its studies replace those already there)")
     p.add_argument("--only", nargs="*", help="with --collect: only these studies")

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
+from ..core.results import read_per_item
 from .report_floors import mark
 from .report_stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_INTERVAL_N, Run, Table, descriptive, fmt
-from .results import read_per_item
 
 HEADER = ["A", "B", "per-item scores", "items", "mean A", "mean B", "mean diff A - B", "95% interval of diff",
           "note"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..core.results import FLOOR, REFERENCES, check_floors
 from .report_stats import Run, fmt, mean_std, variance_source
-from .results import FLOOR, REFERENCES, check_floors
 
 TUNED = " [tuned on test]"
 #: metric-name parts for which lower is better (the strongest floor is then the lowest)

@@ -58,7 +58,7 @@ class Run:
 def fold_ratio(folds: dict[str, Any], run_dir: Path) -> tuple[float, float] | None:
     """(mean held-out fold size, mean training size) of the folds file a run records (where it was written, else
     beside the sweep), or the sizes the run recorded; None when neither is there."""
-    from .folds import fold_sizes, read_folds
+    from ..core.folds import fold_sizes, read_folds
 
     recorded = folds.get("file")
     if not recorded:

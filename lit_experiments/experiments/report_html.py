@@ -1,4 +1,4 @@
-"""HTML page, PNG figures and the wandb tables of `lit-exp report` (the tables come from core/report.py)."""
+"""HTML page, PNG figures and the wandb tables of `lit-exp report` (the tables come from experiments/report.py)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, ConfigError
+from ..core.errors import CheckpointError, ConfigError
 
 
 def build_study(configs: Sequence[str]) -> tuple[Any, Any, list[Any] | None]:
@@ -16,10 +16,10 @@ def build_study(configs: Sequence[str]) -> tuple[Any, Any, list[Any] | None]:
     import lightning as L
     from jsonargparse import ArgumentError, ArgumentParser
 
-    from .configs import load_composed
-    from .errors import check_yaml_file
-    from .specs import StageSpec
-    from .study import StudyModule
+    from ..core.configs import load_composed
+    from ..core.errors import check_yaml_file
+    from ..core.specs import StageSpec
+    from ..core.study import StudyModule
 
     for config in configs:
         check_yaml_file(config)
@@ -36,7 +36,7 @@ def build_study(configs: Sequence[str]) -> tuple[Any, Any, list[Any] | None]:
     try:
         cfg = parser.parse_object({k: raw[k] for k in ("model", "data", "stages") if k in raw})
     except ArgumentError as err:
-        from .errors import clean_parser_message
+        from ..core.errors import clean_parser_message
 
         raise ConfigError(f"{' + '.join(configs)}: {'; '.join(clean_parser_message(str(err)))}") from err
     init = parser.instantiate_classes(cfg)
@@ -46,9 +46,9 @@ def build_study(configs: Sequence[str]) -> tuple[Any, Any, list[Any] | None]:
 def load_study(configs: Sequence[str], ckpt: str) -> tuple[Any, Any, Any]:
     """Build the study of ``configs``, put it in the checkpoint's stage and load ``ckpt`` (``init``: the
     untrained model, on purpose); returns ``(model in eval mode, datamodule, CheckpointInfo | None)``."""
-    from .checkpoints import NO_CHECKPOINT, load_weights_for_eval
-    from .curriculum import apply_data_overrides
-    from .lazy import lazy_build
+    from ..core.checkpoints import NO_CHECKPOINT, load_weights_for_eval
+    from ..core.curriculum import apply_data_overrides
+    from ..core.lazy import lazy_build
 
     model, dm, stages = build_study(configs)
 

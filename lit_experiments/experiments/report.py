@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 from .report_floors import floor_gap, floor_warnings, mark, reference_rows, tuned, tuned_warnings
 from .report_stats import Run, Table, fmt, fold_ratio, mean_std, paired_test, variance_source
 
