@@ -50,11 +50,11 @@ from lit_experiments.core.splits import check_disjoint, ensure_holdout
 from lit_experiments.core.study import StudyDataModule
 from lit_experiments.data.shapes import ShapesWorld
 
-from .clips import ClipSplit, Frames, clip_settings, clip_world, collate_clips
-from .prompts import DEFAULT_GENERIC, DualTokenizer, PromptSampler
-from .teacher import Sam3Teacher
-from .teacher_cache import output_cache, vision_cache
-from .units import SPLITS, EpochSampler, UnitSource, UnitSplit, collate_units
+from .components.clips import ClipSplit, Frames, clip_settings, clip_world, collate_clips
+from .components.prompts import DEFAULT_GENERIC, DualTokenizer, PromptSampler
+from .components.teacher import Sam3Teacher
+from .components.teacher_cache import output_cache, vision_cache
+from .components.units import SPLITS, EpochSampler, UnitSource, UnitSplit, collate_units
 
 DEFAULT_WORLD: dict[str, Any] = {"image_size": 64, "max_objects": 3, "size_range": (0.25, 0.45), "motion": False}
 

@@ -24,8 +24,8 @@ import torch
 from lit_experiments.deploy.export import ExportPart, export_and_check
 from lit_experiments.deploy.latency import describe_threads, file_mb, measure_latency, state_dict_mb
 
+from .components.student import OUTPUT_KEYS
 from .evaluation import postprocess
-from .student import OUTPUT_KEYS
 
 Predict = Callable[[dict], dict[str, torch.Tensor]]
 CARD_ROWS = ("teacher", "student_fp32", "student_int8_weight_only", "student_onnx")

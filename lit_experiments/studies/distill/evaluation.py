@@ -43,8 +43,15 @@ from torch import Tensor
 
 from lit_experiments.metrics.promptable import PromptableSegMetric, prompt_sensitivity
 
-from .calibration import Calibration, ThresholdMetric, calibration_records, cat_records, ece, fit_calibration
-from .matching import presence_of
+from .components.calibration import (
+    Calibration,
+    ThresholdMetric,
+    calibration_records,
+    cat_records,
+    ece,
+    fit_calibration,
+)
+from .components.matching import presence_of
 
 ScoreFn = Callable[[Tensor, list[str]], Mapping[str, Tensor]]
 #: the metrics of the teacher / student table (keys of :func:`evaluate_units`)

@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.studies.distill import matching
-from lit_experiments.studies.distill.matching import Resize, align_masks, binary_entropy, presence_of, unit
+
+from .components import matching
+from .components.matching import Resize, align_masks, binary_entropy, presence_of, unit
 
 Outputs = Mapping[str, Tensor | None]
 Target = Mapping[str, Tensor]

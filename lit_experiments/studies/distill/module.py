@@ -50,13 +50,16 @@ from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
 from lit_experiments.core.study import StudyModule
 
-from .calibration import (
+from .components.calibration import (
     Calibration,
     calibration_records,
     cat_records,
     fit_calibration,
 )
-from .clips import flatten_clips, temporal_change
+from .components.clips import flatten_clips, temporal_change
+from .components.references import UnitIds, family_scores, predict_nothing, prompt_blind
+from .components.student import Student
+from .components.testing import METRICS, DistillTestMixin
 from .evaluation import (
     comparison_table,
     postprocess,
@@ -65,9 +68,6 @@ from .evaluation import (
     write_table,
 )
 from .losses import DistillLoss, FeatureDistillLoss, SetLoss
-from .references import UnitIds, family_scores, predict_nothing, prompt_blind
-from .student import Student
-from .testing import METRICS, DistillTestMixin
 
 OBJECTIVES = ("decoder", "encoder", "video")
 

@@ -10,8 +10,8 @@ from PIL import Image
 from sklearn.metrics import f1_score, matthews_corrcoef
 from torchmetrics.classification import BinaryCalibrationError
 
-from lit_experiments.studies.distill import calibration as C
 from lit_experiments.studies.distill import evaluation as E
+from lit_experiments.studies.distill.components import calibration as C
 
 
 def _numpy_ece(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:

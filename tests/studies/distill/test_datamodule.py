@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lit_experiments.core.errors import ConfigError
+from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
 from lit_experiments.studies.distill.datamodule import DistillDataModule, EpochSampler, student_tokenizer
-from lit_experiments.studies.distill.teacher import Sam3Teacher, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from lit_experiments.studies.distill import deploy
+from lit_experiments.studies.distill.components.student import OUTPUT_KEYS, tiny_student
+from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
 from lit_experiments.studies.distill.datamodule import DistillDataModule
 from lit_experiments.studies.distill.evaluation import postprocess
 from lit_experiments.studies.distill.module import DistillModule
-from lit_experiments.studies.distill.student import OUTPUT_KEYS, tiny_student
-from lit_experiments.studies.distill.teacher import Sam3Teacher, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

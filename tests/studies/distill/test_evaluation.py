@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lit_experiments.metrics.promptable import UnitStats, promptable_metrics, unit_stats
 from lit_experiments.studies.distill import evaluation as E
-from lit_experiments.studies.distill.calibration import Calibration
+from lit_experiments.studies.distill.components.calibration import Calibration
 
 SIZE = 16
 

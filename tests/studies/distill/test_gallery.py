@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lit_experiments.studies.distill import gallery as G
+from lit_experiments.studies.distill.components import gallery as G
 
 SIZE = 16
 

@@ -9,11 +9,11 @@ from sklearn.metrics import roc_auc_score
 
 from lit_experiments.core.lazy import LazyBuild
 from lit_experiments.core.specs import OptimSpec, StageSpec
-from lit_experiments.studies.distill import standin
+from lit_experiments.studies.distill.components import standin
+from lit_experiments.studies.distill.components.student import tiny_student
+from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
 from lit_experiments.studies.distill.datamodule import DistillDataModule, collate_units
 from lit_experiments.studies.distill.module import DistillModule
-from lit_experiments.studies.distill.student import tiny_student
-from lit_experiments.studies.distill.teacher import Sam3Teacher, tiny_config
 
 COLORS = ("red", "green", "blue")
 WORLD = {"image_size": 32, "max_objects": 2, "size_range": (0.3, 0.5), "colors": list(COLORS)}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.studies.distill import matching
+from lit_experiments.studies.distill.components import matching
 from lit_experiments.studies.distill.losses import (
     DistillLoss,
     FeatureDistillLoss,

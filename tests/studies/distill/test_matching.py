@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_convert, generalized_box_iou
 
-from lit_experiments.studies.distill import matching
+from lit_experiments.studies.distill.components import matching
 
 
 def _outputs(q: int, size: int = 8, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:

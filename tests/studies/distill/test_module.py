@@ -9,10 +9,10 @@ import torch
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.lazy import LazyBuild
 from lit_experiments.core.specs import StageSpec
+from lit_experiments.studies.distill.components.student import tiny_student
+from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
 from lit_experiments.studies.distill.datamodule import DistillDataModule
 from lit_experiments.studies.distill.module import DistillModule
-from lit_experiments.studies.distill.student import tiny_student
-from lit_experiments.studies.distill.teacher import Sam3Teacher, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,11 @@ def test_decoder_stage_fits_stores_calibration_and_tables_student_and_teacher(tm
     assert cal.fitted and cal.temperature > 0
     state = module.state_dict()
     assert "calibration_values" in state and "teacher_calibration_values" in state  # saved with the weights
-    from lit_experiments.studies.distill.calibration import calibration_records, cat_records, fit_calibration
+    from lit_experiments.studies.distill.components.calibration import (
+        calibration_records,
+        cat_records,
+        fit_calibration,
+    )
 
     records = cat_records([calibration_records(b["teacher"], b["targets"]) for b in dm.val_dataloader()])
     want = fit_calibration(records, metric="f1")  # the teacher's calibration comes from the validation units
@@ -64,7 +68,7 @@ def test_unknown_objectives_and_args_are_named():
 
 
 def test_encoder_stage_distils_the_teachers_cached_vision_features(tmp_path, teacher):
-    from lit_experiments.studies.distill.teacher_cache import TeacherVision
+    from lit_experiments.studies.distill.components.teacher_cache import TeacherVision
 
     dm = DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
                            cache_dir=str(tmp_path / "cache"), batch_size=4, feature_level=-1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.studies.distill.prompts import DualTokenizer, Prompt, PromptSampler
+from lit_experiments.studies.distill.components.prompts import DualTokenizer, Prompt, PromptSampler
 
 CATEGORIES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
 WORDS = ["<pad>", "</s>", "<s>", "<unk>", "a", "the", "red", "big", "object", "shape", *CATEGORIES]

@@ -11,12 +11,12 @@ import torch
 
 from lit_experiments.core.lazy import LazyBuild
 from lit_experiments.core.results import check_floors
+from lit_experiments.studies.distill.components.prompts import Prompt
+from lit_experiments.studies.distill.components.student import tiny_student
+from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
 from lit_experiments.studies.distill.datamodule import DistillDataModule
 from lit_experiments.studies.distill.evaluation import postprocess
 from lit_experiments.studies.distill.module import DistillModule
-from lit_experiments.studies.distill.prompts import Prompt
-from lit_experiments.studies.distill.student import tiny_student
-from lit_experiments.studies.distill.teacher import Sam3Teacher, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from lit_experiments.studies.distill import demo, standin
+from lit_experiments.studies.distill.components import demo, standin
 from lit_experiments.studies.distill.datamodule import DistillDataModule
 
 

@@ -8,9 +8,9 @@ import torch
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.shapes import ShapesWorld
 from lit_experiments.metrics.promptable import promptable_metrics, unit_stats
-from lit_experiments.studies.distill import standin
+from lit_experiments.studies.distill.components import standin
+from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
 from lit_experiments.studies.distill.losses import SetLoss
-from lit_experiments.studies.distill.teacher import Sam3Teacher, tiny_config
 
 CFG = tiny_config(image_size=32, patch_size=8, hidden=32, vit_layers=1, heads=2, num_queries=4, decoder_layers=1,
                   text_layers=1, text_len=8)

@@ -7,9 +7,9 @@ import torch
 from torchvision.ops import box_convert
 
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.studies.distill import student as student_mod
-from lit_experiments.studies.distill.prompts import DualTokenizer
-from lit_experiments.studies.distill.student import (
+from lit_experiments.studies.distill.components import student as student_mod
+from lit_experiments.studies.distill.components.prompts import DualTokenizer
+from lit_experiments.studies.distill.components.student import (
     OUTPUT_KEYS,
     ImageEncoder,
     PromptDecoder,
@@ -17,7 +17,7 @@ from lit_experiments.studies.distill.student import (
     TextEncoder,
     tiny_student,
 )
-from lit_experiments.studies.distill.teacher import shapes_word_tokenizer
+from lit_experiments.studies.distill.components.teacher import shapes_word_tokenizer
 
 PROMPTS = ["red cube", "blue sphere", "object"]
 
@@ -226,7 +226,7 @@ def test_student_is_built_from_class_path_config() -> None:
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--student", type=Student)
-    base = "lit_experiments.studies.distill.student"
+    base = "lit_experiments.studies.distill.components.student"
     cfg = parser.parse_object({"student": {"class_path": f"{base}.Student", "init_args": {
         "image_encoder": {"class_path": f"{base}.ImageEncoder",
                           "init_args": {"name": "mobilenetv3_small_050", "out_dim": 16, "img_size": 64}},

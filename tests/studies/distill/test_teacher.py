@@ -7,7 +7,7 @@ from torchvision.ops import box_convert
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.shapes import CATEGORIES
-from lit_experiments.studies.distill.teacher import (
+from lit_experiments.studies.distill.components.teacher import (
     OUTPUT_KEYS,
     TEACHER_VOCAB,
     Sam3Teacher,

@@ -8,12 +8,17 @@ import torch
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.lazy import LazyBuild
 from lit_experiments.core.specs import StageSpec
-from lit_experiments.studies.distill.clips import clip_settings, collate_clips, flatten_clips, temporal_change
+from lit_experiments.studies.distill.components.clips import (
+    clip_settings,
+    collate_clips,
+    flatten_clips,
+    temporal_change,
+)
+from lit_experiments.studies.distill.components.student import tiny_student
+from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
 from lit_experiments.studies.distill.datamodule import DistillDataModule, collate_units
 from lit_experiments.studies.distill.evaluation import postprocess, unit_metric, update_metric
 from lit_experiments.studies.distill.module import DistillModule
-from lit_experiments.studies.distill.student import tiny_student
-from lit_experiments.studies.distill.teacher import Sam3Teacher, tiny_config
 
 CLIPS = {"n_train": 4, "n_val": 2, "n_test": 3, "num_frames": 3}
 

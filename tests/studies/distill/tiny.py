@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from lit_experiments.data.tools import write_shapes
-from lit_experiments.studies.distill.teacher import tiny_config
+from lit_experiments.studies.distill.components.teacher import tiny_config
 
 
 def tiny(config: Path, raw: dict, tmp: Path) -> dict:
     data = raw["data"]["init_args"]
-    teacher = {"class_path": "lit_experiments.studies.distill.teacher.Sam3Teacher",
+    teacher = {"class_path": "lit_experiments.studies.distill.components.teacher.Sam3Teacher",
                "init_args": {"checkpoint": None, "config": tiny_config(image_size=32, patch_size=8, hidden=32,
                                                                        num_queries=4)}}
     d: dict[str, Any] = {"teacher": teacher, "batch_size": 4, "eval_batch_size": 8, "num_workers": 0,
@@ -30,12 +30,12 @@ def tiny(config: Path, raw: dict, tmp: Path) -> dict:
     else:
         d.update(n_train=6, n_val=3, n_test=3, shapes={**data.get("shapes", {}), "image_size": 32})
     student = {"init_args": {
-        "image_encoder": {"class_path": "lit_experiments.studies.distill.student.ImageEncoder",
+        "image_encoder": {"class_path": "lit_experiments.studies.distill.components.student.ImageEncoder",
                           "init_args": {"name": "mobilenetv3_small_050", "pretrained": False, "out_dim": 16,
                                         "out_indices": [2, 3], "img_size": 32}},
-        "text_encoder": {"class_path": "lit_experiments.studies.distill.student.TextEncoder",
+        "text_encoder": {"class_path": "lit_experiments.studies.distill.components.student.TextEncoder",
                          "init_args": {"pretrained": None, "width": 16, "layers": 2, "heads": 2, "out_dim": 16}},
-        "decoder": {"class_path": "lit_experiments.studies.distill.student.PromptDecoder",
+        "decoder": {"class_path": "lit_experiments.studies.distill.components.student.PromptDecoder",
                     "init_args": {"dim": 16, "num_queries": 4, "layers": 1, "heads": 2}}}}
     model: dict[str, Any] = {"student": student}
     if raw["model"]["init_args"].get("teacher_feature_dim"):

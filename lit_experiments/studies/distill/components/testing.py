@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from ..evaluation import concept_responsiveness, paraphrase_stability, postprocess, update_metric
 from .calibration import ece, reliability_plot, unit_scores
 from .clips import temporal_change
-from .evaluation import concept_responsiveness, paraphrase_stability, postprocess, update_metric
 from .gallery import visual_check
 
 METRICS = ("miou", "miou_pos", "presence_f1", "il_mcc", "pmf1", "cgf1")
@@ -48,7 +48,7 @@ class DistillTestMixin:
 
     def _score_fns(self, dm: Any) -> tuple[Any, Any]:
         """Student and teacher as ``(images, prompts) -> outputs`` (each model's own ids of the same strings)."""
-        from .datamodule import student_tokenizer
+        from ..datamodule import student_tokenizer
         from .prompts import DualTokenizer
 
         tok = DualTokenizer(dm.teacher.tokenizer, student_tokenizer(dm.student_tokenizer_name, dm.student_context),

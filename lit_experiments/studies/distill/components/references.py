@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from .evaluation import UnitPrediction, postprocess, unit_metric, update_metric
+from ..evaluation import UnitPrediction, postprocess, unit_metric, update_metric
 from .prompts import Prompt
 
 

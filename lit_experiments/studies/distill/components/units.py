@@ -11,7 +11,7 @@ from torchvision.ops import box_convert, masks_to_boxes
 from .prompts import Prompt, fixed_units
 
 if TYPE_CHECKING:
-    from .datamodule import DistillDataModule
+    from ..datamodule import DistillDataModule
 
 SPLITS = ("train", "val", "test")
 

@@ -37,7 +37,7 @@ colour, 4 colours, <= 3 objects, 2 queries           900    98   0.58      0.85 
 category, <= 2 objects, 2 queries                    900    107  0.00      0.00         n/a     0.57
 ===================================================  =====  ===  ========  ===========  ======  =====
 
-Vocabulary families (F53; ``python -m lit_experiments.studies.distill.standin_curve``, 1 thread, seed 0,
+Vocabulary families (F53; ``python -m lit_experiments.studies.distill.components.standin_curve``, 1 thread, seed 0,
 ``docs/figures/distill/standin_curve_*.{json,png}``, ``miou_pos`` per family on the held-out world every 150
 steps of one run): colour + generic words (object, thing, shape, item; the demo's teacher): colour 0.15 / 0.47 /
 0.49 / 0.66 / 0.54 and generic 0.69 / 0.71 / 0.58 / 0.62 / 0.51 at steps 150 / 300 / 600 / 750 / 1200; colours +
@@ -101,7 +101,7 @@ def cache_path(cache_dir: str | Path, config: dict[str, Any], data: dict[str, An
 
 def default_loss(**kwargs: Any) -> LossFn:
     """The study's set loss (:class:`.losses.SetLoss`; ``kwargs`` override :data:`DEFAULT_LOSS`)."""
-    from .losses import SetLoss
+    from ..losses import SetLoss
 
     return SetLoss(**{**DEFAULT_LOSS, **kwargs})
 

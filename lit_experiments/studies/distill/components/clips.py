@@ -26,7 +26,7 @@ from lit_experiments.data.shapes import ShapesWorld
 from .prompts import Prompt, fixed_units
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .datamodule import DistillDataModule
+    from ..datamodule import DistillDataModule
     from .units import UnitSource
 
 CLIP_KEYS = ("n_train", "n_val", "n_test", "num_frames")

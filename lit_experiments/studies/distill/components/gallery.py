@@ -23,7 +23,7 @@ from torch import Tensor
 from torchvision.io import write_png
 from torchvision.utils import draw_segmentation_masks, make_grid
 
-from .evaluation import ScoreFn, postprocess, run_units
+from ..evaluation import ScoreFn, postprocess, run_units
 
 #: mask colours: white and black stay visible on every ShapesWorld colour (a red overlay vanished on red objects,
 #: which the colour prompts of the demo segment)

@@ -1,6 +1,6 @@
 """The stand-in teacher's learning curve per prompt family (F53): can shape-category prompts be learned?
 
-    python -m lit_experiments.studies.distill.standin_curve --concept both --generic object thing shape item \\
+    python -m lit_experiments.studies.distill.components.standin_curve --concept both --generic object thing shape item \\
         --steps 1500 --every 150 --out docs/figures/distill/standin_curve
 
 Trains a stand-in (:func:`~.standin._fit`, the recipe of :class:`~.standin.StandinTeacher`) and scores it every
