@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--select", default="val/loss", help="validation metric that picks the best fold")
     parser.add_argument("--mode", choices=("min", "max"), help="min or max of --select (default: min for a "
                         "loss, max otherwise)")
-    args = parser.parse_args(argv)
+    args = sweep.parse_with_overrides(parser, argv)
     args.seeds = args.seeds or "0"
     mode = args.mode or ("min" if "loss" in args.select else "max")
     plan = sweep.plan_from_args(args, kind="cv")
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     fold_file = str((out / FOLDS_FILE).resolve())
     plan.expand_folds(args.folds, fold_file)
     if args.print_only:
+        sweep.record_plan(plan, out, "cv")
         sweep.print_commands(plan, out)
         return 0
     index = sweep.run_plan(plan, out, kind="cv")

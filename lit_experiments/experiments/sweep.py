@@ -9,6 +9,12 @@ Runs go one after another in this process (``lit-exp curriculum`` for a config w
 each into ``<sweep>/<variant>__seed<k>``. A failed run is recorded ``failed`` with its error's first line and the
 sweep goes on; the same command again skips the runs that are done and re-runs the others (a failed run's old
 folder moves to ``<sweep>/superseded/``). Grid keys are dotted config keys, checked before anything runs.
+
+A sweep folder is a record: one sweep at a time writes it (``<sweep>/.sweep.lock`` names the holder), every state
+in ``sweep.json`` is reconciled with the run's own results.json, Ctrl-C stops the sweep with the run recorded
+``interrupted`` (the same command continues), and ``--print`` writes ``sweep.json`` with the planned runs so
+``lit-exp report`` reads the folder once they have run. Options after the sweep's own (``--trainer.max_epochs 1``)
+go to every run, as they would to ``lit-exp curriculum``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 from ..core.errors import ConfigError
 
 INDEX_FILE = "sweep.json"
+LOCK_FILE = ".sweep.lock"
 
 
 @dataclass
@@ -53,6 +60,7 @@ class Plan:
     variants: list[tuple[str, list[str], dict[str, Any]]]  # name, lit-exp args, overrides
     seeds: list[int]
     runs: list[RunSpec] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # per-run ``--key value`` args given to every run
 
     def expand(self, folds: int | None = None, fold_file: str | None = None) -> None:
         self.runs = []
@@ -81,7 +89,45 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="", help="comma-separated seeds (default 0)")
     p.add_argument("--out", help="sweep folder (default runs/<sweep|cv>/<config stem>)")
     p.add_argument("--print", dest="print_only", action="store_true", help="print one command per run, run none")
+    p.epilog = "Any further --key value pairs (e.g. --trainer.max_epochs 1) are passed to every run."
     return p
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The tool's own options, plus ``--key value`` / ``--key=value`` pairs for every run (``args.overrides``)."""
+    args, rest = parser.parse_known_args(argv)
+    overrides: list[str] = []
+    i = 0
+    while i < len(rest):
+        item = rest[i]
+        if not item.startswith("--") or item == "--":
+            raise ConfigError(f"{parser.prog}: unexpected argument {item!r}; per-run overrides are --key value pairs "
+                              "(e.g. --trainer.max_epochs 1)")
+        if "=" in item:
+            overrides.append(item)
+            i += 1
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            overrides += [item, rest[i + 1]]
+            i += 2
+        else:
+            raise ConfigError(f"{parser.prog}: override {item} has no value; expected {item} VALUE")
+    args.overrides = overrides
+    return args
+
+
+def override_pairs(overrides: list[str]) -> dict[str, str]:
+    """``--a.b 1 --c=2`` -> ``{"a.b": "1", "c": "2"}``."""
+    pairs, i = {}, 0
+    while i < len(overrides):
+        item = overrides[i][2:]
+        if "=" in item:
+            key, _, value = item.partition("=")
+            i += 1
+        else:
+            key, value = item, overrides[i + 1]
+            i += 2
+        pairs[key] = value
+    return pairs
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -146,7 +192,7 @@ def valid_keys(composed: dict[str, Any]) -> set[str]:
     return keys
 
 
-def check_grid(grid: dict[str, list[str]], composed: dict[str, Any], configs: list[str]) -> None:
+def check_grid(grid: dict[str, list[str]], composed: dict[str, Any], configs: list[str], what: str = "grid") -> None:
     if "seed_everything" in grid:
         raise ConfigError("--grid seed_everything: give seeds with --seeds 0,1,2")
     known = valid_keys(composed)
@@ -154,7 +200,8 @@ def check_grid(grid: dict[str, list[str]], composed: dict[str, Any], configs: li
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.5)
             hint = f"; nearest valid keys: {', '.join(close)}" if close else ""
-            raise ConfigError(f"--grid {key}: not a key of the config ({' + '.join(configs)}){hint}")
+            flag = f"--grid {key}" if what == "grid" else f"--{key}"
+            raise ConfigError(f"{flag}: not a key of the config ({' + '.join(configs)}){hint}")
 
 
 def safe(text: str) -> str:
@@ -192,6 +239,11 @@ def plan_from_args(args: argparse.Namespace, kind: str) -> Plan:
     if args.grid and args.list:
         raise ConfigError("give either --grid or --list, not both")
     check_grid(grid, composed, configs)
+    extra = list(getattr(args, "overrides", []) or [])
+    check_grid({k: [v] for k, v in override_pairs(extra).items() if k != "seed_everything"}, composed, configs,
+               what="override")
+    if "seed_everything" in override_pairs(extra):
+        raise ConfigError("--seed_everything: give seeds with --seeds 0,1,2")
     if args.list:
         names = [Path(f).stem for f in args.list]
         if len(set(names)) != len(names):
@@ -202,7 +254,7 @@ def plan_from_args(args: argparse.Namespace, kind: str) -> Plan:
     else:
         variants = grid_variants(grid) if grid else [("base", [], {})]
     sub = "curriculum" if "stages" in composed else "fit"
-    plan = Plan(configs, composed, sub, grid, variants, parse_seeds(args.seeds))
+    plan = Plan(configs, composed, sub, grid, variants, parse_seeds(args.seeds), overrides=extra)
     plan.expand()
     return plan
 
@@ -214,7 +266,7 @@ def sweep_dir(args: argparse.Namespace, plan: Plan) -> Path:
 
 def command(plan: Plan, run: RunSpec, out: Path) -> list[str]:
     cfg = [a for c in plan.configs for a in ("-c", c)]
-    return [plan.subcommand, *cfg, *run.args, "--trainer.run_dir", str(out / run.name),
+    return [plan.subcommand, *cfg, *plan.overrides, *run.args, "--trainer.run_dir", str(out / run.name),
             "--seed_everything", str(run.seed)]
 
 
@@ -226,7 +278,14 @@ def print_commands(plan: Plan, out: Path) -> None:
 # ------------------------------------------------------------------------------------------------ running
 def load_index(out: Path) -> dict[str, Any]:
     path = out / INDEX_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"{path} is unreadable ({err}); move it aside (the runs' own results.json files are "
+                          "kept) and run the same command again") from None
+    return data if isinstance(data, dict) else {}
 
 
 def save_index(out: Path, index: dict[str, Any]) -> None:
@@ -283,14 +342,73 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else error_line(exc)
 
 
-def run_plan(plan: Plan, out: Path, kind: str = "sweep") -> dict[str, Any]:
-    """Run every run of ``plan`` not done yet; ``sweep.json`` is rewritten after each. Returns the index."""
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep: the run is recorded ``interrupted``; the CLI exits 130."""
 
+
+def lock_folder(out: Path) -> Any:
+    """Hold ``<out>/.sweep.lock`` for the life of the returned file object; a second sweep over the same folder is
+    refused with the holder's pid, host, start time and command."""
+    import fcntl
+    import socket
+    import sys
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the sweep's whole life
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"{out} is being written by another sweep ({holder}); wait for it to finish or give "
+                          "another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}: "
+                 f"{shlex.join(['lit-exp', *sys.argv[1:]])}\n")
+    handle.flush()
+    return handle
+
+
+def read_results(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's results.json, or ``(None, why)`` when it is missing or unreadable (a truncated file names itself)."""
+    if not path.is_file():
+        return None, f"{path} does not exist"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return None, f"{path} is unreadable ({type(err).__name__}: {err})"
+    if not isinstance(data, dict):
+        return None, f"{path} is not a JSON object"
+    return data, None
+
+
+def reconcile(entry: dict[str, Any], out: Path) -> None:
+    """Make the entry's status say what the run's own results.json says (a sweep killed mid-run left `running`)."""
+    data, problem = read_results(out / entry["results"])
+    if data is None:
+        if entry.get("status") in ("done", "running", "interrupted"):
+            entry.update(status="pending" if entry.get("status") != "interrupted" else "interrupted",
+                         error=problem if entry.get("status") == "done" else entry.get("error"))
+        return
+    status = str(data.get("status") or "done")
+    if status == "done":
+        entry.update(status="done", error=None, headline=data.get("headline") or {})
+    elif status == "interrupted":
+        entry.update(status="interrupted", error="interrupted (Ctrl-C); the same command continues")
+    else:
+        entry.update(status="failed", error=data.get("error") or entry.get("error") or status)
+
+
+def plan_index(plan: Plan, out: Path, kind: str) -> dict[str, Any]:
+    """``sweep.json`` for ``plan``: earlier entries of this folder kept and reconciled with their results.json."""
     old = load_index(out)
     entries = {r["name"]: r for r in old.get("runs", [])}
     index = {"kind": kind, "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")), "base": plan.configs,
              "subcommand": plan.subcommand, "grid": plan.grid, "variants": [v[0] for v in plan.variants],
-             "seeds": plan.seeds, "runs": []}
+             "seeds": plan.seeds, "overrides": plan.overrides, "runs": []}
     for run in plan.runs:
         entry = entries.pop(run.name, None) or {}
         entry.update(name=run.name, variant=run.variant, overrides=run.overrides, seed=run.seed, fold=run.fold,
@@ -299,36 +417,78 @@ def run_plan(plan: Plan, out: Path, kind: str = "sweep") -> dict[str, Any]:
         entry.setdefault("status", "pending")
         entry.setdefault("error", None)
         entry.setdefault("headline", {})
+        reconcile(entry, out)
         index["runs"].append(entry)
-    index["runs"] += list(entries.values())  # runs of earlier calls over this folder stay listed
+    for entry in entries.values():  # runs of earlier calls over this folder stay listed, reconciled
+        if "results" in entry:
+            reconcile(entry, out)
+        index["runs"].append(entry)
+    return index
+
+
+def record_plan(plan: Plan, out: Path, kind: str) -> None:
+    """``--print``: sweep.json lists the planned runs (status ``pending``), so `lit-exp report` reads the folder
+    once the printed commands have run (each run's results.json then says what happened)."""
+    with lock_folder(out):
+        save_index(out, plan_index(plan, out, kind))
+
+
+def run_plan(plan: Plan, out: Path, kind: str = "sweep") -> dict[str, Any]:
+    """Run every run of ``plan`` not done yet; ``sweep.json`` is rewritten after each. Returns the index.
+
+    Holds the folder's lock; Ctrl-C records the run ``interrupted`` and raises :class:`SweepInterrupted`."""
+    with lock_folder(out):
+        return _run_locked(plan, out, kind)
+
+
+def _run_locked(plan: Plan, out: Path, kind: str) -> dict[str, Any]:
+    import signal
+
+    index = plan_index(plan, out, kind)
     save_index(out, index)
     total, shown_by_run = len(plan.runs), {}
     for i, (run, entry) in enumerate(zip(plan.runs, index["runs"]), 1):
         label = f"run {i}/{total}: {run.name} {json.dumps(run.overrides)}"
-        if entry["status"] == "done" and (out / entry["results"]).is_file():
-            final = json.loads((out / entry["results"]).read_text()).get("final") or {}
+        if entry["status"] == "done":
+            final = (read_results(out / entry["results"])[0] or {}).get("final") or {}
             shown_by_run[run.name] = {k: v for k, v in final.items() if "val/" in k}
             print(f"{label} -> done (skipped, finished earlier)", flush=True)
             continue
+        if entry.get("error") and "unreadable" in str(entry["error"]):
+            print(f"{label}: {entry['error']}; running it again", flush=True)
         moved = move_aside(out, run.name)
         if moved:
             entry.setdefault("superseded", []).append(moved)
         entry.update(status="running", error=None, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
         save_index(out, index)
         start, shown_metrics = time.perf_counter(), {}
+        interrupted = False
         try:
             execute(command(plan, run, out))
-            data = json.loads((out / entry["results"]).read_text())
-            bad = data.get("status") not in (None, "done")
-            entry.update(status="failed" if bad else "done", error=data.get("error") if bad else None,
-                         headline=data.get("headline") or {})
-            shown_metrics = entry["headline"] or {k: v for k, v in (data.get("final") or {}).items() if "val/" in k}
         except KeyboardInterrupt:
-            entry.update(status="pending", error="interrupted")
-            save_index(out, index)
-            raise
+            interrupted = True
         except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
             entry.update(status="failed", error=first_line(exc))
+        finally:
+            # Lightning answers Ctrl-C by ignoring SIGINT and exiting 1: give the sweep its Ctrl-C back
+            if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        data, _ = read_results(out / entry["results"])
+        if data is not None and data.get("status") == "interrupted":
+            interrupted = True
+        if interrupted:
+            entry.update(status="interrupted", error="interrupted (Ctrl-C); the same command continues",
+                         wall_s=round(time.perf_counter() - start, 2))
+            save_index(out, index)
+            print(f"{label} -> interrupted. The sweep stopped; run the same command again to continue (done runs "
+                  f"are skipped, this one starts again): {out / INDEX_FILE}", flush=True)
+            raise SweepInterrupted
+        if entry["status"] == "running":
+            reconcile(entry, out)
+            if entry["status"] == "pending":  # the run returned but wrote no results.json
+                entry.update(status="failed", error=f"{out / entry['results']} was not written")
+            shown_metrics = entry.get("headline") or {k: v for k, v in ((data or {}).get("final") or {}).items()
+                                                      if "val/" in k}
         entry["wall_s"] = round(time.perf_counter() - start, 2)
         save_index(out, index)
         shown_by_run[run.name] = shown_metrics
@@ -364,7 +524,7 @@ def wandb_sweep(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("sweep", __doc__.split("\n\n")[0])
     parser.add_argument("--wandb-sweep", metavar="FILE", help="write a wandb sweep config and exit")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv)
     plan = plan_from_args(args, kind="sweep")
     out = sweep_dir(args, plan)
     if args.wandb_sweep:
@@ -374,7 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wandb sweep config: {args.wandb_sweep} (run: wandb sweep {args.wandb_sweep}; wandb agent ID)")
         return 0
     if args.print_only:
+        record_plan(plan, out, "sweep")
         print_commands(plan, out)
+        print(f"sweep.json (planned runs): {out / INDEX_FILE}", file=__import__("sys").stderr)
         return 0
     index = run_plan(plan, out)
     print(f"sweep.json: {out / INDEX_FILE}")

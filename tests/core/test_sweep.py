@@ -93,7 +93,7 @@ def test_resume_of_a_half_finished_sweep(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:  # Ctrl-C after two runs: the CLI exits 130
         main(argv)
     assert exc.value.code == 130 and len(first) == 2
-    assert [r["status"] for r in index(out)["runs"]] == ["done", "done", "pending", "pending"]
+    assert [r["status"] for r in index(out)["runs"]] == ["done", "done", "interrupted", "pending"]
     second = counting(monkeypatch)
     assert main(argv) == 0
     assert [c[c.index("--trainer.run_dir") + 1] for c in second] == [str(out / "hidden=16__seed0"),
@@ -105,10 +105,12 @@ def test_rerun_of_a_failed_run_moves_its_old_folder_aside(tmp_path):
     out = tmp_path / "sw"
     argv = base_args(tmp_path) + ["--grid", "model.init_args.hidden=8", "--seeds", "0", "--out", str(out)]
     assert main(argv) == 0
-    data = index(out)
-    data["runs"][0]["status"] = "failed"
-    (out / "sweep.json").write_text(json.dumps(data))
-    old = json.loads((out / "hidden=8__seed0" / "results.json").read_text())["created"]
+    results = out / "hidden=8__seed0" / "results.json"
+    data = json.loads(results.read_text())
+    data.update(status="failed", error="RuntimeError: boom")  # the run's own record says failed
+    results.write_text(json.dumps(data))
+    assert sweep.load_index(out)["runs"][0]["status"] == "done"
+    old = data["created"]
     assert main(argv) == 0
     run = index(out)["runs"][0]
     assert run["status"] == "done" and run["superseded"] == ["superseded/hidden=8__seed0-1"]
@@ -171,3 +173,96 @@ def test_empty_grid_is_an_error(tmp_path, capsys, extra, message):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ a sweep folder is a record (issue 25, item 1)
+def test_ctrl_c_inside_a_run_records_interrupted_stops_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    """Lightning answers Ctrl-C by writing results.json `interrupted` and exiting 1: the sweep must stop and record
+    `interrupted` (it recorded `failed` and went on)."""
+    out = tmp_path / "sw"
+    argv = base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16", "--seeds", "0", "--out", str(out)]
+
+    import lit_experiments.core.litcli as litcli
+
+    def interrupted_run(args, **kw):  # what LightningCLI does on Ctrl-C: results.json `interrupted`, exit 1
+        run_dir = Path(args[args.index("--trainer.run_dir") + 1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "results.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
+        raise SystemExit(1)
+
+    monkeypatch.setattr(litcli, "run_command", interrupted_run)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 130
+    runs = index(out)["runs"]
+    assert [r["status"] for r in runs] == ["interrupted", "pending"]
+    assert "run the same command again to continue" in capsys.readouterr().out
+    monkeypatch.undo()
+    calls = counting(monkeypatch)
+    assert main(argv) == 0 and len(calls) == 2  # the interrupted run starts again, then the pending one
+    assert [r["status"] for r in index(out)["runs"]] == ["done", "done"]
+
+
+def test_two_sweeps_cannot_write_one_folder(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sw"
+    argv = base_args(tmp_path) + ["--grid", "model.init_args.hidden=8", "--seeds", "0", "--out", str(out)]
+    calls = counting(monkeypatch)
+    holder = sweep.lock_folder(out)  # another sweep holds the folder
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and calls == [] and "being written by another sweep" in err and "pid" in err
+    assert not (out / "sweep.json").exists()
+    assert main(argv) == 0  # the lock goes with its holder
+
+
+def test_states_follow_the_runs_own_results_and_a_truncated_one_is_named_and_rerun(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sw"
+    argv = base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16", "--seeds", "0", "--out", str(out)]
+    assert main(argv) == 0
+    data = index(out)
+    data["runs"][0]["status"] = "running"  # a sweep killed mid-run left this behind; the run itself finished
+    (out / "sweep.json").write_text(json.dumps(data))
+    second = out / data["runs"][1]["results"]
+    second.write_text(second.read_text()[:40])  # truncated
+    capsys.readouterr()
+    calls = counting(monkeypatch)
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert len(calls) == 1 and calls[0][calls[0].index("--trainer.run_dir") + 1] == str(out / "hidden=16__seed0")
+    assert f"{second} is unreadable" in text
+    assert [r["status"] for r in index(out)["runs"]] == ["done", "done"]
+
+
+def test_print_writes_the_planned_runs_into_sweep_json_for_report(tmp_path, capsys):
+    out = tmp_path / "sw"
+    argv = base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16", "--seeds", "0", "--out", str(out)]
+    assert main(argv + ["--print"]) == 0
+    commands = [shlex.split(line)[1:] for line in capsys.readouterr().out.splitlines() if line.startswith("lit-exp")]
+    data = index(out)
+    assert [r["status"] for r in data["runs"]] == ["pending", "pending"]
+    assert [shlex.split(r["command"])[1:] for r in data["runs"]] == commands
+    for args in commands:  # what a SLURM array would do
+        main(args)
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.md").is_file()
+    assert main(argv) == 0  # the sweep itself now finds every run done
+    assert [r["status"] for r in index(out)["runs"]] == ["done", "done"]
+
+
+def test_per_run_overrides_reach_every_run_and_a_wrong_key_is_refused_first(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sw"
+    argv = base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16", "--seeds", "0", "--out", str(out)]
+    calls = counting(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--trainer.max_epoch", "1"])
+    assert exc.value.code == 2 and calls == []
+    assert "--trainer.max_epoch" in capsys.readouterr().err
+    assert main(argv + ["--trainer.max_epochs", "1"]) == 0
+    assert index(out)["overrides"] == ["--trainer.max_epochs", "1"]
+    for run in index(out)["runs"]:
+        saved = yaml.safe_load((out / run["run_dir"] / "config.yaml").read_text())
+        assert saved["trainer"]["max_epochs"] == 1
