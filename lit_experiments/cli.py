@@ -32,6 +32,7 @@ registry.register_tool("sweep", "lit_experiments.experiments.sweep")
 registry.register_tool("cv", "lit_experiments.experiments.cv")
 registry.register_tool("export", "lit_experiments.deploy.export")
 registry.register_tool("quantize", "lit_experiments.deploy.quantize")
+registry.register_tool("preflight", "lit_experiments.experiments.preflight")
 
 #: Lightning subcommands and what they do (the fast ``--help`` lists them without importing Lightning)
 SUBCOMMANDS = {

@@ -1,0 +1,150 @@
+"""`lit-exp preflight` (issue 24): the table's numbers against independent measurements on the toy, the
+out-of-memory path under a simulated cap, and weight files (missing: one block naming the path; present: digest)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lit_experiments.cli import main
+from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.lazy import lazy_build
+from lit_experiments.experiments.preflight import config_weights, run_preflight, tensor_bytes
+from lit_experiments.studies.toy.datamodule import ToyDataModule
+from lit_experiments.studies.toy.module import ToyModule
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY = ROOT / "configs" / "toy" / "curriculum.yaml"
+
+
+@pytest.fixture(scope="module")
+def toy_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("preflight")
+    report = run_preflight([str(TOY)], steps=2, device="cpu", gpu="rtx5080", out=out)
+    return report, out
+
+
+def independent_toy():
+    """The toy curriculum's model and data, built by hand (hidden 32, 3 classes, 256 samples, batch 32)."""
+    model, dm = ToyModule(hidden=32, num_classes=3), ToyDataModule(n_train=256, batch_size=32)
+    dm.setup("fit")
+    lazy_build(model, next(iter(dm.train_dataloader())))
+    return model, dm
+
+
+def step_flops(model, batch, trainable: list[str]) -> int:
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(name.startswith(t + ".") for t in trainable))
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        loss = torch.nn.functional.cross_entropy(model.head(model.encoder(batch["x"])), batch["y"])
+        loss.backward()
+    return counter.get_total_flops()
+
+
+def test_toy_numbers_match_independent_measurements(toy_report):
+    report, out = toy_report
+    assert report["ok"] and json.loads((out / "preflight.json").read_text())["stages"][0]["stage"] == "encoder"
+    model, dm = independent_toy()
+    total = sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for p in model.head.parameters())
+    assert report["parameters"] == total
+    encoder, head_stage = report["stages"]
+    assert (encoder["trainable_params"], encoder["frozen_params"]) == (total, 0)
+    assert (head_stage["trainable_params"], head_stage["frozen_params"]) == (head, total - head)
+    # batch sizes: the datamodule's, then the head stage's `data: {batch_size: 64}`
+    assert (encoder["batch_size"], head_stage["batch_size"]) == (32, 64)
+    assert encoder["batch"].startswith("x: (32, 8) float32")
+    # FLOPs of one training step (forward + backward), counted here on the same model and batch shapes
+    batch32 = next(iter(dm.train_dataloader()))
+    assert encoder["flops_per_step"] == step_flops(model, batch32, ["encoder", "head"])
+    dm.batch_size = 64
+    batch64 = next(iter(dm.train_dataloader()))
+    assert head_stage["flops_per_step"] == step_flops(model, batch64, ["head"])
+    # the projection: batches from len(train_dataloader) x the stage's max_epochs, times the measured batch time
+    assert encoder["steps_per_epoch"] == len(_loader(32)) == 8
+    assert head_stage["steps_per_epoch"] == len(_loader(64)) == 4
+    assert (encoder["stage_batches"], head_stage["stage_batches"]) == (2 * 8, 1 * 4)
+    for row in (encoder, head_stage):
+        assert row["epoch_s"] == pytest.approx(row["steps_per_epoch"] * (row["step_s"] + row["data_s"]))
+        assert row["stage_s"] >= row["stage_batches"] * (row["step_s"] + row["data_s"])
+        # CPU peak: at least the parameters, their gradients and the batch
+        assert row["peak_bytes"] > tensor_bytes(model)
+        assert row["card"]["fits"] is True and row["card"]["step_s"] > 0
+    assert report["weights"] == [{"key": "*", "source": "random init"}]
+
+
+def _loader(batch_size: int):
+    dm = ToyDataModule(n_train=256, batch_size=batch_size)
+    dm.setup("fit")
+    return dm.train_dataloader()
+
+
+def test_the_table_is_printed_and_exit_code_zero(capsys, tmp_path):
+    code = main(["preflight", "-c", str(TOY), "--steps", "1", "--out", str(tmp_path / "pf")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "encoder" in out and "head" in out and "FLOPs/step" in out and "ok:" in out
+    assert (tmp_path / "pf" / "preflight.json").is_file()
+
+
+def test_out_of_memory_names_the_largest_batch_that_fits_without_a_traceback(toy_report, capsys, tmp_path):
+    report, _ = toy_report
+    peak32 = report["stages"][0]["peak_bytes"]
+    cap_gb = (peak32 - 1) / 2**30  # batch 32 does not fit by one byte
+    code = main(["preflight", "-c", str(TOY), "--steps", "1", "--memory-cap-gb", repr(cap_gb),
+                 "--out", str(tmp_path / "capped")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in captured.out + captured.err
+    capped = json.loads((tmp_path / "capped" / "preflight.json").read_text())
+    encoder = capped["stages"][0]
+    fit = encoder["largest_batch"]
+    assert fit is not None and fit < 32
+    assert f"largest batch that fits: {fit}" in captured.out
+    # independently: the named batch fits under the cap, twice that batch does not
+    alone = run_preflight([str(TOY)], ["--data.init_args.batch_size", str(fit)], steps=1, device="cpu",
+                          out=tmp_path / "alone")
+    assert alone["stages"][0]["batch_size"] == fit
+    assert alone["stages"][0]["peak_bytes"] <= cap_gb * 2**30
+    if 2 * fit < 32:
+        double = run_preflight([str(TOY)], ["--data.init_args.batch_size", str(2 * fit)], steps=1, device="cpu",
+                               out=tmp_path / "double")
+        assert double["stages"][0]["peak_bytes"] > cap_gb * 2**30
+
+
+def test_missing_weight_file_is_one_block_naming_the_path(tmp_path, capsys):
+    missing = tmp_path / "weights" / "resnet18_missing.pth"
+    delta = tmp_path / "with_weights.yaml"
+    delta.write_text(f"# base: {TOY}\nmodel:\n  init_args:\n    encoder:\n"
+                     "      class_path: lit_experiments.backbones.TimmCNNBackbone\n"
+                     f"      init_args: {{name: resnet18, pretrained: {missing}}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preflight", "-c", str(delta), "--out", str(tmp_path / "pf")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "Traceback" not in err and err.startswith("lit-exp: error:")
+    assert str(missing) in err and str(delta) in err and "model.init_args.encoder.init_args.pretrained" in err
+    assert not (tmp_path / "pf").exists()
+
+
+def test_a_weight_file_is_reported_with_its_sha256(tmp_path):
+    weights = tmp_path / "encoder.safetensors"
+    weights.write_bytes(b"not really weights, but bytes with a digest")
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {init_args: {encoder: {init_args: {pretrained: x}}}}\n")
+    raw = {"model": {"init_args": {"encoder": {"init_args": {"pretrained": str(weights)}},
+                                   "text": {"init_args": {"checkpoint": "google/siglip2-base-patch16-224"}},
+                                   "head": {"init_args": {"pretrained": False}}}}}
+    found = config_weights(raw, [config])
+    assert found[0] == {"key": "model.init_args.encoder.init_args.pretrained", "source": "file",
+                        "path": str(weights.resolve()), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert found[1]["source"].startswith("hub id") and len(found) == 2
+    raw["model"]["init_args"]["encoder"]["init_args"]["pretrained"] = str(tmp_path / "gone.pt")
+    with pytest.raises(ConfigError, match="gone.pt"):
+        config_weights(raw, [config])
