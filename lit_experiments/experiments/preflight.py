@@ -39,52 +39,40 @@ import argparse
 import contextlib
 import copy
 import gc
-import hashlib
 import json
-import logging
 import math
-import resource
 import shutil
-import sys
 import tempfile
 import time
-import warnings
-import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, LitExpError
+from .preflight_probe import (
+    batch_size_of,
+    caches_read_only,
+    describe_batch,
+    is_out_of_memory,
+    peak_rss_bytes,
+    probe_class,
+    quiet,
+    tensor_bytes,
+)
+from .preflight_report import (
+    CARDS,
+    CUDA_OVERHEAD_GB,
+    CUDA_SLACK,
+    DEFAULT_UTILISATION,
+    LAUNCH_S,
+    config_weights,
+    format_report,
+    module_weights,
+)
 
-# ----------------------------------------------------------------------------------------------- the cards
-#: Peak dense bf16 tensor throughput with FP32 accumulation (what PyTorch's bf16 matmuls use) and memory.
-#: rtx5080: NVIDIA lists 1801 "AI TOPS" for the RTX 5080 (FP4, with sparsity; NVIDIA product page, notebookcheck's
-#:   spec sheet); FP4 -> FP8 -> FP16 halves each step and sparsity doubles: 1801 / 16 = 112.6 dense FP16/BF16 TFLOPS
-#:   with FP32 accumulate (GeForce cards run FP32 accumulate at half the FP16-accumulate rate: RTX 4090 165.2 vs
-#:   330.3 in the Ada whitepaper; the BLACKWALL roofline measured 47.0 vs 87.9 TFLOPS on an RTX 5060 Ti). 16 GB GDDR7.
-#: a100: A100 SXM4 80 GB datasheet, BF16 tensor 312 dense. h100: H100 SXM5 datasheet, BF16 989.4 dense (1979 with
-#:   sparsity), 80 GB. h200: same compute as the H100 SXM, 141 GB. l4: L4 datasheet, BF16 121 dense (242 sparse), 24 GB.
-CARDS: dict[str, dict[str, Any]] = {
-    "rtx5080": {"bf16_tflops": 112.6, "memory_gb": 16.0, "what": "GeForce RTX 5080 (Blackwell GB203, 16 GB GDDR7)"},
-    "a100": {"bf16_tflops": 312.0, "memory_gb": 80.0, "what": "A100 SXM4 80 GB"},
-    "h100": {"bf16_tflops": 989.4, "memory_gb": 80.0, "what": "H100 SXM5 80 GB"},
-    "h200": {"bf16_tflops": 989.4, "memory_gb": 141.0, "what": "H200 141 GB"},
-    "l4": {"bf16_tflops": 121.0, "memory_gb": 24.0, "what": "L4 24 GB"},
-    "cpu": {"bf16_tflops": None, "memory_gb": None, "what": "no accelerator (no projection)"},
-}
-DEFAULT_UTILISATION = 0.4
-#: what a CUDA process holds beyond its tensors (context, cuDNN / cuBLAS workspaces, allocator slack), for "fits"
-CUDA_OVERHEAD_GB = 0.75
-CUDA_SLACK = 1.10
-#: a GPU step takes at least this long per operator the step runs (kernel launch and Python dispatch in eager mode)
-LAUNCH_S = 10e-6
+__all__ = ["CARDS", "batch_size_of", "config_weights", "describe_batch", "format_report", "main", "run_preflight",
+           "tensor_bytes"]
 
-#: config keys whose string value names weights (a file, a folder, or a hub id)
-WEIGHT_KEYS = ("pretrained", "weights", "weights_path", "weight_file", "checkpoint", "checkpoint_path", "ckpt",
-               "ckpt_path", "pretrained_path", "model_name_or_path")
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".pkl", ".h5", ".msgpack")
-NOT_WEIGHTS = ("", "random", "none", "false", "null", "scratch")
 #: keys of a curriculum config that are not the parser's (the curriculum's own) and how preflight uses them
 CURRICULUM_KEYS = ("stages", "only", "resume", "test_after", "resume_changed", "on_existing")
 
@@ -92,422 +80,6 @@ CURRICULUM_KEYS = ("stages", "only", "resume", "test_after", "resume_changed", "
 class PreflightError(LitExpError):
     """The run cannot be built for a preflight (printed as one block)."""
 
-
-class SimulatedOutOfMemory(MemoryError):
-    """A step's peak memory went above ``--memory-cap-gb``."""
-
-
-# --------------------------------------------------------------------------------------------- measuring
-def _tree_tensors(obj: Any) -> Iterator[Any]:
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    for leaf in tree_leaves(obj):
-        if isinstance(leaf, torch.Tensor):
-            yield leaf
-
-
-def _live_bytes_mode(track_bytes: bool = True) -> Any:
-    """A dispatch mode that counts the operators run (``ops``) and, with ``track_bytes``, the bytes of every tensor
-    storage allocated while it is on (and freed: a weak reference on the storage), keeping the peak; in-place results
-    and views of existing storages do not count."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class LiveBytes(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.now = 0
-            self.peak = 0
-            self.ops = 0
-            self._seen: set[int] = set()
-
-        def _free(self, key: int, nbytes: int) -> None:
-            if key in self._seen:
-                self._seen.discard(key)
-                self.now -= nbytes
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-            out = func(*args, **(kwargs or {}))
-            self.ops += 1
-            if not track_bytes:
-                return out
-            inputs = set()
-            for t in _tree_tensors((args, kwargs)):
-                with contextlib.suppress(Exception):
-                    inputs.add(t.untyped_storage().data_ptr())
-            for t in _tree_tensors(out):
-                try:
-                    storage = t.untyped_storage()
-                except Exception:  # noqa: BLE001 - sparse / meta tensors hold no countable storage
-                    continue
-                key, nbytes = storage.data_ptr(), storage.nbytes()
-                if not nbytes or key in inputs or key in self._seen:
-                    continue
-                self._seen.add(key)
-                self.now += nbytes
-                self.peak = max(self.peak, self.now)
-                weakref.finalize(storage, self._free, key, nbytes)
-            return out
-
-    return LiveBytes()
-
-
-def tensor_bytes(*objs: Any) -> int:
-    """Bytes of the distinct storages of every tensor in ``objs`` (modules: parameters, buffers and gradients)."""
-    import torch
-
-    seen: dict[int, int] = {}
-    for obj in objs:
-        if isinstance(obj, torch.nn.Module):
-            tensors = [*obj.parameters(), *obj.buffers()]
-            tensors += [p.grad for p in obj.parameters() if p.grad is not None]
-        else:
-            tensors = list(_tree_tensors(obj))
-        for t in tensors:
-            with contextlib.suppress(Exception):
-                st = t.untyped_storage()
-                seen[st.data_ptr()] = st.nbytes()
-    return sum(seen.values())
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident set (Linux reports KiB, macOS bytes)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def describe_batch(batch: Any, limit: int = 6) -> str:
-    """``x: (32, 8) float32, y: (32,) int64`` for a dict / sequence / tensor batch (the first ``limit`` entries)."""
-    import torch
-
-    def one(value: Any) -> str:
-        if isinstance(value, torch.Tensor):
-            return f"{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
-        if isinstance(value, (list, tuple)):
-            return f"{type(value).__name__}[{len(value)}]"
-        return type(value).__name__
-
-    if isinstance(batch, dict):
-        items = [f"{k}: {one(v)}" for k, v in batch.items()]
-    elif isinstance(batch, (list, tuple)):
-        items = [f"[{i}]: {one(v)}" for i, v in enumerate(batch)]
-    elif hasattr(batch, "__dataclass_fields__"):
-        items = [f"{k}: {one(getattr(batch, k))}" for k in batch.__dataclass_fields__]
-    else:
-        items = [one(batch)]
-    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def batch_size_of(batch: Any) -> int | None:
-    first = next(_tree_tensors(batch), None)
-    return int(first.shape[0]) if first is not None and first.ndim else None
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    import torch
-
-    current: BaseException | None = err
-    while current is not None:
-        if isinstance(current, (torch.OutOfMemoryError, MemoryError)):
-            return True
-        text = str(current)
-        if isinstance(current, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _probe_class() -> type:
-    import lightning as L
-    import torch
-
-    class Probe(L.Callback):
-        """Times data loading, steps and the evaluation batch; counts FLOPs and memory on the first step."""
-
-        def __init__(self, cuda: bool, cap_bytes: int | None, extra_modules: list[Any]) -> None:
-            self.cuda, self.cap_bytes, self.extra_modules = cuda, cap_bytes, extra_modules
-            self.data_s: list[float] = []
-            self.step_s: list[float] = []
-            self.eval_batch_s: float | None = None
-            self.eval_total_s: float | None = None
-            self.flops: int | None = None
-            self.ops: int | None = None
-            self.flops_error: str | None = None
-            self.peak_bytes: int | None = None
-            self.batch: str | None = None
-            self.batch_size: int | None = None
-            self.trainable = self.frozen = 0
-            self.optimizer: str | None = None
-            self._mark = 0.0
-            self._t0 = 0.0
-            self._modes: list[Any] = []
-            self._static = 0
-
-        def _now(self) -> float:
-            if self.cuda:
-                torch.cuda.synchronize()
-            return time.perf_counter()
-
-        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            params = {id(p): p for m in [pl_module, *self.extra_modules] for p in m.parameters()}
-            self.trainable = sum(p.numel() for p in params.values() if p.requires_grad)
-            self.frozen = sum(p.numel() for p in params.values() if not p.requires_grad)
-            self.optimizer = ", ".join(type(o).__name__ for o in trainer.optimizers) or None
-            if self.cuda:
-                torch.cuda.reset_peak_memory_stats()
-            self._mark = self._now()
-
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            now = self._now()
-            self.data_s.append(now - self._mark)
-            if batch_idx == 0:
-                from torch.utils.flop_counter import FlopCounterMode
-
-                self.batch, self.batch_size = describe_batch(batch), batch_size_of(batch)
-                self._static = tensor_bytes(pl_module, *self.extra_modules, batch)
-                self._modes = [FlopCounterMode(display=False), _live_bytes_mode(track_bytes=not self.cuda)]
-                for mode in self._modes:
-                    mode.__enter__()
-            self._t0 = self._now()
-
-        def _close_modes(self) -> None:
-            for mode in reversed(self._modes):
-                with contextlib.suppress(Exception):
-                    mode.__exit__(None, None, None)
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            now = self._now()
-            self.step_s.append(now - self._t0)
-            if batch_idx == 0 and self._modes:
-                self._close_modes()
-                flop_mode = self._modes[0]
-                try:
-                    self.flops = int(flop_mode.get_total_flops())
-                except Exception as err:  # noqa: BLE001 - a compiled graph the counter cannot see
-                    self.flops_error = f"{type(err).__name__}: {err}"
-                self.ops = self._modes[1].ops
-                if self.cuda:
-                    self.peak_bytes = int(torch.cuda.max_memory_allocated())
-                else:
-                    self.peak_bytes = self._static + int(self._modes[1].peak)
-                self._modes = []
-                if self.cap_bytes is not None and self.peak_bytes > self.cap_bytes:
-                    raise SimulatedOutOfMemory(
-                        f"peak {gib(self.peak_bytes)} > --memory-cap-gb {gib(self.cap_bytes)} at batch {self.batch_size}")
-            self._mark = self._now()
-
-        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-            self._close_modes()
-            self._modes = []
-
-        def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-            self._v0 = self._now()
-
-        def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                                      dataloader_idx: int = 0) -> None:
-            self._vb = self._now()
-
-        def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                                    dataloader_idx: int = 0) -> None:
-            if self.eval_batch_s is None:
-                self.eval_batch_s = self._now() - self._vb
-
-        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-            self.eval_total_s = self._now() - self._v0
-            if self.cuda and self.peak_bytes is not None:
-                self.peak_bytes = max(self.peak_bytes, int(torch.cuda.max_memory_allocated()))
-
-    return Probe
-
-
-# ---------------------------------------------------------------------------------------------- formatting
-def gib(nbytes: float | None) -> str:
-    if nbytes is None:
-        return "-"
-    if nbytes < 2**20:
-        return f"{nbytes / 2**10:.1f} KiB"
-    if nbytes < 2**30:
-        return f"{nbytes / 2**20:.1f} MiB"
-    return f"{nbytes / 2**30:.2f} GiB"
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 1e-3:
-        return f"{value * 1e6:.0f}us"
-    if value < 1:
-        return f"{value * 1e3:.1f}ms"
-    if value < 120:
-        return f"{value:.2f}s"
-    if value < 7200:
-        return f"{value / 60:.1f}min"
-    return f"{value / 3600:.1f}h"
-
-
-def count(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-# ------------------------------------------------------------------------------------------------ weights
-def _walk(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield (*path, str(key)), value
-            yield from _walk(value, (*path, str(key)))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _walk(value, (*path, str(i)))
-
-
-def _looks_like_path(value: str) -> bool:
-    return value.startswith(("/", "~", "./", "../")) or value.lower().endswith(WEIGHT_SUFFIXES)
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents, sorted by name)."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def owner_file(files: list[Path], key: tuple[str, ...]) -> Path | None:
-    """The last of ``files`` that sets ``key`` (a dotted path into the YAML)."""
-    from ..core.configs import _load_yaml
-
-    found = None
-    for f in files:
-        node: Any = _load_yaml(f)
-        for part in key:
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                node = None
-                break
-        else:
-            found = f
-    return found
-
-
-def config_weights(raw: dict[str, Any], files: list[Path]) -> list[dict[str, Any]]:
-    """Every weight a config key names, with where it comes from; a missing file is a :class:`ConfigError` naming
-    the config file and the key."""
-    out = []
-    for path, value in _walk(raw):
-        if path[-1] not in WEIGHT_KEYS or isinstance(value, (dict, list)):
-            continue
-        key = ".".join(path)
-        if value is True:
-            out.append({"key": key, "source": "hub cache (the part's default weights)"})
-            continue
-        if not isinstance(value, str) or value.strip().lower() in NOT_WEIGHTS:
-            continue
-        local = Path(value).expanduser()
-        if local.exists():
-            out.append({"key": key, "source": "file" if local.is_file() else "folder", "path": str(local.resolve()),
-                        "sha256": sha256_of(local)})
-        elif _looks_like_path(value):
-            where = owner_file(files, path)
-            raise ConfigError(f"{where or files[-1]}: {key}: weight file not found: {local} (expected a file of "
-                              "weights in the library's own format, e.g. a state dict .pt / .safetensors, or a "
-                              "save_pretrained folder; or `true` for the hub cache, `false` for random init)")
-        else:
-            out.append({"key": key, "source": f"hub id {value!r} (local hub cache)"})
-    return out
-
-
-def module_weights(*roots: Any) -> list[dict[str, Any]]:
-    """Weight files the parts report: ``weights = "file:PATH"`` (FrozenBackbone) or ``weight_files = [PATH, ...]``."""
-    import torch
-
-    out, seen = [], set()
-    for root in roots:
-        if not isinstance(root, torch.nn.Module):
-            continue
-        for name, sub in root.named_modules():
-            paths = []
-            weights = getattr(sub, "weights", None)
-            if isinstance(weights, str) and weights.startswith("file:"):
-                paths.append(weights[len("file:"):])
-            listed = getattr(sub, "weight_files", None)
-            if isinstance(listed, (list, tuple)):
-                paths += [str(p) for p in listed]
-            for p in paths:
-                local = Path(p).expanduser()
-                if local.exists() and str(local.resolve()) not in seen:
-                    seen.add(str(local.resolve()))
-                    out.append({"key": f"{type(root).__name__}.{name}" if name else type(root).__name__,
-                                "source": "file" if local.is_file() else "folder", "path": str(local.resolve()),
-                                "sha256": sha256_of(local)})
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ caches
-@contextlib.contextmanager
-def caches_read_only(tmp: Path) -> Iterator[list[dict[str, Any]]]:
-    """Feature caches and stand-ins that exist are read; ones that do not are built under ``tmp`` (not kept)."""
-    from ..core import standins
-    from ..data import cache as cache_mod
-
-    built: list[dict[str, Any]] = []
-    build, path_of = cache_mod.FeatureCache._build_if_needed, standins.cache_path
-
-    def build_elsewhere(self: Any) -> None:
-        if self.check() is None:
-            return
-        wanted = self.path
-        self.path = tmp / "features" / wanted.name
-        start = time.perf_counter()
-        build(self)
-        built.append({"cache": str(wanted), "built_in": str(self.path), "seconds": time.perf_counter() - start})
-
-    def standin_elsewhere(cache_dir: Any, prefix: str, key: dict[str, Any]) -> Path:
-        wanted = path_of(cache_dir, prefix, key)
-        if wanted.exists():
-            return wanted
-        built.append({"standin": str(wanted), "built_in": str(tmp / "standins" / wanted.name)})
-        return tmp / "standins" / wanted.name
-
-    cache_mod.FeatureCache._build_if_needed = build_elsewhere
-    standins.cache_path = standin_elsewhere
-    try:
-        yield built
-    finally:
-        cache_mod.FeatureCache._build_if_needed = build
-        standins.cache_path = path_of
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Lightning's info lines and its data-loader hints off while the preflight runs (warnings stay errors-only)."""
-    import lightning.pytorch  # noqa: F401 - its loggers exist (and have their levels) from here on
-
-    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("lightning", "pytorch_lightning")]
-    names += ["lightning", "lightning.pytorch", "lightning.fabric"]
-    levels = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(does not have many workers|num_workers|LeafSpec).*")
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning\..*")
-        try:
-            yield
-        finally:
-            for n, level in levels.items():
-                logging.getLogger(n).setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -548,8 +120,9 @@ def build_run(configs: list[str], overrides: list[str], tmp: Path, device: str |
     stage_dicts = raw.get("stages")
     rest = {k: v for k, v in raw.items() if k not in CURRICULUM_KEYS}
     trainer = dict(rest.get("trainer") or {})
-    trainer.update(run_dir=str(tmp / "run"), wandb=None, enable_progress_bar=False, enable_model_summary=False)
-    if device is not None:
+    trainer.update(run_dir=str(tmp / "run"), wandb=None, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False)
+    if device is not None:  # one process on one device: a DDP config is preflighted on one of its devices
         trainer.update(accelerator="gpu" if device == "cuda" else "cpu", devices=1, strategy="auto", num_nodes=1)
     if precision is not None:
         trainer["precision"] = precision
@@ -618,7 +191,7 @@ def _cleanup(model: Any) -> None:
 
 def run_steps(built: Built, root: Path, steps: int, cuda: bool, cap_bytes: int | None) -> tuple[Any, str | None]:
     """One shortened ``fit`` of the current stage; ``(probe, None)`` or ``(probe, "oom: ...")``."""
-    probe = _probe_class()(cuda, cap_bytes, datamodule_modules(built.datamodule))
+    probe = probe_class()(cuda, cap_bytes, datamodule_modules(built.datamodule))
     trainer = _stage_trainer(built.base, probe, root, steps)
     # the probe's hooks run first: its step window closes before TrainingHealth inspects the first steps (a one-off
     # cost of the first `health_steps` batches, left out of the step time, the FLOPs and the memory)
@@ -771,9 +344,9 @@ def measure_stage(built: Built, index: int, stage: Any, defaults: dict[str, Any]
 
 
 def _typical(values: list[float]) -> float | None:
-    """The median of the steps after the first (the warm-up), or the first when it is the only one."""
+    """The (lower) median of the steps after the first (the warm-up), or the first when it is the only one."""
     rest = sorted(values[1:]) or values[:1]
-    return rest[len(rest) // 2] if rest else None
+    return rest[(len(rest) - 1) // 2] if rest else None
 
 
 def run_preflight(configs: list[str], overrides: list[str] | None = None, steps: int = 2, device: str | None = None,
@@ -855,64 +428,6 @@ def _measure(built: Built, tmp: Path, steps: int, cuda: bool, cap_bytes: int | N
             "setup_s": setup_s, "lazy_left": uninitialized_names(model), "parameters": sum(p.numel() for p in
             params.values()), "parts": parts, "weights": weights or [{"key": "*", "source": "random init"}],
             "stages": rows}
-
-
-# ---------------------------------------------------------------------------------------------- the table
-def format_report(report: dict[str, Any]) -> str:
-    """The one table (a few header lines, a row per stage, the notes)."""
-    card = report.get("card")
-    parts = ", ".join(f"{p['part']} {count(p['params'])}" for p in report["parts"])
-    lines = [f"preflight: {' + '.join(report['files'])}",
-             f"  {report['model']} on {report['device']} ({report['device_name']}, {report['threads']} threads), "
-             f"precision {report['precision']}, {report['steps']} step(s) per stage; "
-             f"parameters {count(report['parameters'])} ({parts})"]
-    for w in report["weights"]:
-        digest = f" sha256 {w['sha256'][:12]}" if w.get("sha256") else ""
-        lines.append(f"  weights {w['key']}: {w['source']}{' ' + w['path'] if w.get('path') else ''}{digest}")
-    for c in report.get("caches_built_in_temp", []):
-        what = c.get("cache") or c.get("standin")
-        took = f" in {seconds(c['seconds'])}" if c.get("seconds") is not None else ""
-        lines.append(f"  not on disk, built in a temporary folder{took} (a real run builds it once): {what}")
-    head = ["stage", "trainable", "frozen", "batch", "data/batch", "step", "input-bound", "peak mem", "FLOPs/step",
-            "batches/ep", "epoch", "stage time"]
-    if card:
-        head += [f"{card['name']} step@{int(report['utilisation'] * 100)}%", f"fits {card['memory_gb']:.0f}GB"]
-    table = [head]
-    for r in report["stages"]:
-        if "step_s" not in r or r.get("step_s") is None:
-            table.append([r["stage"], count(r.get("trainable_params")), count(r.get("frozen_params")),
-                          str(r.get("configured_batch_size") or "-"), "-", "-", "-", gib(r.get("peak_bytes")), "-",
-                          "-", "-", "FAILS"] + (["-", "-"] if card else []))
-            continue
-        row = [r["stage"], count(r["trainable_params"]), count(r["frozen_params"]), str(r["batch_size"]),
-               seconds(r["data_s"]), seconds(r["step_s"]), "yes" if r.get("input_bound") else "no",
-               gib(r["peak_bytes"]), count(r["flops_per_step"]), str(r.get("steps_per_epoch") or "-"),
-               seconds(r.get("epoch_s")), seconds(r.get("stage_s")) if r["ok"] else "FAILS"]
-        if card:
-            c = r.get("card") or {}
-            fits = {True: "yes", False: "NO", None: "-"}[c.get("fits")]
-            row += [seconds(c.get("step_s")) + (" (input-bound)" if c.get("input_bound") else ""), fits]
-        table.append(row)
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
-    for i, row in enumerate(table):
-        lines.append("  " + "  ".join(str(v).ljust(w) if j == 0 else str(v).rjust(w)
-                                      for j, (v, w) in enumerate(zip(row, widths, strict=True))))
-        if i == 0:
-            lines.append("  " + "  ".join("-" * w for w in widths))
-    for r in report["stages"]:
-        if r.get("batch"):
-            lines.append(f"  {r['stage']}: batch {r['batch']}; eval batch {seconds(r.get('eval_batch_s'))}, "
-                         f"val pass {seconds(r.get('val_pass_s'))} x {r.get('val_runs', 0)}; peak RSS "
-                         f"{gib(r.get('rss_bytes'))}; optimizer {r.get('optimizer')}")
-        if r.get("error"):
-            lines.append(f"  {r['stage']}: WILL NOT RUN: {r['error']}")
-    lines.append(f"  peak mem: {'CUDA max_memory_allocated' if report['device'] == 'cuda' else 'live tensor bytes of the first step (CPU)'}"
-                 f"; projections: measured step + data wait per batch x batches (+ validation passes)"
-                 + (f"; {card['name']}: FLOPs / ({card['bf16_tflops']} TFLOPS x {report['utilisation']}) but at least "
-                    f"{LAUNCH_S * 1e6:.0f}us per operator, fits when "
-                    f"peak x {CUDA_SLACK} + {CUDA_OVERHEAD_GB} GB <= {card['memory_gb']} GB" if card and card.get("bf16_tflops") else ""))
-    lines.append(f"  {'ok' if report['ok'] else 'NOT OK'}: {report['json']} ({seconds(report['wall_s'])})")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
