@@ -9,11 +9,18 @@ data or from another part are built from the first batch by the module's dry run
 * decoder   ``decoders.MLPDecoder`` | ``decoders.TransformerDecoder``
 * loss      ``losses.ReconstructionLoss(kind=mse | cosine | channel_norm)``
 
-``datamodule.SlotsDataModule`` serves ShapesWorld videos or converted MOVi clips, with frozen features cached
-on disk (MOVi: validation is a seeded held-out 2.5 % of ``train``, ids written once; test the official
-``validation`` folder; a validation equal to or overlapping test is refused, F47); ``plugin.py`` registers the ``colour_edge`` backbone and the ``slots-analyze`` tool. Configs:
-``configs/slots/_base_movi.yaml`` (the seed's real run) with one delta per seed run, ``demo.yaml`` (CPU)
-with ``shapes_long`` / ``pixels_demo`` as deltas.
+``datamodule.SlotsDataModule`` takes its parts by constructor too:
+
+* source    ``sources.ShapesClipSplits`` (ShapesWorld videos) | ``sources.MoviClipSplits`` (converted MOVi clips;
+            validation a seeded held-out 2.5 % of ``train``, ids written once; test the official ``validation``
+            folder; a validation equal to or overlapping test is refused, F47)
+* frozen    ``datamodule.RegistryBackbone`` (a timm / open_clip ViT by name, built on first use; it owns the
+            input resolution ``image_size``) | ``datamodule.ColourEdgeBackbone`` (the fixed CPU encoder) | null
+            (the pixel path); its features are cached on disk and are the reconstruction target
+
+``plugin.py`` registers the ``colour_edge`` backbone and the ``slots-analyze`` tool. Configs:
+``configs/slots/_base_movi.yaml`` (the seed's real run) with one delta per seed run, ``demo.yaml`` (CPU: the base
+with its source and frozen parts swapped) with ``shapes_long`` / ``pixels_demo`` as deltas.
 
 Where it departs from the seed: the reconstruction target is the frozen feature itself, never a trainable
 projection's output (the seed's CLIP bug); scale is handled per position over channels, spatial
@@ -32,8 +39,9 @@ from ``seed_everything`` (``core.seeding.run_seed``) unless ``data.init_args.see
 spread of the demo includes the data.
 
 LESSONS rows covered (tests in ``tests/studies/slots/``): F01 (``encoders.FeatureInput`` + the TrainingHealth
-target guard; ``test_f01_*``), F02 / F03 (``losses``; ``test_f02_*``, ``test_f03_*``), F04
-(``slot_attention.LearnedPositionalEmbedding``; ``test_f04_*``), F05 (``evaluation.predicted_labels``;
-``test_f05_*`` with four wrong-resize mutants), F06 (``analyze``; ``test_f06_*``), F44 (every val / test number
-through a torchmetrics ``Metric``; ``test_ddp.py::test_f44_*``), F47 / F49 / F50 (``test_honest.py``).
+target guard; ``test_module.py::test_f01_*``), F02 / F03 (``losses``; ``test_losses.py``), F04
+(``slot_attention.LearnedPositionalEmbedding``; ``test_slot_attention.py``), F05 (``evaluation.predicted_labels``;
+``test_evaluation.py::test_f05_*`` with four wrong-resize mutants), F06 (``analyze``; ``test_analyze.py``), F44
+(every val / test number through a torchmetrics ``Metric``, the per-clip rows through ``GatheredRows``;
+``test_ddp.py::test_f44_*``), F47 / F49 / F50 (``test_honest.py``).
 """

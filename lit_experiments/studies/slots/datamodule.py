@@ -1,16 +1,22 @@
-"""SlotsDataModule: ShapesWorld videos (default) or MOVi clips, with frozen features cached on disk.
+"""SlotsDataModule: clips from a ``source`` part, features of a ``frozen`` part cached on disk.
+
+Parts by constructor (``class_path`` in the YAML): ``source`` (``sources.ShapesClipSplits``: ShapesWorld videos;
+``sources.MoviClipSplits``: converted MOVi clips) and ``frozen`` (the frozen feature extractor:
+``ColourEdgeBackbone``, the study's fixed hand-designed encoder for CPU demos, or ``RegistryBackbone``, a
+``lit_experiments.backbones`` name such as a timm / open_clip ViT; ``null``: the pixel path, frames only). The
+frozen part owns the input resolution (``image_size``); clips are resized to it before the features.
 
 Batch keys: ``video`` uint8 (B,T,3,H,W), ``instances`` int64 (B,T,H,W), per-object ``material`` /
-``category`` / ``num_objects``, ``index``, and for the feature path ``features`` float (B,T,N,C) plus
-``feature_grid`` int64 (B,2). ``backbone`` is a ``lit_experiments.backbones`` name (timm / open_clip,
-built with ``pretrained``) or ``colour_edge`` (the study's fixed hand-designed encoder for CPU demos).
+``category`` / ``num_objects``, ``index``, and with a frozen part ``features`` float (B,T,N,C) plus
+``feature_grid`` int64 (B,2).
 
 Splits that cannot leak (F47): validation and test are checked disjoint by clip id
 (``core.splits.check_disjoint``) before anything is loaded, naming both; the record is ``self.split_info``
 (results.json ``splits``). MOVi's validation is a seeded held-out part of a folder (``val_fraction``; the base
-config holds out 2.5 % of ``train``), its ids written once to ``<movi_root>/val_holdout_<folder>.json`` by
-``core.splits.ensure_holdout``; the test split is the official ``validation`` folder. A validation equal to or overlapping the test split is refused
-unless ``allow_val_test_overlap: true`` (then every number of the run is marked as tuned on test).
+config holds out 2.5 % of ``train``), its ids written once to ``<root>/val_holdout_<folder>.json`` by
+``core.splits.ensure_holdout``; the test split is the official ``validation`` folder. A validation equal to or
+overlapping the test split is refused unless ``allow_val_test_overlap: true`` (then every number of the run is
+marked as tuned on test).
 
 Seeds (F50): the ShapesWorld worlds of the three splits, the training order and the held-out draw come from the
 run's ``seed_everything`` through ``core.seeding.run_seed`` unless ``seed`` pins them, so a sweep over seeds
@@ -18,26 +24,25 @@ varies the data too.
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
 
-from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.seeding import run_seed
-from lit_experiments.core.splits import check_disjoint, ensure_holdout
+from lit_experiments.core.splits import check_disjoint
 from lit_experiments.core.study import StudyDataModule
 from lit_experiments.data.cache import FeatureCache
-from lit_experiments.data.shapes import ShapesWorld
 
 from .encoders import ColourEdgeEncoder
+from .sources import DEFAULT_MOVI_SPLITS, SPLITS, MoviClipSplits, ShapesClipSplits
 
-SPLITS = ("train", "val", "test")
-SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}  # world seed of a split = pinned seed + offset
-DEFAULT_MOVI_SPLITS = {"train": "train", "val": "train", "test": "validation"}
+__all__ = ["DEFAULT_MOVI_SPLITS", "ColourEdgeBackbone", "MoviClipSplits", "RegistryBackbone", "ShapesClipSplits",
+           "SlotsDataModule"]
 
 
 class Resize:
@@ -58,7 +63,10 @@ class Resize:
 
 
 class ColourEdgeBackbone(ColourEdgeEncoder):
-    """``ColourEdgeEncoder`` with the frozen-backbone extras the feature cache needs."""
+    """``ColourEdgeEncoder`` as the datamodule's ``frozen`` part, with the extras the feature cache needs (clips
+    are read at their own size: no ``image_size``)."""
+
+    image_size: int | None = None
 
     @classmethod
     def from_registry(cls, name: str, pretrained: bool | str = False, layers: list[int] | None = None,
@@ -77,6 +85,57 @@ class ColourEdgeBackbone(ColourEdgeEncoder):
             b, t = images.shape[:2]
             return super().features(images.flatten(0, 1)).view(b, t, -1, self.dim)
         return super().features(images)
+
+
+class RegistryBackbone(nn.Module):
+    """The ``frozen`` part named by its ``lit_experiments.backbones`` name (a timm / open_clip ViT or CNN, or a
+    name a study registers), built on first use (setup), frozen (F01).
+
+    Args:
+        name: the backbone's name (``vit_small_patch14_dinov2``, ``vit_base_patch16_clip_224.openai``, ...).
+        pretrained: ``False`` random init, ``True`` hub cache, or a path to a weight file.
+        layers: blocks whose tokens are the features (default: the last).
+        image_size: the input resolution; clips are resized to it (null: read at their own size).
+        model_kwargs: model constructor arguments (tiny test variants).
+    """
+
+    always_frozen = True
+
+    def __init__(self, name: str, pretrained: bool | str = False, layers: Sequence[int] | None = None,
+                 image_size: int | None = None, model_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.spec = {"name": name, "pretrained": pretrained, "layers": list(layers) if layers is not None else None,
+                     "img_size": image_size, "model_kwargs": model_kwargs}
+        self.image_size = image_size
+        self._built: list[nn.Module] = []  # a list: the network is built on first use, not at construction
+
+    @property
+    def network(self) -> Any:
+        if not self._built:
+            from lit_experiments.backbones import build_backbone
+
+            self._built.append(build_backbone(**self.spec))
+        return self._built[0]
+
+    @property
+    def name(self) -> str:
+        return self.network.name
+
+    @property
+    def out_dim(self) -> int:
+        return self.network.out_dim
+
+    def cache_key(self) -> str:
+        return self.network.cache_key()
+
+    def grid_size(self, h: int, w: int) -> tuple[int, int]:
+        return self.network.grid_size(h, w)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.features(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
 
 
 class OnTheFlyFeatures(Dataset):
@@ -124,143 +183,52 @@ class WithGrid(Dataset):
 
 class SlotsDataModule(StudyDataModule):
     """Args:
-        dataset: ``shapes`` (ShapesWorld videos) or ``movi`` (``lit_experiments.data.movi.MoviClips``).
-        input: ``features`` (frozen backbone features) or ``pixels`` (frames only, trainable encoder).
-        n_train / n_val / n_test: ShapesWorld sizes (splits use different world seeds).
-        shapes: extra ShapesWorld arguments (image_size, num_frames, min_objects, max_objects, ...).
-        movi_root / movi_splits / movi_kwargs: MOVi location, the folder each split reads (default train:
-            ``train``, val: ``train``, test: ``validation``) and reader arguments.
-        val_fraction: when the validation folder is also the train (or test) folder, this seeded fraction of its
-            clips is held out as validation and removed from the other split (MOVi only; the MOVi base config:
-            0.025 of ``train``). null with a shared folder: validation on the training folder is an error, on
-            the test folder it is the test split and refused (F47).
-        val_holdout_file: where the held-out ids are written once (default ``<movi_root>/val_holdout_<folder>.json``).
-        allow_val_test_overlap: accept a validation split that equals or overlaps the test split (F47); the run's
-            results.json then says ``tuned_on_test: true``.
+        source: where the clips come from: ``sources.ShapesClipSplits`` (ShapesWorld videos, the default) or
+            ``sources.MoviClipSplits`` (converted MOVi clips; validation / test folders and the held-out part).
+        frozen: the frozen feature extractor (``ColourEdgeBackbone`` | ``RegistryBackbone``); its features are the
+            batch's ``features`` and the model's reconstruction target. null: frames only (the pixel path, a
+            trainable encoder in the model).
         seed: pins the data's random choices (ShapesWorld worlds: seed, seed + 1, seed + 2 for train / val /
             test; the training order; the held-out draw). None: derived from ``seed_everything`` (F50).
-        backbone / pretrained / layers / img_size / model_kwargs: the frozen feature extractor.
-        cache_features: serve features from the on-disk FeatureCache (default) instead of recomputing.
-        cache_dir: where caches live.
+        allow_val_test_overlap: accept a validation split that equals or overlaps the test split (F47); the run's
+            results.json then says ``tuned_on_test: true``.
+        cache_dir: where the frozen-feature caches live (null: features recomputed for every item, no cache).
+        batch_size / eval_batch_size / num_workers: the loaders.
     """
 
     def __init__(
         self,
-        dataset: str = "shapes",
-        input: str = "features",
-        n_train: int = 2000,
-        n_val: int = 64,
-        n_test: int = 128,
-        shapes: dict[str, Any] | None = None,
-        movi_root: str | None = None,
-        movi_splits: dict[str, str] | None = None,
-        movi_kwargs: dict[str, Any] | None = None,
-        val_fraction: float | None = None,
-        val_holdout_file: str | None = None,
-        allow_val_test_overlap: bool = False,
+        source: ShapesClipSplits | MoviClipSplits | None = None,
+        frozen: nn.Module | None = None,
         seed: int | None = None,
-        backbone: str = "colour_edge",
-        pretrained: bool | str = False,
-        layers: list[int] | None = None,
-        img_size: int | None = None,
-        model_kwargs: dict[str, Any] | None = None,
-        cache_features: bool = True,
-        cache_dir: str = ".cache/features",
+        allow_val_test_overlap: bool = False,
+        cache_dir: str | None = ".cache/features",
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size)
-        if dataset not in ("shapes", "movi"):
-            raise ValueError(f"dataset must be 'shapes' or 'movi', got {dataset!r}")
-        if input not in ("features", "pixels"):
-            raise ValueError(f"input must be 'features' or 'pixels', got {input!r}")
-        if dataset == "movi" and not movi_root:
-            raise ValueError("dataset='movi' needs movi_root (folder of converted MOVi clips)")
-        self.dataset, self.input = dataset, input
-        self.sizes = {"train": n_train, "val": n_val, "test": n_test}
-        self.shapes_kwargs = {"image_size": 64, "num_frames": 4, "min_objects": 3, "max_objects": 5, **(shapes or {})}
-        self.movi_root, self.movi_kwargs = movi_root, dict(movi_kwargs or {})
-        unknown = sorted(set(movi_splits or {}) - set(SPLITS))
-        if unknown:
-            raise ConfigError(f"movi_splits: unknown split names {unknown}; expected keys among {list(SPLITS)}")
-        self.movi_splits = {**DEFAULT_MOVI_SPLITS, **(movi_splits or {})}
-        if val_fraction is not None and not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"val_fraction={val_fraction}: expected a number between 0 and 1 (or null)")
-        self.val_fraction, self.val_holdout_file = val_fraction, val_holdout_file
+        self.source = source if source is not None else ShapesClipSplits()
+        self.frozen = frozen
         self.allow_val_test_overlap, self.seed = bool(allow_val_test_overlap), seed
+        self.cache_dir = cache_dir
         self._raw: dict[str, Dataset] = {}
         self._ids: dict[str, list[str]] = {}
         self._order: torch.Generator | None = None
-        self.backbone_args = {"name": backbone, "pretrained": pretrained, "layers": layers, "img_size": img_size,
-                              "model_kwargs": model_kwargs}
-        self.cache_features, self.cache_dir = cache_features, cache_dir
-        self._backbone: Any = None
         self.splits: dict[str, Dataset] = {}
 
     # ------------------------------------------------------------------ data
-    def world_seeds(self) -> dict[str, int]:
-        """The ShapesWorld seed of each split: ``seed + offset`` when pinned, else one per split from the run's
-        ``seed_everything`` (F50)."""
-        if self.seed is not None:
-            return {s: int(self.seed) + SPLIT_OFFSETS[s] for s in SPLITS}
-        return {s: run_seed(None, f"slots/world/{s}") for s in SPLITS}
-
     def resolve_splits(self) -> dict[str, Dataset]:
         """The raw train / val / test datasets with their item ids; validation vs test checked disjoint (F47)."""
         if self._raw:
             return self._raw
-        names: dict[str, str] = {}
-        if self.dataset == "shapes":
-            seeds = self.world_seeds()
-            for split in SPLITS:
-                self._raw[split] = ShapesWorld(self.sizes[split], seed=seeds[split], **self.shapes_kwargs)
-                self._ids[split] = [f"shapes:{seeds[split]}:{i}" for i in range(self.sizes[split])]
-                names[split] = f"ShapesWorld(seed={seeds[split]}, n={self.sizes[split]})"
-        else:
-            names = self._resolve_movi()
-        self.split_info = check_disjoint(self._ids["val"], self._ids["test"], val_name=names["val"],
-                                         test_name=names["test"], allow_overlap=self.allow_val_test_overlap,
+        resolved = self.source.resolve(self.seed)
+        for split in SPLITS:
+            self._raw[split], self._ids[split] = resolved[split].dataset, resolved[split].ids
+        self.split_info = check_disjoint(self._ids["val"], self._ids["test"], val_name=resolved["val"].name,
+                                         test_name=resolved["test"].name, allow_overlap=self.allow_val_test_overlap,
                                          what="clip ids")
         return self._raw
-
-    def _resolve_movi(self) -> dict[str, str]:
-        from lit_experiments.data.movi import MoviClips
-
-        folders = self.movi_splits
-        readers: dict[str, Any] = {}
-
-        def reader(folder: str) -> Any:
-            if folder not in readers:
-                readers[folder] = MoviClips(self.movi_root, split=folder, **self.movi_kwargs)
-            return readers[folder]
-
-        names = {s: f"{self.movi_root}/{folders[s]}" for s in SPLITS}
-        val_folder = folders["val"]
-        shared = [s for s in ("train", "test") if folders[s] == val_folder]
-        if shared and self.val_fraction is not None:
-            pool = reader(val_folder)
-            path = Path(self.val_holdout_file or Path(self.movi_root) / f"val_holdout_{val_folder}.json")
-            held = ensure_holdout(path, pool.clip_ids, self.val_fraction, run_seed(self.seed, "slots/val_holdout"))
-            written = json.loads(path.read_text()).get("fraction")
-            if written is not None and abs(float(written) - self.val_fraction) > 1e-9:
-                raise ConfigError(f"{path}: held out a fraction {written} of {names['val']}, the config asks for "
-                                  f"val_fraction={self.val_fraction}; delete the file to draw again or set "
-                                  "val_holdout_file to another path")
-            self._raw["val"] = pool.subset(held)
-            names["val"] = f"{names['val']} (held-out {self.val_fraction:g}, ids in {path})"
-            for split in shared:
-                self._raw[split] = pool.subset(held, exclude=True)
-                names[split] = f"{names[split]} (without the held-out validation clips)"
-        elif folders["train"] == val_folder:
-            raise ConfigError(f"movi_splits: validation reads the training folder {names['val']} and val_fraction is "
-                              "null: validation would score training clips. Set val_fraction (a held-out part) or "
-                              "movi_splits.val to another folder")
-        for split in SPLITS:
-            if split not in self._raw:
-                self._raw[split] = reader(folders[split])
-            self._ids[split] = list(self._raw[split].clip_ids)
-        return names
 
     def raw_split(self, split: str) -> Dataset:
         return self.resolve_splits()[split]
@@ -270,36 +238,27 @@ class SlotsDataModule(StudyDataModule):
         self.resolve_splits()
         return self._ids[split]
 
-    @property
-    def backbone(self) -> Any:
-        if self._backbone is None:
-            from lit_experiments.backbones import build_backbone
-
-            self._backbone = build_backbone(**self.backbone_args)
-        return self._backbone
-
     def feature_split(self, split: str) -> Dataset:
         raw = self.raw_split(split)
-        if self.input == "pixels":
+        if self.frozen is None:  # the pixel path: frames only
             return WithGrid(raw, None)
-        bb = self.backbone
-        size = self.backbone_args["img_size"]
+        size = getattr(self.frozen, "image_size", None)
         transform = Resize(size) if size else None
-        if self.cache_features:
+        if self.cache_dir is not None:
             # training needs only the features: the clips themselves are not re-rendered / re-read per step
-            ds: Dataset = FeatureCache(Path(self.cache_dir), bb, raw, transform=transform, progress=None,
+            ds: Dataset = FeatureCache(Path(self.cache_dir), self.frozen, raw, transform=transform, progress=None,
                                        include_items=split != "train")
         else:
-            ds = OnTheFlyFeatures(bb, raw, transform)
+            ds = OnTheFlyFeatures(self.frozen, raw, transform)
         sample = raw[0]
         h, w = (sample["video"] if "video" in sample else sample["image"]).shape[-2:]
         if size:
             h = w = size
-        return WithGrid(ds, tuple(bb.grid_size(h, w)))
+        return WithGrid(ds, tuple(self.frozen.grid_size(h, w)))
 
     def setup(self, stage: str | None = None) -> None:
         self.resolve_splits()  # every split's ids, and the F47 check, before any feature is computed
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", tuple(self.sizes))
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
         for split in wanted:
             if split not in self.splits:
                 self.splits[split] = self.feature_split(split)

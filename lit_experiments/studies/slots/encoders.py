@@ -95,8 +95,8 @@ class FeatureInput(SlotEncoder):
     @staticmethod
     def _features(batch: dict) -> torch.Tensor:
         if "features" not in batch:
-            raise KeyError("FeatureInput needs batch['features'] (frozen backbone features): set the datamodule's "
-                           "input: features, or use the PixelEncoder part for pixels")
+            raise KeyError("FeatureInput needs batch['features'] (frozen backbone features): give the datamodule a "
+                           "frozen: part, or use the PixelEncoder part for pixels")
         return frames_of(batch["features"], 2)
 
     def forward(self, batch: dict) -> Encoded:

@@ -9,7 +9,8 @@ materials, else by the category of object 1 (``cat<k>``).
 Floors (F49), scored by the same metric code on the same frames: ``grid_fg_ari`` / ``grid_video_fg_ari`` (a
 fixed partition into one rectangle per slot, :func:`grid_partition`) and, at test, ``untrained_fg_ari`` /
 ``untrained_fg_ari_<alt>`` / ``untrained_video_fg_ari`` (the same model at its initial weights). The per-sample
-rows carry every score per clip (the per-item file of the paired bootstrap, F51).
+rows carry every score per clip (the per-item file of the paired bootstrap, F51); they are gathered over the epoch
+and every rank by ``metrics.gathered.GatheredRows`` (``clip_rows``).
 """
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ import numpy as np
 import torch
 
 from lit_experiments.metrics import ARIMetric, MBOMetric, ari, mbo, resize_masks
-from lit_experiments.metrics._dist import gather_objects
+from lit_experiments.metrics.gathered import GatheredRows
 
 METAL = 1
+GROUPS = ("metal", "non-metal", "mixed")  # a clip's group in the gathered rows: its index here, cat<k> -> 3 + k
+ROW_NUMBERS = ("index", "group", "num_objects")
+ROW_SCORES = ("video_fg_ari", "video_ari", "video_mbo", "frame_fg_ari_mean")
 
 
 def material_group(material: torch.Tensor, num_objects: torch.Tensor | int | None = None) -> str | None:
@@ -54,6 +58,19 @@ def sample_groups(batch: dict) -> list[str] | None:
     return groups
 
 
+def group_code(group: str) -> int:
+    """The integer a group name is gathered as ("" -> -1)."""
+    if not group:
+        return -1
+    return GROUPS.index(group) if group in GROUPS else len(GROUPS) + int(group[3:])
+
+
+def group_name(code: int) -> str:
+    if code < 0:
+        return ""
+    return GROUPS[code] if code < len(GROUPS) else f"cat{code - len(GROUPS)}"
+
+
 def predicted_labels(masks: torch.Tensor, grid: tuple[int, int], gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,T,K,N) soft masks + (B,T,H,W) GT -> int label maps (B,T,H,W) for both, via the F05 path."""
     b, t, k, n = masks.shape
@@ -82,7 +99,8 @@ class SegmentationScores(torch.nn.Module):
     """FG-ARI / ARI / mBO per frame and per video, overall and per group, plus a per-sample table.
 
     The scores are torchmetrics ``Metric`` states (``dist_reduce_fx="cat"``), so :meth:`compute` returns
-    values reduced over every rank's samples; :meth:`all_rows` all-gathers the per-sample table.
+    values reduced over every rank's samples; :meth:`all_rows` reads the per-sample table of every rank from
+    ``clip_rows`` (a ``GatheredRows``).
 
     ``grid_fg_ari`` / ``grid_video_fg_ari`` score :func:`grid_partition` with as many regions as slots (a
     position-only floor that a useful model has to beat). With ``untrained=True`` the ``untrained_*`` scores of
@@ -108,7 +126,21 @@ class SegmentationScores(torch.nn.Module):
             self.untrained["video"] = ARIMetric(True, name="untrained_video_fg_ari")
             if alt_masks:
                 self.untrained["alt"] = ARIMetric(True, name=f"untrained_fg_ari_{alt_masks}")
-        self.rows: list[dict[str, Any]] = []
+        # per-clip scores, in the order the per-sample table shows them; the optional ones (the other mask source,
+        # the untrained model) are dropped from the rows when their metric saw no batch
+        self.optional = {f"fg_ari_{alt_masks}": self.alt} if self.alt is not None else {}
+        if untrained:
+            self.optional |= {"untrained_fg_ari": self.untrained["frame"],
+                              "untrained_video_fg_ari": self.untrained["video"]}
+            if alt_masks:
+                self.optional[f"untrained_fg_ari_{alt_masks}"] = self.untrained["alt"]
+        alt_clip = [f"fg_ari_{alt_masks}"] if alt_masks else []
+        self.clip_keys = ["fg_ari", "grid_fg_ari", *alt_clip, "video_fg_ari", "grid_video_fg_ari",
+                          *[k for k in self.optional if k.startswith("untrained")]]
+        columns = [*ROW_NUMBERS, *ROW_SCORES, *[f"clip/{k}" for k in self.clip_keys]]
+        self.clip_rows = GatheredRows(columns, dtypes={c: torch.long if c in ROW_NUMBERS else torch.float64
+                                                       for c in columns}, order_by="index")
+        self._seen = 0  # row index of a batch without ``index``
 
     def _metrics(self) -> list[torch.nn.Module]:
         return [*self.frame.values(), *self.video.values(), *([self.alt] if self.alt is not None else []),
@@ -117,7 +149,8 @@ class SegmentationScores(torch.nn.Module):
     def reset(self) -> None:
         for m in self._metrics():
             m.reset()
-        self.rows = []
+        self.clip_rows.reset()
+        self._seen = 0
 
     def update(
         self, pred: torch.Tensor, target: torch.Tensor, batch: dict, alt_pred: torch.Tensor | None = None,
@@ -158,18 +191,18 @@ class SegmentationScores(torch.nn.Module):
             if "alt" in self.untrained and u_alt is not None:
                 self.untrained["alt"].update(frames(u_alt), tf, frame_groups)
                 clip_mean(self.untrained["alt"].name, ari(frames(u_alt), tf, True))
-        full_video = ari(pred, target, False)
-        mbo_video = mbo(pred, target)
         idx = batch.get("index")
-        for i in range(b):
-            self.rows.append({
-                "index": int(idx[i]) if idx is not None else len(self.rows),
-                "group": groups[i] if groups else "",
-                "num_objects": int(batch["num_objects"][i]) if "num_objects" in batch else -1,
-                "video_fg_ari": _f(per_clip["video_fg_ari"][i]), "video_ari": _f(full_video[i]),
-                "video_mbo": _f(mbo_video[i]), "frame_fg_ari_mean": _f(per_clip["fg_ari"][i]),
-                **{f"clip/{k}": _f(v[i]) for k, v in per_clip.items()},
-            })
+        nan = torch.full((b,), float("nan"), dtype=torch.float64)
+        rows = {
+            "index": idx.reshape(-1) if idx is not None else torch.arange(self._seen, self._seen + b),
+            "group": torch.tensor([group_code(g) for g in groups] if groups else [-1] * b),
+            "num_objects": batch["num_objects"].reshape(-1) if "num_objects" in batch else torch.full((b,), -1),
+            "video_fg_ari": per_clip["video_fg_ari"], "video_ari": ari(pred, target, False),
+            "video_mbo": mbo(pred, target), "frame_fg_ari_mean": per_clip["fg_ari"],
+            **{f"clip/{k}": per_clip.get(k, nan) for k in self.clip_keys},
+        }
+        self.clip_rows.update(**{k: v.to(self.clip_rows.device) for k, v in rows.items()})
+        self._seen += b
 
     def compute(self) -> dict[str, float]:
         """Every score over the samples of all ranks (torchmetrics syncs the states in ``compute``)."""
@@ -180,13 +213,15 @@ class SegmentationScores(torch.nn.Module):
         return out
 
     def all_rows(self) -> list[dict[str, Any]]:
-        """The per-sample rows of every rank (all-gathered under DDP), sorted by sample index."""
-        rows = [row for part in gather_objects(self.rows) for row in part]
-        return sorted(rows, key=lambda r: r["index"])
-
-
-def _f(x: torch.Tensor) -> float:
-    return float(x.item())
+        """The per-sample rows of every rank (gathered under DDP), sorted by sample index."""
+        if self.clip_rows.empty:
+            return []
+        cols = self.clip_rows.compute()
+        skip = {f"clip/{k}" for k, metric in self.optional.items() if not metric.update_called}
+        names = [c for c in self.clip_rows.names if c not in skip]
+        values = {c: cols[c].tolist() for c in names}
+        values["group"] = [group_name(g) for g in values["group"]]
+        return [{c: values[c][i] for c in names} for i in range(len(values["index"]))]
 
 
 def overlay_figure(video: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor, max_clips: int = 4, max_frames: int = 4):

@@ -7,19 +7,22 @@ import torch
 
 from lit_experiments.core.specs import OptimSpec
 from lit_experiments.core.trainer import LitTrainer
-from lit_experiments.studies.slots.datamodule import SlotsDataModule
+from lit_experiments.studies.slots.datamodule import ColourEdgeBackbone, SlotsDataModule
 from lit_experiments.studies.slots.decoders import MLPDecoder
 from lit_experiments.studies.slots.encoders import FeatureInput, PixelEncoder
 from lit_experiments.studies.slots.module import SlotsModule
 from lit_experiments.studies.slots.predictor import TransformerPredictor
 from lit_experiments.studies.slots.slot_attention import LearnedSlotInit, SlotAttention
+from lit_experiments.studies.slots.sources import ShapesClipSplits
 
 
-def tiny_data(**kw: Any) -> SlotsDataModule:
+def tiny_data(pixels: bool = False, n_test: int = 4, **kw: Any) -> SlotsDataModule:
+    """8 / 4 / ``n_test`` ShapesWorld clips of 2 frames at 32 px, 1-3 objects; 16-d colour_edge features (none with
+    ``pixels``: the pixel path)."""
     args: dict[str, Any] = dict(
-        dataset="shapes", n_train=8, n_val=4, n_test=4, batch_size=4,
-        shapes={"image_size": 32, "num_frames": 2, "min_objects": 1, "max_objects": 3},
-        backbone="colour_edge", model_kwargs={"patch": 4, "dim": 16, "bandwidth": 8.0}, cache_dir="cache",
+        source=ShapesClipSplits(8, 4, n_test, {"image_size": 32, "num_frames": 2, "min_objects": 1, "max_objects": 3}),
+        frozen=None if pixels else ColourEdgeBackbone(patch=4, dim=16, bandwidth=8.0), batch_size=4,
+        cache_dir="cache",
     )
     args.update(kw)
     return SlotsDataModule(**args)

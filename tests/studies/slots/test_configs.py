@@ -53,7 +53,7 @@ def test_seed_configs_are_small_deltas_of_one_movi_base_with_the_seed_settings()
         model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
         assert model["grouper"]["init_args"]["tau"] == 0.5 and model["diversity_weight"] == 0.1
         assert model["optimizer"]["lr"] == pytest.approx(4e-4)
-        assert data["img_size"] == 224 and data["dataset"] == "movi"
+        assert data["frozen"]["init_args"]["image_size"] == 224 and data["source"]["class_path"].endswith("MoviClipSplits")
         assert cfg["trainer"]["run_dir"].endswith(name)
     assert _model("dinov1_channel_norm")["model"]["init_args"]["loss"]["init_args"]["kind"] == "channel_norm"
     assert _model("clip_mse")["model"]["init_args"]["encoder"]["init_args"]["projection_dim"] == 384
@@ -68,3 +68,33 @@ def test_no_config_picks_a_part_by_string():
         for key in ("decoder", "slot_init", "input", "predictor", "loss"):
             value = model.get(key)
             assert value is None or isinstance(value, dict), f"{config.name}: model.{key} = {value!r}"
+
+
+def _keys(tree: object, key: str) -> int:
+    if isinstance(tree, dict):
+        return sum((k == key) + _keys(v, key) for k, v in tree.items())
+    if isinstance(tree, list):
+        return sum(_keys(v, key) for v in tree)
+    return 0
+
+
+def test_demo_swaps_the_source_and_frozen_parts_of_the_movi_base():
+    """The demo is a delta of the MOVi run that swaps class_paths (no field nulled one by one) and is shorter than
+    it; every config names its data source and frozen network as parts, and says each size once."""
+    assert composition(CONFIG_DIR / "demo.yaml")[0].name == "_base_movi.yaml"
+    lines = {n: len((CONFIG_DIR / f"{n}.yaml").read_text().splitlines()) for n in ("demo", "_base_movi")}
+    assert lines["demo"] < lines["_base_movi"], lines
+    base, demo = (load_composed(CONFIG_DIR / f"{n}.yaml")["data"]["init_args"] for n in ("_base_movi", "demo"))
+    assert base["source"]["class_path"].endswith("MoviClipSplits")
+    assert base["frozen"]["class_path"].endswith("RegistryBackbone")
+    assert demo["source"]["class_path"].endswith("ShapesClipSplits")
+    assert demo["frozen"]["class_path"].endswith("ColourEdgeBackbone")
+    assert "root" not in demo["source"]["init_args"] and "name" not in demo["frozen"]["init_args"]  # dropped whole
+    delta = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
+    assert _keys(delta, "image_size") == 1 and None not in delta["data"]["init_args"].values()
+    for config in sorted(CONFIG_DIR.glob("*.yaml")):
+        data = load_composed(config)["data"]["init_args"]
+        assert not {"dataset", "input", "backbone", "img_size"} & set(data), config.name
+        assert isinstance(data["source"], dict) and (data["frozen"] is None or isinstance(data["frozen"], dict))
+        assert _keys(data, "image_size") == 1, f"{config.name}: the input size is said more than once"
+        assert _keys(load_composed(config)["model"], "num_slots") == 1, config.name

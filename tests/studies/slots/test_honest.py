@@ -26,6 +26,7 @@ from lit_experiments.data.tools import write_shapes
 from lit_experiments.studies.slots.datamodule import SlotsDataModule
 from lit_experiments.studies.slots.evaluation import grid_partition
 from lit_experiments.studies.slots.slot_attention import LearnedPositionalEmbedding
+from lit_experiments.studies.slots.sources import MoviClipSplits
 
 from .helpers import tiny_data
 
@@ -41,9 +42,10 @@ def _movi(tmp: Path) -> Path:
     return root
 
 
-def _movi_dm(root: Path, **kw) -> SlotsDataModule:
-    return SlotsDataModule(dataset="movi", input="pixels", movi_root=str(root), movi_kwargs={"max_objects": 3},
-                           batch_size=2, **kw)
+def _movi_dm(root: Path, folders: dict[str, str] | None = None, val_fraction: float | None = None,
+             **kw) -> SlotsDataModule:
+    source = MoviClipSplits(str(root), folders, val_fraction, reader={"max_objects": 3})
+    return SlotsDataModule(source=source, frozen=None, batch_size=2, **kw)
 
 
 # ------------------------------------------------------------------------------------------------ F47
@@ -51,16 +53,16 @@ def test_f47_slots_movi_val_equals_test_refused(tmp_path):
     root = _movi(tmp_path)
     same = {"train": "train", "val": "validation", "test": "validation"}  # the seed's MOVi default
     with pytest.raises(SplitOverlapError) as err:
-        _movi_dm(root, movi_splits=same).setup("fit")
+        _movi_dm(root, folders=same).setup("fit")
     msg = str(err.value)
     assert msg.count(f"{root}/validation") == 2 and "allow_val_test_overlap" in msg  # names both splits
 
-    accepted = _movi_dm(root, movi_splits=same, allow_val_test_overlap=True)
+    accepted = _movi_dm(root, folders=same, allow_val_test_overlap=True)
     accepted.setup("fit")
     assert accepted.split_info["tuned_on_test"] is True and accepted.split_info["overlap"] == 4
 
     # validation as a held-out part of the test folder: test is the rest, disjoint, nothing lost
-    split_val = _movi_dm(root, movi_splits=same, val_fraction=0.25)
+    split_val = _movi_dm(root, folders=same, val_fraction=0.25)
     split_val.setup("fit")
     val, test = set(split_val.item_ids("val")), set(split_val.item_ids("test"))
     assert len(val) == 1 and not val & test and val | test == {f"validation/{i:06d}.npz" for i in range(4)}
@@ -70,8 +72,11 @@ def test_f47_slots_movi_val_equals_test_refused(tmp_path):
 def test_f47_slots_seed_base_config_splits_are_disjoint(tmp_path, monkeypatch):
     root = _movi(tmp_path)
     args = dict(load_composed(CONFIGS / "_base_movi.yaml")["data"]["init_args"])
-    args.update(movi_root=str(root), movi_kwargs={"max_objects": 3}, cache_dir=str(tmp_path / "cache"),
-                num_workers=0)
+    source = args["source"]
+    assert source["class_path"].endswith("sources.MoviClipSplits")
+    # the config's source with its own folders / held-out fraction; the frozen network is not needed for the splits
+    args.update(source=MoviClipSplits(**{**source["init_args"], "root": str(root), "reader": {"max_objects": 3}}),
+                frozen=None, cache_dir=str(tmp_path / "cache"), num_workers=0)
     dm = SlotsDataModule(**args)
     dm.resolve_splits()
     train, val, test = (set(dm.item_ids(s)) for s in ("train", "val", "test"))
@@ -98,7 +103,7 @@ def _tiny_demo(tmp: Path, lr: float) -> list[str]:
     stage = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["stages"][0]
     stage = {**stage, "max_steps": 3, "optimizer": {**stage["optimizer"], "lr": lr}}
     override = {
-        "data": {"init_args": {"n_train": 8, "n_val": 2, "n_test": 4, "shapes": SHAPES,
+        "data": {"init_args": {"source": {"init_args": {"n_train": 8, "n_val": 2, "n_test": 4, "world": SHAPES}},
                                "cache_dir": str(tmp / "cache"), "batch_size": 4, "eval_batch_size": 2}},
         "model": {"init_args": {"figure_clips": 0}},
         "trainer": {"limit_val_batches": 1, "run_dir": str(tmp / f"run_lr{lr:g}"), "enable_progress_bar": False},
@@ -157,10 +162,10 @@ def test_f50_slots_seed_everything_varies_the_data_order_and_position_code(monke
     def draw(run: str, **kw) -> tuple[dict, list[int], torch.Tensor]:
         monkeypatch.setenv("PL_GLOBAL_SEED", run)  # what seed_everything(run) sets, and the run start's copy
         monkeypatch.setenv(RUN_SEED_ENV, run)
-        dm = tiny_data(input="pixels", **kw)
+        dm = tiny_data(pixels=True, **kw)
         dm.setup("fit")
         order = torch.cat([b["index"] for b in dm.train_dataloader()]).tolist()
-        return dm.world_seeds(), order, LearnedPositionalEmbedding(16, 4, (4, 4)).weight.detach()
+        return dm.source.world_seeds(dm.seed), order, LearnedPositionalEmbedding(16, 4, (4, 4)).weight.detach()
 
     a, b, pinned_a, pinned_b = draw("0"), draw("1"), draw("0", seed=3), draw("1", seed=3)
     assert a[0] != b[0] and len(set(a[0].values())) == 3  # every split's world follows the run's seed

@@ -21,7 +21,8 @@ def test_slots_demo_learns_to_group_in_150_steps(tmp_path):
     run = tmp_path / "run"
     steps = 150
     override = {
-        "data": {"init_args": {"n_train": 160, "n_val": 16, "n_test": 48, "cache_dir": str(tmp_path / "cache")}},
+        "data": {"init_args": {"source": {"init_args": {"n_train": 160, "n_val": 16, "n_test": 48}},
+                               "cache_dir": str(tmp_path / "cache")}},
         "trainer": {"run_dir": str(run), "val_check_interval": steps, "limit_val_batches": 1},
         "stages": [{"name": "slots", "max_steps": steps,
                     "optimizer": {"name": "AdamW", "lr": 2.0e-3, "scheduler": "warmup_cosine", "warmup_steps": 30,

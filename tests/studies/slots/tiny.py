@@ -1,8 +1,9 @@
 """Tiny override for the every-config test: any slots config runs 1 training step + test in seconds on a CPU.
 
 ``tiny(config, raw, tmp)`` returns a dict the test dumps to YAML and passes as the last ``-c``; ``raw`` is
-the composed config. Tiny backbones (``model_kwargs``, ``pretrained: false``), 32 px clips, a few of them
-(fake MOVi clips written under ``tmp`` for the MOVi configs), tiny parts; the parts' classes stay the config's.
+the composed config (read again from ``config``, so a delta's own text will do). Tiny frozen parts
+(``model_kwargs``, ``pretrained: false``), 32 px clips, a few of them (fake MOVi clips written under ``tmp`` for
+the MOVi source), tiny model parts; the parts' classes stay the config's.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from lit_experiments.core.configs import load_composed
 from lit_experiments.data.movi import write_movi_clip
 
 TINY_VIT = {"depth": 2, "embed_dim": 48, "num_heads": 2}
@@ -49,23 +51,30 @@ def tiny_model(raw: dict) -> dict[str, Any]:
     return m
 
 
+def _class(part: Any) -> str:
+    return part.get("class_path", "") if isinstance(part, dict) else ""
+
+
 def tiny(config: Path, raw: dict, tmp: Path) -> dict:
+    raw = load_composed(config)  # the whole config, also when a caller passes a delta's own text
     data = raw["data"]["init_args"]
+    source, frozen = data.get("source") or {}, data.get("frozen")
     d: dict[str, Any] = {"batch_size": 2, "eval_batch_size": 2, "cache_dir": str(tmp / "cache"), "num_workers": 0}
-    if data["dataset"] == "movi":
+    if _class(source).endswith("MoviClipSplits"):
         root = tmp / "movi"
-        by_category = "movi_c" in data["movi_root"]
+        by_category = "movi_c" in source["init_args"]["root"]
         write_movi(root, "category" if by_category else "material",
                    ["cube", "sphere"] if by_category else ["metal", "rubber"])
-        d["movi_root"] = str(root)
-        d["pretrained"] = False
-        d["model_kwargs"] = TINY_VIT
-        d["img_size"] = 28 if "patch14" in data["backbone"] else 32
+        d["source"] = {"init_args": {"root": str(root)}}
     else:
-        d.update(n_train=4, n_val=2, n_test=2)
-        d["shapes"] = {**data.get("shapes", {}), "image_size": 32, "num_frames": 2}
-        if data.get("backbone", "colour_edge") == "colour_edge" and data.get("input") != "pixels":
-            d["model_kwargs"] = {**data.get("model_kwargs", {}), "dim": 16}
+        d["source"] = {"init_args": {"n_train": 4, "n_val": 2, "n_test": 2,
+                                     "world": {"image_size": 32, "num_frames": 2}}}
+    if _class(frozen).endswith("RegistryBackbone"):
+        name = frozen["init_args"]["name"]
+        d["frozen"] = {"init_args": {"pretrained": False, "model_kwargs": TINY_VIT,
+                                     "image_size": 28 if "patch14" in name else 32}}
+    elif _class(frozen).endswith("ColourEdgeBackbone"):
+        d["frozen"] = {"init_args": {"dim": 16}}
     return {
         "model": {"init_args": tiny_model(raw)},
         "data": {"init_args": d},

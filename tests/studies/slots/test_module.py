@@ -1,23 +1,26 @@
-"""Shapes and behaviour of the slot model parts: slot attention, SAVi predictor, decoders, losses."""
+"""The slot model and SlotsModule: parts by constructor, shapes of the SAVi / DINOSAUR paths, decoders, the pixel
+path, clear errors, and the module's training guards (F01: the reconstruction target never carries grad; clips of
+a batch must differ)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lit_experiments.studies.slots.datamodule import SlotsDataModule
+from lit_experiments.core.health import TrainingHealthError
 from lit_experiments.studies.slots.decoders import MLPDecoder, TransformerDecoder
-from lit_experiments.studies.slots.encoders import FeatureInput, PixelEncoder
-from lit_experiments.studies.slots.losses import ReconstructionLoss, reconstruction_loss, slot_diversity_loss
+from lit_experiments.studies.slots.encoders import Encoded, FeatureInput, PixelEncoder
+from lit_experiments.studies.slots.losses import ReconstructionLoss
 from lit_experiments.studies.slots.model import SlotModel
 from lit_experiments.studies.slots.module import SlotsModule
 from lit_experiments.studies.slots.predictor import TransformerPredictor
-from lit_experiments.studies.slots.slot_attention import GaussianSlotInit, LearnedSlotInit, SlotAttention
+from lit_experiments.studies.slots.slot_attention import SlotAttention
 
-from .helpers import tiny_parts, video_batch
+from .helpers import tiny_data, tiny_module, tiny_parts, tiny_trainer, video_batch
 
 
 def model_of(**kw) -> SlotModel:
     return SlotModel(**{k: v for k, v in tiny_parts(**kw).items()})
+
 
 
 def test_predictor_keeps_slot_shape_and_mixes_slots():
@@ -32,6 +35,7 @@ def test_predictor_keeps_slot_shape_and_mixes_slots():
     assert not torch.allclose(pred(changed)[:, 1], out[:, 1])
     with pytest.raises(ValueError):
         pred(torch.randn(5, 16))
+
 
 
 def test_video_model_shapes_and_iteration_schedule():
@@ -56,6 +60,7 @@ def test_video_model_shapes_and_iteration_schedule():
     assert not out.target.requires_grad and out.recon.requires_grad
 
 
+
 def test_without_predictor_frames_are_grouped_independently():
     torch.manual_seed(0)
     model = model_of(num_slots=3, dim=8, predictor=False, learned=True)
@@ -68,21 +73,6 @@ def test_without_predictor_frames_are_grouped_independently():
     assert not torch.allclose(out.slots[:, 0], out2.slots[:, 0])
 
 
-def test_slot_attention_softmax_is_over_slots_and_tau_sharpens():
-    torch.manual_seed(0)
-    feats = torch.randn(2, 20, 8)
-    sa = SlotAttention(16, 4, iters=1, tau=1.0, init=LearnedSlotInit(), in_dim=8, pos_emb=False)
-    soft = sa(feats).attn
-    sa.tau = 0.1
-    sharp = sa(feats).attn
-    torch.testing.assert_close(soft.sum(1), torch.ones(2, 20))
-    assert sharp.max(1).values.mean() > soft.max(1).values.mean()
-    with pytest.raises(ValueError):
-        SlotAttention(16, 4, tau=0.0)
-    with pytest.raises(ValueError, match="grid"):
-        SlotAttention(16, 4, in_dim=8)  # a positional embedding needs the grid
-    assert isinstance(SlotAttention().init, GaussianSlotInit)
-
 
 def test_decoders_return_masks_that_partition_positions():
     slots = torch.randn(3, 4, 16)
@@ -94,6 +84,7 @@ def test_decoders_return_masks_that_partition_positions():
         torch.testing.assert_close(out.masks.sum(1), torch.ones(3, 36))
     with pytest.raises(ValueError):
         MLPDecoder(layers=1)
+
 
 
 def test_pixel_path_reconstructs_frames_with_a_trainable_encoder():
@@ -109,57 +100,15 @@ def test_pixel_path_reconstructs_frames_with_a_trainable_encoder():
     assert isinstance(model.encoder, PixelEncoder)
 
 
-def test_losses_and_diversity_range():
-    t = torch.randn(2, 16, 8)
-    assert reconstruction_loss(t.clone(), t, "mse").loss.item() == pytest.approx(0.0, abs=1e-7)
-    assert reconstruction_loss(t.clone(), t, "cosine").loss.item() == pytest.approx(0.0, abs=1e-6)
-    # predicting the per-sample mean feature explains none of the variance over positions
-    mean = t.mean(dim=1, keepdim=True).expand_as(t)
-    assert reconstruction_loss(mean, t, "mse").relative.item() == pytest.approx(1.0, rel=1e-4)
-    same = torch.ones(2, 4, 8)
-    orth = torch.eye(4).unsqueeze(0).repeat(2, 1, 1)
-    assert slot_diversity_loss(same).item() == pytest.approx(1.0)
-    assert slot_diversity_loss(orth).item() == pytest.approx(0.0)
-    with pytest.raises(ValueError, match="unknown"):
-        reconstruction_loss(t, t, "l1")
-    with pytest.raises(ValueError, match="unknown"):
-        ReconstructionLoss("l1")
-
 
 def test_bad_configuration_raises_clear_errors():
     with pytest.raises(KeyError, match="features"):
         SlotModel(FeatureInput(), SlotAttention(8, 2), MLPDecoder())({"video": torch.zeros(1, 1, 3, 8, 8)})
     with pytest.raises(ValueError, match="eval_masks"):
         SlotsModule(eval_masks="argmax")
-    with pytest.raises(ValueError, match="movi_root"):
-        SlotsDataModule(dataset="movi")
     with pytest.raises(ValueError, match="grid"):
         SlotModel(FeatureInput(), SlotAttention(8, 2), MLPDecoder())({"features": torch.randn(1, 1, 15, 4)})
 
-
-def test_bilevel_slot_attention_same_forward_straight_through_init_gradient():
-    torch.manual_seed(0)
-    feats = torch.randn(2, 20, 8)
-    plain = SlotAttention(16, 4, iters=3, init=LearnedSlotInit(), in_dim=8, pos_emb=False)
-    bilevel = SlotAttention(16, 4, iters=3, init=LearnedSlotInit(), bilevel=True, in_dim=8, pos_emb=False)
-    bilevel.load_state_dict(plain.state_dict())
-    out_p, out_b = plain(feats), bilevel(feats)
-    torch.testing.assert_close(out_b.slots, out_p.slots)  # BO-QSA changes gradients only
-    out_b.slots.pow(2).sum().backward()
-    got = bilevel.init.slots.grad.clone()
-    # reference: two iterations without grad, then one with grad from a leaf; its grad is the init's
-    bilevel.zero_grad()
-    with torch.no_grad():
-        mid = bilevel(feats, iters=2).slots
-    leaf = mid.clone().requires_grad_(True)
-    plain_last = SlotAttention(16, 4, iters=1, init=LearnedSlotInit(), in_dim=8, pos_emb=False)
-    plain_last.load_state_dict(plain.state_dict())
-    plain_last(feats, slots=leaf).slots.pow(2).sum().backward()
-    torch.testing.assert_close(got, leaf.grad.sum(0, keepdim=True))
-    # the full unrolled gradient differs (earlier iterations contribute there)
-    plain.zero_grad()
-    out_p.slots.pow(2).sum().backward()
-    assert not torch.allclose(plain.init.slots.grad, got)
 
 
 def test_module_takes_parts_by_constructor_and_no_string_picks_a_class():
@@ -177,3 +126,52 @@ def test_module_takes_parts_by_constructor_and_no_string_picks_a_class():
     module.dry_run({"features": torch.randn(2, 2, 16, 6)})
     assert module.model.encoder.projection.in_features == 6  # projection input from the data
     assert module.model.grouper.input_norm.normalized_shape == (4,)  # slot-attention input from the projection
+
+
+
+def test_f01_target_through_trainable_projection_is_caught_by_health_guard(monkeypatch):
+    """The seed's bug put back into the product: FeatureInput returns its trainable projection as the target."""
+    product_forward = FeatureInput.forward
+
+    def target_through_projection(self: FeatureInput, batch: dict) -> Encoded:
+        enc = product_forward(self, batch)
+        return Encoded(sa_input=enc.sa_input, target=enc.sa_input, grid=enc.grid)
+
+    monkeypatch.setattr(FeatureInput, "forward", target_through_projection)
+    # the reconstruction must still match the target's size: project to the feature size itself
+    module = tiny_module(parts=tiny_parts(projection_dim=16))
+    with pytest.raises(TrainingHealthError, match="recon_target"):
+        tiny_trainer(steps=2).fit(module, datamodule=tiny_data())
+
+
+
+def test_f01_projection_feeds_slot_attention_only_and_target_is_frozen():
+    dm = tiny_data()
+    module = tiny_module(parts=tiny_parts(projection_dim=8))
+    trainer = tiny_trainer(steps=3)
+    trainer.fit(module, datamodule=dm)  # the guard passes on the correct module
+    assert trainer.global_step == 3
+    batch = next(iter(dm.train_dataloader()))
+    enc = module.model.encode(batch)
+    assert enc.sa_input.shape[-1] == 8 and enc.sa_input.requires_grad
+    assert not enc.target.requires_grad
+    torch.testing.assert_close(enc.target, batch["features"].float())  # the frozen feature itself
+
+
+class _SameClipForAll(SlotsModule):
+    """A cache / loader bug put back: every clip of the batch carries the first clip's features."""
+
+    def training_step(self, batch, batch_idx):
+        batch = dict(batch)
+        batch["features"] = batch["features"][:1].expand_as(batch["features"]).contiguous()
+        return super().training_step(batch, batch_idx)
+
+
+
+def test_identical_inputs_across_the_batch_are_caught_but_learned_init_is_not_flagged():
+    with pytest.raises(TrainingHealthError, match="inputs"):
+        tiny_trainer(steps=2).fit(tiny_module(_SameClipForAll), tiny_data())
+    trainer = tiny_trainer(steps=2)
+    module = tiny_module(parts=tiny_parts(pixels=True, learned=True, bilevel=True))
+    trainer.fit(module, tiny_data(pixels=True))
+    assert trainer.global_step == 2
