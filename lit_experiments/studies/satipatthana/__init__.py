@@ -1,11 +1,18 @@
 """Satipatthana study: adapter -> Samatha (Vitakka, Vicara, Sati) -> Vipassana -> task decoder, as a 4-stage
 curriculum plus a baseline stage (``configs/satipatthana/``: ``demo.yaml`` the circles base, ``v41.yaml`` a
 delta of it; ``digits.yaml`` the image base, ``shapes.yaml`` a delta of it), on make_circles, load_digits and
-ShapesWorld.
+ShapesWorld: one ``SatipatthanaDataModule`` whose data set is a ``source:`` part (``CirclesSource``,
+``DigitsSource``, ``ShapesObjectSource``).
+
+Files: ``module.py`` (what is trained: the stages' losses, the loss dict with its total under ``loss`` and the
+weights as ``<term>_weight``, stage args as :class:`SatipatthanaStageArgs` through ``core.specs.stage_args``),
+``datamodule.py`` (on what), ``components/`` (the parts and the plain baselines), ``losses.py``,
+``evaluation.py`` (test metrics and figures).
 
 Where it departs from tamatebox/satipatthana-framework (on purpose):
 
-* Stage 1 can add a void-energy term (``loss_weights.void_energy``; outlier exposure on the trajectory energy).
+* Stage 1 can add a void-energy term (``loss_weights.void_energy`` or the module's ``void_energy_weight``; outlier
+  exposure on the trajectory energy).
   Samatha is frozen in stage 2 and the v4.0 trust head sees only ``[log1p(velocity), log1p(avg_energy)]``
   (F11), so the energy itself has to separate data from void before stage 2 starts.
 * Stage 2 trains ``vipassana.trust_head`` (v4.1: also the GRU and its two heads); the context encoder that
@@ -31,8 +38,11 @@ Where it departs from tamatebox/satipatthana-framework (on purpose):
   ``per_item/satipatthana_test.json``. The data set, its split, the void pools, the training order, the
   baseline's initialisation and the test's per-sample noise come from ``seed_everything`` unless ``seed`` pins
   them (the configs pin none), so a sweep over seeds varies all of them.
-* Sizes that follow from other parts are filled in: ``TaskDecoder(in_dim: null)`` gets ``D + context_dim``
-  from Vitakka and Vipassana at construction; MLPs are ``torchvision.ops.MLP``.
+* Sizes are said once: the adapter's ``dim`` is the state size D; the adapter's input and the reconstruction's
+  shape come from the data, Vicara's per-probe count from Vitakka's ``num_probes``, the task decoder's input
+  (``D + context_dim``) from the adapter and Vipassana, its classes from the module's ``num_classes``. The module's
+  ``dry_run`` builds every part in a fixed order (``build(...)``), with their initial weights drawn from the RNG
+  state at construction; MLPs are ``torchvision.ops.MLP``.
 
 LESSONS rows covered (tests in ``tests/studies/satipatthana/``): F07 (``SamathaOutput.stability_pair`` vs the
 detached ``SantanaLog``, through the module's stage loss), F08 / F09 (per-stage optimizer, lazy Vipassana built

@@ -1,4 +1,7 @@
-"""Data for the Satipatthana study: make_circles (2-D), load_digits (images), ShapesWorld (images).
+"""Data for the Satipatthana study: one datamodule, its data set a ``source:`` part: ``CirclesSource`` (sklearn
+make_circles, 2-D), ``DigitsSource`` (sklearn load_digits, images), ``ShapesObjectSource`` (ShapesWorld images).
+A source loads every sample and draws the out-of-distribution "void" samples of its kind of data; the
+datamodule splits, pairs and serves them.
 
 Every batch is a dict:
   ``x`` (B, ...) float input, ``y`` (B,) int64 label, ``x_void`` (B, ...) an out-of-distribution input of
@@ -14,8 +17,6 @@ array, checked disjoint by sample id (``core.splits.check_disjoint``, F47; the r
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import torch
@@ -53,23 +54,39 @@ class SatipatthanaSet(Dataset):
                 "index": torch.tensor(i, dtype=torch.long), "x_partner": self.x[partner]}
 
 
-class SatipatthanaDataModule(StudyDataModule):
-    """Base: subclasses implement :meth:`load` (all samples) and :meth:`make_void` (OOD samples).
+class SatipatthanaSource:
+    """A data set of the study: every sample (:meth:`load`) and its void generators (:meth:`make_void`).
 
-    Args:
-        batch_size / eval_batch_size / num_workers: loader settings.
-        seed: pins the data seed (generated data, split, void pools) and the training order; None (default):
-            derived from the run's ``seed_everything`` (F50).
-        val_fraction / test_fraction: fractions of all samples (stratified).
-        void_kinds: which void generators to mix (equal shares).
-        train_void_factor: the training void pool holds this many void samples per training sample.
-        train_void_kinds: void kinds of the training pool (default: ``void_kinds``); val/test use ``void_kinds``.
+    ``known_void_kinds`` names the void generators the source has; the datamodule's ``void_kinds`` picks from them.
     """
 
     known_void_kinds: tuple[str, ...] = ()
 
-    def __init__(self, batch_size: int = 64, eval_batch_size: int | None = 256, num_workers: int = 0,
-                 seed: int | None = None,
+    def load(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample ``(x, y)``; ``seed`` is the data seed (generated data sets draw from it)."""
+        raise NotImplementedError
+
+    def make_void(self, kind: str, n: int, gen: torch.Generator, reference: torch.Tensor) -> torch.Tensor:
+        """``n`` void samples of ``kind`` drawn with ``gen``; ``reference`` holds the training samples."""
+        raise NotImplementedError
+
+
+class SatipatthanaDataModule(StudyDataModule):
+    """Splits the ``source``'s samples (stratified), pairs each split with a void pool and serves the batches.
+
+    Args:
+        source: the data set (``CirclesSource`` / ``DigitsSource`` / ``ShapesObjectSource``); default: circles.
+        batch_size / eval_batch_size / num_workers: loader settings.
+        seed: pins the data seed (generated data, split, void pools) and the training order; None (default):
+            derived from the run's ``seed_everything`` (F50).
+        val_fraction / test_fraction: fractions of all samples (stratified).
+        void_kinds: which of the source's void generators to mix (equal shares); default: all of them.
+        train_void_factor: the training void pool holds this many void samples per training sample.
+        train_void_kinds: void kinds of the training pool (default: ``void_kinds``); val/test use ``void_kinds``.
+    """
+
+    def __init__(self, source: SatipatthanaSource | None = None, batch_size: int = 64,
+                 eval_batch_size: int | None = 256, num_workers: int = 0, seed: int | None = None,
                  val_fraction: float = 0.1, test_fraction: float = 0.2,
                  void_kinds: list[str] | tuple[str, ...] | None = None, train_void_factor: int = 1,
                  train_void_kinds: list[str] | tuple[str, ...] | None = None) -> None:
@@ -77,12 +94,15 @@ class SatipatthanaDataModule(StudyDataModule):
         if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(f"val_fraction={val_fraction}, test_fraction={test_fraction}: need fractions in [0, 1) "
                              "with a test share > 0 and a non-empty train share")
-        kinds = list(void_kinds) if void_kinds is not None else list(self.known_void_kinds)
+        self.source = source if source is not None else CirclesSource()
+        known = list(self.source.known_void_kinds)
+        kinds = list(void_kinds) if void_kinds is not None else known
         train_kinds = list(train_void_kinds) if train_void_kinds is not None else kinds
         for name, value in (("void_kinds", kinds), ("train_void_kinds", train_kinds)):
-            bad = [k for k in value if k not in self.known_void_kinds]
+            bad = [k for k in value if k not in known]
             if bad or not value:
-                raise ValueError(f"{name}={value}: expected a non-empty list from {list(self.known_void_kinds)}")
+                raise ValueError(f"{name}={value}: expected a non-empty list from {known} "
+                                 f"(the void kinds of {type(self.source).__name__})")
         self.train_void_kinds = train_kinds
         if train_void_factor < 1:
             raise ValueError(f"train_void_factor={train_void_factor} must be >= 1")
@@ -99,13 +119,6 @@ class SatipatthanaDataModule(StudyDataModule):
     def data_seed(self) -> int:
         """The seed of the generated data, the split and the void pools (``seed``, else from the run's seed)."""
         return run_seed(self.seed, "satipatthana/data")
-
-    # ---------------------------------------------------------- to implement
-    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def make_void(self, kind: str, n: int, gen: torch.Generator, reference: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     # ------------------------------------------------------------- plumbing
     @property
@@ -128,7 +141,7 @@ class SatipatthanaDataModule(StudyDataModule):
         names = names or self.void_kinds
         gen = torch.Generator().manual_seed(seed)
         share = np.array_split(np.arange(n), len(names))
-        parts = [self.make_void(k, len(idx), gen, reference) for k, idx in zip(names, share)]
+        parts = [self.source.make_void(k, len(idx), gen, reference) for k, idx in zip(names, share)]
         kinds = torch.cat([torch.full((len(idx),), self.void_kinds.index(k) if k in self.void_kinds else -1,
                                       dtype=torch.long) for k, idx in zip(names, share)])
         x_void = torch.cat(parts)
@@ -139,7 +152,7 @@ class SatipatthanaDataModule(StudyDataModule):
         if self.splits:
             return
         seed = self.data_seed
-        x, y = self.load()
+        x, y = self.source.load(seed)
         idx = np.arange(len(x))
         rest, test = train_test_split(idx, test_size=self.test_fraction, random_state=seed, stratify=y.numpy())
         val_share = self.val_fraction / (1 - self.test_fraction)
@@ -147,7 +160,7 @@ class SatipatthanaDataModule(StudyDataModule):
             train, val = train_test_split(rest, test_size=val_share, random_state=seed, stratify=y[rest].numpy())
         else:
             train, val = rest, rest[:0]
-        source = f"{type(self).__name__}(seed={seed})"
+        source = f"{type(self.source).__name__}(seed={seed})"
         self.split_info = check_disjoint(val.tolist(), test.tolist(), val_name=f"{source} validation part",
                                          test_name=f"{source} test part", what="sample ids")
         reference = x[train]
@@ -173,14 +186,13 @@ class SatipatthanaDataModule(StudyDataModule):
         return self.eval_loader(self.splits["test"])
 
 
-
 def min_distance_to(points: torch.Tensor, reference: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """Distance of every point to its nearest reference point (chunked ``cdist``)."""
     out = [torch.cdist(points[i:i + chunk], reference).min(dim=1).values for i in range(0, len(points), chunk)]
     return torch.cat(out) if out else points.new_zeros(0)
 
 
-class CirclesDataModule(SatipatthanaDataModule):
+class CirclesSource(SatipatthanaSource):
     """sklearn ``make_circles`` (2-D) with void sets filtered away from the training points.
 
     Void kinds (every one rejects points closer than ``void_min_distance`` to a training point):
@@ -191,20 +203,18 @@ class CirclesDataModule(SatipatthanaDataModule):
     known_void_kinds = ("gaussian", "uniform", "filtered")
 
     def __init__(self, n_samples: int = 2000, noise: float = 0.1, factor: float = 0.5, void_min_distance: float = 0.1,
-                 gaussian_std: float = 1.0, uniform_range: float = 2.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+                 gaussian_std: float = 1.0, uniform_range: float = 2.0) -> None:
         if n_samples < 20 or noise < 0 or not 0 < factor < 1 or void_min_distance < 0:
-            raise ValueError(f"CirclesDataModule: n_samples={n_samples} (>= 20), noise={noise} (>= 0), "
+            raise ValueError(f"CirclesSource: n_samples={n_samples} (>= 20), noise={noise} (>= 0), "
                              f"factor={factor} (0..1), void_min_distance={void_min_distance} (>= 0)")
         self.n_samples, self.noise, self.factor = n_samples, noise, factor
         self.void_min_distance = void_min_distance
         self.gaussian_std, self.uniform_range = gaussian_std, uniform_range
 
-    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import make_circles
 
-        x, y = make_circles(n_samples=self.n_samples, noise=self.noise, factor=self.factor,
-                            random_state=self.data_seed)
+        x, y = make_circles(n_samples=self.n_samples, noise=self.noise, factor=self.factor, random_state=seed)
         return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
 
     def _propose(self, kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -227,7 +237,7 @@ class CirclesDataModule(SatipatthanaDataModule):
                            f"void_min_distance={self.void_min_distance} from the data")
 
 
-class ImageDataModule(SatipatthanaDataModule):
+class SatipatthanaImageSource(SatipatthanaSource):
     """Image void kinds: ``gaussian`` (clamped N(mean, std) pixels), ``uniform`` U[0, 1] pixels and
     ``scrambled`` (a training image with its pixels permuted: same intensities, no structure)."""
 
@@ -245,16 +255,15 @@ class ImageDataModule(SatipatthanaDataModule):
         return src.gather(1, perm).reshape(n, *shape)
 
 
-class DigitsDataModule(ImageDataModule):
+class DigitsSource(SatipatthanaImageSource):
     """sklearn ``load_digits`` (1797 8x8 images, 10 classes) resized bilinearly to ``image_size``, in [0, 1]."""
 
-    def __init__(self, image_size: int = 16, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, image_size: int = 16) -> None:
         if image_size < 8:
-            raise ValueError(f"DigitsDataModule: image_size={image_size} must be >= 8")
+            raise ValueError(f"DigitsSource: image_size={image_size} must be >= 8")
         self.image_size = image_size
 
-    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits
 
         data = load_digits()
@@ -264,20 +273,18 @@ class DigitsDataModule(ImageDataModule):
         return x.clamp(0, 1), torch.as_tensor(data.target, dtype=torch.long)
 
 
-class ShapesDataModule(ImageDataModule):
+class ShapesObjectSource(SatipatthanaImageSource):
     """ShapesWorld single-object images; the label is the object's category."""
 
-    def __init__(self, n_samples: int = 2000, image_size: int = 32, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, n_samples: int = 2000, image_size: int = 32) -> None:
         if n_samples < 20 or image_size < 8:
-            raise ValueError(f"ShapesDataModule: n_samples={n_samples} (>= 20), image_size={image_size} (>= 8)")
+            raise ValueError(f"ShapesObjectSource: n_samples={n_samples} (>= 20), image_size={image_size} (>= 8)")
         self.n_samples, self.image_size = n_samples, image_size
 
-    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         from lit_experiments.data.shapes import ShapesWorld
 
-        world = ShapesWorld(self.n_samples, image_size=self.image_size, num_frames=None, max_objects=1,
-                            seed=self.data_seed)
+        world = ShapesWorld(self.n_samples, image_size=self.image_size, num_frames=None, max_objects=1, seed=seed)
         items = [world[i] for i in range(self.n_samples)]
         x = torch.stack([torch.as_tensor(np.asarray(it["image"])) for it in items]).float() / 255.0
         y = torch.as_tensor(np.stack([np.asarray(it["category"]).reshape(-1)[0] for it in items]), dtype=torch.long)

@@ -9,10 +9,17 @@ learning rate per stage by its ``optimizer`` (F12). Batches: see ``datamodule.py
 * vipassana: BCE of trust over the clean / augmented / drunk / mismatch / void paths, built from the same
              batch with the configured ratios (F13); Samatha runs without gradients.
 * decoder:   CE of the task decoder on ``[s*; v_ctx]`` (logits unsquashed, F18).
-* baseline:  CE of the plain baseline part (``evaluation/baseline.py``) on the same train split.
+* baseline:  CE of the plain baseline part (``components/baselines.py``) on the same train split.
 * fit:       plain ``lit-exp fit``: all of the above at once.
 
-Test: every number goes through a torchmetrics ``Metric`` (``evaluation/metrics.py``), reduced across ranks
+Every stage's loss dict holds the weighted total under ``loss`` beside its terms; a term's weight is the stage's
+``loss_weights[<term>]``, else the module's ``<term>_weight`` (1 for a term without one).
+
+Sizes are said once: the adapter's ``dim`` is the state size; Vitakka, Vicara, Vipassana, the decoders and the
+guidance head get theirs in ``dry_run`` (``build(...)`` of each part, in a fixed order, from the adapter, from
+Vitakka's ``num_probes``, from the batch's input shape and from ``num_classes``), before freezing (F09).
+
+Test: every number goes through a torchmetrics ``Metric`` (``evaluation.py``), reduced across ranks
 (F44); each sample's test noise is seeded by its index in the split and the run's seed (``core.seeding.run_seed``,
 F50), so no number depends on the batch or the rank a sample lands in. Validation terms are logged with
 ``sync_dist=True`` (weighted mean over ranks).
@@ -27,7 +34,8 @@ for the paired bootstrap (F51).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+import copy
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -36,21 +44,22 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_experiments.core.seeding import run_seed
-from lit_experiments.core.specs import OptimSpec, StageSpec
+from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
 from lit_experiments.core.study import StudyModule
 
+from . import evaluation
 from . import losses as L
 from .components import PerSampleNoise, SamathaOutput, Sati, TaskDecoder, Vicara, Vitakka
 from .components.vipassana import VipassanaInput, VipassanaOutput
-from .evaluation import SatipatthanaTestMetrics, plots
+from .evaluation import SatipatthanaTestMetrics
 
 STAGES = ("adapter", "samatha", "vipassana", "decoder", "baseline", "fit")
 DEFAULT_RATIOS = {"clean": 0.3, "augmented": 0.25, "drunk": 0.15, "mismatch": 0.15, "void": 0.15}
-NOT_LOSSES = ("acc", "baseline_acc")  # terms that are logged but never summed into the loss
+NOT_LOSSES = ("loss", "acc", "baseline_acc")  # the total and terms that are logged but never summed into it
 
 
 @dataclass
-class StageArgs:
+class SatipatthanaStageArgs:
     """Defaults of the stage arguments; a stage's ``args:`` overrides any of them for that stage.
 
     Attributes:
@@ -69,9 +78,6 @@ class StageArgs:
         self.path_ratios = dict(self.path_ratios)
         L.path_sizes(64, self.path_ratios)  # names, values and the clean path checked now, not at stage 2
         self.augment_std, self.void_margin = float(self.augment_std), float(self.void_margin)
-
-
-STAGE_ARGS = {f.name for f in fields(StageArgs)}
 
 
 @dataclass
@@ -96,17 +102,19 @@ class SatipatthanaModule(StudyModule):
     """Adapter -> Samatha (Vitakka, Vicara, Sati) -> Vipassana -> task decoder.
 
     Args:
-        adapter: input -> z (``MLPAdapter`` / ``CNNAdapter``).
+        adapter: input -> z (``MLPAdapter`` / ``CNNAdapter``); its ``dim`` is the state size of every other part.
         vitakka / vicara / sati: the Samatha parts (drunk-mode constants live in ``sati.drunk``, F17).
         vipassana: ``VipassanaV40`` or ``VipassanaV41``.
-        recon_decoder: state -> input reconstruction (``MLPDecoder`` / ``ConvDecoder``).
-        task_decoder: ``TaskDecoder`` on ``[s*; v_ctx]``; its ``in_dim: null`` is filled in here from the state
-            size and ``vipassana.context_dim``.
-        num_classes: classes of the task (sizes the label-guidance head and the baseline).
+        recon_decoder: state -> input reconstruction (``ReconMLPDecoder`` / ``ConvDecoder``).
+        task_decoder: ``TaskDecoder`` on ``[s*; v_ctx]``; its input size (state size + ``vipassana.context_dim``)
+            and its classes are filled in here.
+        num_classes: classes of the task (sizes the task decoder, the label-guidance head and the baseline).
         label_guidance: add a linear head on s* trained with CE in the samatha stage.
         stage_args: defaults of the stage arguments (path ratios, augment std, void margin).
         baseline: a plain model (``MLPBaseline`` / ``CNNBaseline``) trained in the ``baseline`` stage and scored
             at test time as ``test/baseline_acc``; None: no baseline.
+        stability_weight / diversity_weight / void_energy_weight: default weights of those terms (a stage's
+            ``loss_weights`` overrides them; 0 for ``void_energy`` leaves the term out).
         optimizer: the optimizer of a plain ``fit``.
     """
 
@@ -117,18 +125,24 @@ class SatipatthanaModule(StudyModule):
 
     def __init__(self, adapter: nn.Module, vitakka: Vitakka, vicara: Vicara, vipassana: nn.Module,
                  recon_decoder: nn.Module, task_decoder: TaskDecoder, num_classes: int, sati: Sati | None = None,
-                 label_guidance: bool = True, stage_args: StageArgs | None = None, baseline: nn.Module | None = None,
-                 optimizer: OptimSpec | None = None) -> None:
+                 label_guidance: bool = True, stage_args: SatipatthanaStageArgs | None = None,
+                 baseline: nn.Module | None = None, stability_weight: float = 0.1, diversity_weight: float = 0.1,
+                 void_energy_weight: float = 0.0, optimizer: OptimSpec | None = None) -> None:
         super().__init__(optimizer=optimizer)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes} must be >= 2")
+        weights = {"stability": stability_weight, "diversity": diversity_weight, "void_energy": void_energy_weight}
+        bad = {f"{k}_weight": v for k, v in weights.items() if v < 0}
+        if bad:
+            raise ValueError(f"loss weights must be >= 0, got {bad}")
+        self.default_weights = weights
         self.adapter, self.vitakka, self.vicara = adapter, vitakka, vicara
         self.sati = sati or Sati()
         self.vipassana, self.recon_decoder, self.task_decoder = vipassana, recon_decoder, task_decoder
-        dim = vitakka.probes.shape[1]
-        if task_decoder.net is None and hasattr(vipassana, "context_dim"):  # in_dim: null -> D + context_dim
-            task_decoder.build(dim + (vipassana.context_dim if task_decoder.use_context else 0))
-        self.aux_head = nn.Linear(dim, num_classes) if label_guidance else None
+        self.label_guidance = label_guidance
+        self.aux_head: nn.Linear | None = None  # built in dry_run, after the other parts (their init order, F09)
+        self._init_rng = torch.get_rng_state()  # the parts' initial weights come from here (see build)
+        self._built = False
         self.num_classes = num_classes
         for name, part in (("task_decoder", task_decoder), ("baseline", baseline)):
             n = getattr(part, "num_classes", None)
@@ -137,8 +151,8 @@ class SatipatthanaModule(StudyModule):
         if baseline is not None and getattr(baseline, "num_classes", 0) is None:
             baseline.num_classes = num_classes
         self.baseline = baseline
-        self.stage_defaults = stage_args or StageArgs()
-        self._configure_stage_args({})
+        self.stage_defaults = stage_args or SatipatthanaStageArgs()
+        self.on_stage(self.stage)
         self.test_metrics: SatipatthanaTestMetrics | None = None
         self._noise_base = 0  # set per run at the test's start (F50)
 
@@ -146,14 +160,8 @@ class SatipatthanaModule(StudyModule):
     def on_stage(self, stage: StageSpec) -> None:
         if stage.name not in STAGES:
             raise ValueError(f"SatipatthanaModule: stage name {stage.name!r} unknown; expected one of {STAGES}")
-        self._configure_stage_args(stage.args)
-
-    def _configure_stage_args(self, args: dict[str, Any]) -> None:
-        unknown = set(args) - STAGE_ARGS
-        if unknown:
-            raise ValueError(f"stage args {sorted(unknown)} unknown; expected a subset of {sorted(STAGE_ARGS)}")
-        current = replace(self.stage_defaults, **args)
-        self.path_ratios, self.augment_std, self.void_margin = current.path_ratios, current.augment_std, current.void_margin
+        args = stage_args(stage, self.stage_defaults)  # an unknown key is an error naming it
+        self.path_ratios, self.augment_std, self.void_margin = args.path_ratios, args.augment_std, args.void_margin
 
     # ----------------------------------------------------------------- forward
     def samatha(self, x: torch.Tensor, drunk: bool = False,
@@ -183,8 +191,49 @@ class SatipatthanaModule(StudyModule):
         out = self(batch["x"])
         return {**out, **{k: batch[k] for k in ("index", "y") if k in batch}}
 
+    PARTS: ClassVar[tuple[str, ...]] = ("adapter", "vitakka", "vicara", "vipassana", "recon_decoder", "task_decoder")
+
+    def build(self, x: torch.Tensor) -> None:
+        """Build every part for inputs like ``x`` (once), in a fixed order: each size comes from the input's shape,
+        the adapter's ``dim``, Vitakka's ``num_probes``, Vipassana's ``context_dim`` or ``num_classes``.
+
+        The parts draw their initial weights from the global RNG as it stood when the module was constructed
+        (after ``seed_everything``), not from wherever the data left it (a training void pool larger than the
+        data draws its pairing from the global RNG while the example batch is read). The same draws are then
+        repeated on throwaway copies from the current state, so every later draw (training order of voids,
+        stage-2 paths) reads the stream a build at construction would leave: the initialisation and the run do
+        not depend on when the dry run happens.
+        """
+        if self._built:
+            return
+        shape, device = tuple(x.shape[1:]), x.device
+        current = torch.get_rng_state()
+        blanks = copy.deepcopy({name: getattr(self, name) for name in self.PARTS})
+        torch.set_rng_state(self._init_rng)
+        built = self._build_parts({name: getattr(self, name) for name in self.PARTS}, shape, device)
+        self.aux_head = built.get("aux_head")
+        torch.set_rng_state(current)
+        self._build_parts(blanks, shape, torch.device("cpu"))  # advance the global RNG by the same draws
+        self._built = True
+
+    def _build_parts(self, parts: dict[str, nn.Module], shape: tuple[int, ...], device: torch.device
+                     ) -> dict[str, nn.Module]:
+        parts["adapter"].build(shape, device)
+        dim = parts["adapter"].dim
+        parts["vitakka"].build(dim, device)
+        parts["vicara"].build(dim, parts["vitakka"].num_probes, device)
+        parts["vipassana"].build(dim, device)
+        parts["recon_decoder"].build(dim, shape, device)
+        context = parts["vipassana"].context_dim if parts["task_decoder"].use_context else 0
+        parts["task_decoder"].build(dim + context, self.num_classes, device)
+        if self.label_guidance:
+            parts["aux_head"] = nn.Linear(dim, self.num_classes).to(device)
+        return parts
+
     def dry_run(self, batch: dict[str, torch.Tensor]) -> None:
-        """Reaches every part, lazy ones included (F09): forward, reconstruction and guidance heads."""
+        """Builds every part (:meth:`build`), then reaches each of them, lazy ones included (F09): forward,
+        reconstruction and guidance heads."""
+        self.build(batch["x"])
         out = self.samatha(batch["x"])
         self.recon_decoder(self.adapter(batch["x"]))
         if self.aux_head is not None:
@@ -207,7 +256,7 @@ class SatipatthanaModule(StudyModule):
                  "diversity": L.probe_diversity_loss(self.vitakka.probes)}
         if self.aux_head is not None:
             terms["guidance"] = F.cross_entropy(self.aux_head(out.s_star), batch["y"])
-        if self.loss_weight("void_energy", 0.0) > 0:
+        if self.loss_weight("void_energy", self.default_weights["void_energy"]) > 0:
             void = self.samatha(batch["x_void"])
             terms["void_energy"] = L.void_energy_loss(out.avg_energy, void.avg_energy, self.void_margin)
         self.track(targets={"x": x}, representations={"s_star": out.s_star})
@@ -277,32 +326,33 @@ class SatipatthanaModule(StudyModule):
                 "baseline_acc": (logits.argmax(1) == batch["y"]).float().mean()}
 
     def stage_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The stage's loss dict: the weighted total under ``loss``, then every term (and logged-only values)."""
         name = self.stage.name
         if name == "fit":
             terms = {**self.samatha_loss(batch), **self.vipassana_loss(batch), **self.decoder_loss(batch)}
-            return {**terms, **self.baseline_loss(batch)} if self.baseline is not None else terms
-        return getattr(self, f"{name}_loss")(batch)
+            if self.baseline is not None:
+                terms = {**terms, **self.baseline_loss(batch)}
+        else:
+            terms = getattr(self, f"{name}_loss")(batch)
+        return {"loss": self._total(terms), **terms}
 
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        defaults = {"stability": 0.1, "diversity": 0.1, "void_energy": 0.0}
+        defaults = self.default_weights
         return sum(self.loss_weight(k, defaults.get(k, 1.0)) * v for k, v in terms.items() if k not in NOT_LOSSES)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         terms = self.stage_terms(batch)
-        loss = self._total(terms)
         self.track(losses={k: v for k, v in terms.items() if k not in NOT_LOSSES})
         bs = batch["x"].shape[0]
         for k, v in terms.items():
-            self.log(f"train/{k}", v.detach(), batch_size=bs)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
-        return loss
+            self.log(f"train/{k}", v.detach(), prog_bar=k == "loss", batch_size=bs)
+        return terms["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         terms = self.stage_terms(batch)
         bs = batch["x"].shape[0]
         for k, v in terms.items():  # sync_dist: the epoch value is the batch-size weighted mean over all ranks
             self.log(f"val/{k}", v, batch_size=bs, sync_dist=True)
-        self.log("val/loss", self._total(terms), batch_size=bs, sync_dist=True)
 
     # -------------------------------------------------------------------- test
     def _baseline_scored(self) -> bool:
@@ -360,13 +410,13 @@ class SatipatthanaModule(StudyModule):
         self._add_references(metrics)
         self._save_per_item(samples)
         if self._is_rank_zero():
-            self.log_figure("trust_histograms", plots.trust_histograms({p: samples[f"trust_{p}"] for p in L.PATHS}))
+            self.log_figure("trust_histograms", evaluation.trust_histograms({p: samples[f"trust_{p}"] for p in L.PATHS}))
             keep = slice(0, 64)
-            self.log_figure("energy_trajectories", plots.energy_trajectories(
+            self.log_figure("energy_trajectories", evaluation.energy_trajectories(
                 {p: samples[f"energy_{p}"][keep].T for p in ("clean", "drunk", "void")}))
             test = getattr(self.trainer.datamodule, "splits", {}).get("test")
             if test is not None and test.x.dim() == 2 and test.x.shape[1] == 2:
-                self.log_figure("decision_boundary", plots.decision_boundary(self._grid_predict, test.x, test.y,
+                self.log_figure("decision_boundary", evaluation.decision_boundary(self._grid_predict, test.x, test.y,
                                                                              test.x_void))
         self.test_metrics = None
 

@@ -9,14 +9,14 @@ import copy
 import pytest
 
 from lit_experiments.core.trainer import LitTrainer
-from lit_experiments.studies.satipatthana.datamodule import CirclesDataModule
+from lit_experiments.studies.satipatthana.datamodule import SatipatthanaDataModule
 
-from .conftest import make_module
+from .helpers import circles_dm, make_module
 
 
-def _dm() -> CirclesDataModule:
+def _dm() -> SatipatthanaDataModule:
     # 31 test samples in batches of 6: uneven across 2 ranks and across batches
-    return CirclesDataModule(n_samples=155, batch_size=16, eval_batch_size=6)
+    return circles_dm(n_samples=155, batch_size=16, eval_batch_size=6)
 
 
 def _test(module, tmp_path, devices: int) -> dict[str, float]:

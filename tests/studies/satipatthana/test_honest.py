@@ -16,12 +16,13 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from lit_experiments.cli import main
-from lit_experiments.core.configs import load_composed
+from lit_experiments.core.configs import load_composed, merge
 from lit_experiments.core.results import check_floors, read_per_item
 from lit_experiments.core.seeding import RUN_SEED_ENV
-from lit_experiments.studies.satipatthana.datamodule import CirclesDataModule
-from lit_experiments.studies.satipatthana.evaluation import MLPBaseline, SatipatthanaTestMetrics
+from lit_experiments.studies.satipatthana.components import MLPBaseline
+from lit_experiments.studies.satipatthana.evaluation import SatipatthanaTestMetrics
 
+from .helpers import circles_dm
 from .tiny import tiny
 
 DEMO = Path(__file__).resolve().parents[3] / "configs" / "satipatthana" / "demo.yaml"
@@ -49,8 +50,9 @@ def test_f49_satipatthana_headline_has_floors(tmp_path, monkeypatch):
     # brute force on the same test samples: the datamodule as the run built it (seed 3)
     monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     monkeypatch.setenv(RUN_SEED_ENV, "3")
-    dm = CirclesDataModule(**{k: v for k, v in {**raw["data"]["init_args"], **override["data"]["init_args"]}.items()
-                              if k not in ("batch_size", "eval_batch_size")})
+    data_args = merge(raw["data"]["init_args"], override["data"]["init_args"])
+    source = data_args.pop("source")["init_args"]
+    dm = circles_dm(**source, **{k: v for k, v in data_args.items() if k not in ("batch_size", "eval_batch_size")})
     dm.setup()
     train_y, test_y = dm.splits["train"].y, dm.splits["test"].y
     majority = int(torch.bincount(train_y).argmax())
@@ -91,7 +93,7 @@ def test_f50_satipatthana_seed_everything_varies_data_order_baseline_and_test_no
     def draw(run: str, **kw):
         monkeypatch.setenv("PL_GLOBAL_SEED", run)
         monkeypatch.setenv(RUN_SEED_ENV, run)
-        dm = CirclesDataModule(n_samples=100, batch_size=16, **kw)
+        dm = circles_dm(n_samples=100, batch_size=16, **kw)
         dm.setup()
         order = torch.cat([b["index"] for b in dm.train_dataloader()]).tolist()
         base = MLPBaseline(hidden_dim=4, num_classes=2)

@@ -10,12 +10,12 @@ from lit_experiments.studies.satipatthana.components import DrunkConfig, Santana
 from lit_experiments.studies.satipatthana.components.vitakka import VitakkaOutput
 from lit_experiments.studies.satipatthana.losses import probe_diversity_loss
 
-from .conftest import circles_batch, make_module
+from .helpers import circles_batch, circles_dm, make_module
 
 
 def _run(dim: int = 8, batch: int = 16, drunk: DrunkConfig | None = None, steps: int = 5, seed: int = 0):
     torch.manual_seed(seed)
-    vitakka, vicara = Vitakka(dim, n_probes=4), Vicara(dim, hidden_dim=16)
+    vitakka, vicara = Vitakka(num_probes=4).build(dim), Vicara(hidden_dim=16).build(dim)
     z = torch.randn(batch, dim)
     return Sati(max_steps=steps)(vicara, vitakka(z), drunk), (vitakka, vicara)
 
@@ -30,7 +30,6 @@ def test_f07_samatha_stage_loss_trains_through_stability_pair_and_the_guard_catc
     from lit_experiments.core.freezing import apply_stage_freeze
     from lit_experiments.core.specs import StageSpec
     from lit_experiments.core.trainer import LitTrainer
-    from lit_experiments.studies.satipatthana.datamodule import CirclesDataModule
 
     trainable = ["adapter", "vitakka", "vicara", "recon_decoder", "aux_head"]
     stage = StageSpec("samatha", max_steps=2, trainable=trainable)
@@ -56,7 +55,7 @@ def test_f07_samatha_stage_loss_trains_through_stability_pair_and_the_guard_catc
     trainer = LitTrainer(run_dir=str(tmp_path / "run"), accelerator="cpu", devices=1, logger=None,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     with pytest.raises(TrainingHealthError, match="stability"):
-        trainer.curriculum(make_module(), CirclesDataModule(n_samples=100, batch_size=32), [stage],
+        trainer.curriculum(make_module(), circles_dm(n_samples=100, batch_size=32), [stage],
                            test_after=False)
     log = module.samatha(batch["x"]).santana
     with pytest.raises(ValueError, match="detached"):
@@ -78,21 +77,21 @@ def test_f10_training_gate_open_by_default_and_the_collapse_guard_catches_the_cl
     torch.manual_seed(0)
     dim = 64  # random probes: the best cosine similarity at initialisation is ~0.3, below the seed's 0.6
     z = torch.randn(64, dim)
-    vitakka = Vitakka(dim, n_probes=8)
+    vitakka = Vitakka(num_probes=8).build(dim)
     assert vitakka.train_gate_threshold != vitakka.eval_gate_threshold or vitakka.train_gate_threshold == -1.0
     vitakka.train()
     assert vitakka(z).gate.min() > 0.99  # open at initialisation
-    strict = Vitakka(dim, n_probes=8, train_gate_threshold=-1.0, eval_gate_threshold=0.9).eval()
+    strict = Vitakka(num_probes=8, train_gate_threshold=-1.0, eval_gate_threshold=0.9).build(dim).eval()
     assert strict(z).gate.max() == 0.0 and set(strict(z).gate.unique().tolist()) <= {0.0, 1.0}
     strict.train()
     assert strict(z).gate.min() > 0.99  # separate thresholds: the eval one does not act in training
     guard = TrainingHealth()
     module = make_module(dim)
-    good = Sati(6)(Vicara(dim, 32), vitakka(z)).s_star
+    good = Sati(6)(Vicara(32).build(dim), vitakka(z)).s_star
     guard._check_collapse(module, "s_star", good)  # healthy: no error
-    bad_vitakka = _SharedHardGateVitakka(dim, n_probes=8).train()
+    bad_vitakka = _SharedHardGateVitakka(num_probes=8).build(dim).train()
     assert bad_vitakka(z).gate.max() == 0.0
-    bad = Sati(6)(Vicara(dim, 32), bad_vitakka(z)).s_star
+    bad = Sati(6)(Vicara(32).build(dim), bad_vitakka(z)).s_star
     with pytest.raises(TrainingHealthError, match="collapse"):
         guard._check_collapse(module, "s_star", bad)
 
@@ -111,7 +110,7 @@ def test_f14_avg_energy_is_per_sample():
 def test_f14_early_stopping_counts_steps_per_sample():
     torch.manual_seed(0)
     dim = 8
-    vitakka, vicara = Vitakka(dim, n_probes=2), Vicara(dim, hidden_dim=16, beta=0.5)
+    vitakka, vicara = Vitakka(num_probes=2).build(dim), Vicara(hidden_dim=16, beta=0.5).build(dim)
     z = torch.cat([torch.zeros(4, dim) + 1e-3, 5 * torch.randn(4, dim)])
     out = Sati(max_steps=20, energy_threshold=1e-3, min_steps=1)(vicara, vitakka(z))
     steps = out.santana.steps

@@ -19,8 +19,9 @@ def tiny(config: Path, raw: dict, tmp: Path) -> dict:
     data = raw.get("data", {})
     init = data.get("init_args", {}) if isinstance(data, dict) else {}
     data_args: dict[str, Any] = {"batch_size": 32, "eval_batch_size": 32}
-    if "n_samples" in init:  # circles / ShapesWorld: a small world is enough (digits has a fixed 1797)
-        data_args["n_samples"] = 120
+    source = init.get("source", {})
+    if "n_samples" in source.get("init_args", {}):  # circles / ShapesWorld: a small world is enough (digits: 1797)
+        data_args["source"] = {"init_args": {"n_samples": 120}}
     if "train_void_factor" in init:
         data_args["train_void_factor"] = 1
     out["data"] = {"init_args": data_args}

@@ -30,29 +30,37 @@ def refiner(dim: int, hidden_dim: int, zero_bias: bool = True, out_init_scale: f
 class Vicara(nn.Module):
     """Refiner with inertia ``beta``; one shared Phi or one Phi per probe (mixed with Vitakka's ``probs``).
 
+    The state size D (the adapter's ``dim``) and, per probe, the number of probes (Vitakka's ``num_probes``) come
+    from the other parts: :meth:`build` creates the refiners (the module's dry run calls it, F09).
+
     Args:
-        dim: state dimension D.
         hidden_dim: width of Phi.
         beta: inertia b in ``s_{t+1} = b s_t + (1 - b) Phi(s_t)``, in [0, 1).
         per_probe: one refiner per probe instead of a shared one.
-        n_probes: number of probes (needed when ``per_probe``).
         zero_bias_init: start Phi's biases at 0 (see :func:`refiner`).
         out_init_scale: factor on the initial weights of Phi's last layer (see :func:`refiner`).
     """
 
-    def __init__(self, dim: int, hidden_dim: int = 64, beta: float = 0.5, per_probe: bool = False,
-                 n_probes: int = 1, zero_bias_init: bool = True, out_init_scale: float = 1.0) -> None:
+    def __init__(self, hidden_dim: int = 64, beta: float = 0.5, per_probe: bool = False,
+                 zero_bias_init: bool = True, out_init_scale: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"Vicara: beta={beta} must lie in [0, 1)")
         if out_init_scale < 0:
             raise ValueError(f"Vicara: out_init_scale={out_init_scale} must be >= 0")
-        if per_probe and n_probes < 1:
-            raise ValueError(f"Vicara: per_probe needs n_probes >= 1, got {n_probes}")
-        self.beta = beta
-        self.per_probe = per_probe
-        count = n_probes if per_probe else 1
-        self.refiners = nn.ModuleList(refiner(dim, hidden_dim, zero_bias_init, out_init_scale) for _ in range(count))
+        self.hidden_dim, self.beta, self.per_probe = hidden_dim, beta, per_probe
+        self.zero_bias_init, self.out_init_scale = zero_bias_init, out_init_scale
+        self.refiners = nn.ModuleList()
+
+    def build(self, dim: int, num_probes: int = 1, device: torch.device | None = None) -> Vicara:
+        """Create Phi (one, or one per probe of ``num_probes``) for states of size ``dim`` (once)."""
+        if len(self.refiners) == 0:
+            if self.per_probe and num_probes < 1:
+                raise ValueError(f"Vicara: per_probe needs num_probes >= 1, got {num_probes}")
+            count = num_probes if self.per_probe else 1
+            for _ in range(count):
+                self.refiners.append(refiner(dim, self.hidden_dim, self.zero_bias_init, self.out_init_scale).to(device))
+        return self
 
     def phi(self, s: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         if not self.per_probe:
@@ -63,4 +71,5 @@ class Vicara(nn.Module):
         return (probs.unsqueeze(2) * outs).sum(dim=1)
 
     def forward(self, s: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+        self.build(s.shape[1], probs.shape[1] if probs is not None else 1, s.device)
         return self.beta * s + (1.0 - self.beta) * self.phi(s, probs)

@@ -6,8 +6,9 @@
   conformity / confidence heads; ``v_ctx = [GRU state; projected metrics]``.
 
 Nothing here normalises across the batch: a sample's outputs never depend on the rest of its batch.
-Both can be built lazily (``state_dim=None``): the sub-networks are created on the first forward, so
-the core's LazyBuild dry run must happen before freezing and before the optimizer (F09).
+Both are built lazily: the state size is the adapter's ``dim``, which the module's dry run passes to :meth:`build`
+(or the first forward reads it off ``s*``), so the core's LazyBuild dry run must happen before freezing and
+before the optimizer (F09).
 """
 
 from __future__ import annotations
@@ -67,14 +68,13 @@ class VipassanaV40(nn.Module):
     """v4.0 trust head (2 -> hidden -> 1) and context encoder.
 
     Args:
-        state_dim: s* dimension; None builds the networks on the first forward (lazy).
         context_dim: size of ``v_ctx``.
         hidden_dim: width of the trust head and of the context encoder.
     """
 
     trust_input_dim = 2
 
-    def __init__(self, state_dim: int | None = None, context_dim: int = 16, hidden_dim: int = 32) -> None:
+    def __init__(self, context_dim: int = 16, hidden_dim: int = 32) -> None:
         super().__init__()
         if context_dim < 1 or hidden_dim < 1:
             raise ValueError(f"VipassanaV40: context_dim={context_dim}, hidden_dim={hidden_dim} must be >= 1")
@@ -82,21 +82,21 @@ class VipassanaV40(nn.Module):
         self.hidden_dim = hidden_dim
         self.trust_head: nn.Module | None = None
         self.context: nn.Module | None = None
-        if state_dim is not None:
-            self.build(state_dim)
 
     @property
     def is_built(self) -> bool:
         return self.trust_head is not None
 
-    def build(self, state_dim: int, device: torch.device | None = None) -> None:
-        """Create the networks (explicit build; forward calls it when lazy)."""
+    def build(self, state_dim: int, device: torch.device | None = None) -> VipassanaV40:
+        """Create the networks for states of size ``state_dim`` (once; forward calls it when not built)."""
+        if self.is_built:
+            return self
         self.trust_head = _head(self.trust_input_dim, self.hidden_dim).to(device)
         self.context = MLP(state_dim + self.trust_input_dim, [self.hidden_dim, self.context_dim]).to(device)
+        return self
 
     def forward(self, inp: VipassanaInput) -> VipassanaOutput:
-        if not self.is_built:
-            self.build(inp.s_star.shape[1], inp.s_star.device)
+        self.build(inp.s_star.shape[1], inp.s_star.device)
         feats = trust_features(inp.s_star, inp.santana)
         trust_logit = self.trust_head(feats)[:, 0]
         v_ctx = self.context(torch.cat([inp.s_star, feats], dim=1))
@@ -111,14 +111,13 @@ class VipassanaV41(nn.Module):
     log1p(reconstruction error).
 
     Args:
-        state_dim: s* dimension; None builds on the first forward (lazy).
         gru_hidden_dim: GRU width (dynamic context).
         metric_proj_dim: width of the projected metrics (static context).
     """
 
     num_metrics = 8
 
-    def __init__(self, state_dim: int | None = None, gru_hidden_dim: int = 16, metric_proj_dim: int = 8) -> None:
+    def __init__(self, gru_hidden_dim: int = 16, metric_proj_dim: int = 8) -> None:
         super().__init__()
         if gru_hidden_dim < 1 or metric_proj_dim < 1:
             raise ValueError(f"VipassanaV41: gru_hidden_dim={gru_hidden_dim}, metric_proj_dim={metric_proj_dim} "
@@ -127,20 +126,22 @@ class VipassanaV41(nn.Module):
         self.metric_proj_dim = metric_proj_dim
         self.context_dim = gru_hidden_dim + metric_proj_dim
         self.gru: nn.GRU | None = None
-        if state_dim is not None:
-            self.build(state_dim)
 
     @property
     def is_built(self) -> bool:
         return self.gru is not None
 
-    def build(self, state_dim: int, device: torch.device | None = None) -> None:
+    def build(self, state_dim: int, device: torch.device | None = None) -> VipassanaV41:
+        """Create the networks for states of size ``state_dim`` (once; forward calls it when not built)."""
+        if self.is_built:
+            return self
         m, h = self.num_metrics, self.gru_hidden_dim
         self.gru = nn.GRU(state_dim, h).to(device)
         self.trust_head = _head(m, 2 * m).to(device)
         self.conformity_head = _head(h, h).to(device)
         self.confidence_head = _head(h + m, h).to(device)
         self.context = MLP(m, [2 * self.metric_proj_dim, self.metric_proj_dim]).to(device)
+        return self
 
     def metrics(self, inp: VipassanaInput) -> torch.Tensor:
         log, s_star = inp.santana, inp.s_star.detach()
@@ -168,8 +169,7 @@ class VipassanaV41(nn.Module):
         return hidden[0]
 
     def forward(self, inp: VipassanaInput) -> VipassanaOutput:
-        if not self.is_built:
-            self.build(inp.s_star.shape[1], inp.s_star.device)
+        self.build(inp.s_star.shape[1], inp.s_star.device)
         metrics = self.metrics(inp)
         dynamic = self.encode_trajectory(inp.santana)
         v_ctx = torch.cat([dynamic, self.context(metrics)], dim=1)

@@ -37,9 +37,11 @@ class Vitakka(nn.Module):
     cosine similarity) and evaluation (hard 0/1 gate), so a closed gate at initialisation can never stop
     the probes from learning (F10).
 
+    The state size D is the adapter's ``dim``: :meth:`build` creates the probes (the module's dry run calls it,
+    F09; a first forward builds them from its input otherwise).
+
     Args:
-        dim: state dimension D (= adapter latent_dim).
-        n_probes: number of probes K.
+        num_probes: number of probes K.
         temperature: softmax temperature on cosine similarities.
         alpha: weight of the input ``z`` in ``s0``.
         train_gate_threshold: soft-gate threshold used in training mode.
@@ -48,29 +50,41 @@ class Vitakka(nn.Module):
         seed: optional seed of the probe initialisation (default: the global RNG).
     """
 
-    def __init__(self, dim: int, n_probes: int = 8, temperature: float = 0.2, alpha: float = 0.5,
+    def __init__(self, num_probes: int = 8, temperature: float = 0.2, alpha: float = 0.5,
                  train_gate_threshold: float = -1.0, eval_gate_threshold: float = -1.0,
                  gate_sharpness: float = 10.0, seed: int | None = None) -> None:
         super().__init__()
-        if dim < 1 or n_probes < 1:
-            raise ValueError(f"Vitakka: dim={dim} and n_probes={n_probes} must be >= 1")
+        if num_probes < 1:
+            raise ValueError(f"Vitakka: num_probes={num_probes} must be >= 1")
         if temperature <= 0:
             raise ValueError(f"Vitakka: temperature={temperature} must be > 0")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"Vitakka: alpha={alpha} must lie in [0, 1]")
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        self.probes = nn.Parameter(F.normalize(torch.randn(n_probes, dim, generator=gen), dim=1))
+        self.num_probes = num_probes
+        self.seed = seed
+        self.register_parameter("probes", None)
         self.temperature = temperature
         self.alpha = alpha
         self.train_gate_threshold = train_gate_threshold
         self.eval_gate_threshold = eval_gate_threshold
         self.gate_sharpness = gate_sharpness
 
+    def build(self, dim: int, device: torch.device | None = None) -> Vitakka:
+        """Create the K probes in a state of size ``dim`` (once)."""
+        if self.probes is None:
+            if dim < 1:
+                raise ValueError(f"Vitakka: dim={dim} must be >= 1")
+            gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+            probes = F.normalize(torch.randn(self.num_probes, dim, generator=gen), dim=1)
+            self.probes = nn.Parameter(probes.to(device) if device is not None else probes)
+        return self
+
     @property
     def normalized_probes(self) -> torch.Tensor:
         return F.normalize(self.probes, dim=1)
 
     def forward(self, z: torch.Tensor) -> VitakkaOutput:
+        self.build(z.shape[1], z.device)
         probes = self.normalized_probes
         sims = F.normalize(z, dim=1) @ probes.T  # (B, K) cosine similarities, per sample
         probs = torch.softmax(sims / self.temperature, dim=1)
