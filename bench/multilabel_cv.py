@@ -27,6 +27,7 @@ from lit_experiments.core.folds import make_folds
 from lit_experiments.studies.multilabel.datamodule import MultilabelDataModule
 from lit_experiments.studies.multilabel.heads import AGCHHead, MLPHead
 from lit_experiments.studies.multilabel.losses import CombinedLoss
+from lit_experiments.studies.multilabel.sources import ShapesCaptionSource
 from lit_experiments.studies.multilabel.standin import default_config
 from lit_experiments.studies.multilabel.towers import SiglipTowers, tiny_config
 
@@ -48,7 +49,7 @@ def train_heads(batches_of_epoch, n_classes: int, dims: tuple[int, int], epochs:
         head.train()
         for _ in range(epochs):
             for img, txt, y in batches_of_epoch():
-                out = loss(head(img, txt), y)["total"]
+                out = loss(head(img, txt), y)["loss"]
                 opt.zero_grad()
                 out.backward()
                 opt.step()
@@ -75,9 +76,9 @@ def main() -> None:
         config = default_config()
     towers = SiglipTowers(config=config)
     with tempfile.TemporaryDirectory() as tmp:
-        shapes = {"image_size": int(config["vision_config"]["image_size"])}
-        dm = MultilabelDataModule(towers=towers, n_pool=args.n, n_test=8, cache_dir=tmp, shapes=shapes,
-                                  batch_size=args.batch)
+        shapes = {"image_size": towers.image_size}
+        dm = MultilabelDataModule(frozen=towers, source=ShapesCaptionSource(n_pool=args.n, n_test=8, world=shapes),
+                                  cache_dir=tmp, batch_size=args.batch)
         pool = dm._base("pool")
         folds = make_folds(len(pool), pool.targets.numpy(), args.folds, seed=0)
         n_classes = pool.targets.shape[1]

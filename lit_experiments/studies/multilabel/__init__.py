@@ -2,12 +2,16 @@
 
 A ``MultilabelModule`` (``module.py``) receives its parts by constructor: ``head`` (``heads.MLPHead``, the
 baseline, or ``heads.AGCHHead``: direction / magnitude decomposition, Hadamard or concat fusion, optional tanh
-hash layer), ``loss`` (``losses.CombinedLoss``: BCE / ASL plus cosine and hash terms with weights) and ``knn``.
-The ``MultilabelDataModule`` (``datamodule.py``) owns the frozen ``towers.SiglipTowers`` and serves their cached
-image and caption embeddings (ShapesWorld with noisy side captions, csv / jsonl, COCO with captions), so every
-fold, ablation and seed reads one embedding pass. Per-class thresholds are tuned on the fold's validation split and
-stored with the weights (``inference.ThresholdPolicy``, F41); the test adds kNN inference over the hash codes
-(Hamming) or the fused embedding (cosine) and a per-class table.
+hash layer), ``loss`` (``losses.CombinedLoss``: BCE / ASL plus cosine and hash terms, ``<term>_weight``, the total
+under ``loss``) and ``knn`` (``module.MultilabelKnn``). The ``MultilabelDataModule`` (``datamodule.py``) takes its
+parts by constructor: the frozen towers as ``frozen`` (``towers.SiglipTowers`` / ``towers.Siglip2Towers`` /
+``standin.StandinTowers``; the module reads them as ``self.frozen``) and the data as ``source``
+(``sources.ShapesCaptionSource`` with noisy side captions, ``FileCaptionSource`` for csv / jsonl,
+``CocoCaptionSource``); it serves the towers' cached image and caption embeddings, so every fold, ablation and
+seed reads one embedding pass. Widths come from the towers and the number of classes from the data (the head is
+built at the dry run). Per-class thresholds are tuned on the fold's validation split and stored with the weights
+(``evaluation.ThresholdPolicy``, F41); the test (``evaluation.evaluate_test``, rows gathered over every rank) adds
+kNN inference over the hash codes (Hamming) or the fused embedding (cosine, ``knn.py``) and a per-class table.
 
 Honest numbers (issue 22). ``floors.py``: every test writes the floors of each headline metric on its test images,
 by the same metric code, into results.json ``references`` (chance: the closed-form expected AP of a random ranking,

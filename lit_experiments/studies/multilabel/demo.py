@@ -8,7 +8,7 @@
    the captions' noise, the validation split and the training order derive from it
    (:func:`~lit_experiments.core.seeding.run_seed`), and every fold run gets it (F50). The folds file is fixed
    per cv (``--fold_seed``).
-1. The stand-in towers of ``data.init_args.towers`` (:class:`~.standin.StandinTowers`: trained once, cached)
+1. The stand-in towers of ``data.init_args.frozen`` (:class:`~.standin.StandinTowers`: trained once, cached)
    and their quality, :func:`~.standin.evaluate_standin`, in ``<run_dir>/standin/results.json``:
    ``test/zero_shot_acc`` (floor: chance), ``test/probe_map`` (floors: ``test/probe_map_init``, the same probe on
    the towers at random initialisation, and the random-ranking mAP). Skipped for real towers.
@@ -50,11 +50,11 @@ def standin_step(config_file: Path, out: Path) -> dict[str, Any] | None:
     from .standin import StandinTowers, evaluate_standin
 
     config = load_composed(config_file)
-    towers = ((config.get("data") or {}).get("init_args") or {}).get("towers") or {}
-    if not str(towers.get("class_path", "")).endswith("StandinTowers"):
+    frozen = ((config.get("data") or {}).get("init_args") or {}).get("frozen") or {}
+    if not str(frozen.get("class_path", "")).endswith("StandinTowers"):
         return None
     start = time.perf_counter()
-    built = pool_of([config_file])[0].towers  # built as the runs build it (jsonargparse), trained once or loaded
+    built = pool_of([config_file])[0].frozen  # built as the runs build it (jsonargparse), trained once or loaded
     assert isinstance(built, StandinTowers)
     quality = evaluate_standin(built, built.standin_data)
     test = {f"test/{k}": v for k, v in quality.items() if isinstance(v, (int, float))}

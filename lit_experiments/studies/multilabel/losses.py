@@ -3,7 +3,8 @@
 * :class:`MultiLabelLoss`: BCE-with-logits or ASL (Ridnik et al., ICCV 2021), mean over all ``B x C`` entries.
 * :class:`CosineLoss`: the seed's cosine loss, made precise here as pairwise similarity matching (see below).
 * :class:`HashLoss`: quantisation + bit balance on the tanh hash layer's output.
-* :class:`CombinedLoss`: ``total = cls + cosine_weight * cosine + hash_weight * hash``; a weight 0 removes the
+* :class:`CombinedLoss`: ``loss = cls + cosine_weight * cosine + hash_weight * hash`` (the study's loss dict: the
+  total under ``loss``, each term unweighted under its name, weights ``<term>_weight``); a weight 0 removes the
   term from the graph (the seed's AB-3 "BCE only" and the hash-weight sweep are YAML deltas, LESSONS F28).
 """
 from __future__ import annotations
@@ -140,11 +141,11 @@ class HashLoss(nn.Module):
 
 
 class CombinedLoss(nn.Module):
-    """``total = cls(logits, y) + cosine_weight * cosine(outputs[cosine_on], y) + hash_weight * hash(h)``.
+    """``loss = cls(logits, y) + cosine_weight * cosine(outputs[cosine_on], y) + hash_weight * hash(h)``.
 
     ``forward(outputs, targets)`` takes a head's output dict and the multi-hot targets and returns a dict:
-    ``cls``, ``cosine``, ``hash``, ``hash_quantization``, ``hash_balance`` (each unweighted) and ``total``.
-    A term with weight 0 is not part of ``total``'s graph: it is only reported, computed without gradient,
+    ``cls``, ``cosine``, ``hash``, ``hash_quantization``, ``hash_balance`` (each unweighted) and the total ``loss``.
+    A term with weight 0 is not part of ``loss``'s graph: it is only reported, computed without gradient,
     when the head provides its input (e.g. the seed's AB-3 "BCE only" still logs how binary the hash is).
     A term with weight > 0 whose input the head does not return (``hash_weight > 0`` with ``hash_bits: null``)
     is a config error.
@@ -202,5 +203,5 @@ class CombinedLoss(nn.Module):
             out["hash_quantization"], out["hash_balance"] = terms["quantization"], terms["balance"]
             if on:
                 total = total + self.hash_weight * out["hash"]
-        out["total"] = total
+        out["loss"] = total
         return out

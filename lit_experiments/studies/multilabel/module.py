@@ -1,20 +1,23 @@
 """MultilabelModule: a head on cached frozen-tower embeddings, thresholds tuned on validation, kNN inference.
 
-The datamodule (:class:`~.datamodule.MultilabelDataModule`) owns the frozen SigLIP towers and serves their
-cached embeddings (``image_emb``, ``text_emb``, ``targets``); this module never sees an image and no
-gradient can reach a tower. Its parts (constructor arguments, ``class_path`` in the YAML): ``head``
-(:class:`~.heads.MLPHead` or :class:`~.heads.AGCHHead`, built from the first batch's widths), ``loss``
-(:class:`~.losses.CombinedLoss`: BCE / ASL, cosine and hash terms with weights) and ``knn``.
+The datamodule (:class:`~.datamodule.MultilabelDataModule`) holds the frozen SigLIP towers as its ``frozen``
+part and serves their cached embeddings (``image_emb``, ``text_emb``, ``targets``); this module reads the towers
+only as ``self.frozen`` (their digest and settings), never sees an image, and no gradient can reach a tower. Its
+parts (constructor arguments, ``class_path`` in the YAML): ``head`` (:class:`~.heads.MLPHead` or
+:class:`~.heads.AGCHHead`, built at the dry run from the embedding widths of the towers and the number of classes
+of the data), ``loss`` (:class:`~.losses.CombinedLoss`: BCE / ASL, cosine and hash terms with weights; the total
+under ``loss``) and ``knn`` (:class:`MultilabelKnn`). Every row a number needs (validation scores, test scores, the
+kNN bank) is a :class:`~lit_experiments.metrics.gathered.GatheredRows` gathered over every rank, in index order.
 
 * Validation: ``val/loss`` and the threshold-free metrics of :func:`~lit_experiments.metrics.multilabel.
   multilabel_metrics` on the fold's validation split; then per-class thresholds are tuned on the same
-  validation scores (:class:`~.inference.ThresholdPolicy`) and stored in the ``thresholds`` buffer, so every
+  validation scores (:class:`~.evaluation.ThresholdPolicy`) and stored in the ``thresholds`` buffer, so every
   checkpoint carries the thresholds of its own weights. The test labels never reach the tuner (F41).
 * Test (two loaders: the test split, then the training split as the kNN bank): ``test/map``, ``test/auc_macro``
   (+ the excluded-class counts, F30), ``test/lrap``, ``test/t05/*`` and ``test/tuned/*`` (F1 / precision /
   recall macro, Hamming loss at 0.5 and at the stored thresholds), and the kNN inference ``test/knn_map``,
   ``test/knn_t05/f1_macro`` over the head's retrieval representation: the hash codes (Hamming) when the head
-  has a hash layer, else ``fused`` (cosine). Beside them, results.json ``references`` holds the floors of every
+  has a hash layer, else ``fused`` (cosine); :func:`~.evaluation.evaluate_test` is the entry. Beside them, results.json ``references`` holds the floors of every
   headline metric on the same test images (:mod:`.floors`: chance / random ranking, predict every label or
   nothing, the caption keyword rule; F49, F52), and ``per_item/test.json`` / ``per_item/caption_rule.json`` one
   score per test image (F51: paired bootstraps over images). A per-class table (AP, AUC, support, tuned threshold, F1 at both
@@ -28,26 +31,28 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from torchmetrics import Metric
+from torchmetrics import MeanMetric
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.specs import OptimSpec
 from lit_experiments.core.study import StudyModule
+from lit_experiments.metrics.gathered import GatheredRows
 from lit_experiments.metrics.multilabel import multilabel_metrics
 
-from .floors import caption_rule_scores, floor_rows, per_image_scores
+from . import evaluation
+from .evaluation import ThresholdPolicy
 from .heads import AGCHHead, MLPHead
-from .inference import ProductQuantizerIndex, ThresholdPolicy, knn_scores, per_class_table, write_per_class
+from .knn import ProductQuantizerIndex
 from .losses import CombinedLoss
 
 THRESHOLD_FREE = ("map", "auc_macro", "lrap", "map_excluded_classes", "auc_excluded_classes")
 
 
 @dataclass
-class KnnArgs:
+class MultilabelKnn:
     """kNN inference at test time: ``k`` neighbours from the training split, optional softmax ``temperature``,
     faiss when installed (``use_faiss: null``), required (``true``) or never (``false``). ``index: pq`` searches
     a faiss product quantiser (``pq_m`` sub-vectors of ``pq_nbits`` bits) over the cosine representation
@@ -62,31 +67,10 @@ class KnnArgs:
     pq_nbits: int = 8
 
 
-class Collected(Metric):
-    """Rows of named tensors gathered over the epoch (and every rank), returned concatenated, in index order."""
-
-    full_state_update = False
-
-    def __init__(self, names: tuple[str, ...], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.names = names
-        for name in (*names, "index"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-
-    def update(self, index: torch.Tensor, **values: torch.Tensor) -> None:
-        for name in self.names:
-            getattr(self, name).append(values[name].detach().double())
-        self.index.append(index.detach().long())
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        cat = {n: (torch.cat(v) if isinstance(v, list) else v) for n in (*self.names, "index")
-               for v in [getattr(self, n)]}
-        order = torch.argsort(cat["index"])
-        return {n: t[order] for n, t in cat.items()}
-
-    @property
-    def empty(self) -> bool:
-        return isinstance(self.index, list) and not self.index
+def _rows(*names: str) -> GatheredRows:
+    """Rows of ``names`` (stored as float64) and ``index`` (int64), gathered over every rank, in index order."""
+    dtypes = {**dict.fromkeys(names, torch.float64), "index": torch.long}
+    return GatheredRows((*names, "index"), dtypes=dtypes, order_by="index")
 
 
 def _digest_tensor(key: str) -> torch.Tensor:
@@ -99,7 +83,7 @@ class MultilabelModule(StudyModule):
     Args:
         head: :class:`~.heads.MLPHead` (default, the seed's baseline) or :class:`~.heads.AGCHHead`.
         loss: :class:`~.losses.CombinedLoss` (default: BCE only).
-        knn: :class:`KnnArgs` of the test-time kNN inference.
+        knn: :class:`MultilabelKnn` of the test-time kNN inference.
         optimizer: the optimizer of the fit (AdamW 1e-3 by default, as :class:`OptimSpec`).
     """
 
@@ -110,12 +94,12 @@ class MultilabelModule(StudyModule):
     ]
 
     def __init__(self, head: MLPHead | AGCHHead | None = None, loss: CombinedLoss | None = None,
-                 knn: KnnArgs | None = None, optimizer: OptimSpec | None = None) -> None:
+                 knn: MultilabelKnn | None = None, optimizer: OptimSpec | None = None) -> None:
         super().__init__(optimizer)
         self.save_hyperparameters(ignore=["head", "loss"])
         self.head = head if head is not None else MLPHead()
         self.loss = loss if loss is not None else CombinedLoss()
-        self.knn_args = knn or KnnArgs()
+        self.knn_args = knn or MultilabelKnn()
         if self.knn_args.k < 1:
             raise ConfigError(f"model.init_args.knn.k={self.knn_args.k}; expected >= 1")
         if self.knn_args.index not in ("exact", "pq"):
@@ -127,9 +111,10 @@ class MultilabelModule(StudyModule):
                 raise ConfigError(f"model.init_args.knn.index: pq: {err}") from None
         self.register_buffer("thresholds", torch.empty(0, dtype=torch.float64))
         self.register_buffer("towers_digest", torch.zeros(8, dtype=torch.uint8))
-        self.val_rows = Collected(("probs", "targets"))
-        self.test_rows = Collected(("probs", "targets", "rep"))
-        self.bank_rows = Collected(("targets", "rep"))
+        self.val_loss = MeanMetric()  # a batch-size weighted mean over every rank (F44)
+        self.val_rows = _rows("probs", "targets")
+        self.test_rows = _rows("probs", "targets", "rep")
+        self.bank_rows = _rows("targets", "rep")
         self.__dict__["_policy"] = None  # the ThresholdPolicy of the last validation (not a submodule)
 
     # ------------------------------------------------------------------ build
@@ -153,10 +138,10 @@ class MultilabelModule(StudyModule):
 
     def setup(self, stage: str) -> None:
         """Check that a loaded checkpoint was trained on these towers' embeddings, then record them."""
-        dm = getattr(self.trainer, "datamodule", None)
-        towers = getattr(dm, "towers", None)
+        towers = self.frozen
         if towers is None:
             return
+        dm = self.trainer.datamodule
         key = towers.cache_key()
         digest = _digest_tensor(key).to(self.towers_digest.device)
         if bool(self.towers_digest.any()) and not torch.equal(self.towers_digest, digest):
@@ -190,19 +175,21 @@ class MultilabelModule(StudyModule):
         out = self(batch)
         terms = self.loss(out, batch["targets"].float())
         b = len(batch["targets"])
-        self.track(losses={"loss": terms["total"]})
-        self.log("train/loss", terms["total"].detach(), prog_bar=True, batch_size=b)
+        self.track(losses={"loss": terms["loss"]})
+        self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=b)
         for name, value in terms.items():
-            if name != "total":
+            if name != "loss":
                 self.log(f"train/{name}", value.detach(), batch_size=b, on_epoch=True, on_step=False)
-        return terms["total"]
+        return terms["loss"]
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
         terms = self.loss(out, batch["targets"].float())
-        self.log("val/loss", terms["total"], prog_bar=True, batch_size=len(batch["targets"]))
-        self.val_rows.update(batch["index"], probs=torch.sigmoid(out["logits"].float()), targets=batch["targets"])
+        self.val_loss.update(terms["loss"].detach(), weight=len(batch["targets"]))
+        self.log("val/loss", self.val_loss, prog_bar=True, on_epoch=True, on_step=False)
+        self.val_rows.update(index=batch["index"], probs=torch.sigmoid(out["logits"].float()),
+                             targets=batch["targets"])
 
     def on_validation_epoch_end(self) -> None:
         if self.val_rows.empty:
@@ -224,10 +211,10 @@ class MultilabelModule(StudyModule):
         out = self(batch)
         rep = out["fused"] if self.knn_args.index == "pq" else self.retrieval_rep(out)[0]
         if dataloader_idx == 1:
-            self.bank_rows.update(batch["index"], targets=batch["targets"], rep=rep)
+            self.bank_rows.update(index=batch["index"], targets=batch["targets"], rep=rep)
             return
-        self.test_rows.update(batch["index"], probs=torch.sigmoid(out["logits"].float()), targets=batch["targets"],
-                              rep=rep)
+        self.test_rows.update(index=batch["index"], probs=torch.sigmoid(out["logits"].float()),
+                              targets=batch["targets"], rep=rep)
 
     def stored_policy(self) -> ThresholdPolicy:
         """The thresholds stored with these weights (tuned on the fold's validation split) as a policy."""
@@ -239,38 +226,10 @@ class MultilabelModule(StudyModule):
         return policy
 
     def on_test_epoch_end(self) -> None:
-        rows = self.test_rows.compute()
-        metrics = self.stored_policy().evaluate(rows["probs"], rows["targets"])
-        for name, value in metrics.items():
-            self.log(f"test/{name}", float(value))
-        if self.knn_args.enabled and not self.bank_rows.empty:
-            bank = self.bank_rows.compute()
-            metric = "hamming" if getattr(self.head, "hash_bits", None) is not None else "cosine"
-            if self.knn_args.index == "pq":
-                metric = f"pq(m={self.knn_args.pq_m}, nbits={self.knn_args.pq_nbits}) over fused"
-                pq = ProductQuantizerIndex(self.knn_args.pq_m, self.knn_args.pq_nbits).build(bank["rep"], bank["targets"])
-                scores = pq.scores(rows["rep"], k=self.knn_args.k, temperature=self.knn_args.temperature)
-            else:
-                scores = knn_scores(rows["rep"], bank["rep"], bank["targets"], k=self.knn_args.k, metric=metric,
-                                    temperature=self.knn_args.temperature, use_faiss=self.knn_args.use_faiss)
-            knn = multilabel_metrics(scores, rows["targets"], 0.5)
-            self.log("test/knn_map", float(knn["map"]))
-            self.log("test/knn_t05/f1_macro", float(knn["f1_macro"]))
-            self.add_results("knn", {"k": self.knn_args.k, "metric": metric, "bank_size": len(bank["targets"]),
-                                     "temperature": self.knn_args.temperature})
-        names = self._label_names(rows["targets"].shape[1])
-        self.add_floors(rows["targets"], names, self._test_captions(rows["index"]))
-        if self._is_rank_zero():
-            table = per_class_table(rows["probs"], rows["targets"], self.thresholds.cpu(), names)
-            write_per_class(table, self.run_dir / "multilabel" / "per_class.csv",
-                            self.run_dir / "multilabel" / "per_class.png")
-            self.save_test_items(rows, names)
-        self.add_results("thresholds", {"tuned": self.thresholds.cpu().tolist(), "fixed": 0.5,
-                                        "fitted_on": "the fold's validation split"})
-        for m in (self.test_rows, self.bank_rows):
-            m.reset()
+        evaluation.evaluate_test(self)
 
-    def _test_captions(self, index: torch.Tensor) -> list[str] | None:
+    def test_captions(self, index: torch.Tensor) -> list[str] | None:
+        """The captions of the test images ``index`` (None when the datamodule has none)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None or not hasattr(dm, "captions"):
             return None
@@ -278,36 +237,11 @@ class MultilabelModule(StudyModule):
         return [captions[int(i)] for i in index.tolist()]
 
     def add_floors(self, targets: torch.Tensor, names: list[str], captions: list[str] | None) -> None:
-        """F49: the floors of every headline metric on these test units (:func:`~.floors.floor_rows`: chance,
-        predict every label / nothing, the caption keyword rule) into results.json ``references``."""
-        for metric, rows in floor_rows(targets, captions, names, reads_captions=self.uses_text).items():
-            for name, value, kind, what in rows:
-                self.add_reference(metric, name, value, kind=kind, what=what)
+        """F49: the floors of every headline metric on these test units (:func:`~.evaluation.add_floors`)."""
+        evaluation.add_floors(self, targets, names, captions)
 
-    def save_test_items(self, rows: dict[str, torch.Tensor], names: list[str]) -> None:
-        """F51: per test image scores of this head (:func:`~.floors.per_image_scores` at the fixed and the tuned
-        thresholds) into ``per_item/test.json``, with the class scores and targets in ``meta`` (a bootstrap over
-        images can recompute mAP); the caption rule's into ``per_item/caption_rule.json`` on the same images."""
-        probs, targets, index = rows["probs"], rows["targets"], rows["index"]
-        fixed = per_image_scores(probs, targets, 0.5)
-        tuned = per_image_scores(probs, targets, self.thresholds.cpu())
-        scores = {"ap": fixed["ap"], "f1_t05": fixed["f1"], "f1_tuned": tuned["f1"], "hamming_t05": fixed["hamming"]}
-        meta = {"units": "test images (index into the test split)", "label_names": names,
-                "probs": [[round(float(v), 6) for v in row] for row in probs.tolist()],
-                "targets": targets.long().tolist(),
-                "means": {"ap": "test/lrap", "hamming_t05": "test/t05/hamming"}}
-        self.save_per_item("test", index, scores, meta)
-        captions = self._test_captions(index)
-        if captions is not None:
-            rule = caption_rule_scores(captions, names)
-            items = per_image_scores(rule, targets, 0.5)
-            self.save_per_item("caption_rule", index, {"ap": items["ap"], "f1_t05": items["f1"],
-                                                       "f1_tuned": items["f1"], "hamming_t05": items["hamming"]},
-                               {"units": "test images (index into the test split)", "label_names": names,
-                                "what": "the caption keyword rule (floors.caption_rule_scores)",
-                                "probs": rule.long().tolist(), "targets": targets.long().tolist()})
-
-    def _label_names(self, n: int) -> list[str]:
+    def label_names(self, n: int) -> list[str]:
+        """The datamodule's label names, or ``class_j`` when it has none for ``n`` classes."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = list(getattr(dm, "label_names", []) or [])
         return names if len(names) == n else [f"class_{j}" for j in range(n)]

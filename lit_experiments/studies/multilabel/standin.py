@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,7 +138,8 @@ def _render(world: ShapesWorld) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int, lr: float, seed: int,
          log_every: int) -> dict[str, Any]:
-    """Train ``towers.model`` in place with the sigmoid loss; returns loss trace and timing."""
+    """Train ``towers.model`` in place with the sigmoid loss (:func:`~lit_experiments.core.standins.fit_loop`: one
+    batch of shuffled image-caption pairs per step, a new order each epoch); returns the loss summary."""
     data = {**DEFAULT_DATA, **data}
     world = ShapesWorld(int(data["n_train"]), seed=int(data.get("seed", 0)), **_world_kwargs(data))
     images = _render(world)[0]
@@ -159,29 +159,26 @@ def _fit(towers: SiglipTowers, data: dict[str, Any], steps: int, batch_size: int
                             weight_decay=1e-4)
     warm = max(1, min(50, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))  # warm-up, then constant
-    captions: dict[int, list[str]] = {}
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    order = torch.randperm(n, generator=gen)
-    for step in range(steps):
+    state: dict[str, Any] = {"order": torch.randperm(n, generator=gen), "captions": {}}
+
+    def step_loss(step: int) -> torch.Tensor:
         epoch, pos = divmod(step, per_epoch)
         if pos == 0 and step:
-            order = torch.randperm(n, generator=gen)
+            state["order"] = torch.randperm(n, generator=gen)
+        captions = state["captions"]
         if epoch not in captions:
-            captions = {epoch: [partial_caption(world, i, int(seed), epoch, float(data["caption_color_p"]),
-                                                float(data["caption_material_p"])) for i in range(n)]}
-        idx = order[pos * batch_size:(pos + 1) * batch_size]
+            captions = state["captions"] = {epoch: [partial_caption(world, i, int(seed), epoch,
+                                                                    float(data["caption_color_p"]),
+                                                                    float(data["caption_material_p"]))
+                                                    for i in range(n)]}
+        idx = state["order"][pos * batch_size:(pos + 1) * batch_size]
         text = towers.tokenize([captions[epoch][int(i)] for i in idx])
         out = model(pixel_values=inputs[idx], input_ids=text["input_ids"], attention_mask=text.get("attention_mask"))
-        loss = sigmoid_loss(out.logits_per_image)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        standins.log_progress("siglip stand-in", step, steps, losses, log_every, t0)
+        return sigmoid_loss(out.logits_per_image)
+
+    summary = standins.fit_loop("siglip stand-in", steps, step_loss, opt, sched, log_every=log_every)
     towers.freeze()
-    return standins.loss_summary(losses, t0, steps)
+    return summary
 
 
 @contextlib.contextmanager
@@ -277,8 +274,7 @@ def evaluate_standin(towers: SiglipTowers, data: dict[str, Any] | None = None,
     prompts = towers.tokenize([f"a {c}" for c in world.categories])
     text = F.normalize(towers.encode_text(**prompts), dim=1)
     pred = (F.normalize(emb[half:], dim=1) @ text.t()).argmax(1)
-    fresh = SiglipTowers(kind=towers.kind, config=towers.config_dict,
-                         text_mask_policy=towers.text_mask_policy, init_seed=run_seed(init_seed, "standin-init"))
+    fresh = towers.random_init(run_seed(init_seed, "standin-init"))
     emb0 = embed_images(fresh, images)
     return {
         "zero_shot_acc": float((pred == first[half:]).float().mean()),

@@ -1,8 +1,13 @@
 """Frozen SigLIP / SigLIP2 image and text towers (transformers), the feature source of the multilabel study.
 
-* FixRes checkpoints (``google/siglip2-base-patch16-224``, all SigLIP 1) load as ``SiglipModel`` (``kind:
-  siglip``); NaFlex checkpoints (``google/siglip2-base-patch16-naflex``) as ``Siglip2Model`` (``kind:
-  siglip2``), whose image tower also takes ``pixel_attention_mask`` and ``spatial_shapes``.
+* FixRes checkpoints (``google/siglip2-base-patch16-224``, all SigLIP 1) load as ``SiglipModel``
+  (:class:`SiglipTowers`); NaFlex checkpoints (``google/siglip2-base-patch16-naflex``) as ``Siglip2Model``
+  (:class:`Siglip2Towers`), whose image tower also takes ``pixel_attention_mask`` and ``spatial_shapes``. The
+  class is the switch (a ``class_path`` in the YAML); ``kind`` (``siglip`` / ``siglip2``) is its label in the
+  cache key and results.json.
+* :attr:`SiglipTowers.image_size` is the side of the square input the towers were built for (FixRes: the vision
+  config's ``image_size``; NaFlex: ``patch_size * sqrt(num_patches)``): the side a file source resizes to when it
+  names none, so the YAML says it once.
 * Embeddings are the ``.pooler_output`` of ``get_image_features`` / ``get_text_features`` (transformers 5
   returns a ``BaseModelOutputWithPooling``; a bare tensor from older versions is accepted too), not
   L2-normalised.
@@ -16,8 +21,9 @@
 """
 from __future__ import annotations
 
+import math
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,7 +31,6 @@ from torch import nn
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.shapes import CATEGORIES, COLORS, MATERIALS
 
-KINDS = ("siglip", "siglip2")
 TEXT_MASK_POLICIES = ("pad_to_max", "attention_mask")
 # word-level vocabulary of ShapesWorld captions and prompts (pad 0 / eos 1 / bos 2, as tiny SigLIP configs)
 SHAPES_VOCAB: tuple[str, ...] = ("<pad>", "</s>", "<s>", "<unk>", ",", "a", "an", "and", "of", "photo",
@@ -63,12 +68,11 @@ def _pooled(out: Any) -> torch.Tensor:
 
 
 class SiglipTowers(nn.Module):
-    """Frozen SigLIP (``SiglipModel``) or SigLIP2 NaFlex (``Siglip2Model``) image and text towers.
+    """Frozen SigLIP image and text towers (``SiglipModel``: FixRes checkpoints, SigLIP 1 and 2).
 
     Args:
         checkpoint: local directory or hub id of a transformers checkpoint (read from the hub cache only when
             ``HF_HUB_OFFLINE=1``); ``None`` with ``config`` to build from scratch.
-        kind: ``siglip`` (``SiglipModel``, FixRes) or ``siglip2`` (``Siglip2Model``, NaFlex).
         config: a config dict (``text_config`` / ``vision_config``, e.g. :func:`tiny_config`) to build a
             randomly initialised model instead of loading one; its tokenizer is :func:`shapes_tokenizer`.
         text_mask_policy: ``pad_to_max`` (how SigLIP was trained, default) or ``attention_mask``.
@@ -76,22 +80,20 @@ class SiglipTowers(nn.Module):
     """
 
     always_frozen = True
+    #: the towers' label in the cache key and results.json (the class is the switch)
+    kind: ClassVar[str] = "siglip"
 
-    def __init__(self, checkpoint: str | None = None, kind: str = "siglip", config: dict[str, Any] | None = None,
+    def __init__(self, checkpoint: str | None = None, config: dict[str, Any] | None = None,
                  text_mask_policy: str = "pad_to_max", init_seed: int = 0) -> None:
         super().__init__()
-        from transformers import Siglip2Config, Siglip2Model, SiglipConfig, SiglipModel
-
-        if kind not in KINDS:
-            raise ConfigError(f"SiglipTowers: kind={kind!r}; expected one of {KINDS}")
         if text_mask_policy not in TEXT_MASK_POLICIES:
             raise ConfigError(f"SiglipTowers: text_mask_policy={text_mask_policy!r}; expected one of "
                               f"{TEXT_MASK_POLICIES}")
         if (checkpoint is None) == (config is None):
             raise ConfigError("SiglipTowers: give exactly one of checkpoint (path or hub id) and config (dict)")
-        self.checkpoint, self.kind, self.text_mask_policy = checkpoint, kind, text_mask_policy
+        self.checkpoint, self.text_mask_policy = checkpoint, text_mask_policy
         self.config_dict = dict(config) if config is not None else None
-        model_cls, config_cls = (SiglipModel, SiglipConfig) if kind == "siglip" else (Siglip2Model, Siglip2Config)
+        model_cls, config_cls = self.model_classes()
         if config is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(init_seed))
@@ -110,6 +112,18 @@ class SiglipTowers(nn.Module):
                                   f"{err}") from err
         self.freeze()
 
+    @staticmethod
+    def model_classes() -> tuple[type, type]:
+        """The transformers model and config classes these towers load."""
+        from transformers import SiglipConfig, SiglipModel
+
+        return SiglipModel, SiglipConfig
+
+    def random_init(self, init_seed: int) -> SiglipTowers:
+        """Towers of the same class, config and text policy at a random initialisation (a stand-in's floor)."""
+        return TOWER_FAMILIES[self.kind](config=self.config_dict, text_mask_policy=self.text_mask_policy,
+                                         init_seed=init_seed)
+
     # ------------------------------------------------------------------ frozen
     def freeze(self) -> SiglipTowers:
         """No gradients, eval mode (called at construction; call again after loading new weights)."""
@@ -126,6 +140,11 @@ class SiglipTowers(nn.Module):
         return int(self.model.config.text_config.max_position_embeddings)
 
     @property
+    def image_size(self) -> int:
+        """The side of the square input the image tower was built for."""
+        return int(self.model.config.vision_config.image_size)
+
+    @property
     def embed_dim(self) -> int:
         tc = self.model.config.text_config
         return int(getattr(tc, "projection_size", None) or tc.hidden_size)
@@ -135,15 +154,7 @@ class SiglipTowers(nn.Module):
     def encode_image(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
                      spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, D)`` image embeddings (pooler output, not normalised) of processed ``pixel_values``."""
-        if self.kind == "siglip2":
-            if pixel_attention_mask is None or spatial_shapes is None:
-                raise ValueError("SiglipTowers(kind='siglip2').encode_image needs pixel_attention_mask and "
-                                 "spatial_shapes (the NaFlex processor's outputs)")
-            out = self.model.get_image_features(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask,
-                                                spatial_shapes=spatial_shapes)
-        else:
-            out = self.model.get_image_features(pixel_values=pixel_values)
-        return _pooled(out)
+        return _pooled(self.model.get_image_features(pixel_values=pixel_values))
 
     @torch.no_grad()
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -165,22 +176,12 @@ class SiglipTowers(nn.Module):
 
     def image_inputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model inputs of uint8 (or [0, 255] float) images ``(B, 3, H, W)`` at the tower's resolution:
-        SigLIP's normalisation (mean = std = 0.5); for ``siglip2`` also patchified with a full mask."""
+        SigLIP's normalisation (mean = std = 0.5)."""
         x = images.float() / 127.5 - 1.0
-        vc = self.model.config.vision_config
-        if self.kind == "siglip":
-            size = int(vc.image_size)
-            if x.shape[-1] != size or x.shape[-2] != size:
-                x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                                              align_corners=False)
-            return {"pixel_values": x}
-        p = int(vc.patch_size)
-        b, c, h, w = x.shape
-        if h % p or w % p:
-            raise ValueError(f"image side {h}x{w} is not a multiple of the patch size {p}")
-        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
-        return {"pixel_values": patches, "pixel_attention_mask": torch.ones(b, patches.shape[1], dtype=torch.long),
-                "spatial_shapes": torch.tensor([[h // p, w // p]] * b, dtype=torch.long)}
+        size = self.image_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return {"pixel_values": x}
 
     # ------------------------------------------------------------------ identity
     def weights_digest(self) -> str:
@@ -198,3 +199,49 @@ class SiglipTowers(nn.Module):
         return {"kind": self.kind, "checkpoint": self.checkpoint, "text_mask_policy": self.text_mask_policy,
                 "text_max_length": self.text_max_length, "embed_dim": self.embed_dim,
                 "model_class": type(self.model).__name__, "weights_digest": self.weights_digest()}
+
+
+class Siglip2Towers(SiglipTowers):
+    """Frozen SigLIP2 NaFlex towers (``Siglip2Model``): the image tower reads patchified pixels with
+    ``pixel_attention_mask`` and ``spatial_shapes``; images are resized to the square of the patch budget
+    (:attr:`image_size`) and patchified with a full mask. Args as :class:`SiglipTowers`."""
+
+    kind: ClassVar[str] = "siglip2"
+
+    @staticmethod
+    def model_classes() -> tuple[type, type]:
+        from transformers import Siglip2Config, Siglip2Model
+
+        return Siglip2Model, Siglip2Config
+
+    @property
+    def image_size(self) -> int:
+        """``patch_size * sqrt(num_patches)``: the square that fills the patch budget."""
+        vc = self.model.config.vision_config
+        return int(vc.patch_size) * math.isqrt(int(vc.num_patches))
+
+    @torch.no_grad()
+    def encode_image(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
+                     spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
+        if pixel_attention_mask is None or spatial_shapes is None:
+            raise ValueError("Siglip2Towers.encode_image needs pixel_attention_mask and spatial_shapes (the NaFlex "
+                             "processor's outputs)")
+        return _pooled(self.model.get_image_features(pixel_values=pixel_values,
+                                                     pixel_attention_mask=pixel_attention_mask,
+                                                     spatial_shapes=spatial_shapes))
+
+    def image_inputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """SigLIP's normalisation, then patches of ``patch_size`` in raster order with a full mask (any side that
+        is a multiple of the patch size)."""
+        x = images.float() / 127.5 - 1.0
+        p = int(self.model.config.vision_config.patch_size)
+        b, c, h, w = x.shape
+        if h % p or w % p:
+            raise ValueError(f"image side {h}x{w} is not a multiple of the patch size {p}")
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
+        return {"pixel_values": patches, "pixel_attention_mask": torch.ones(b, patches.shape[1], dtype=torch.long),
+                "spatial_shapes": torch.tensor([[h // p, w // p]] * b, dtype=torch.long)}
+
+
+#: the class of each ``kind`` (a stand-in subclass re-creates its family's plain towers)
+TOWER_FAMILIES: dict[str, type[SiglipTowers]] = {"siglip": SiglipTowers, "siglip2": Siglip2Towers}

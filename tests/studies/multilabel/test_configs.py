@@ -13,7 +13,7 @@ from lit_experiments.experiments.sweep import plan_from_args
 from lit_experiments.studies.multilabel.heads import AGCHHead
 from lit_experiments.studies.multilabel.losses import CombinedLoss
 
-from .test_module import _model_parts
+from .helpers import model_parts
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "multilabel"
 HEAD, LOSS = "model.init_args.head.init_args.", "model.init_args.loss.init_args."
@@ -28,7 +28,7 @@ def parts(*files: str) -> dict:
     from lit_experiments.core.configs import composition
 
     paths = list(dict.fromkeys(str(p) for f in files for p in composition(CONFIGS / f)))
-    return _model_parts(paths)
+    return model_parts(paths)
 
 
 def test_f28_no_hash_and_bce_only_are_deltas_of_the_full_head_and_reach_the_parts():
@@ -46,7 +46,7 @@ def test_f28_no_hash_and_bce_only_are_deltas_of_the_full_head_and_reach_the_part
     assert no_hash["head"].hash_layer is None and full["head"].hash_layer is not None
     for name in ("full", "bce"):
         weighted = outs[name]["cls"] + parts_weight(name, full, bce, outs[name])
-        assert outs[name]["total"].item() == pytest.approx(weighted.item(), rel=1e-6)
+        assert outs[name]["loss"].item() == pytest.approx(weighted.item(), rel=1e-6)
 
 
 def parts_weight(name: str, full: dict, bce: dict, out: dict) -> torch.Tensor:

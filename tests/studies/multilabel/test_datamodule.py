@@ -8,7 +8,13 @@ import torch
 from lit_experiments.core import folds as folds_mod
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.shapes import CATEGORIES, COLORS, ShapesWorld
-from lit_experiments.studies.multilabel.datamodule import MultilabelDataModule
+from lit_experiments.studies.multilabel.datamodule import MultilabelDataModule, MultilabelSplits
+from lit_experiments.studies.multilabel.sources import (
+    CocoCaptionSource,
+    FileCaptionSource,
+    ShapesCaptionSource,
+    SideCaptions,
+)
 from lit_experiments.studies.multilabel.standin import side_caption
 from lit_experiments.studies.multilabel.towers import SiglipTowers, tiny_config
 
@@ -19,10 +25,18 @@ def towers(seed: int = 0, policy: str = "pad_to_max") -> SiglipTowers:
     return SiglipTowers(config=CFG, init_seed=seed, text_mask_policy=policy)
 
 
-def dm(tmp_path, **kw) -> MultilabelDataModule:
-    args = {"n_pool": 24, "n_test": 8, "batch_size": 8, "eval_batch_size": 16, "cache_dir": str(tmp_path / "cache"),
-            "shapes": {"image_size": 16}, **kw}
-    return MultilabelDataModule(**args)
+SOURCE_KEYS = ("n_pool", "n_test", "seed", "world", "label_space", "captions")
+SPLIT_KEYS = ("val_fraction", "split_seed", "sampler_seed")
+
+
+def dm(tmp_path, source=None, **kw) -> MultilabelDataModule:
+    """A datamodule over a ShapesWorld source (24 pool / 8 test images of 16 px) unless ``source`` is given; the
+    source's and the splits' arguments may be given flat."""
+    src = {"n_pool": 24, "n_test": 8, "world": {"image_size": 16}, **{k: kw.pop(k) for k in SOURCE_KEYS if k in kw}}
+    splits = {k: kw.pop(k) for k in SPLIT_KEYS if k in kw}
+    args = {"batch_size": 8, "eval_batch_size": 16, "cache_dir": str(tmp_path / "cache"), **kw}
+    return MultilabelDataModule(source=ShapesCaptionSource(**src) if source is None else source,
+                                splits=MultilabelSplits(**splits), **args)
 
 
 def all_batches(loader) -> dict:
@@ -34,7 +48,7 @@ def all_batches(loader) -> dict:
 def test_batches_hold_what_the_towers_compute(tmp_path, policy):
     t = towers(policy=policy)
     d = dm(tmp_path)
-    d.serve_towers(t)
+    d.serve_frozen(t)
     d.setup("fit")
     batch = next(iter(d.train_dataloader()))
     assert set(batch) == {"image_emb", "text_emb", "targets", "index"}
@@ -42,7 +56,7 @@ def test_batches_hold_what_the_towers_compute(tmp_path, policy):
     assert batch["text_emb"].shape == (8, t.embed_dim) and batch["targets"].shape == (8, len(CATEGORIES))
     assert set(batch["targets"].unique().tolist()) <= {0.0, 1.0} and batch["index"].shape == (8,)
     test = all_batches(d.test_dataloader()[0])
-    world = ShapesWorld(8, seed=3, **d.world)  # the test world: seed + 3
+    world = ShapesWorld(8, seed=3, **d.source.world)  # the test world: seed + 3
     items = [world[i] for i in range(8)]
     images = torch.stack([it["image"] for it in items])
     captions = [side_caption(world, i, d.base["test"].caption_seed, 0.5, 0.5) for i in range(8)]
@@ -58,7 +72,7 @@ def test_batches_hold_what_the_towers_compute(tmp_path, policy):
 def test_cache_is_reused_and_a_changed_tower_selects_another(tmp_path, monkeypatch):
     t = towers()
     first = dm(tmp_path)
-    first.serve_towers(t)
+    first.serve_frozen(t)
     a = all_batches(first.val_dataloader())
     path = first.embedded("pool").images.path
 
@@ -68,12 +82,12 @@ def test_cache_is_reused_and_a_changed_tower_selects_another(tmp_path, monkeypat
     monkeypatch.setattr(SiglipTowers, "encode_image", boom)
     monkeypatch.setattr(SiglipTowers, "encode_text", boom)
     again = dm(tmp_path)
-    again.serve_towers(towers())  # same config and seed: same weights digest, same cache
+    again.serve_frozen(towers())  # same config and seed: same weights digest, same cache
     b = all_batches(again.val_dataloader())
     assert again.embedded("pool").images.path == path
     assert torch.equal(a["image_emb"], b["image_emb"]) and torch.equal(a["text_emb"], b["text_emb"])
     other = dm(tmp_path)
-    other.serve_towers(towers(seed=1))
+    other.serve_frozen(towers(seed=1))
     with pytest.raises(AssertionError, match="the towers ran"):  # another digest: the cache must be rebuilt
         other.val_dataloader()
     monkeypatch.undo()
@@ -90,7 +104,7 @@ def test_folds_file_splits_the_pool_and_keeps_the_test_split_out(tmp_path):
     saved = folds_mod.ensure_folds(path, n, targets, 3, 0)
     assert saved["kind"] == "multilabel-stratified"
     f = dm(tmp_path, fold={"file": str(path), "index": 1})
-    f.serve_towers(towers())
+    f.serve_frozen(towers())
     f.setup("fit")
     assert f.split_indices == {"train": saved["folds"][1]["train"], "val": saved["folds"][1]["val"]}
     val = all_batches(f.val_dataloader())
@@ -116,10 +130,10 @@ def test_without_fold_a_seeded_val_share_of_the_pool(tmp_path):
 
 
 def test_color_x_category_label_space_matches_shapes_world(tmp_path):
-    d = dm(tmp_path, label_space="color_x_category", shapes={"image_size": 16, "colors": None, "max_objects": 3})
+    d = dm(tmp_path, label_space="color_x_category", world={"image_size": 16, "colors": None, "max_objects": 3})
     n, targets = d.fold_pool()
     assert targets.shape == (24, len(COLORS) * len(CATEGORIES)) == (24, 48) and d.num_labels == 48
-    world = ShapesWorld(24, seed=2, **d.world)
+    world = ShapesWorld(24, seed=2, **d.source.world)
     for i in range(n):
         item = world[i]
         k = int(item["num_objects"])
@@ -132,30 +146,56 @@ def test_color_x_category_label_space_matches_shapes_world(tmp_path):
     assert len({tuple(np.flatnonzero(row)) for row in targets}) > 3  # not one constant row
 
 
-def test_loaders_without_towers_name_serve_towers(tmp_path):
+def test_loaders_without_towers_name_serve_frozen(tmp_path):
     d = dm(tmp_path)
     d.setup("fit")
     for loader in (d.train_dataloader, d.val_dataloader, d.test_dataloader):
-        with pytest.raises(ConfigError, match="serve_towers"):
+        with pytest.raises(ConfigError, match="serve_frozen"):
             loader()
 
 
 def test_use_text_false_serves_images_only(tmp_path):
     d = dm(tmp_path, use_text=False)
-    d.serve_towers(towers())
+    d.serve_frozen(towers())
     batch = next(iter(d.val_dataloader()))
     assert set(batch) == {"image_emb", "targets", "index"}
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"dataset": "coco"}, "coco_pool"), ({"dataset": "nope"}, "nope"), ({"dataset": "csv"}, "test_file"),
-    ({"dataset": "csv", "root": "r", "test_file": "t", "image_size": 8, "label_space": "color_x_category"},
-     "label_space"),
-    ({"label_space": "colours"}, "label_space"), ({"val_fraction": 1.0}, "val_fraction"),
-    ({"shapes": {"seed": 4}}, "n_pool / n_test / seed")])
-def test_bad_config_is_named(tmp_path, kw, match):
+@pytest.mark.parametrize("make, match", [
+    (lambda t: CocoCaptionSource(root="r", pool={}, test={}), "pool"),  # was dataset: coco without coco_pool
+    (lambda t: dm(t, source="nope"), "nope"),  # a source is a part (was dataset: nope)
+    (lambda t: FileCaptionSource(root="r"), "test_file"),  # was dataset: csv without test_file
+    (lambda t: FileCaptionSource(root="r", test_file="t", on_bad_sample="drop"), "on_bad_sample"),
+    (lambda t: dm(t, label_space="colours"), "label_space"), (lambda t: dm(t, val_fraction=1.0), "val_fraction"),
+    (lambda t: dm(t, world={"seed": 4}), "n_pool / n_test / seed")])
+def test_bad_config_is_named(tmp_path, make, match):
     with pytest.raises(ConfigError, match=match):
-        dm(tmp_path, **kw)
+        make(tmp_path)
+
+
+def test_a_file_source_has_its_own_class_list_and_no_label_space():
+    """Was: ``dataset: csv`` with ``label_space: color_x_category`` refused; a file source now has no such argument
+    (its labels are its class list), and its image side defaults to the towers' input side."""
+    import inspect
+
+    for cls in (FileCaptionSource, CocoCaptionSource):
+        params = inspect.signature(cls.__init__).parameters
+        assert "label_space" not in params and params["image_size"].default is None
+        assert cls.label_space == "categories"
+
+
+def test_a_file_source_without_image_size_reads_the_towers_side(tmp_path):
+    write_files(tmp_path / "set")
+    d = dm(tmp_path, source=FileCaptionSource(root=str(tmp_path / "set"), file="pool.csv", test_file="test.csv"))
+    with pytest.raises(ConfigError, match="image_size"):
+        d.fold_pool()  # neither an image_size nor the towers
+    d.serve_frozen(towers())
+    assert d.fold_pool()[0] == 8 and d.base["pool"].reader.image_size == towers().image_size == 16
+
+
+def test_side_captions_are_a_typed_part():
+    src = ShapesCaptionSource(n_pool=4, n_test=2, captions=SideCaptions(name_p=1.0, vague_p=0.0, seed=3))
+    assert (src.name_p, src.vague_p, src.caption_seed) == (1.0, 0.0, 3)
 
 
 # ---------------------------------------------------------------------------------------------- csv / jsonl
@@ -181,16 +221,17 @@ def write_files(root, n_pool: int = 8, n_test: int = 4, empty_caption: int | Non
     return world
 
 
-def files_dm(tmp_path, kind: str = "csv", **kw) -> MultilabelDataModule:
-    return dm(tmp_path, dataset=kind, root=str(tmp_path / "set"), file=f"pool.{kind}", test_file=f"test.{kind}",
-              image_size=16, **kw)
+def files_dm(tmp_path, kind: str = "csv", on_bad_sample: str = "error", **kw) -> MultilabelDataModule:
+    source = FileCaptionSource(root=str(tmp_path / "set"), file=f"pool.{kind}", test_file=f"test.{kind}",
+                               image_size=16, on_bad_sample=on_bad_sample)
+    return dm(tmp_path, source=source, **kw)
 
 
 def test_csv_batches_hold_the_towers_embeddings_of_the_files(tmp_path):
     world = write_files(tmp_path / "set")
     t = towers()
     d = files_dm(tmp_path)
-    d.serve_towers(t)
+    d.serve_frozen(t)
     n, targets = d.fold_pool()
     assert n == 8 and targets.shape == (8, len(CATEGORIES))
     test = all_batches(d.test_dataloader()[0])
@@ -261,11 +302,12 @@ def write_coco_split(root, n: int, seed: int, drop_caption_of: int | None = None
         path.write_text(_json.dumps(caps))
 
 
-def coco_dm(tmp_path, **kw) -> MultilabelDataModule:
+def coco_dm(tmp_path, on_bad_sample: str = "error", **kw) -> MultilabelDataModule:
     split = {s: {"ann_file": f"{s}/annotations/instances.json", "image_dir": f"{s}/images",
                  "captions_file": f"{s}/annotations/captions.json"} for s in ("pool", "test")}
-    return dm(tmp_path, dataset="coco", root=str(tmp_path / "coco"), image_size=16, coco_pool=split["pool"],
-              coco_test=split["test"], **kw)
+    source = CocoCaptionSource(root=str(tmp_path / "coco"), pool=split["pool"], test=split["test"], image_size=16,
+                               on_bad_sample=on_bad_sample)
+    return dm(tmp_path, source=source, **kw)
 
 
 def test_coco_targets_and_captions_come_from_the_annotations(tmp_path):
@@ -274,7 +316,7 @@ def test_coco_targets_and_captions_come_from_the_annotations(tmp_path):
     write_coco_split(tmp_path / "coco" / "pool", 10, 1)
     write_coco_split(tmp_path / "coco" / "test", 4, 2)
     d = coco_dm(tmp_path)
-    d.serve_towers(towers())
+    d.serve_frozen(towers())
     n, targets = d.fold_pool()
     inst = _json.loads((tmp_path / "coco" / "pool" / "annotations" / "instances.json").read_text())
     names = [c["name"] for c in sorted(inst["categories"], key=lambda c: c["id"])]

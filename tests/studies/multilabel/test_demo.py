@@ -26,12 +26,12 @@ def tiny_demo(tmp: Path) -> Path:
     for name in ("mlp.yaml", "agch.yaml", "probe.yaml"):
         shutil.copy(CONFIGS / name, folder / name)
     demo = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
-    towers = demo["data"]["init_args"]["towers"]["init_args"]
+    towers = demo["data"]["init_args"]["frozen"]["init_args"]
     towers.update(steps=6, batch_size=16, cache_dir=str(tmp / "standins"),
                   config=tiny_config(image_size=16, patch_size=8, hidden=16, vision_layers=1, text_layers=1, heads=2),
                   data={"n_train": 32, "n_eval": 16, "image_size": 16})
-    demo["data"]["init_args"].update(n_pool=40, n_test=16, batch_size=16, cache_dir=str(tmp / "features"),
-                                     shapes={"image_size": 16})
+    demo["data"]["init_args"]["source"]["init_args"].update(n_pool=40, n_test=16, world={"image_size": 16})
+    demo["data"]["init_args"].update(batch_size=16, cache_dir=str(tmp / "features"))
     demo["trainer"].update(max_epochs=2, enable_progress_bar=False)
     (folder / "demo.yaml").write_text("# base: seed_siglip2.yaml\n" + yaml.safe_dump(demo))
     return tmp / "configs"

@@ -116,7 +116,7 @@ def test_gradient_reaches_every_head_parameter(head: torch.nn.Module) -> None:
     _built(head).train()
     loss = CombinedLoss(MultiLabelLoss("asl"), cosine_weight=0.5,
                         hash_weight=0.1 if getattr(head, "hash_bits", None) else 0.0)
-    loss(head(image, text), y)["total"].backward()
+    loss(head(image, text), y)["loss"].backward()
     for name, p in head.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name

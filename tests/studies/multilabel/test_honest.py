@@ -20,23 +20,12 @@ from lit_experiments.core.results import check_floors, read_per_item
 from lit_experiments.core.seeding import RUN_SEED_ENV
 from lit_experiments.core.splits import SplitOverlapError
 from lit_experiments.metrics.multilabel import multilabel_metrics
-from lit_experiments.studies.multilabel import floors
-from lit_experiments.studies.multilabel import module as module_mod
+from lit_experiments.studies.multilabel import evaluation, floors
 from lit_experiments.studies.multilabel.datamodule import MultilabelDataModule
 from lit_experiments.studies.multilabel.module import MultilabelModule
 
-from .test_module import fit, test_results, write_config
-
-CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "multilabel"
-
-
-def demo_datamodule(tmp_path, **over) -> tuple[MultilabelDataModule, dict]:
-    """The demo config's datamodule (its data and caption settings; no towers: captions need none)."""
-    args = dict(load_composed(CONFIGS / "demo.yaml")["data"]["init_args"])
-    for key in ("towers", "root", "image_size", "coco_pool", "coco_test", "num_workers"):
-        args.pop(key, None)
-    args.update(cache_dir=str(tmp_path / "cache"), **over)
-    return MultilabelDataModule(**args), args
+from .helpers import CONFIGS, build_data, demo_datamodule, fit, write_config
+from .helpers import run_test as test_results
 
 
 def run_seed_env(monkeypatch, seed: int) -> None:
@@ -52,7 +41,7 @@ def named_counts(caption: str, categories: list[str]) -> set[str]:
 def test_f52_captions_not_an_oracle(tmp_path, monkeypatch):
     run_seed_env(monkeypatch, 0)
     dm, args = demo_datamodule(tmp_path)
-    p = args["caption_name_p"]
+    p = args["source"]["init_args"]["captions"]["name_p"]
     assert 0.3 <= p <= 0.6  # the demo names each object with probability about 0.5
     test = dm.base.get("test") or dm._base("test")
     cats = list(test.world.categories)
@@ -132,7 +121,7 @@ def test_f49_multilabel_headline_has_floors(tmp_path, monkeypatch):
     assert set(res["headline"]) == set(MultilabelModule.headline_metrics)
     assert check_floors(res) == []
     refs = {m: {r["name"]: r for r in rows} for m, rows in res["references"].items()}
-    dm = MultilabelDataModule(**{k: v for k, v in yaml_data(args).items() if k != "towers"})
+    dm = build_data(yaml_data(args))
     y = dm._base("test").targets
     rule = floors.caption_rule_scores(dm.captions("test"), dm.label_names)
     for metric in ("test/map", "test/knn_map"):
@@ -154,11 +143,11 @@ def test_f49_multilabel_headline_has_floors(tmp_path, monkeypatch):
     assert float(multilabel_metrics(probs, y)["map"]) == pytest.approx(res["test"]["test/map"], abs=1e-5)
     # the bug put back: a product whose floors drop the caption rule (or every floor) fails these checks
     real = floors.floor_rows
-    monkeypatch.setattr(module_mod, "floor_rows", lambda t, c, n, **kw: {
+    monkeypatch.setattr(evaluation, "floor_rows", lambda t, c, n, **kw: {
         k: [r for r in v if r[0] != floors.CAPTION_RULE] for k, v in real(t, c, n, **kw).items()})
     dropped = test_results(tmp_path, args, ckpt)
     assert all(floors.CAPTION_RULE not in {r["name"] for r in rows} for rows in dropped["references"].values())
-    monkeypatch.setattr(module_mod, "floor_rows", lambda t, c, n, **kw: {})
+    monkeypatch.setattr(evaluation, "floor_rows", lambda t, c, n, **kw: {})
     assert check_floors(test_results(tmp_path, args, ckpt))
 
 
@@ -193,18 +182,18 @@ def test_f50_seed_everything_varies_the_datamodule_and_standin_unless_pinned(tmp
     from lit_experiments.studies.multilabel import standin
 
     def seeds() -> tuple:
-        d, _ = demo_datamodule(tmp_path, n_pool=40, n_test=8)
+        d, _ = demo_datamodule(tmp_path, source={"n_pool": 40, "n_test": 8})
         d.setup("fit")
-        return d.caption_seed, d.split_indices["val"], d.sampler_seed
+        return d.source.caption_seed, d.split_indices["val"], d.sampler_seed
 
     run_seed_env(monkeypatch, 0)
     a = seeds()
     run_seed_env(monkeypatch, 1)
     b = seeds()
     assert all(x != y for x, y in zip(a, b)), (a, b)  # captions, validation split and training order all move
-    pinned, _ = demo_datamodule(tmp_path, caption_seed=7, split_seed=3, sampler_seed=5)
-    assert (pinned.caption_seed, pinned.split_seed, pinned.sampler_seed) == (7, 3, 5)
-    assert "seed" not in load_composed(CONFIGS / "demo.yaml")["data"]["init_args"]["towers"]["init_args"]
+    pinned, _ = demo_datamodule(tmp_path, source={"captions": {"seed": 7}}, splits={"split_seed": 3, "sampler_seed": 5})
+    assert (pinned.source.caption_seed, pinned.split_seed, pinned.sampler_seed) == (7, 3, 5)
+    assert "seed" not in load_composed(CONFIGS / "demo.yaml")["data"]["init_args"]["frozen"]["init_args"]
     trained = []
     monkeypatch.setattr(standin.standins, "load_or_train", lambda path, model, train, extra: trained.append(
         (path, extra["training"]["seed"])) or {"path": str(path), "cached": True})
@@ -223,6 +212,8 @@ def test_f50_seed_everything_varies_the_datamodule_and_standin_unless_pinned(tmp
 
 
 def test_f47_validation_never_shares_test_images(tmp_path):
+    from lit_experiments.studies.multilabel.sources import FileCaptionSource
+
     from .test_datamodule import dm, files_dm, write_files
 
     write_files(tmp_path / "set")
@@ -231,19 +222,19 @@ def test_f47_validation_never_shares_test_images(tmp_path):
     assert d.split_info["overlap"] == 0 and not d.split_info["tuned_on_test"]
 
     def same_file(**kw) -> MultilabelDataModule:
-        return dm(tmp_path, dataset="csv", root=str(tmp_path / "set"), file="pool.csv", test_file="pool.csv",
-                  image_size=16, **kw)
+        return dm(tmp_path, source=FileCaptionSource(root=str(tmp_path / "set"), file="pool.csv", test_file="pool.csv",
+                                                     image_size=16), **kw)
 
     with pytest.raises(SplitOverlapError, match="pool.csv"):
         same_file().setup("fit")
     marked = same_file(allow_val_test_overlap=True)
     marked.setup("fit")
     assert marked.split_info["tuned_on_test"]
-    shapes, _ = demo_datamodule(tmp_path, n_pool=24, n_test=8)
+    shapes, _ = demo_datamodule(tmp_path, source={"n_pool": 24, "n_test": 8})
     shapes.setup("fit")
     assert shapes.split_info["overlap"] == 0
-    with pytest.raises(ConfigError, match="caption_name_p"):
-        demo_datamodule(tmp_path, caption_name_p=1.5)
+    with pytest.raises((ConfigError, ValueError), match="name_p"):  # jsonargparse wraps the part's ConfigError
+        demo_datamodule(tmp_path, source={"captions": {"name_p": 1.5}})
 
 
 def test_demo_summary_floors_and_paired_bootstrap(tmp_path):

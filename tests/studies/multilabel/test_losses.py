@@ -130,8 +130,8 @@ def test_combined_loss_total_is_the_weighted_sum_of_the_parts() -> None:
     cls, hash_loss = MultiLabelLoss("asl"), HashLoss(quantization_weight=0.5, balance_weight=2.0)
     res = CombinedLoss(cls, cosine_weight=0.3, hash_weight=0.1, hash_loss=hash_loss)(out, y)
     expected = (cls(out["logits"], y) + 0.3 * CosineLoss()(out["fused"], y) + 0.1 * hash_loss(out["hash"]))
-    torch.testing.assert_close(res["total"], expected)
-    assert set(res) == {"cls", "cosine", "hash", "hash_quantization", "hash_balance", "total"}
+    torch.testing.assert_close(res["loss"], expected)
+    assert set(res) == {"cls", "cosine", "hash", "hash_quantization", "hash_balance", "loss"}
     on_hash = CombinedLoss(cls, cosine_weight=1.0, cosine_on="hash")(out, y)
     torch.testing.assert_close(on_hash["cosine"], CosineLoss()(out["hash"], y))
 
@@ -145,12 +145,12 @@ def test_combined_loss_weight_zero_removes_the_term_from_the_graph(zero: str, mo
     res = loss(out, y)
     assert not res[zero].requires_grad  # reported for the log, computed without gradient
     others = res["cls"] + sum(weights[f"{k}_weight"] * res[k] for k in ("cosine", "hash") if k != zero)
-    torch.testing.assert_close(res["total"], others)
+    torch.testing.assert_close(res["loss"], others)
     # no gradient reaches the term's input through the total (with the weight on, one does)
     for w, reaches in ((0.0, False), (0.2, True)):
         x = out[key].detach().requires_grad_()
         loss_w = CombinedLoss(MultiLabelLoss(), **(weights | {f"{zero}_weight": w}))
-        loss_w(out | {key: x}, y)["total"].backward(retain_graph=True)
+        loss_w(out | {key: x}, y)["loss"].backward(retain_graph=True)
         assert (x.grad is not None and bool(x.grad.abs().sum() > 0)) == reaches
     # a term that would poison the total (NaN) cannot reach it when its weight is 0
     part = CosineLoss if zero == "cosine" else HashLoss
@@ -163,18 +163,18 @@ def test_combined_loss_weight_zero_removes_the_term_from_the_graph(zero: str, mo
 
     monkeypatch.setattr(part, method, poisoned)
     res = loss(out, y)
-    assert torch.isfinite(res["total"]) and torch.isnan(res[zero])
+    assert torch.isfinite(res["loss"]) and torch.isnan(res[zero])
 
 
 def test_combined_loss_ablations_ab1_and_ab3() -> None:
     out, y = _head_outputs(hash_bits=None)  # AB-1: no hash layer
     res = CombinedLoss(MultiLabelLoss(), cosine_weight=0.5, hash_weight=0.0)(out, y)
-    assert "hash" not in res and torch.isfinite(res["total"])
+    assert "hash" not in res and torch.isfinite(res["loss"])
     with pytest.raises(ConfigError, match="hash_weight=0.1.*hash_bits"):
         CombinedLoss(MultiLabelLoss(), hash_weight=0.1)(out, y)
     out, y = _head_outputs()  # AB-3: hash layer, BCE only
     res = CombinedLoss(MultiLabelLoss("bce"), cosine_weight=0.0, hash_weight=0.0)(out, y)
-    torch.testing.assert_close(res["total"], F.binary_cross_entropy_with_logits(out["logits"], y))
+    torch.testing.assert_close(res["loss"], F.binary_cross_entropy_with_logits(out["logits"], y))
 
 
 @pytest.mark.parametrize("make,match", [

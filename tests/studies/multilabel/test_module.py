@@ -1,9 +1,6 @@
 """MultilabelModule through the CLI: thresholds from validation only (F41), excluded classes counted (F30), kNN
-inference against brute force, frozen towers, checkpoints tied to their towers, a reduced learning check."""
+inference against brute force, frozen towers, checkpoints tied to their towers (the learning check: test_learning.py)."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,75 +9,16 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from lit_experiments.cli import main
-from lit_experiments.core.configs import load_composed, merge
+from lit_experiments.core.configs import load_composed
 from lit_experiments.metrics.multilabel import multilabel_metrics, tune_thresholds
-from lit_experiments.studies.multilabel import datamodule as dm_mod
 from lit_experiments.studies.multilabel.datamodule import MultilabelDataModule
 from lit_experiments.studies.multilabel.module import MultilabelModule
+from lit_experiments.studies.multilabel.sources import ShapesCaptionSource
 from lit_experiments.studies.multilabel.towers import SiglipTowers
 
+from .helpers import CONFIGS, fit, module_and_data, write_config
+from .helpers import run_test as test_results
 from .tiny import tiny
-
-ROOT = Path(__file__).resolve().parents[3]
-CONFIGS = ROOT / "configs" / "multilabel"
-
-
-def write_config(tmp: Path, variant: str = "mlp.yaml", name: str = "run", **data) -> list[str]:
-    """``-c`` args: the demo (over the seed config), a variant and a tiny override with ``data`` on top."""
-    raw = load_composed(CONFIGS / "demo.yaml")
-    over = merge(tiny(CONFIGS / "demo.yaml", raw, tmp), {
-        "data": {"init_args": {"n_pool": 64, "n_test": 32, "batch_size": 16, **data}},
-        "trainer": {"max_epochs": 3, "num_sanity_val_steps": 0, "run_dir": str(tmp / name)}})
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(over))
-    return ["-c", str(CONFIGS / "seed_siglip2.yaml"), "-c", str(CONFIGS / "demo.yaml"), "-c", str(CONFIGS / variant),
-            "-c", str(path)]
-
-
-def fit(args: list[str], tmp: Path, name: str = "run") -> Path:
-    assert main(["fit", *args]) in (0, None)
-    ckpts = sorted((tmp / name).rglob("*.ckpt"))
-    assert ckpts
-    return ckpts[-1]
-
-
-def test_results(tmp: Path, args: list[str], ckpt: Path, name: str = "run") -> dict:
-    before = set((tmp / name).rglob("results.json"))
-    assert main(["test", *args, f"--ckpt_path={ckpt}"]) in (0, None)
-    new = sorted(set((tmp / name).rglob("results.json")) - before)
-    return json.loads(new[-1].read_text())
-
-
-test_results.__test__ = False  # a helper, not a test
-
-
-def module_and_data(ckpt: Path, args: list[str]) -> tuple[MultilabelModule, MultilabelDataModule]:
-    """The fitted module (weights of ``ckpt``) and its datamodule, built as the CLI builds them."""
-    from lit_experiments.experiments.cv import pool_of
-
-    files = [a for a in args if a != "-c"]
-    dm = pool_of(files)[0]
-    module = MultilabelModule(**_model_parts(files))
-    dm.setup("fit")
-    module.dry_run(next(iter(dm.train_dataloader())))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
-    return module.eval(), dm
-
-
-def _model_parts(files: list[str]) -> dict:
-    import lightning as L
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(L.LightningModule, "model")
-    cfg = None
-    for f in files:
-        section = (yaml.safe_load(Path(f).read_text()) or {}).get("model")
-        if section is not None:
-            cfg = parser.parse_object({"model": section}, cfg_base=cfg, defaults=cfg is None)
-    model = parser.instantiate_classes(cfg).model
-    return {"head": model.head, "loss": model.loss, "knn": model.knn_args}
 
 
 @torch.no_grad()
@@ -114,7 +52,7 @@ def test_f41_stored_thresholds_come_from_validation_and_test_labels_do_not_move_
 
 
 def test_f30_classes_without_positives_are_excluded_and_counted_in_the_test(tmp_path):
-    args = write_config(tmp_path, label_space="color_x_category")
+    args = write_config(tmp_path, source={"label_space": "color_x_category"})
     ckpt = fit(args, tmp_path)
     res = test_results(tmp_path, args, ckpt)["test"]
     module, dm = module_and_data(ckpt, args)
@@ -153,11 +91,11 @@ def test_towers_get_no_gradient_and_do_not_change(tmp_path):
     import lightning as L
 
     towers = SiglipTowers(config=yaml.safe_load(yaml.safe_dump(
-        tiny(CONFIGS / "demo.yaml", load_composed(CONFIGS / "demo.yaml"), tmp_path)["data"]["init_args"]["towers"][
+        tiny(CONFIGS / "demo.yaml", load_composed(CONFIGS / "demo.yaml"), tmp_path)["data"]["init_args"]["frozen"][
             "init_args"]["config"])))
     digest = towers.weights_digest()
-    dm = MultilabelDataModule(towers=towers, n_pool=48, n_test=16, batch_size=16, cache_dir=str(tmp_path / "c"),
-                              shapes={"image_size": 16})
+    dm = MultilabelDataModule(frozen=towers, source=ShapesCaptionSource(n_pool=48, n_test=16, world={"image_size": 16}),
+                              batch_size=16, cache_dir=str(tmp_path / "c"))
     module = MultilabelModule()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, default_root_dir=str(tmp_path))
@@ -174,31 +112,18 @@ def test_a_checkpoint_of_other_towers_is_refused(tmp_path, capsys):
     args = write_config(tmp_path)
     ckpt = fit(args, tmp_path)
     other = tmp_path / "other.yaml"
-    other.write_text("data: {init_args: {towers: {init_args: {init_seed: 7}}}}\n")
+    other.write_text("data: {init_args: {frozen: {init_args: {init_seed: 7}}}}\n")
     with pytest.raises(SystemExit) as err:
         main(["test", *args, "-c", str(other), f"--ckpt_path={ckpt}"])
     assert err.value.code == 2
     assert "other towers" in capsys.readouterr().err
 
 
-def test_learning_check_the_heads_learn_from_tower_embeddings(tmp_path):
-    """Reduced learning check: random tiny towers still pass caption words through; the baseline head fitted on
-    128 pool images beats the prevalence ranking (mAP = mean positive rate) on held-out images by a margin."""
-    args = write_config(tmp_path, n_pool=160, n_test=64)
-    (tmp_path / "longer.yaml").write_text("trainer: {max_epochs: 12}\n")
-    args += ["-c", str(tmp_path / "longer.yaml")]
-    ckpt = fit(args, tmp_path)
-    res = test_results(tmp_path, args, ckpt)["test"]
-    targets = dm_mod.ShapesCaptioned(64, 3, {**dm_mod.default_world(), "image_size": 16}).targets
-    chance = float(targets.mean(0)[targets.sum(0) > 0].mean())
-    assert res["test/map"] > chance + 0.2, (res["test/map"], chance)
-
-
 def test_product_quantiser_knn_without_faiss_is_a_clear_config_error(monkeypatch):
     import builtins
 
     from lit_experiments.core.errors import ConfigError
-    from lit_experiments.studies.multilabel.module import KnnArgs
+    from lit_experiments.studies.multilabel.module import MultilabelKnn
 
     real_import = builtins.__import__
 
@@ -209,6 +134,6 @@ def test_product_quantiser_knn_without_faiss_is_a_clear_config_error(monkeypatch
 
     monkeypatch.setattr(builtins, "__import__", no_faiss)
     with pytest.raises(ConfigError, match="knn.index: pq: .*faiss"):
-        MultilabelModule(knn=KnnArgs(index="pq"))
+        MultilabelModule(knn=MultilabelKnn(index="pq"))
     with pytest.raises(ConfigError, match="knn.index='ivf'"):
-        MultilabelModule(knn=KnnArgs(index="ivf"))
+        MultilabelModule(knn=MultilabelKnn(index="ivf"))

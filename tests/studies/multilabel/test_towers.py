@@ -7,7 +7,7 @@ from torch import nn
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.shapes import ShapesWorld
-from lit_experiments.studies.multilabel.towers import SHAPES_VOCAB, SiglipTowers, tiny_config
+from lit_experiments.studies.multilabel.towers import SHAPES_VOCAB, Siglip2Towers, SiglipTowers, tiny_config
 
 CFG = tiny_config(image_size=16, patch_size=8, hidden=32, vision_layers=1, text_layers=1, heads=2, text_len=12)
 CFG2 = {"text_config": dict(CFG["text_config"]),
@@ -35,8 +35,9 @@ def test_shapes_and_model_class(towers: SiglipTowers, images: torch.Tensor) -> N
 
 
 def test_siglip2_naflex_builds_offline(images: torch.Tensor) -> None:
-    t = SiglipTowers(config=CFG2, kind="siglip2")
-    assert type(t.model).__name__ == "Siglip2Model"
+    t = Siglip2Towers(config=CFG2)
+    assert type(t.model).__name__ == "Siglip2Model" and t.kind == "siglip2"
+    assert t.image_size == 16  # the patch budget's square: patch 8 x sqrt(4 patches)
     inputs = t.image_inputs(images)
     assert inputs["pixel_values"].shape == (4, 4, 3 * 8 * 8)
     assert inputs["spatial_shapes"].tolist() == [[2, 2]] * 4
@@ -119,7 +120,7 @@ def test_checkpoint_roundtrip_offline(tmp_path, images: torch.Tensor, monkeypatc
 
 def test_bad_arguments_are_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError, match="kind='clip'"):
+    with pytest.raises(TypeError, match="kind"):  # the class is the switch: no string picks the model class
         SiglipTowers(config=CFG, kind="clip")
     with pytest.raises(ConfigError, match="text_mask_policy='none'"):
         SiglipTowers(config=CFG, text_mask_policy="none")

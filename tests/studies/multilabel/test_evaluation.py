@@ -1,4 +1,4 @@
-"""Inference of the multi-label study: threshold policies (F41), kNN vs brute force, per-class table (F30)."""
+"""Evaluation of the multi-label study: threshold policies (F41), kNN vs brute force, per-class table (F30)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,9 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from lit_experiments.metrics import tune_thresholds
-from lit_experiments.studies.multilabel import inference
-from lit_experiments.studies.multilabel.inference import (
-    ProductQuantizerIndex,
-    ThresholdPolicy,
-    knn_scores,
-    per_class_table,
-    write_per_class,
-)
+from lit_experiments.studies.multilabel import evaluation
+from lit_experiments.studies.multilabel.evaluation import ThresholdPolicy, per_class_table, write_per_class
+from lit_experiments.studies.multilabel.knn import ProductQuantizerIndex, knn_scores
 
 
 def _split(seed: int, n: int = 120, c: int = 5, ties: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +74,7 @@ def test_f41_tuned_thresholds_ignore_test_labels(monkeypatch):
         seen.append(targets.clone())
         return tune_thresholds(scores, targets, default)
 
-    monkeypatch.setattr(inference, "tune_thresholds", spy)
+    monkeypatch.setattr(evaluation, "tune_thresholds", spy)
     results = {}
     for name, labels in (("test", tt), ("flipped", 1 - tt)):
         policy = ThresholdPolicy().fit(vs, vt)
