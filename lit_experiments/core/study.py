@@ -269,7 +269,18 @@ def _to_jsonable(value: Any) -> Any:
 
 
 class StudyDataModule(L.LightningDataModule):
-    """A LightningDataModule with an example batch for lazy builds and evaluation loaders that never pad (F37)."""
+    """A LightningDataModule with an example batch for lazy builds and evaluation loaders that never pad (F37).
+
+    DataLoader switches (issue 24), set from the YAML with ``trainer.loader: {pin_memory: true, ...}`` (every
+    study) or a stage's ``data:``; the defaults leave a CPU run as it was:
+    ``pin_memory`` (None: pin when the Trainer trains on a CUDA device), ``persistent_workers`` (None: when
+    ``num_workers > 0``), ``prefetch_factor`` (None: PyTorch's 2 batches per worker). A datamodule that builds its
+    own DataLoader passes :meth:`loader_kwargs`.
+    """
+
+    pin_memory: bool | None = None
+    persistent_workers: bool | None = None
+    prefetch_factor: int | None = None
 
     def __init__(self, batch_size: int = 32, num_workers: int = 0, eval_batch_size: int | None = None,
                  fold: dict[str, Any] | None = None) -> None:
@@ -331,16 +342,41 @@ class StudyDataModule(L.LightningDataModule):
         self.setup("test")
         return self.test_dataloader()
 
+    def loader_kwargs(self, train: bool = True, num_workers: int | None = None) -> dict[str, Any]:
+        """``num_workers`` and the DataLoader switches (class docstring) for a loader of ``num_workers`` workers (default
+        the datamodule's). A switch at its default adds no key beyond ``persistent_workers`` of a training loader (as
+        before), so a CPU run's DataLoader is built exactly as it was; evaluation loaders keep their workers only when
+        ``persistent_workers`` is set true."""
+        workers = int(self.num_workers if num_workers is None else num_workers)
+        kwargs: dict[str, Any] = {"num_workers": workers}
+        persistent = self.persistent_workers
+        if train:
+            kwargs["persistent_workers"] = workers > 0 if persistent is None else bool(persistent) and workers > 0
+        elif persistent and workers > 0:
+            kwargs["persistent_workers"] = True
+        pin = self.pin_memory
+        if pin is None:
+            accelerator = getattr(self.trainer, "accelerator", None) if self.trainer is not None else None
+            pin = type(accelerator).__name__ == "CUDAAccelerator"
+        if pin:
+            kwargs["pin_memory"] = True
+        if self.prefetch_factor is not None and workers > 0:
+            kwargs["prefetch_factor"] = int(self.prefetch_factor)
+        return kwargs
+
     def train_loader(self, dataset: Dataset, shuffle: bool = True, **kwargs: Any) -> DataLoader:
         kwargs.setdefault("batch_size", self.batch_size)
         kwargs.setdefault("num_workers", self.num_workers)
-        kwargs.setdefault("persistent_workers", kwargs["num_workers"] > 0)
+        for key, value in self.loader_kwargs(True, kwargs["num_workers"]).items():
+            kwargs.setdefault(key, value)
         return DataLoader(dataset, shuffle=shuffle, **kwargs)
 
     def eval_loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         """Evaluation loader; under DDP each rank gets a disjoint, un-padded share of the samples (F37)."""
         kwargs.setdefault("batch_size", self.eval_batch_size or self.batch_size)
         kwargs.setdefault("num_workers", self.num_workers)
+        for key, value in self.loader_kwargs(False, kwargs["num_workers"]).items():
+            kwargs.setdefault(key, value)
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from .freezing import StageFreeze
@@ -18,7 +19,51 @@ from .loggers import WandbSpec, csv_logger, make_wandb_logger
 from .rundir import AppendingCSVLogger
 from .specs import StageSpec
 
-CORE_CALLBACKS = (LazyBuild, StageFreeze, TrainingHealth)
+#: DataLoader switches ``trainer.loader`` may set on the datamodule (see core.study.StudyDataModule)
+LOADER_KEYS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
+
+
+class Speedups(Callback):
+    """The performance switches of a run (issue 24), applied in ``setup`` after LazyBuild and StageFreeze, so
+    "trainable" means trainable in the stage that starts. Added to a Trainer only when a switch is on.
+
+    Args:
+        compile: ``torch.compile`` every top-level part with a trainable parameter (``nn.Module.compile``, in place:
+            parameter names and checkpoints stay as they are); a dict is ``torch.compile``'s keywords
+            (``{mode: max-autotune}``). A part compiled in an earlier stage stays compiled.
+        channels_last: the module's 4-D weights (convolutions) in channels-last memory format.
+        loader: DataLoader switches set on the datamodule before its loaders are built (``LOADER_KEYS``).
+    """
+
+    def __init__(self, compile: bool | dict[str, Any] = False, channels_last: bool = False,
+                 loader: dict[str, Any] | None = None) -> None:
+        unknown = sorted(set(loader or {}) - set(LOADER_KEYS))
+        if unknown:
+            from .errors import ConfigError
+
+            raise ConfigError(f"trainer.loader: unknown key(s) {unknown}; expected some of {list(LOADER_KEYS)}")
+        self.compile, self.channels_last, self.loader = compile, channels_last, dict(loader or {})
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        for key, value in self.loader.items():
+            if dm is None or not hasattr(dm, key):
+                from .errors import ConfigError
+
+                raise ConfigError(f"trainer.loader.{key}: the datamodule {type(dm).__name__} has no {key!r}")
+            setattr(dm, key, value)
+        if stage != "fit":
+            return
+        if self.channels_last:
+            pl_module.to(memory_format=torch.channels_last)
+        if self.compile:
+            options = self.compile if isinstance(self.compile, dict) else {}
+            for _, part in pl_module.named_children():
+                if getattr(part, "_compiled_call_impl", None) is None and any(p.requires_grad for p in part.parameters()):
+                    part.compile(**options)
+
+
+CORE_CALLBACKS = (LazyBuild, StageFreeze, TrainingHealth, Speedups)
 
 
 def default_run_dir() -> Path:
@@ -42,17 +87,23 @@ class LitTrainer(L.Trainer):
         wandb: log to wandb as well (see :class:`WandbSpec`); offline automatically without an API key.
         health: per-check policy of the TrainingHealth guard (``error`` / ``warn`` / ``off``).
         health_steps: how many first steps of each stage the guard inspects.
+        compile: ``torch.compile`` the parts trainable in a stage (a dict: ``torch.compile``'s keywords); off by default.
+        channels_last: convolution weights in channels-last memory format (faster convolutions with bf16 on a GPU).
+        loader: DataLoader switches set on the datamodule: ``num_workers``, ``pin_memory`` (default: pin on a CUDA
+            device), ``persistent_workers``, ``prefetch_factor``. cuDNN's autotuner is Lightning's ``benchmark``.
         **kwargs: every ``lightning.Trainer`` argument.
     """
 
     def __init__(self, run_dir: str | None = None, wandb: WandbSpec | None = None,
-                 health: dict[str, str] | None = None, health_steps: int = 3, **kwargs: Any) -> None:
+                 health: dict[str, str] | None = None, health_steps: int = 3, compile: bool | dict[str, Any] = False,
+                 channels_last: bool = False, loader: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self.run_dir = Path(run_dir) if run_dir else default_run_dir()
         # the run's seed (set by `seed_everything` before the Trainer is built); stage i uses seed + i
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.wandb_spec = wandb
         self.health_policy = dict(health or {})
         self.health_steps = health_steps
+        self.compile, self.channels_last, self.loader = compile, channels_last, loader
         callbacks = kwargs.pop("callbacks", None) or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         from lightning.pytorch.cli import SaveConfigCallback
@@ -70,6 +121,8 @@ class LitTrainer(L.Trainer):
         self.config_yaml: str | None = None  # the resolved CLI config, saved / compared by the curriculum
         self._base_kwargs = {k: v for k, v in kwargs.items() if k not in ("max_epochs", "max_steps", "default_root_dir")}
         core = [LazyBuild(), StageFreeze(), TrainingHealth(self.health_policy, health_steps)]
+        if compile or channels_last or loader:
+            core.append(Speedups(compile, channels_last, loader))
         super().__init__(callbacks=core + callbacks, logger=logger, **kwargs)
 
     def make_loggers(self, directory: Path, with_wandb: bool = True) -> list:
@@ -115,7 +168,8 @@ class LitTrainer(L.Trainer):
             kwargs["enable_checkpointing"] = True
         loggers = [AppendingCSVLogger(stage_dir)] + list(shared_loggers or [])
         return LitTrainer(run_dir=str(self.run_dir), wandb=None, health=self.health_policy,
-                          health_steps=self.health_steps, callbacks=callbacks, logger=loggers,
+                          health_steps=self.health_steps, compile=self.compile, channels_last=self.channels_last,
+                          loader=self.loader, callbacks=callbacks, logger=loggers,
                           default_root_dir=str(stage_dir), **self.stage_length(stage), **kwargs)
 
     def curriculum(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,

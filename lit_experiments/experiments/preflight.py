@@ -173,7 +173,8 @@ def _stage_trainer(base: Any, probe: Any, root: Path, steps: int) -> Any:
         kwargs.pop(key, None)
     switches = {k: getattr(base, k) for k in ("compile", "channels_last", "loader") if hasattr(base, k)}
     kwargs.update({k: v for k, v in switches.items() if k not in kwargs})
-    return LitTrainer(run_dir=str(root), wandb=None, health=base.health_policy, health_steps=base.health_steps,
+    # TrainingHealth inspects the first step only: its checks run, and the timed steps after it are plain ones
+    return LitTrainer(run_dir=str(root), wandb=None, health=base.health_policy, health_steps=min(1, base.health_steps),
                       callbacks=copy.deepcopy(base._pristine_callbacks) + [probe], logger=False,
                       default_root_dir=str(root), max_epochs=1, max_steps=-1, limit_train_batches=steps,
                       limit_val_batches=1, val_check_interval=1.0, check_val_every_n_epoch=1, num_sanity_val_steps=0,
@@ -272,8 +273,13 @@ def project(row: dict[str, Any], built: Built, stage: Any, card: dict[str, Any] 
             runs = batches // interval
         elif every:
             runs = math.ceil((batches / steps_per_epoch) / every) if steps_per_epoch else 0
+    # once per stage: the Trainer's set-up (LazyBuild, StageFreeze, the optimizer, the loaders) and the first step's
+    # warm-up beyond a plain step, as measured in the preflight's own run of the stage
+    timed = sum(row.get("step_times") or []) + sum(row.get("data_times") or []) + (row.get("eval_total_s") or 0.0)
+    warm_up = max(0.0, (row.get("first_step_s") or 0.0) - (row["step_s"] or 0.0))
+    row["stage_setup_s"] = max(0.0, (row.get("wall_s") or 0.0) - timed) + warm_up
     row.update(val_pass_s=val_pass, val_runs=runs,
-               stage_s=(batches * per_batch + runs * (val_pass or 0.0)) if batches else None)
+               stage_s=(batches * per_batch + runs * (val_pass or 0.0) + row["stage_setup_s"]) if batches else None)
     if card is None or card.get("bf16_tflops") is None:
         return
     flops = row.get("flops_per_step")

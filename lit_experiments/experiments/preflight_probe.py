@@ -33,7 +33,7 @@ def _tree_tensors(obj: Any) -> Iterator[Any]:
 
 
 def _live_bytes_mode(track_bytes: bool = True) -> Any:
-    """A dispatch mode that counts the operators run (``ops``) and, with ``track_bytes``, the bytes of every tensor
+    """A dispatch mode that counts the operators run (``ops``, views left out) and, with ``track_bytes``, the bytes of every tensor
     storage allocated while it is on (and freed: a weak reference on the storage), keeping the peak; in-place results
     and views of existing storages do not count."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -53,7 +53,8 @@ def _live_bytes_mode(track_bytes: bool = True) -> Any:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
             out = func(*args, **(kwargs or {}))
-            self.ops += 1
+            if not getattr(func, "is_view", False):  # a view launches no kernel
+                self.ops += 1
             if not track_bytes:
                 return out
             inputs = set()

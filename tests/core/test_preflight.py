@@ -72,7 +72,9 @@ def test_toy_numbers_match_independent_measurements(toy_report):
     assert (encoder["stage_batches"], head_stage["stage_batches"]) == (2 * 8, 1 * 4)
     for row in (encoder, head_stage):
         assert row["epoch_s"] == pytest.approx(row["steps_per_epoch"] * (row["step_s"] + row["data_s"]))
-        assert row["stage_s"] >= row["stage_batches"] * (row["step_s"] + row["data_s"])
+        assert row["stage_s"] == pytest.approx(row["stage_batches"] * (row["step_s"] + row["data_s"]) + row["val_runs"]
+                                               * row["val_pass_s"] + row["stage_setup_s"])
+        assert row["stage_setup_s"] >= 0 and row["val_runs"] == {"encoder": 2, "head": 1}[row["stage"]]
         # CPU peak: at least the parameters, their gradients and the batch
         assert row["peak_bytes"] > tensor_bytes(model)
         assert row["card"]["fits"] is True and row["card"]["step_s"] > 0
@@ -148,3 +150,42 @@ def test_a_weight_file_is_reported_with_its_sha256(tmp_path):
     raw["model"]["init_args"]["encoder"]["init_args"]["pretrained"] = str(tmp_path / "gone.pt")
     with pytest.raises(ConfigError, match="gone.pt"):
         config_weights(raw, [config])
+
+
+# ------------------------------------------------------------------ performance switches (issue 24, item 2)
+def test_switches_off_by_default_leave_trainer_and_loaders_as_they_were(tmp_path):
+    from lit_experiments.core.trainer import LitTrainer, Speedups
+
+    trainer = LitTrainer(run_dir=str(tmp_path / "run"), accelerator="cpu", logger=False)
+    assert not any(isinstance(cb, Speedups) for cb in trainer.callbacks)
+    dm = ToyDataModule()
+    dm.setup("fit")
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert (train.num_workers, train.pin_memory, train.persistent_workers) == (0, False, False)
+    assert (val.num_workers, val.pin_memory, val.persistent_workers) == (0, False, False)
+    assert dm.loader_kwargs() == {"num_workers": 0, "persistent_workers": False}
+
+
+def test_switches_compile_trainable_parts_set_loader_and_carry_to_every_stage(tmp_path):
+    from types import SimpleNamespace
+
+    from lit_experiments.core.freezing import apply_stage_freeze
+    from lit_experiments.core.specs import StageSpec
+    from lit_experiments.core.trainer import LitTrainer, Speedups
+
+    model, dm = independent_toy()
+    apply_stage_freeze(model, ["head"], "head")
+    switches = Speedups(compile=True, channels_last=True, loader={"pin_memory": True, "persistent_workers": True})
+    switches.setup(SimpleNamespace(datamodule=dm), model, "fit")
+    assert model.head._compiled_call_impl is not None and model.encoder._compiled_call_impl is None
+    assert dm.pin_memory is True and dm.train_dataloader().pin_memory is True
+    conv = torch.nn.Conv2d(3, 4, 3)
+    Speedups(channels_last=True).setup(SimpleNamespace(datamodule=None), conv, "fit")
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ConfigError, match="pin_memroy"):
+        Speedups(loader={"pin_memroy": True})
+    base = LitTrainer(run_dir=str(tmp_path / "run"), accelerator="cpu", logger=False, compile={"dynamic": False},
+                      loader={"num_workers": 0})
+    stage = base.stage_trainer(StageSpec(name="s", max_epochs=1), tmp_path / "s", checkpoint=False)
+    carried = [cb for cb in stage.callbacks if isinstance(cb, Speedups)]
+    assert len(carried) == 1 and carried[0].compile == {"dynamic": False} and carried[0].loader == {"num_workers": 0}
