@@ -63,6 +63,7 @@ def card_step(run_dir: Path, ckpt: Path, out: Path) -> list[dict[str, Any]]:
     from .deploy import latency_card
 
     model, dm, _ = load_study([str(run_dir / "config.yaml")], str(ckpt))
+    dm.text_tower = model.student.text_encoder  # the loaders serve the student's ids (no trainer attaches it)
     dm.setup("test")
     loaders = dm.test_dataloader()
     images = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
@@ -74,7 +75,7 @@ def card_step(run_dir: Path, ckpt: Path, out: Path) -> list[dict[str, Any]]:
 
     metrics = {"teacher": metric(model.teacher_calibration.postprocess_kwargs()), "student_fp32": metric(calibrated),
                "student_int8_weight_only": metric(calibrated), "student_onnx": metric(calibrated)}
-    return latency_card(dm.teacher, model, batch, out, metrics=metrics, metric_name="test/miou")
+    return latency_card(dm.frozen, model, batch, out, metrics=metrics, metric_name="test/miou")
 
 
 def _fmt(v: Any) -> str:

@@ -35,7 +35,7 @@ def export_parts(module: Any, batch: dict) -> dict[str, ExportPart]:
     """The student's parts on ``batch`` (``image`` (U, 3, H, W), ``student_input_ids`` (U, L)) as
     :class:`~lit_experiments.deploy.export.ExportPart`; the decoder's example inputs are the encoders' outputs."""
     student = module.student.eval()
-    images, ids = batch["image"].cpu(), batch["student_input_ids"].cpu()
+    images, ids = batch["image"].cpu(), module.student_ids(batch).cpu()
     with torch.no_grad():
         features = student.encode_image(images)
         tokens, pooled, pad = student.encode_text(ids)

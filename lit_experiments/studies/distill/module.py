@@ -57,6 +57,7 @@ from .components.calibration import (
     fit_calibration,
 )
 from .components.clips import flatten_clips, temporal_change
+from .components.prompts import student_ids
 from .components.references import UnitIds, family_scores, predict_nothing, prompt_blind
 from .components.student import Student
 from .components.testing import METRICS, DistillTestMixin
@@ -226,7 +227,17 @@ class DistillModule(DistillTestMixin, StudyModule):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         if batch["image"].dim() == 5:  # clips: every frame is a unit
             batch = flatten_clips(batch)
-        return self.student(batch["image"], batch["student_input_ids"])
+        return self.student(batch["image"], self.student_ids(batch))
+
+    def student_ids(self, batch: dict) -> torch.Tensor:
+        """The batch's ``student_input_ids``, or its prompts tokenized by the student's own text tower (a
+        datamodule used without this module at hand serves no student ids)."""
+        if "student_input_ids" in batch:
+            return batch["student_input_ids"]
+        text = self.student.text_encoder
+        if getattr(self, "_tokenizer", None) is None:
+            self._tokenizer = text.tokenizer()
+        return student_ids(self._tokenizer, batch["prompt"], text.context_length).to(batch["image"].device)
 
     def dry_run(self, batch: dict) -> None:
         self(batch)
@@ -294,10 +305,10 @@ class DistillModule(DistillTestMixin, StudyModule):
         """F53: before the first distillation, the teacher against ground truth on every prompt family of the
         validation images (``results.json["teacher_families"]``)."""
         super().on_fit_start()
-        dm = getattr(self.trainer, "datamodule", None)
-        if "teacher_families" in self.extra_results or getattr(dm, "teacher", None) is None:
+        if "teacher_families" in self.extra_results or self.frozen is None:
             return
-        if hasattr(dm, "sampler") or hasattr(dm, "prepare"):
+        dm = self.trainer.datamodule
+        if hasattr(dm, "prepare"):
             self.add_results("teacher_families", family_scores(dm, "val"))
 
     # ------------------------------------------------------------------ validation
@@ -335,8 +346,8 @@ class DistillModule(DistillTestMixin, StudyModule):
         update_metric(self.test_raw, postprocess(out, size=size), batch["targets"])
         dm = getattr(self.trainer, "datamodule", None)
         update_metric(self.test_floors["predict_nothing"], predict_nothing(batch["targets"]), batch["targets"])
-        if dm is not None and hasattr(dm, "source"):
-            update_metric(self.test_floors["prompt_blind"], prompt_blind(dm.source("test"), batch["index"],
+        if dm is not None and hasattr(dm, "unit_source"):
+            update_metric(self.test_floors["prompt_blind"], prompt_blind(dm.unit_source("test"), batch["index"],
                                                                          batch["targets"]), batch["targets"])
         self.test_ids.update(batch["index"], batch["unit"])
         self.test_records["student"].update(calibration_records(out, batch["targets"]))
@@ -377,9 +388,8 @@ class DistillModule(DistillTestMixin, StudyModule):
             gallery = self.write_gallery()
             if gallery:
                 self.add_results("gallery", gallery)
-        dm = getattr(self.trainer, "datamodule", None)
-        if getattr(dm, "teacher", None) is not None and hasattr(dm.teacher, "settings"):
-            self.add_results("teacher", dm.teacher.settings())
+        if self.frozen is not None and hasattr(self.frozen, "settings"):
+            self.add_results("teacher", self.frozen.settings())
         self._clip_results(undefined)
         self._calibration_results()
         self.add_results("calibration", self.calibration.state_dict())

@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from lit_experiments.core.errors import ConfigError
+from lit_experiments.studies.distill.components.sources import DistillCoco, DistillShapes
 from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
-from lit_experiments.studies.distill.datamodule import DistillDataModule, EpochSampler, student_tokenizer
+from lit_experiments.studies.distill.datamodule import DistillDataModule, EpochSampler
+
+from .helpers import make_dm
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +21,16 @@ def teacher() -> Sam3Teacher:
 def make(tmp_path, teacher=None, **kw) -> DistillDataModule:
     args = {"n_train": 12, "n_val": 4, "n_test": 4, "shapes": {"image_size": 32}, "cache_dir": str(tmp_path),
             "batch_size": 4, **kw}
-    dm = DistillDataModule(teacher=teacher, **args)
+    dm = make_dm(teacher=teacher, **args)
     dm.setup("fit")
     return dm
 
 
 def test_items_carry_both_models_ids_of_their_own_prompt(tmp_path, teacher):
     dm = make(tmp_path, teacher)
-    tok = student_tokenizer("MobileCLIP-S1", 32)
+    import open_clip
+
+    tok = open_clip.get_tokenizer("MobileCLIP-S1", context_length=32)  # the student's tower's (read by the data)
     for split in ("train", "val"):
         ds = dm.split(split)
         for j in range(len(ds)):
@@ -39,7 +44,7 @@ def test_items_carry_both_models_ids_of_their_own_prompt(tmp_path, teacher):
 
 def test_targets_are_the_prompts_instances_and_negatives_are_empty(tmp_path):
     dm = make(tmp_path)
-    ds, src = dm.split("val"), dm.source("val")
+    ds, src = dm.split("val"), dm.unit_source("val")
     kinds = set()
     for j in range(len(ds)):
         item = ds[j]
@@ -110,9 +115,16 @@ def test_cached_teacher_outputs_equal_the_teacher(tmp_path, teacher):
 
 
 def test_bad_config_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="dataset='nope'"):
-        DistillDataModule(dataset="nope")
-    with pytest.raises(ConfigError, match="coco needs root"):
-        DistillDataModule(dataset="coco")
+    from lit_experiments.deploy.build import build_study
+
+    bad = tmp_path / "bad.yaml"  # a source that names no class (the string that picked one is gone)
+    bad.write_text("model: {class_path: lit_experiments.studies.distill.module.DistillModule, init_args: {student: "
+                   "{class_path: lit_experiments.studies.distill.components.student.Student}}}\n"
+                   "data: {class_path: lit_experiments.studies.distill.datamodule.DistillDataModule, "
+                   "init_args: {source: {class_path: nope}}}\n")
+    with pytest.raises(ConfigError, match="source"):
+        build_study([str(bad)])
+    with pytest.raises(ConfigError, match="DistillCoco needs root"):
+        DistillCoco(None, None, None, None, None)
     with pytest.raises(ConfigError, match="prompts: unknown keys"):
-        DistillDataModule(prompts={"ratio": {}})
+        DistillDataModule(DistillShapes(), prompts={"ratio": {}})

@@ -11,9 +11,10 @@ import torch
 from lit_experiments.studies.distill import deploy
 from lit_experiments.studies.distill.components.student import OUTPUT_KEYS, tiny_student
 from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
-from lit_experiments.studies.distill.datamodule import DistillDataModule
 from lit_experiments.studies.distill.evaluation import postprocess
 from lit_experiments.studies.distill.module import DistillModule
+
+from .helpers import make_dm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def setup(tmp_path_factory) -> tuple[Sam3Teacher, DistillModule, dict]:
     torch.manual_seed(0)
     teacher = Sam3Teacher(config=tiny_config(image_size=32, patch_size=8, hidden=32, num_queries=4))
-    dm = DistillDataModule(teacher=teacher, n_train=2, n_val=2, n_test=3, shapes={"image_size": 32},
+    dm = make_dm(teacher=teacher, n_train=2, n_val=2, n_test=3, shapes={"image_size": 32},
                            cache_dir=str(tmp_path_factory.mktemp("cache")), eval_batch_size=6)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))

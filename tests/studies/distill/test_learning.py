@@ -15,6 +15,8 @@ from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny
 from lit_experiments.studies.distill.datamodule import DistillDataModule, collate_units
 from lit_experiments.studies.distill.module import DistillModule
 
+from .helpers import make_dm
+
 COLORS = ("red", "green", "blue")
 WORLD = {"image_size": 32, "max_objects": 2, "size_range": (0.3, 0.5), "colors": list(COLORS)}
 
@@ -36,7 +38,7 @@ def test_student_learns_colour_prompts_from_the_standin_teacher(tmp_path):
         standin._fit(teacher, {**standin.DEFAULT_DATA, **WORLD, "n_train": 256}, steps=150, batch_size=16, lr=3e-3,
                      seed=0, log_every=150)
         torch.manual_seed(0)
-        dm = DistillDataModule(teacher=teacher, concept="color", shapes=WORLD, n_train=256, n_val=48, n_test=8,
+        dm = make_dm(teacher=teacher, concept="color", shapes=WORLD, n_train=256, n_val=48, n_test=8,
                                prompts={"ratios": {"category": 0.75, "generic": 0.0, "negative": 0.25},
                                         "generic": [], "per_image": 2},
                                batch_size=32, cache_dir=str(tmp_path / "cache"))

@@ -11,8 +11,9 @@ from lit_experiments.core.lazy import LazyBuild
 from lit_experiments.core.specs import StageSpec
 from lit_experiments.studies.distill.components.student import tiny_student
 from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
-from lit_experiments.studies.distill.datamodule import DistillDataModule
 from lit_experiments.studies.distill.module import DistillModule
+
+from .helpers import make_dm
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def teacher() -> Sam3Teacher:
 
 def test_decoder_stage_fits_stores_calibration_and_tables_student_and_teacher(tmp_path, teacher):
     torch.manual_seed(0)
-    dm = DistillDataModule(teacher=teacher, n_train=16, n_val=8, n_test=8, shapes={"image_size": 32},
+    dm = make_dm(teacher=teacher, n_train=16, n_val=8, n_test=8, shapes={"image_size": 32},
                            cache_dir=str(tmp_path / "cache"), batch_size=8)
     module = DistillModule(tiny_student(image_size=32, num_queries=4))
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -70,7 +71,7 @@ def test_unknown_objectives_and_args_are_named():
 def test_encoder_stage_distils_the_teachers_cached_vision_features(tmp_path, teacher):
     from lit_experiments.studies.distill.components.teacher_cache import TeacherVision
 
-    dm = DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
+    dm = make_dm(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
                            cache_dir=str(tmp_path / "cache"), batch_size=4, feature_level=-1)
     dm.setup("fit")
     item = dm.split("val")[0]
@@ -89,7 +90,7 @@ def test_encoder_stage_distils_the_teachers_cached_vision_features(tmp_path, tea
     with pytest.raises(ConfigError, match="teacher_feature_dim"):
         plain._encoder_step(batch)
     dm.feature_level = None
-    no_features = next(iter(DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
+    no_features = next(iter(make_dm(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
                                               cache_dir=str(tmp_path / "cache"), batch_size=4).train_dataloader()))
     with pytest.raises(ConfigError, match="feature_level"):
         module._encoder_step(no_features)
@@ -130,7 +131,7 @@ def test_init_from_a_checkpoint_of_another_study_or_a_missing_file_is_named(tmp_
 
 def test_test_writes_the_gallery_and_the_headline_names(tmp_path, teacher):
     torch.manual_seed(0)
-    dm = DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=8, shapes={"image_size": 32},
+    dm = make_dm(teacher=teacher, n_train=8, n_val=4, n_test=8, shapes={"image_size": 32},
                            cache_dir=str(tmp_path / "cache"), batch_size=8)
     module = DistillModule(tiny_student(image_size=32, num_queries=4), probe_images=4, gallery_images=3)
     module._run_dir = tmp_path / "run"

@@ -14,9 +14,10 @@ from lit_experiments.core.results import check_floors
 from lit_experiments.studies.distill.components.prompts import Prompt
 from lit_experiments.studies.distill.components.student import tiny_student
 from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
-from lit_experiments.studies.distill.datamodule import DistillDataModule
 from lit_experiments.studies.distill.evaluation import postprocess
 from lit_experiments.studies.distill.module import DistillModule
+
+from .helpers import make_dm
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def test_f49_distill_headline_beside_its_floors_and_per_unit_scores(tmp_path, teacher):
     torch.manual_seed(0)
-    dm = DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=8, shapes={"image_size": 32},
+    dm = make_dm(teacher=teacher, n_train=8, n_val=4, n_test=8, shapes={"image_size": 32},
                            cache_dir=str(tmp_path / "cache"), batch_size=8)
     module = DistillModule(tiny_student(image_size=32, num_queries=4), probe_images=4, gallery_images=0)
     module._run_dir = tmp_path / "run"
@@ -48,7 +49,7 @@ def test_f49_distill_headline_beside_its_floors_and_per_unit_scores(tmp_path, te
     assert set(headline) == set(module.headline_metrics)
     assert check_floors({"headline": headline, "references": refs}) == []
     # brute force on the same test units: predict nothing and prompt-blind (every object for every prompt)
-    src, units = dm.source("test"), dm.split("test").units
+    src, units = dm.unit_source("test"), dm.split("test").units
     gts = [src.targets(i, p)["masks"].bool().any(0).numpy() for i, p in units]
     every = [src.targets(i, Prompt("*", "generic"))["masks"].bool().any(0).numpy() for i, _ in units]
     pos = np.array([g.any() for g in gts])
@@ -82,7 +83,7 @@ def test_f49_distill_headline_beside_its_floors_and_per_unit_scores(tmp_path, te
 def test_f53_teacher_scored_on_every_prompt_family(tmp_path, teacher):
     torch.manual_seed(0)
     prompts = {"ratios": {"category": 0.5, "generic": 0.3, "negative": 0.2}, "generic": ["object", "thing"]}
-    dm = DistillDataModule(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
+    dm = make_dm(teacher=teacher, n_train=8, n_val=4, n_test=4, shapes={"image_size": 32},
                            cache_dir=str(tmp_path / "cache"), batch_size=8, prompts=prompts)
     module = DistillModule(tiny_student(image_size=32, num_queries=4), probe_images=0, gallery_images=0)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -93,7 +94,7 @@ def test_f53_teacher_scored_on_every_prompt_family(tmp_path, teacher):
     trained = {"category", "negative", "generic/object", "generic/thing"}  # every family the sampler draws
     assert trained <= set(fams) and all(fams[f]["trained_on"] for f in trained)
     # brute force: the teacher's own outputs at 0.5 against ground truth on every (val image, word)
-    src = dm.source("val")
+    src = dm.unit_source("val")
     want: dict[str, list[float]] = {}
     for i in range(len(src)):
         image = src.image(i)[None]

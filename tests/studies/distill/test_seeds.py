@@ -6,16 +6,18 @@ import subprocess
 
 import pytest
 
-from lit_experiments.studies.distill.components import demo, standin
-from lit_experiments.studies.distill.datamodule import DistillDataModule
+from lit_experiments.studies.distill import demo
+from lit_experiments.studies.distill.components import standin
+
+from .helpers import make_dm
 
 
 def draws(tmp_path, **kw) -> tuple[list, list]:
-    dm = DistillDataModule(teacher=None, n_train=24, n_val=2, n_test=2, shapes={"image_size": 32},
+    dm = make_dm(teacher=None, n_train=24, n_val=2, n_test=2, shapes={"image_size": 32},
                            cache_dir=str(tmp_path), batch_size=4, **kw)
     dm.setup("fit")
     order = [i for i, _, _ in dm.train_dataloader().sampler]
-    prompts = [dm.split("train")[(i, 0, 0)]["prompt"] for i in range(len(dm.source("train")))]
+    prompts = [dm.split("train")[(i, 0, 0)]["prompt"] for i in range(len(dm.unit_source("train")))]
     return order, prompts
 
 

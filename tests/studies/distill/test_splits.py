@@ -11,7 +11,10 @@ import pytest
 from lit_experiments.core.configs import load_composed
 from lit_experiments.core.splits import SplitOverlapError
 from lit_experiments.data.tools import write_shapes
+from lit_experiments.studies.distill.components.sources import DistillCoco
 from lit_experiments.studies.distill.datamodule import DistillDataModule
+
+from .helpers import make_dm
 
 SEED_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "distill" / "seed_sam3.yaml"
 
@@ -28,7 +31,7 @@ def coco_layout(root: Path, tmp: Path) -> Path:
 
 
 def build(args: dict, **kw) -> DistillDataModule:
-    dm = DistillDataModule(**{**args, "teacher": None, "num_workers": 0, "batch_size": 4, **kw})
+    dm = make_dm(**{**args, "teacher": None, "num_workers": 0, "batch_size": 4, **kw})
     dm.setup("fit")
     return dm
 
@@ -53,17 +56,24 @@ def test_f47_distill_val_equals_test_refused(tmp_path):
 
 
 def test_f47_seed_config_validates_on_held_out_train_and_tests_on_val2017(tmp_path):
-    args = dict(load_composed(SEED_CONFIG)["data"]["init_args"])
+    data = load_composed(SEED_CONFIG)["data"]["init_args"]
+    assert data["source"]["class_path"].endswith("DistillCoco")
     root = coco_layout(tmp_path / "coco", tmp_path / "raw")
-    overrides = {"root": str(root), "image_size": 32, "cache_dir": str(tmp_path / "cache")}
-    dm = build({k: v for k, v in args.items() if k != "teacher"}, **overrides)
+    source = {**data["source"]["init_args"], "root": str(root), "image_size": 32}
+
+    def seed_dm(**kw) -> DistillDataModule:
+        dm = DistillDataModule(DistillCoco(**{**source, **kw}), prompts=data["prompts"],
+                               cache_dir=str(tmp_path / "cache"), batch_size=4)
+        dm.setup("fit")
+        return dm
+
+    dm = seed_dm()
     ids = {s: set(dm.split_ids(s)) for s in ("train", "val", "test")}
     assert ids["val"] and ids["test"] and ids["train"]
     assert not ids["val"] & ids["test"] and not ids["train"] & ids["val"] and not ids["train"] & ids["test"]
     assert all("/val2017/" in f for f in ids["test"]) and all("/train2017/" in f for f in ids["val"])
     assert dm.split_info["overlap"] == 0 and dm.split_info["tuned_on_test"] is False
-    written = json.loads(dm.holdout_file().read_text())  # drawn once, next to the data
+    written = json.loads(dm.source.holdout_file().read_text())  # drawn once, next to the data
     assert len(written["validation_ids"]) == len(ids["val"])
-    again = build({k: v for k, v in args.items() if k != "teacher"}, **overrides,
-                  coco_val={**args["coco_val"], "seed": 12345})  # another seed reads the written file
+    again = seed_dm(val={**source["val"], "seed": 12345})  # another seed reads the written file
     assert set(again.split_ids("val")) == ids["val"]

@@ -50,7 +50,7 @@ def _images(n: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
 
 def test_forward_returns_the_teacher_contract(model: Student, ids: torch.Tensor) -> None:
     model.eval()
-    images = _images(2, size=80)  # resized to img_size 64 inside the image encoder
+    images = _images(2, size=80)  # resized to image_size 64 inside the image encoder
     index = torch.tensor([0, 0, 1])
     with torch.no_grad():
         out = model(images, ids, image_index=index)
@@ -114,7 +114,7 @@ def test_unused_trailing_blocks_are_trimmed(monkeypatch: pytest.MonkeyPatch) -> 
     stride 16 never get a gradient (the TrainingHealth guard would stop the run)."""
 
     def grads_missing() -> list[str]:
-        enc = ImageEncoder("mobilenetv3_small_050", out_dim=8, out_indices=(2, 3))
+        enc = ImageEncoder(name="mobilenetv3_small_050", out_dim=8, out_indices=(2, 3))
         enc(_images(2, size=32)).sum().backward()
         return [n for n, p in enc.named_parameters() if p.grad is None]
 
@@ -172,13 +172,13 @@ def _no_local_weights(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
 def test_pretrained_without_a_local_file_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     _no_local_weights(monkeypatch, tmp_path)
     with pytest.raises(ConfigError, match="mobilenetv3_small_050.*local hub cache.*HF_HUB_OFFLINE=1"):
-        ImageEncoder("mobilenetv3_small_050", pretrained=True)
+        ImageEncoder(name="mobilenetv3_small_050", pretrained=True)
     with pytest.raises(ConfigError, match="weight file not found"):
-        ImageEncoder("mobilenetv3_small_050", pretrained=str(tmp_path / "missing.pth"))
+        ImageEncoder(name="mobilenetv3_small_050", pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(ConfigError, match="MobileCLIP-S1.*datacompdr.*local hub cache.*HF_HUB_OFFLINE=1"):
-        TextEncoder("MobileCLIP-S1", pretrained=True)
+        TextEncoder(model_name="MobileCLIP-S1", pretrained=True)
     with pytest.raises(ConfigError, match="neither a weight file nor a tag"):
-        TextEncoder("MobileCLIP-S1", pretrained=str(tmp_path / "missing.bin"))
+        TextEncoder(model_name="MobileCLIP-S1", pretrained=str(tmp_path / "missing.bin"))
 
 
 def test_pretrained_image_encoder_loads_a_local_file(tmp_path) -> None:
@@ -187,14 +187,14 @@ def test_pretrained_image_encoder_loads_a_local_file(tmp_path) -> None:
     source = timm.create_model("mobilenetv3_small_050", pretrained=False)
     path = tmp_path / "mnv3.pth"
     torch.save(source.state_dict(), path)
-    enc = ImageEncoder("mobilenetv3_small_050", pretrained=str(path), out_dim=8)
+    enc = ImageEncoder(name="mobilenetv3_small_050", pretrained=str(path), out_dim=8)
     torch.testing.assert_close(enc.backbone.conv_stem.weight, source.conv_stem.weight)
     torch.testing.assert_close(enc.backbone.blocks[1][0].conv_pw.weight, source.blocks[1][0].conv_pw.weight)
 
 
 def test_truncated_context_keeps_a_causal_tower_exact() -> None:
     """Pretrained towers come with 77 positions; cutting to 32 must not change a causal tower's features."""
-    full = TextEncoder("MobileCLIP-B", context_length=77, width=16, layers=1, heads=2, out_dim=8).eval()
+    full = TextEncoder(model_name="MobileCLIP-B", context_length=77, width=16, layers=1, heads=2, out_dim=8).eval()
     ids77 = full.tokenizer()(PROMPTS, context_length=77)
     with torch.no_grad():
         tokens77, pooled77 = full(ids77)
@@ -208,15 +208,15 @@ def test_truncated_context_keeps_a_causal_tower_exact() -> None:
 
 def test_bad_parts_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="not a timm model"):
-        ImageEncoder("no_such_net")
+        ImageEncoder(name="no_such_net")
     with pytest.raises(ConfigError, match="not an open_clip model"):
-        TextEncoder("no-such-clip")
+        TextEncoder(model_name="no-such-clip")
     with pytest.raises(ConfigError, match="cannot be used with pretrained"):
         TextEncoder(pretrained=True, width=16)
     with pytest.raises(ConfigError, match="divisible"):
         PromptDecoder(dim=30, heads=4)
     with pytest.raises(ConfigError, match="image_encoder.out_dim=16 must equal decoder.dim=32"):
-        Student(ImageEncoder("mobilenetv3_small_050", out_dim=16),
+        Student(ImageEncoder(name="mobilenetv3_small_050", out_dim=16),
                 TextEncoder(width=16, layers=1, heads=2, out_dim=32), PromptDecoder(dim=32))
 
 
@@ -228,14 +228,14 @@ def test_student_is_built_from_class_path_config() -> None:
     parser.add_argument("--student", type=Student)
     base = "lit_experiments.studies.distill.components.student"
     cfg = parser.parse_object({"student": {"class_path": f"{base}.Student", "init_args": {
+        "dim": 16,  # the width said once: every part is built with it
         "image_encoder": {"class_path": f"{base}.ImageEncoder",
-                          "init_args": {"name": "mobilenetv3_small_050", "out_dim": 16, "img_size": 64}},
-        "text_encoder": {"class_path": f"{base}.TextEncoder",
-                         "init_args": {"width": 16, "layers": 1, "heads": 2, "out_dim": 16}},
-        "decoder": {"class_path": f"{base}.PromptDecoder",
-                    "init_args": {"dim": 16, "num_queries": 4, "fusion_layers": 0}}}}})
+                          "init_args": {"name": "mobilenetv3_small_050", "image_size": 64}},
+        "text_encoder": {"class_path": f"{base}.TextEncoder", "init_args": {"width": 16, "layers": 1, "heads": 2}},
+        "decoder": {"class_path": f"{base}.PromptDecoder", "init_args": {"num_queries": 4, "fusion_layers": 0}}}}})
     built = parser.instantiate_classes(cfg).student
     assert isinstance(built, Student) and built.decoder.num_queries == 4 and built.decoder.fusion is None
+    assert built.image_encoder.feature_dim == built.text_encoder.out_dim == built.decoder.dim == 16
     assert built.image_encoder.name == "mobilenetv3_small_050" and built.text_encoder.context_length == 32
     ids = built.text_encoder.tokenizer()(["red cube"], context_length=32)
     assert built.eval()(_images(1), ids)["pred_logits"].shape == (1, 4)

@@ -9,16 +9,18 @@ from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.lazy import LazyBuild
 from lit_experiments.core.specs import StageSpec
 from lit_experiments.studies.distill.components.clips import (
-    clip_settings,
     collate_clips,
     flatten_clips,
     temporal_change,
 )
+from lit_experiments.studies.distill.components.sources import DistillCoco, DistillShapes
 from lit_experiments.studies.distill.components.student import tiny_student
 from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
 from lit_experiments.studies.distill.datamodule import DistillDataModule, collate_units
 from lit_experiments.studies.distill.evaluation import postprocess, unit_metric, update_metric
 from lit_experiments.studies.distill.module import DistillModule
+
+from .helpers import make_dm
 
 CLIPS = {"n_train": 4, "n_val": 2, "n_test": 3, "num_frames": 3}
 
@@ -31,7 +33,7 @@ def teacher() -> Sam3Teacher:
 def make(tmp_path, teacher, **kw) -> DistillDataModule:
     args = {"n_train": 8, "n_val": 4, "n_test": 4, "shapes": {"image_size": 32}, "clips": CLIPS,
             "cache_dir": str(tmp_path / "cache"), "batch_size": 4, "eval_batch_size": 6, **kw}
-    dm = DistillDataModule(teacher=teacher, **args)
+    dm = make_dm(teacher=teacher, **args)
     dm.setup("fit")
     return dm
 
@@ -48,7 +50,7 @@ def test_clip_items_are_frames_of_one_moving_clip_with_per_frame_targets_and_tea
     t = CLIPS["num_frames"]
     assert item["image"].shape == (t, 3, 32, 32) and len(item["targets"]) == t
     assert not torch.equal(item["image"][0], item["image"][-1])  # objects move
-    frames = dm.source("clips-train")
+    frames = dm.unit_source("clips-train")
     for k in range(t):
         assert torch.equal(item["image"][k], frames.image(t + k))
     ids = dm.vocab_ids["teacher_input_ids"][dm.vocab.index(item["prompt"])][None].repeat(t, 1)
@@ -112,12 +114,11 @@ def test_f27_clips_are_scored_apart_from_images_from_clip_frames_only(tmp_path, 
 
 
 def test_clip_settings_are_checked():
-    assert clip_settings(None) is None
+    assert DistillShapes(clips=None).clips is None
     with pytest.raises(ConfigError, match="unknown keys"):
-        clip_settings({"frames": 3})
+        DistillShapes(clips={"frames": 3})
     with pytest.raises(ConfigError, match="num_frames >= 2"):
-        clip_settings({"num_frames": 1})
+        DistillShapes(clips={"num_frames": 1})
     with pytest.raises(ConfigError, match="clips come from ShapesWorld"):
         split = {"ann_file": "a.json", "image_dir": "images"}
-        DistillDataModule(dataset="coco", root="x", image_size=32, coco_train=split, coco_val=split, coco_test=split,
-                          clips={})
+        DistillCoco("x", 32, split, split, split).units("clips-test")

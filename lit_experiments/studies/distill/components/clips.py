@@ -1,7 +1,7 @@
 """Clips of the distill study: ShapesWorld videos as (clip, prompt) units for the ``video`` stage and the clip test.
 
 A clip split is a ShapesWorld with ``num_frames = T`` and motion (seed ``seed + 10 + split index``). Its frames,
-flattened (frame ``f = clip * T + t``), form a :class:`~.datamodule.UnitSource`, so the teacher's outputs of
+flattened (frame ``f = clip * T + t``), form a :class:`~.units.UnitSource`, so the teacher's outputs of
 every (frame, vocabulary prompt) go through the same cache as images. A clip unit is (clip, prompt): training
 draws one prompt per clip and epoch (:class:`~.prompts.PromptSampler` over the concepts visible in any frame);
 evaluation units are every visible concept of a clip plus one absent concept (seeded), each over all T frames.
@@ -15,12 +15,11 @@ evaluation): ``test/video/*`` come from clip frames only, with a temporal stabil
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset
 
-from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.shapes import ShapesWorld
 
 from .prompts import Prompt, fixed_units
@@ -28,26 +27,6 @@ from .prompts import Prompt, fixed_units
 if TYPE_CHECKING:  # pragma: no cover
     from ..datamodule import DistillDataModule
     from .units import UnitSource
-
-CLIP_KEYS = ("n_train", "n_val", "n_test", "num_frames")
-DEFAULT_CLIPS: dict[str, int] = {"n_train": 64, "n_val": 16, "n_test": 32, "num_frames": 4}
-
-
-def clip_settings(clips: dict[str, Any] | None) -> dict[str, int] | None:
-    """``data.init_args.clips`` over :data:`DEFAULT_CLIPS`; None: no clips. Unknown keys / bad sizes are errors."""
-    if clips is None:
-        return None
-    if not isinstance(clips, dict):
-        raise ConfigError(f"data.init_args.clips={clips!r}; expected a mapping with keys among {CLIP_KEYS}")
-    unknown = sorted(set(clips) - set(CLIP_KEYS))
-    if unknown:
-        raise ConfigError(f"data.init_args.clips: unknown keys {unknown}; allowed: {list(CLIP_KEYS)}")
-    out = {**DEFAULT_CLIPS, **{k: int(v) for k, v in clips.items()}}
-    if min(out.values()) < 1 or out["num_frames"] < 2:
-        raise ConfigError(f"data.init_args.clips={out}; expected sizes >= 1 and num_frames >= 2 (a clip needs two "
-                          "frames for its temporal terms)")
-    return out
-
 
 class Frames(Dataset):
     """The frames of a ShapesWorld video dataset as image items (``image``, ``instances`` and the per-object
@@ -74,25 +53,20 @@ class Frames(Dataset):
         return {**item, "image": clip["video"][t], "instances": clip["instances"][t], "index": torch.tensor(int(f))}
 
 
-def clip_world(dm: DistillDataModule, split: str, split_index: int) -> ShapesWorld:
-    world = {**dm.world, "motion": True, "num_frames": dm.clips["num_frames"]}
-    return ShapesWorld(dm.clips[f"n_{split}"], seed=dm.seed + 10 + split_index, **world)
-
-
 class ClipSplit(Dataset):
     """The (clip, prompt) units of one split's clips; ``train`` items are indexed by ``(clip, epoch)``."""
 
     def __init__(self, dm: DistillDataModule, split: str) -> None:
         self.dm, self.split, self.name = dm, split, f"clips-{split}"
-        self.source: UnitSource = dm.source(self.name)
-        self.t = int(dm.clips["num_frames"])
+        self.source: UnitSource = dm.unit_source(self.name)
+        self.t = int(dm.source.clips.num_frames)
         self.n = len(self.source) // self.t
         self.present = [sorted({c for t in range(self.t) for c in self.source.present[k * self.t + t]})
                         for k in range(self.n)]
         self.units: list[tuple[int, Prompt]] | None = None
         if split != "train":
             self.units = fixed_units(self.present, dm.categories, None,
-                                     [dm.seed, 10 + ("train", "val", "test").index(split), 0x5EED])
+                                     [dm.source.seed, 10 + ("train", "val", "test").index(split), 0x5EED])
 
     def __len__(self) -> int:
         return self.n if self.units is None else len(self.units)
@@ -101,7 +75,7 @@ class ClipSplit(Dataset):
     def __getitem__(self, key: int | tuple[int, ...]) -> dict:
         if self.units is None:
             k, epoch, r = (*key, 0)[:3] if isinstance(key, tuple) else (int(key), 0, 0)
-            prompt = self.dm.sampler.sample_many(self.present[k], k, epoch, r + 1)[r]
+            prompt = self.dm.prompt_sampler.sample_many(self.present[k], k, epoch, r + 1)[r]
         else:
             k, prompt = self.units[int(key)]
         v = self.dm.vocab.index(prompt.text)
@@ -117,7 +91,7 @@ class ClipSplit(Dataset):
 
 
 def collate_clips(items: list[dict]) -> dict:
-    """Like :func:`~.datamodule.collate_units`: ``targets`` becomes a list (clips) of lists (frames)."""
+    """Like :func:`~.units.collate_units`: ``targets`` becomes a list (clips) of lists (frames)."""
     from .units import collate_units
 
     return collate_units(items)

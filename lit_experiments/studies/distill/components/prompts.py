@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +36,24 @@ DEFAULT_GENERIC: tuple[str, ...] = ("object", "shape")
 DEFAULT_RATIOS: dict[str, float] = {"category": 0.6, "generic": 0.2, "negative": 0.2}
 Kind = Literal["category", "generic", "negative"]
 
+
+
+@dataclass
+class PromptSettings:
+    """The training prompts of the distill datamodule (its ``prompts:`` argument): a :class:`PromptSampler` over the
+    data's concept names with ``generic`` words at ``ratios`` (``null``: :data:`DEFAULT_RATIOS`), seeded by ``seed``
+    (default: from ``seed_everything``, F50); ``per_image``: training prompts per image and epoch, distinct where
+    the image allows (:meth:`PromptSampler.sample_many`), consecutive in a batch, so ignoring the prompt cannot
+    lower the loss (F24)."""
+
+    ratios: dict[str, float] | None = None
+    generic: list[str] | None = field(default_factory=lambda: list(DEFAULT_GENERIC))
+    seed: int | None = None
+    per_image: int = 1
+
+    def __post_init__(self) -> None:
+        if int(self.per_image) < 1:
+            raise ConfigError(f"data.init_args.prompts.per_image={self.per_image!r}; expected >= 1")
 
 @dataclass(frozen=True)
 class Prompt:
@@ -235,19 +253,8 @@ class DualTokenizer:
         return enc["input_ids"].long(), enc["attention_mask"].long()
 
     def student_encode(self, texts: list[str]) -> Tensor:
-        """(N, student_context) ids of the student tokenizer; a prompt that fills more than the context (its
-        token at position ``student_context`` of a one-longer encoding is not padding) raises."""
-        longer = torch.as_tensor(self.student_tokenizer(texts, context_length=self.student_context + 1))
-        over = longer[:, self.student_context] != self.student_pad_id
-        if over.any():
-            text = texts[int(over.nonzero()[0, 0])]
-            raise ConfigError(f"prompt {text!r} needs more than {self.student_context} student tokens (the "
-                              f"student's text context); shorten the prompt or raise student_context")
-        ids = torch.as_tensor(self.student_tokenizer(texts, context_length=self.student_context)).long()
-        if ids.shape != (len(texts), self.student_context):
-            raise ValueError(f"student tokenizer returned {tuple(ids.shape)}; expected "
-                             f"({len(texts)}, {self.student_context})")
-        return ids
+        """(N, student_context) ids of the student tokenizer (:func:`student_ids`)."""
+        return student_ids(self.student_tokenizer, texts, self.student_context, self.student_pad_id)
 
     def encode(self, texts: str | Sequence[str]) -> dict[str, Tensor]:
         """Both models' ids for the same strings (see the class doc)."""
@@ -257,3 +264,20 @@ class DualTokenizer:
                 "student_input_ids": self.student_encode(items)}
 
     __call__ = encode
+
+
+def student_ids(tokenizer: Callable[..., Tensor], texts: Sequence[str], context: int, pad_id: int = 0) -> Tensor:
+    """(N, ``context``) ids of an open_clip ``tokenizer`` (``tok(texts, context_length=n)``); a prompt that fills
+    more than the context (its token at position ``context`` of a one-longer encoding is not padding) raises a
+    ConfigError naming it (open_clip would truncate it silently)."""
+    texts = list(texts)
+    longer = torch.as_tensor(tokenizer(texts, context_length=context + 1))
+    over = longer[:, context] != pad_id
+    if over.any():
+        text = texts[int(over.nonzero()[0, 0])]
+        raise ConfigError(f"prompt {text!r} needs more than {context} student tokens (the student's text "
+                          f"context); shorten the prompt or raise student_context")
+    ids = torch.as_tensor(tokenizer(texts, context_length=context)).long()
+    if ids.shape != (len(texts), context):
+        raise ValueError(f"student tokenizer returned {tuple(ids.shape)}; expected ({len(texts)}, {context})")
+    return ids

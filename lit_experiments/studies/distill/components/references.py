@@ -87,11 +87,11 @@ def family_scores(dm: Any, split: str = "val", score_threshold: float = 0.5) -> 
     """The teacher per prompt family on ``split`` (module docstring); ``{"split", "score_threshold",
     "families": {name: {"miou_pos" | "miou", "n_units", "trained_on"}}}``."""
     dm.prepare()
-    src, cache = dm.source(split), dm.teacher_cache(split)
+    src, cache = dm.unit_source(split), dm.teacher_cache(split)
     if cache is None:
         raise ValueError("family_scores: the datamodule has no teacher")
     metrics: dict[str, Any] = {}
-    ratios = dm.sampler.ratios
+    ratios = dm.prompt_sampler.ratios
     for i in range(len(src)):
         size = tuple(src.image(i).shape[-2:])
         for v, word in enumerate(dm.vocab):

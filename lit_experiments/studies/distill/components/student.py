@@ -5,7 +5,7 @@ DETR-style prompt decoder, each a part by constructor (``class_path`` / ``init_a
   (B, Q, 4) sigmoid ``cxcywh``, ``pred_logits`` (B, Q), ``presence_logits`` (B,); :class:`Student` adds
   ``image_features`` (B_img, C, h', w') for encoder distillation (a projection to the teacher's features is the
   caller's trainable part, see ``losses.FeatureDistillLoss``).
-* Images: uint8 (B, 3, H, W) or float in [0, 255] (the teacher's convention), resized to ``img_size`` when set,
+* Images: uint8 (B, 3, H, W) or float in [0, 255] (the teacher's convention), resized to ``image_size`` when set,
   rescaled to [0, 1] and normalised with the timm model's mean / std **inside** :class:`ImageEncoder`.
 * Text: MobileCLIP-S1/S2/B and MobileCLIP2 use open_clip's ``SimpleTokenizer`` (CLIP BPE, vocab 49408, shipped
   in the package, works offline); context 32 (SAM3's). Ids are made by :meth:`TextEncoder.tokenizer` (via
@@ -59,20 +59,20 @@ class ImageEncoder(nn.Module):
             ``repvit_m0_9``, ``fastvit_t8``, ``fastvit_mci0`` - MobileCLIP's image tower family).
         pretrained: False (random init), True (timm's weights from the local hub cache; ``HF_HUB_OFFLINE``
             honoured), or a PATH to a weight file. Missing weights are a ConfigError.
-        out_dim: channels of the output map (the decoder's ``dim``).
+        out_dim: channels of the output map (the student's ``dim``: :class:`Student` gives it, first argument).
         out_indices: timm ``feature_info`` indices of the fused levels (negative from the end); mobilenetv3:
             2 = stride 8, 3 = stride 16; fastvit / repvit: 1 = stride 8, 2 = stride 16. Each level gets a 1x1
             conv to ``out_dim``; coarser levels are upsampled (bilinear) to the finest and summed, then a 3x3 conv.
         model_kwargs: extra ``timm.create_model`` arguments.
-        img_size: images are resized (bilinear) to this square size first; None keeps the input size.
+        image_size: images are resized (bilinear) to this square size first; None keeps the input size.
 
     ``forward(images)`` -> (B, out_dim, H / stride, W / stride); ``feature_dim`` = out_dim, ``stride`` = the finest
     level's reduction.
     """
 
-    def __init__(self, name: str = "mobilenetv3_small_100", pretrained: bool | str = False, out_dim: int = 64,
+    def __init__(self, out_dim: int = 64, name: str = "mobilenetv3_small_100", pretrained: bool | str = False,
                  out_indices: Sequence[int] = (2, 3), model_kwargs: dict[str, Any] | None = None,
-                 img_size: int | None = None) -> None:
+                 image_size: int | None = None) -> None:
         super().__init__()
         import timm
 
@@ -98,7 +98,7 @@ class ImageEncoder(nn.Module):
                               f"model_kwargs={model_kwargs}: {err}") from err
         _trim_unused_blocks(self.backbone)
         channels, reductions = self.backbone.feature_info.channels(), self.backbone.feature_info.reduction()
-        self.name, self.pretrained, self.img_size = name, pretrained, img_size
+        self.name, self.pretrained, self.image_size = name, pretrained, image_size
         self.feature_dim, self.stride = int(out_dim), int(min(reductions))
         self.level_channels = list(channels)
         self.proj = nn.ModuleList(nn.Conv2d(c, out_dim, 1) for c in channels)
@@ -111,8 +111,8 @@ class ImageEncoder(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """uint8 / [0, 255] float images (B, 3, H, W) -> fused features (B, out_dim, h, w)."""
         x = images.float() / 255.0
-        if self.img_size is not None and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
+        if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
                               antialias=True)
         levels = self.backbone((x - self.mean) / self.std)
         size = levels[0].shape[-2:]
@@ -164,15 +164,16 @@ class TextEncoder(nn.Module):
         context_length: token positions (SAM3 and the seed: 32).
         width, layers, heads: overrides of the config's ``text_cfg`` for a tiny tower (random init only); the
             vocabulary (49408 BPE tokens) and the tokenizer stay the model's.
-        out_dim: width of the returned token and pooled features (the decoder's ``dim``).
+        out_dim: width of the returned token and pooled features (the student's ``dim``: :class:`Student` gives
+            it, first argument).
 
     ``forward(input_ids (B, L))`` -> ``(tokens (B, L, out_dim), pooled (B, out_dim))``; pooled = the tower's
     own pooling (EOT token, ``argmax``) and projection.
     """
 
-    def __init__(self, model_name: str = "MobileCLIP-S1", pretrained: bool | str | None = None,
+    def __init__(self, out_dim: int = 64, model_name: str = "MobileCLIP-S1", pretrained: bool | str | None = None,
                  context_length: int = 32, width: int | None = None, layers: int | None = None,
-                 heads: int | None = None, out_dim: int = 64) -> None:
+                 heads: int | None = None) -> None:
         super().__init__()
         import open_clip
 
@@ -322,10 +323,20 @@ class Student(nn.Module):
     ids (U, L) from :meth:`TextEncoder.tokenizer`; ``image_index`` (U,) pairs unit ``u`` with image
     ``image_index[u]`` (several prompts per image, the encoder runs once per image; None: U = B_img, one each).
     Returns the contract (per unit) plus ``image_features`` (B_img, C, h, w) (per image).
+
+    Args:
+        image_encoder, text_encoder, decoder: the parts, each given without its width (``class_path`` /
+            ``init_args``; jsonargparse builds a callable that :class:`Student` calls with ``dim``, in this order).
+            An already built part is taken as it is (its width is checked against ``dim``'s decoder).
+        dim: THE width of the student: image features, text features and queries (said once).
     """
 
-    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, decoder: PromptDecoder) -> None:
+    def __init__(self, image_encoder: Callable[[int], ImageEncoder], text_encoder: Callable[[int], TextEncoder],
+                 decoder: Callable[[int], PromptDecoder], dim: int = 64) -> None:
         super().__init__()
+        # the width is said once (``dim``) and given to each part, built in this order (image, text, decoder)
+        image_encoder, text_encoder, decoder = (part if isinstance(part, nn.Module) else part(int(dim))
+                                                for part in (image_encoder, text_encoder, decoder))
         for key, part in (("image_encoder.out_dim", image_encoder.feature_dim), ("text_encoder.out_dim",
                                                                                  text_encoder.out_dim)):
             if part != decoder.dim:
@@ -373,8 +384,8 @@ def tiny_student(image_size: int = 64, dim: int = 32, num_queries: int = 8, enco
     """A < 1 M-parameter student for tests and the demo (the BPE embedding table, 49408 x ``text_width``, is most
     of it): mobilenetv3_small_050 at strides 8 + 16, a 2-layer MobileCLIP-S1 text tower of width 16, 2 decoder
     layers; masks at ``image_size / 4``."""
-    return Student(ImageEncoder(encoder, out_dim=dim, out_indices=out_indices, img_size=image_size),
-                   TextEncoder(text_model, context_length=32, width=text_width, layers=text_layers, heads=text_heads,
-                               out_dim=dim),
+    return Student(ImageEncoder(dim, encoder, out_indices=out_indices, image_size=image_size),
+                   TextEncoder(dim, text_model, context_length=32, width=text_width, layers=text_layers,
+                               heads=text_heads),
                    PromptDecoder(dim=dim, num_queries=num_queries, layers=decoder_layers, heads=heads,
                                  mask_upsample=mask_upsample))

@@ -113,11 +113,11 @@ def output_cache(dm: Any, split: str) -> Callable[[int], dict[str, torch.Tensor]
     once into a :class:`~lit_experiments.data.cache.FeatureCache` (one row per image, all prompts)."""
     from lit_experiments.data.cache import FeatureCache
 
-    src = dm.source(split)
+    src = dm.unit_source(split)
     ids, mask = dm.vocab_ids["teacher_input_ids"], dm.vocab_ids["teacher_attention_mask"]
-    backbone = TeacherOutputs(dm.teacher, ids, mask)
+    backbone = TeacherOutputs(dm.frozen, ids, mask)
     with torch.no_grad():  # the shapes of one unit's outputs, to unpack the flat cache rows
-        probe = dm.teacher(images=src.image(0)[None], input_ids=ids[:1], attention_mask=mask[:1])
+        probe = dm.frozen(images=src.image(0)[None], input_ids=ids[:1], attention_mask=mask[:1])
     shapes = {k: tuple(probe[k].shape[1:]) for k in OUTPUT_KEYS}
     cache = FeatureCache(Path(dm.cache_dir), backbone, VocabImages(src, ids),
                          batch_size=max(1, (dm.eval_batch_size or 64) // len(dm.vocab)),
@@ -132,8 +132,8 @@ def vision_cache(dm: Any, split: str, level: int) -> Callable[[int], torch.Tenso
     computed once into a :class:`~lit_experiments.data.cache.FeatureCache`."""
     from lit_experiments.data.cache import FeatureCache
 
-    src = dm.source(split)
-    backbone = TeacherVision(dm.teacher, int(level))
+    src = dm.unit_source(split)
+    backbone = TeacherVision(dm.frozen, int(level))
     c, h, w = backbone.maps(src.image(0)[None]).shape[1:]
     images = [{"image": src.image(i), "index": torch.tensor(i)} for i in range(len(src))]
     cache = FeatureCache(Path(dm.cache_dir), backbone, _Listed(images, src.fingerprint()),

@@ -48,24 +48,23 @@ class DistillTestMixin:
 
     def _score_fns(self, dm: Any) -> tuple[Any, Any]:
         """Student and teacher as ``(images, prompts) -> outputs`` (each model's own ids of the same strings)."""
-        from ..datamodule import student_tokenizer
         from .prompts import DualTokenizer
 
-        tok = DualTokenizer(dm.teacher.tokenizer, student_tokenizer(dm.student_tokenizer_name, dm.student_context),
-                            dm.teacher.text_max_length, dm.student_context)
+        text, teacher = self.student.text_encoder, self.frozen
+        tok = DualTokenizer(teacher.tokenizer, text.tokenizer(), teacher.text_max_length, text.context_length)
 
         def student_fn(imgs: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
             return self.student(imgs.to(self.device), tok.student_encode(prompts).to(self.device))
 
         def teacher_fn(imgs: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
             ids, mask = tok.teacher_encode(prompts)
-            return dm.teacher(images=imgs.to(dm.teacher.model.device), input_ids=ids, attention_mask=mask)
+            return teacher(images=imgs.to(teacher.model.device), input_ids=ids, attention_mask=mask)
 
         return student_fn, teacher_fn
 
     def _probe_set(self, dm: Any, n: int) -> tuple[list[int], Any]:
         """The first ``n`` test images with some but not every concept present."""
-        src = dm.source("test")
+        src = dm.unit_source("test")
         keep = [i for i in range(len(src)) if src.present[i] and len(src.present[i]) < len(dm.categories)]
         return keep[:n], src
 
@@ -77,7 +76,7 @@ class DistillTestMixin:
         responsiveness). ``test/<who>_blind/*``: the same code on the model with its prompt replaced by one fixed
         word (a prompt-blind model: the floor rows, F49)."""
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or getattr(dm, "teacher", None) is None:
+        if dm is None or self.frozen is None:
             return {}
         keep, src = self._probe_set(dm, self.probe_images)
         if not keep:
@@ -167,7 +166,7 @@ class DistillTestMixin:
         """Teacher and student masks for every vocabulary prompt on the first ``gallery_images`` probe images:
         two PNG grids and a static HTML gallery in ``<run_dir>/distill/gallery`` (the seed's visual check)."""
         dm = getattr(self.trainer, "datamodule", None)
-        if self.gallery_images <= 0 or dm is None or getattr(dm, "teacher", None) is None:
+        if self.gallery_images <= 0 or dm is None or self.frozen is None:
             return {}
         keep, src = self._probe_set(dm, self.gallery_images)
         if not keep:

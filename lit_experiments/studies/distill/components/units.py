@@ -1,5 +1,6 @@
-"""The (image, prompt) units of the distill study: per-split sources, the epoch sampler, the unit dataset and its
-collate function (the datamodule in :mod:`.datamodule` builds them; see its docstring for the batch keys)."""
+"""The (image, prompt) units of the distill study: per-split sources, the training order (the datamodule's
+``sampler:`` part, :class:`EpochOrder`) with its epoch sampler, the unit dataset and its collate function (the
+datamodule in :mod:`..datamodule` builds them; see its docstring for the batch keys)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -7,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.ops import box_convert, masks_to_boxes
+
+from lit_experiments.core.seeding import run_seed
 
 from .prompts import Prompt, fixed_units
 
@@ -93,16 +96,33 @@ class EpochSampler(Sampler):
         return len(range(self.rank, self.n, self.world)) * self.per_image
 
 
+class EpochOrder:
+    """The training order (the datamodule's ``sampler:`` part; ``null``: this part with its default): a seeded
+    permutation of the images per epoch, split over ranks (:class:`EpochSampler`), each image's prompts one after
+    the other.
+
+    Args:
+        seed: the order's seed (default: derived from ``seed_everything``, F50).
+        shuffle: False keeps the images in their order.
+    """
+
+    def __init__(self, seed: int | None = None, shuffle: bool = True) -> None:
+        self.seed, self.shuffle = run_seed(seed, "distill/order"), bool(shuffle)
+
+    def sampler(self, n: int, rank: int = 0, world_size: int = 1, per_image: int = 1) -> EpochSampler:
+        return EpochSampler(n, self.shuffle, self.seed, rank, world_size, per_image)
+
+
 class UnitSplit(Dataset):
     """The units of one split (see the module docstring); ``train`` items are indexed by ``(image, epoch)``."""
 
     def __init__(self, dm: DistillDataModule, split: str) -> None:
         self.dm, self.split = dm, split
-        self.source = dm.source(split)
+        self.source = dm.unit_source(split)
         self.units: list[tuple[int, Prompt]] | None = None
         if split != "train":
             self.units = fixed_units(self.source.present, dm.categories, dm.generic[0] if dm.generic else None,
-                                     [dm.seed, SPLITS.index(split), 0x5EED])
+                                     [dm.source.seed, SPLITS.index(split), 0x5EED])
 
     def __len__(self) -> int:
         return len(self.source) if self.units is None else len(self.units)
@@ -111,7 +131,7 @@ class UnitSplit(Dataset):
     def __getitem__(self, key: int | tuple[int, ...]) -> dict:
         if self.units is None:
             i, epoch, r = (*key, 0)[:3] if isinstance(key, tuple) else (int(key), 0, 0)
-            prompt = self.dm.sampler.sample_many(self.source.present[i], i, epoch, r + 1)[r]
+            prompt = self.dm.prompt_sampler.sample_many(self.source.present[i], i, epoch, r + 1)[r]
         else:
             i, prompt = self.units[int(key)]
         v = self.dm.vocab.index(prompt.text)
