@@ -44,11 +44,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import MeanMetric
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
 from lit_experiments.core.study import StudyModule
+from lit_experiments.metrics.gathered import GatheredRows
 
 from .components.calibration import (
     Calibration,
@@ -58,7 +59,7 @@ from .components.calibration import (
 )
 from .components.clips import flatten_clips, temporal_change
 from .components.prompts import student_ids
-from .components.references import UnitIds, family_scores, predict_nothing, prompt_blind
+from .components.references import family_scores, predict_nothing, prompt_blind
 from .components.student import Student
 from .components.testing import METRICS, DistillTestMixin
 from .evaluation import (
@@ -74,7 +75,7 @@ OBJECTIVES = ("decoder", "encoder", "video")
 
 
 @dataclass
-class StageArgs:
+class DistillStageArgs:
     """Allowed ``stage.args`` keys: ``objective`` (default: the stage name when it is one), ``gt_weight``
     (weight of the ground-truth set loss beside distillation), ``temporal_weight`` (the video objective's
     temporal term), ``init_from`` (a checkpoint whose student weights the stage starts from)."""
@@ -85,23 +86,13 @@ class StageArgs:
     init_from: str | None = None
 
 
-class Records(Metric):
-    """Calibration records (query / presence logits and labels) of the epoch, gathered over ranks."""
+#: the calibration records of an epoch (query / presence logits and labels), stored as float32 like the records
+RECORD_COLUMNS = ("query_logits", "query_labels", "presence_logits", "presence_labels")
 
-    full_state_update = False
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        for name in ("query_logits", "query_labels", "presence_logits", "presence_labels"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-
-    def update(self, records: dict[str, torch.Tensor]) -> None:
-        for name, value in records.items():
-            getattr(self, name).append(value.detach().float())
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        return {n: (torch.cat(v) if isinstance(v, list) else v) for n in
-                ("query_logits", "query_labels", "presence_logits", "presence_labels") for v in [getattr(self, n)]}
+def record_rows() -> GatheredRows:
+    """Calibration records of the epoch, gathered over ranks (stored ``float32``)."""
+    return GatheredRows(RECORD_COLUMNS, dtypes=dict.fromkeys(RECORD_COLUMNS, torch.float32))
 
 
 class DistillModule(DistillTestMixin, StudyModule):
@@ -130,7 +121,7 @@ class DistillModule(DistillTestMixin, StudyModule):
     def __init__(self, student: Student, distill_loss: DistillLoss | None = None, set_loss: SetLoss | None = None,
                  feature_loss: FeatureDistillLoss | None = None, teacher_feature_dim: int | None = None,
                  calibration_metric: str = "f1", probe_images: int = 16, gallery_images: int = 8,
-                 stage_args: StageArgs | None = None,
+                 stage_args: DistillStageArgs | None = None,
                  optimizer: OptimSpec | None = None) -> None:
         super().__init__(optimizer)
         self.save_hyperparameters(ignore=["student", "distill_loss", "set_loss", "feature_loss"])
@@ -144,7 +135,7 @@ class DistillModule(DistillTestMixin, StudyModule):
         self.set_loss = set_loss or SetLoss()
         self.calibration_metric, self.probe_images = calibration_metric, int(probe_images)
         self.gallery_images = int(gallery_images)
-        self.stage_defaults = stage_args or StageArgs()
+        self.stage_defaults = stage_args or DistillStageArgs()
         self.args = self._stage_args(self.stage)
         # the calibration of the current weights (fitted at each validation end; saved with the checkpoint)
         self.register_buffer("calibration_values", torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float64))
@@ -152,16 +143,18 @@ class DistillModule(DistillTestMixin, StudyModule):
         self.register_buffer("teacher_calibration_values", torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float64))
         self.val_metric, self.test_student, self.test_raw, self.test_teacher = (unit_metric() for _ in range(4))
         self.test_teacher_raw = unit_metric()
-        self.val_teacher_records = Records()
-        self.test_records = torch.nn.ModuleDict({"student": Records(), "teacher": Records()})
+        self.val_teacher_rows = record_rows()
+        self.test_rows = torch.nn.ModuleDict({"student": record_rows(), "teacher": record_rows()})
         self.video_student, self.video_teacher = unit_metric(), unit_metric()
         self.video_change = torch.nn.ModuleDict({"student": MeanMetric(), "teacher": MeanMetric()})
-        self.val_records = Records()
+        self.val_rows = record_rows()
         self.test_floors = torch.nn.ModuleDict({"predict_nothing": unit_metric(), "prompt_blind": unit_metric()})
-        self.test_ids = UnitIds()
+        #: the (image, vocabulary word) of every test unit, gathered over ranks (order = the metrics')
+        self.test_unit_rows = GatheredRows(("index", "unit"), dtypes={"index": torch.long, "unit": torch.long},
+                                           flatten=("index", "unit"))
 
     # ------------------------------------------------------------------ stages
-    def _stage_args(self, stage: StageSpec) -> StageArgs:
+    def _stage_args(self, stage: StageSpec) -> DistillStageArgs:
         args = stage_args(stage, self.stage_defaults, OBJECTIVES)
         if args.objective not in OBJECTIVES:
             raise ConfigError(f"stage {stage.name!r}: objective {args.objective!r} is unknown; expected one of "
@@ -315,20 +308,20 @@ class DistillModule(DistillTestMixin, StudyModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
         update_metric(self.val_metric, postprocess(out, size=self._size(batch)), batch["targets"])
-        self.val_records.update(calibration_records(out, batch["targets"]))
+        self.val_rows.update(**calibration_records(out, batch["targets"]))
         if "teacher" in batch:
-            self.val_teacher_records.update(calibration_records(batch["teacher"], batch["targets"]))
+            self.val_teacher_rows.update(**calibration_records(batch["teacher"], batch["targets"]))
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metric.compute()
         for name in METRICS:
             if math.isfinite(float(metrics[name])):
                 self.log(f"val/{name}", float(metrics[name]), prog_bar=name == "miou")
-        records = self.val_records.compute()
-        teacher = self.val_teacher_records.compute() if self.val_teacher_records.update_count else None
+        records = self.val_rows.compute()
+        teacher = self.val_teacher_rows.compute() if self.val_teacher_rows.update_count else None
         self.val_metric.reset()
-        self.val_records.reset()
-        self.val_teacher_records.reset()
+        self.val_rows.reset()
+        self.val_teacher_rows.reset()
         if self.trainer.sanity_checking:
             return
         cal = self._fit_into(self.calibration_values, records)
@@ -349,15 +342,15 @@ class DistillModule(DistillTestMixin, StudyModule):
         if dm is not None and hasattr(dm, "unit_source"):
             update_metric(self.test_floors["prompt_blind"], prompt_blind(dm.unit_source("test"), batch["index"],
                                                                          batch["targets"]), batch["targets"])
-        self.test_ids.update(batch["index"], batch["unit"])
-        self.test_records["student"].update(calibration_records(out, batch["targets"]))
+        self.test_unit_rows.update(index=batch["index"], unit=batch["unit"])
+        self.test_rows["student"].update(**calibration_records(out, batch["targets"]))
         if "teacher" in batch:
             teacher = batch["teacher"]
             update_metric(self.test_teacher, postprocess(teacher, size=size,
                                                          **self.teacher_calibration.postprocess_kwargs()),
                           batch["targets"])
             update_metric(self.test_teacher_raw, postprocess(teacher, size=size), batch["targets"])
-            self.test_records["teacher"].update(calibration_records(teacher, batch["targets"]))
+            self.test_rows["teacher"].update(**calibration_records(teacher, batch["targets"]))
 
     def on_test_epoch_end(self) -> None:
         student = {k: float(v) for k, v in self.test_student.compute().items()}
@@ -398,5 +391,5 @@ class DistillModule(DistillTestMixin, StudyModule):
         if undefined:
             self.add_results("undefined", undefined)
         for m in (self.test_student, self.test_raw, self.test_teacher, self.test_teacher_raw,
-                  *self.test_records.values(), *self.test_floors.values(), self.test_ids):
+                  *self.test_rows.values(), *self.test_floors.values(), self.test_unit_rows):
             m.reset()

@@ -7,8 +7,9 @@ prompt family before distillation (F53).
   negative units). Prompt-blind is a perfect segmenter that ignores the text: for every prompt it returns every
   visible object of the image (the generic prompt's ground truth), so it is right on generic units, over-segments
   concept units whose image holds other objects and fails every negative unit.
-* :class:`UnitIds`: the (image, vocabulary word) of every test unit, gathered over ranks, so the per-unit IoUs of
-  the student, the teacher and the floors are saved with ids (``<run_dir>/per_item/test_units*.json``).
+* The module's ``test_unit_rows`` (a :class:`~lit_experiments.metrics.gathered.GatheredRows`): the (image,
+  vocabulary word) of every test unit, gathered over ranks, so the per-unit IoUs of the student, the teacher and
+  the floors are saved with ids (``<run_dir>/per_item/test_units*.json``).
 * :func:`family_scores`: the teacher's outputs (cached) against ground truth on every (image, vocabulary word) of a
   split, at the uncalibrated 0.5, per prompt family: ``category`` (a concept present in the image, mIoU on those
   positive units), ``negative`` (an absent concept: the share of units with nothing predicted), ``generic/<word>``
@@ -20,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics import Metric
 
 from ..evaluation import UnitPrediction, postprocess, unit_metric, update_metric
 from .prompts import Prompt
@@ -52,26 +52,6 @@ def prompt_blind(source: Any, index: torch.Tensor, targets: list[dict[str, torch
         n = masks.shape[0]
         out.append(UnitPrediction(masks, torch.ones(n), torch.zeros(n, 4), None, torch.tensor(float(n > 0))))
     return out
-
-
-class UnitIds(Metric):
-    """Image index and vocabulary index of every unit of an epoch, gathered over ranks (order = the metrics')."""
-
-    full_state_update = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("index", default=[], dist_reduce_fx="cat")
-        self.add_state("unit", default=[], dist_reduce_fx="cat")
-
-    def update(self, index: torch.Tensor, unit: torch.Tensor) -> None:
-        self.index.append(index.detach().long().reshape(-1))
-        self.unit.append(unit.detach().long().reshape(-1))
-
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        def cat(x: Any) -> torch.Tensor:
-            return torch.cat(x) if isinstance(x, list) else x
-        return cat(self.index), cat(self.unit)
 
 
 def unit_ious(metric: Any) -> tuple[torch.Tensor, torch.Tensor]:

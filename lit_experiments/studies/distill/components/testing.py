@@ -143,7 +143,8 @@ class DistillTestMixin:
         if teacher and "test/teacher/concept_responsiveness" in logged:
             self.add_reference("test/concept_responsiveness", "teacher", logged["test/teacher/concept_responsiveness"],
                                "reference", "the teacher at its validation calibration")
-        index, unit = self.test_ids.compute()
+        rows = self.test_unit_rows.compute()
+        index, unit = rows["index"], rows["unit"]
         dm = getattr(self.trainer, "datamodule", None)
         vocab = list(getattr(dm, "vocab", []))
         ids = [f"{int(i)}:{vocab[int(u)] if int(u) < len(vocab) else int(u)}" for i, u in zip(index, unit)]
@@ -184,9 +185,9 @@ class DistillTestMixin:
         reliability plot of the four in ``<run_dir>/distill/reliability.png``."""
         curves = {}
         for who, cal in (("student", self.calibration), ("teacher", self.teacher_calibration)):
-            if not self.test_records[who].update_count:
+            if not self.test_rows[who].update_count:
                 continue
-            rec = self.test_records[who].compute()
+            rec = self.test_rows[who].compute()
             records = {k: v for k, v in rec.items() if k != "presence_logits" or v.numel()}
             labels = records["presence_labels"]
             for tag, (t, tp) in (("", (cal.temperature, cal.presence_temperature)), ("_raw", (1.0, 1.0))):
