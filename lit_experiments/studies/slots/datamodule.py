@@ -39,10 +39,10 @@ from lit_experiments.core.study import StudyDataModule
 from lit_experiments.data.cache import FeatureCache
 
 from .encoders import ColourEdgeEncoder
-from .sources import DEFAULT_MOVI_SPLITS, SPLITS, MoviClipSplits, ShapesClipSplits
+from .sources import DEFAULT_MOVI_SPLITS, SPLITS, ClipSplits, MoviClipSplits, ShapesClipSplits
 
-__all__ = ["DEFAULT_MOVI_SPLITS", "ColourEdgeBackbone", "MoviClipSplits", "RegistryBackbone", "ShapesClipSplits",
-           "SlotsDataModule"]
+__all__ = ["DEFAULT_MOVI_SPLITS", "ClipSplits", "ColourEdgeBackbone", "MoviClipSplits", "RegistryBackbone",
+           "ShapesClipSplits", "SlotsDataModule"]
 
 
 class Resize:
@@ -198,7 +198,7 @@ class SlotsDataModule(StudyDataModule):
 
     def __init__(
         self,
-        source: ShapesClipSplits | MoviClipSplits | None = None,
+        source: ClipSplits | None = None,
         frozen: nn.Module | None = None,
         seed: int | None = None,
         allow_val_test_overlap: bool = False,

@@ -39,7 +39,17 @@ class SourceSplit:
     name: str
 
 
-class ShapesClipSplits:
+class ClipSplits:
+    """Base of the sources: :meth:`resolve` the three splits (a new source, e.g. frames or COCO images served as
+    1-frame clips, subclasses it and the datamodule takes it by ``class_path``)."""
+
+    def resolve(self, seed: int | None) -> dict[str, SourceSplit]:
+        """``{split: SourceSplit}`` for ``train`` / ``val`` / ``test``; ``seed`` pins the random choices (None: from
+        the run's ``seed_everything``, ``core.seeding.run_seed``)."""
+        raise NotImplementedError
+
+
+class ShapesClipSplits(ClipSplits):
     """ShapesWorld videos: ``n_train`` / ``n_val`` / ``n_test`` clips from three worlds of different seeds.
 
     Args:
@@ -68,7 +78,7 @@ class ShapesClipSplits:
                                f"ShapesWorld(seed={seeds[s]}, n={self.sizes[s]})") for s in SPLITS}
 
 
-class MoviClipSplits:
+class MoviClipSplits(ClipSplits):
     """Converted MOVi clips under ``root``, one folder per split.
 
     Args:

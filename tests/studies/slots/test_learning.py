@@ -1,6 +1,6 @@
 """Reduced learning check of the slots study, in the default suite (~25 s): 150 steps of the demo config.
 
-The full-length target (demo FG-ARI >= 0.5 and above the grid baseline) is the slow test in test_demo.py.
+The full-length target (demo FG-ARI >= 0.5 and above the grid baseline) is the slow test in test_targets_slow.py.
 Here the trained model must group objects clearly better than the same model untrained, scored by the product's
 own `lit-exp test --ckpt_path init` on the same held-out clips (measured: FG-ARI 0.107 -> 0.279, relative
 reconstruction error 1.65 -> 0.92).
