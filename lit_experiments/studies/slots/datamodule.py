@@ -109,13 +109,17 @@ class RegistryBackbone(nn.Module):
         self.image_size = image_size
         self._built: list[nn.Module] = []  # a list: the network is built on first use, not at construction
 
-    @property
-    def network(self) -> Any:
+    def build(self) -> Any:
+        """The network (built on the first call; a random or timm init draws from the global RNG, as it always did)."""
         if not self._built:
             from lit_experiments.backbones import build_backbone
 
             self._built.append(build_backbone(**self.spec))
         return self._built[0]
+
+    @property
+    def network(self) -> Any:
+        return self.build()
 
     @property
     def name(self) -> str:
@@ -242,6 +246,8 @@ class SlotsDataModule(StudyDataModule):
         raw = self.raw_split(split)
         if self.frozen is None:  # the pixel path: frames only
             return WithGrid(raw, None)
+        if hasattr(self.frozen, "build"):
+            self.frozen.build()  # a lazy part is built here, before (not inside) the cache's isolated RNG
         size = getattr(self.frozen, "image_size", None)
         transform = Resize(size) if size else None
         if self.cache_dir is not None:
