@@ -198,16 +198,17 @@ def run_steps(built: Built, root: Path, steps: int, cuda: bool, cap_bytes: int |
     # cost of the first `health_steps` batches, left out of the step time, the FLOPs and the memory)
     trainer.callbacks.remove(probe)
     trainer.callbacks.insert(0, probe)
+    oom = None
     try:
         trainer.fit(built.model, datamodule=built.datamodule)
     except BaseException as err:
-        if isinstance(err, KeyboardInterrupt):
+        if isinstance(err, KeyboardInterrupt) or not is_out_of_memory(err):
             raise
-        if is_out_of_memory(err):
-            _cleanup(built.model)
-            return probe, f"out of memory: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        raise
-    return probe, None
+        oom = f"out of memory: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if oom is not None:  # outside the except block: the traceback's frames (and their tensors) are gone
+        del trainer
+        _cleanup(built.model)
+    return probe, oom
 
 
 def largest_batch(built: Built, root: Path, cuda: bool, cap_bytes: int | None, start: int) -> tuple[int | None, list]:
@@ -442,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="Options not listed here (--trainer.X, --model.init_args.X, --data.init_args.X) "
                                        "go to the config parser, as with `lit-exp curriculum`.")
     p.add_argument("-c", "--config", action="append", required=True, help="config YAML (repeatable, composed in order)")
-    p.add_argument("--steps", type=int, default=2, help="training batches per stage (the first is the warm-up)")
+    p.add_argument("--steps", type=int, default=2, help="training batches per stage (default 2; the first is the warm-up and not timed: give 5 or more "
+                        "for a step time to project a long run from)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when visible, else cpu")
     p.add_argument("--gpu", choices=list(CARDS), default=None, help="project the step time and memory onto this card")
     p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,

@@ -189,3 +189,15 @@ def test_switches_compile_trainable_parts_set_loader_and_carry_to_every_stage(tm
     stage = base.stage_trainer(StageSpec(name="s", max_epochs=1), tmp_path / "s", checkpoint=False)
     carried = [cb for cb in stage.callbacks if isinstance(cb, Speedups)]
     assert len(carried) == 1 and carried[0].compile == {"dynamic": False} and carried[0].loader == {"num_workers": 0}
+
+
+def test_a_part_reports_the_weight_file_it_loaded(tmp_path):
+    from lit_experiments.experiments.preflight_report import module_weights
+
+    weights = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(2)}, weights)
+    part = torch.nn.Linear(2, 2)
+    part.weights = f"file:{weights}"  # what FrozenBackbone records for pretrained=PATH
+    found = module_weights(torch.nn.Sequential(part))
+    assert [(w["path"], w["sha256"]) for w in found] == [(str(weights.resolve()),
+                                                          hashlib.sha256(weights.read_bytes()).hexdigest())]
