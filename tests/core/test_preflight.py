@@ -201,3 +201,30 @@ def test_a_part_reports_the_weight_file_it_loaded(tmp_path):
     found = module_weights(torch.nn.Sequential(part))
     assert [(w["path"], w["sha256"]) for w in found] == [(str(weights.resolve()),
                                                           hashlib.sha256(weights.read_bytes()).hexdigest())]
+
+
+def test_a_preflight_reads_caches_but_never_fills_them(tmp_path):
+    from torchvision.transforms import v2
+
+    from lit_experiments.backbones import build_backbone
+    from lit_experiments.core import standins
+    from lit_experiments.data.cache import FeatureCache
+    from lit_experiments.data.shapes import ShapesWorld
+    from lit_experiments.experiments.preflight_probe import caches_read_only
+
+    torch.manual_seed(0)
+    vit = build_backbone("vit_small_patch14_dinov2", img_size=28, model_kwargs={"depth": 2, "embed_dim": 32,
+                                                                                 "num_heads": 2})
+    world, resize = ShapesWorld(6, 32, seed=1), v2.Resize((28, 28), antialias=True)
+    cache_dir, scratch = tmp_path / "cache", tmp_path / "scratch"
+    with caches_read_only(scratch) as built:
+        cache = FeatureCache(cache_dir, vit, world, transform=resize, batch_size=3, progress=False)
+        standin = standins.cache_path(tmp_path / "standins", "x-standin", {"k": 1})
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())  # nothing written where the run keeps caches
+    assert cache.path.parent == scratch / "features" and len(cache) == 6 and built[0]["cache"].startswith(str(cache_dir))
+    assert standin.parent == scratch / "standins" and not (tmp_path / "standins").exists()
+    real = FeatureCache(cache_dir, vit, world, transform=resize, batch_size=3, progress=False)  # a real run fills it
+    assert real.built_now and standins.cache_path(tmp_path / "s", "p", {}).parent == tmp_path / "s"
+    with caches_read_only(scratch) as built:
+        again = FeatureCache(cache_dir, vit, world, transform=resize, batch_size=3, progress=False)
+    assert again.path == real.path and not again.built_now and built == []  # on disk: read, not rebuilt
