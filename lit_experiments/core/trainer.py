@@ -21,6 +21,7 @@ from .specs import StageSpec
 
 #: DataLoader switches ``trainer.loader`` may set on the datamodule (see core.study.StudyDataModule)
 LOADER_KEYS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
+FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Speedups(Callback):
@@ -33,16 +34,23 @@ class Speedups(Callback):
             (``{mode: max-autotune}``). A part compiled in an earlier stage stays compiled.
         channels_last: the module's 4-D weights (convolutions) in channels-last memory format.
         loader: DataLoader switches set on the datamodule before its loaders are built (``LOADER_KEYS``).
+        frozen_dtype: ``bf16`` / ``fp16``: the module's always-frozen parts (frozen backbones, which run under
+            ``no_grad``) hold their weights in this compute dtype: half their memory and bandwidth. For a
+            mixed-precision run (their outputs come in that dtype; the datamodule's ``frozen`` part, which fills
+            caches, is left as it is).
     """
 
     def __init__(self, compile: bool | dict[str, Any] = False, channels_last: bool = False,
-                 loader: dict[str, Any] | None = None) -> None:
+                 loader: dict[str, Any] | None = None, frozen_dtype: str | None = None) -> None:
+        from .errors import ConfigError
+
         unknown = sorted(set(loader or {}) - set(LOADER_KEYS))
         if unknown:
-            from .errors import ConfigError
-
             raise ConfigError(f"trainer.loader: unknown key(s) {unknown}; expected some of {list(LOADER_KEYS)}")
+        if frozen_dtype is not None and frozen_dtype not in FROZEN_DTYPES:
+            raise ConfigError(f"trainer.frozen_dtype={frozen_dtype!r}; expected one of {list(FROZEN_DTYPES)} or null")
         self.compile, self.channels_last, self.loader = compile, channels_last, dict(loader or {})
+        self.frozen_dtype = frozen_dtype
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
@@ -56,6 +64,11 @@ class Speedups(Callback):
             return
         if self.channels_last:
             pl_module.to(memory_format=torch.channels_last)
+        if self.frozen_dtype is not None:
+            pinned = [m for n, m in pl_module.named_modules() if n and getattr(m, "always_frozen", False)]
+            for part in pinned:  # the outermost ones (an inner one moves with its parent)
+                if not any(part is not q and any(part is s for s in q.modules()) for q in pinned):
+                    part.to(FROZEN_DTYPES[self.frozen_dtype])
         if self.compile:
             options = self.compile if isinstance(self.compile, dict) else {}
             for _, part in pl_module.named_children():
@@ -91,19 +104,22 @@ class LitTrainer(L.Trainer):
         channels_last: convolution weights in channels-last memory format (faster convolutions with bf16 on a GPU).
         loader: DataLoader switches set on the datamodule: ``num_workers``, ``pin_memory`` (default: pin on a CUDA
             device), ``persistent_workers``, ``prefetch_factor``. cuDNN's autotuner is Lightning's ``benchmark``.
+        frozen_dtype: ``bf16`` / ``fp16``: frozen backbones of the module hold their weights in this dtype (with
+            ``precision: bf16-mixed``; default ``None``: as built).
         **kwargs: every ``lightning.Trainer`` argument.
     """
 
     def __init__(self, run_dir: str | None = None, wandb: WandbSpec | None = None,
                  health: dict[str, str] | None = None, health_steps: int = 3, compile: bool | dict[str, Any] = False,
-                 channels_last: bool = False, loader: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 channels_last: bool = False, loader: dict[str, Any] | None = None, frozen_dtype: str | None = None,
+                 **kwargs: Any) -> None:
         self.run_dir = Path(run_dir) if run_dir else default_run_dir()
         # the run's seed (set by `seed_everything` before the Trainer is built); stage i uses seed + i
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.wandb_spec = wandb
         self.health_policy = dict(health or {})
         self.health_steps = health_steps
-        self.compile, self.channels_last, self.loader = compile, channels_last, loader
+        self.compile, self.channels_last, self.loader, self.frozen_dtype = compile, channels_last, loader, frozen_dtype
         callbacks = kwargs.pop("callbacks", None) or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         from lightning.pytorch.cli import SaveConfigCallback
@@ -121,8 +137,8 @@ class LitTrainer(L.Trainer):
         self.config_yaml: str | None = None  # the resolved CLI config, saved / compared by the curriculum
         self._base_kwargs = {k: v for k, v in kwargs.items() if k not in ("max_epochs", "max_steps", "default_root_dir")}
         core = [LazyBuild(), StageFreeze(), TrainingHealth(self.health_policy, health_steps)]
-        if compile or channels_last or loader:
-            core.append(Speedups(compile, channels_last, loader))
+        if compile or channels_last or loader or frozen_dtype:
+            core.append(Speedups(compile, channels_last, loader, frozen_dtype))
         super().__init__(callbacks=core + callbacks, logger=logger, **kwargs)
 
     def make_loggers(self, directory: Path, with_wandb: bool = True) -> list:
@@ -169,7 +185,7 @@ class LitTrainer(L.Trainer):
         loggers = [AppendingCSVLogger(stage_dir)] + list(shared_loggers or [])
         return LitTrainer(run_dir=str(self.run_dir), wandb=None, health=self.health_policy,
                           health_steps=self.health_steps, compile=self.compile, channels_last=self.channels_last,
-                          loader=self.loader, callbacks=callbacks, logger=loggers,
+                          loader=self.loader, frozen_dtype=self.frozen_dtype, callbacks=callbacks, logger=loggers,
                           default_root_dir=str(stage_dir), **self.stage_length(stage), **kwargs)
 
     def curriculum(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,

@@ -171,7 +171,7 @@ def _stage_trainer(base: Any, probe: Any, root: Path, steps: int) -> Any:
                 "num_sanity_val_steps", "enable_checkpointing", "enable_progress_bar", "enable_model_summary",
                 "max_time", "limit_test_batches"):
         kwargs.pop(key, None)
-    switches = {k: getattr(base, k) for k in ("compile", "channels_last", "loader") if hasattr(base, k)}
+    switches = {k: getattr(base, k) for k in ("compile", "channels_last", "loader", "frozen_dtype") if hasattr(base, k)}
     kwargs.update({k: v for k, v in switches.items() if k not in kwargs})
     # TrainingHealth inspects the first step only: its checks run, and the timed steps after it are plain ones
     return LitTrainer(run_dir=str(root), wandb=None, health=base.health_policy, health_steps=min(1, base.health_steps),

@@ -184,11 +184,19 @@ def test_switches_compile_trainable_parts_set_loader_and_carry_to_every_stage(tm
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ConfigError, match="pin_memroy"):
         Speedups(loader={"pin_memroy": True})
+    frozen = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    frozen.always_frozen = True  # as a FrozenBackbone declares
+    net = torch.nn.ModuleDict({"backbone": frozen, "head": torch.nn.Linear(4, 2)})
+    Speedups(frozen_dtype="bf16").setup(SimpleNamespace(datamodule=None), net, "fit")
+    assert frozen[0].weight.dtype == torch.bfloat16 and net["head"].weight.dtype == torch.float32
+    with pytest.raises(ConfigError, match="frozen_dtype"):
+        Speedups(frozen_dtype="int8")
     base = LitTrainer(run_dir=str(tmp_path / "run"), accelerator="cpu", logger=False, compile={"dynamic": False},
-                      loader={"num_workers": 0})
+                      loader={"num_workers": 0}, frozen_dtype="bf16")
     stage = base.stage_trainer(StageSpec(name="s", max_epochs=1), tmp_path / "s", checkpoint=False)
     carried = [cb for cb in stage.callbacks if isinstance(cb, Speedups)]
     assert len(carried) == 1 and carried[0].compile == {"dynamic": False} and carried[0].loader == {"num_workers": 0}
+    assert carried[0].frozen_dtype == "bf16"
 
 
 def test_a_part_reports_the_weight_file_it_loaded(tmp_path):
