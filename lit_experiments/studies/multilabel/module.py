@@ -17,11 +17,11 @@ kNN bank) is a :class:`~lit_experiments.metrics.gathered.GatheredRows` gathered 
   (+ the excluded-class counts, F30), ``test/lrap``, ``test/t05/*`` and ``test/tuned/*`` (F1 / precision /
   recall macro, Hamming loss at 0.5 and at the stored thresholds), and the kNN inference ``test/knn_map``,
   ``test/knn_t05/f1_macro`` over the head's retrieval representation: the hash codes (Hamming) when the head
-  has a hash layer, else ``fused`` (cosine); :func:`~.evaluation.evaluate_test` is the entry. Beside them, results.json ``references`` holds the floors of every
-  headline metric on the same test images (:mod:`.floors`: chance / random ranking, predict every label or
-  nothing, the caption keyword rule; F49, F52), and ``per_item/test.json`` / ``per_item/caption_rule.json`` one
-  score per test image (F51: paired bootstraps over images). A per-class table (AP, AUC, support, tuned threshold, F1 at both
-  policies) goes to ``<run_dir>/multilabel/per_class.{csv,png}``; the towers' settings (checkpoint, text mask
+  has a hash layer, else ``fused`` (cosine); :func:`~.evaluation.evaluate_test` is the entry. Beside them,
+  results.json ``references`` holds the floors of every headline metric on the same test images (:mod:`.floors`:
+  chance / random ranking, predict every label or nothing, the caption keyword rule; F49, F52), and
+  ``per_item/test.json`` / ``per_item/caption_rule.json`` one score per test image (F51: paired bootstraps over
+  images). A per-class table (AP, AUC, support, tuned threshold, F1 at both policies) goes to ``<run_dir>/multilabel/per_class.{csv,png}``; the towers' settings (checkpoint, text mask
   policy, weight digest) to results.json ``towers``.
 * A checkpoint records a digest of the towers whose embeddings trained it (``towers_digest`` buffer); testing
   it on embeddings of other towers is an error.
