@@ -57,6 +57,7 @@ def _class(part: Any) -> str:
 
 def tiny(config: Path, raw: dict, tmp: Path) -> dict:
     raw = load_composed(config)  # the whole config, also when a caller passes a delta's own text
+    # the parts' class_paths are repeated so the override stays a complete part after any later delta
     data = raw["data"]["init_args"]
     source, frozen = data.get("source") or {}, data.get("frozen")
     d: dict[str, Any] = {"batch_size": 2, "eval_batch_size": 2, "cache_dir": str(tmp / "cache"), "num_workers": 0}
@@ -65,16 +66,18 @@ def tiny(config: Path, raw: dict, tmp: Path) -> dict:
         by_category = "movi_c" in source["init_args"]["root"]
         write_movi(root, "category" if by_category else "material",
                    ["cube", "sphere"] if by_category else ["metal", "rubber"])
-        d["source"] = {"init_args": {"root": str(root)}}
+        d["source"] = {"class_path": source["class_path"], "init_args": {"root": str(root)}}
     else:
-        d["source"] = {"init_args": {"n_train": 4, "n_val": 2, "n_test": 2,
+        d["source"] = {"class_path": _class(source) or "lit_experiments.studies.slots.sources.ShapesClipSplits",
+                       "init_args": {"n_train": 4, "n_val": 2, "n_test": 2,
                                      "world": {"image_size": 32, "num_frames": 2}}}
     if _class(frozen).endswith("RegistryBackbone"):
         name = frozen["init_args"]["name"]
-        d["frozen"] = {"init_args": {"pretrained": False, "model_kwargs": TINY_VIT,
+        d["frozen"] = {"class_path": frozen["class_path"],
+                       "init_args": {"pretrained": False, "model_kwargs": TINY_VIT,
                                      "image_size": 28 if "patch14" in name else 32}}
     elif _class(frozen).endswith("ColourEdgeBackbone"):
-        d["frozen"] = {"init_args": {"dim": 16}}
+        d["frozen"] = {"class_path": frozen["class_path"], "init_args": {"dim": 16}}
     return {
         "model": {"init_args": tiny_model(raw)},
         "data": {"init_args": d},
