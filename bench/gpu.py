@@ -31,14 +31,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-#: seed configs: (name, config, data format, `lit-exp data shapes` arguments at the config's real resolution)
-SEEDS: list[tuple[str, str, str | None, list[str]]] = [
-    ("slots", "configs/slots/_base_movi.yaml", "movi", ["--n", "16", "--image-size", "256", "--num-frames", "24"]),
-    ("retrieval", "configs/retrieval/seed_resnet18.yaml", "frames", ["--n", "24", "--image-size", "256",
-                                                                      "--num-frames", "8"]),
-    ("multilabel", "configs/multilabel/seed_siglip2.yaml", "coco", ["--n", "64", "--image-size", "256"]),
-    ("multilabel-naflex", "configs/multilabel/seed_siglip2_naflex.yaml", "coco", ["--n", "64", "--image-size", "256"]),
-    ("distill", "configs/distill/seed_sam3.yaml", "coco", ["--n", "32", "--image-size", "1008"]),
+MOVI = ["--image-size", "256", "--num-frames", "24"]
+#: seed configs: (name, config, data format, [(sub-folder, `lit-exp data shapes` arguments)] at the real resolution)
+SEEDS: list[tuple[str, str, str | None, list[tuple[str, list[str]]]]] = [
+    ("slots", "configs/slots/_base_movi.yaml", "movi", [("train", ["--n", "16", *MOVI]),
+                                                         ("validation", ["--n", "8", "--seed", "1", *MOVI])]),
+    ("retrieval", "configs/retrieval/seed_resnet18.yaml", "frames",
+     [("", ["--n", "24", "--image-size", "256", "--num-frames", "8"])]),
+    ("multilabel", "configs/multilabel/seed_siglip2.yaml", "coco", [("", ["--n", "64", "--image-size", "256"])]),
+    ("multilabel-naflex", "configs/multilabel/seed_siglip2_naflex.yaml", "coco",
+     [("", ["--n", "64", "--image-size", "256"])]),
+    ("distill", "configs/distill/seed_sam3.yaml", "coco", [("", ["--n", "32", "--image-size", "1008"])]),
     ("satipatthana", "configs/satipatthana/v41.yaml", None, []),
 ]
 QUICK = [("toy", "configs/toy/curriculum.yaml"), ("slots", "configs/slots/demo.yaml"),
@@ -62,11 +65,13 @@ def lit_exp(args: list[str], timeout: float, log: Path) -> tuple[int, float]:
 
 
 def last_error(log: Path) -> str:
+    """The line of a run's log that says what went wrong (a wrapped constructor error: the constructor's own)."""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
-    for ln in lines:
+    for i, ln in enumerate(lines):
         if ln.startswith("lit-exp: error:") or "WILL NOT RUN" in ln:
-            return ln.split("error:", 1)[-1].strip()[:160]
-    return (lines[-1][:160] if lines else "no output")
+            inner = next((x for x in lines[i + 1:] if x.startswith("- ")), None)
+            return (inner[2:] if inner else ln.split("error:", 1)[-1].strip())[:200]
+    return (lines[-1][:200] if lines else "no output")
 
 
 def seed_config(config: str, data: Path | None, out: Path) -> Path:
@@ -167,21 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         plan = [(n, ROOT / c, None) for n, c in QUICK if only is None or n in only]
     else:
-        for name, config, fmt_name, shape_args in SEEDS:
+        for name, config, fmt_name, writes in SEEDS:
             if only is not None and name not in only:
                 continue
-            folder = None
-            if fmt_name is not None:
-                folder = out / "data" / f"{fmt_name}_{Path(config).stem}"
-                if not (folder / ".done").exists():
-                    code, took = lit_exp(["data", "shapes", "--out", str(folder), "--format", fmt_name, *shape_args],
-                                         600.0, out / "logs" / f"data_{name}.log")
-                    data_s[name] = took
+            folder = out / "data" / f"{fmt_name}_{Path(config).stem}" if fmt_name is not None else None
+            problem = None
+            if folder is not None and not (folder / ".done").exists():
+                start = time.perf_counter()
+                for sub, shape_args in writes:
+                    log = out / "logs" / f"data_{name}{'_' + sub if sub else ''}.log"
+                    code, _ = lit_exp(["data", "shapes", "--out", str(folder / sub), "--format", fmt_name,
+                                       *shape_args], 600.0, log)
                     if code != 0:
-                        plan.append((name, ROOT / config, "data: " + last_error(out / "logs" / f"data_{name}.log")))
-                        continue
+                        problem = "data: " + last_error(log)
+                        break
+                data_s[name] = time.perf_counter() - start
+                if problem is None:
                     (folder / ".done").write_text("")
-            plan.append((name, seed_config(config, folder, out), None))
+            plan.append((name, ROOT / config, problem) if problem else (name, seed_config(config, folder, out), None))
     rows: list[dict[str, Any]] = []
     reports: dict[str, Any] = {}
     for name, config, problem in plan:

@@ -81,7 +81,6 @@ class PreflightError(LitExpError):
     """The run cannot be built for a preflight (printed as one block)."""
 
 
-
 # ----------------------------------------------------------------------------------------------- building
 @dataclass
 class Built:
@@ -137,7 +136,12 @@ def build_run(configs: list[str], overrides: list[str], tmp: Path, device: str |
     except LitExpError as err:
         raise type(err)(f"{names}: {err}") from err
     except Exception as err:  # noqa: BLE001 - a part that cannot be built is one block naming the config
-        raise PreflightError(f"{names}: building the model / datamodule failed: {type(err).__name__}: {err}") from err
+        from ..core.errors import clean_parser_message
+
+        # jsonargparse wraps a constructor's error in Union / Subtypes lines: the constructor's own message says it
+        lines = [ln for ln in clean_parser_message(str(err)) if ln != "Errors:" and not ln.startswith(
+            ("Does not validate", "Subtypes:"))] or [f"{type(err).__name__}: {err}"]
+        raise PreflightError("\n".join([f"{names}: building the model / datamodule failed:", *lines])) from err
     stages: list[Any] = []
     if stage_dicts:
         for i, item in enumerate(stage_dicts):
