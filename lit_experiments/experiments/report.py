@@ -81,7 +81,11 @@ def load_run(run_dir: Path, variant: str, name: str | None = None, entry: dict[s
     run = Run(name=name or run_dir.name, variant=variant, run_dir=run_dir)
     path = run_dir / "results.json"
     if path.is_file():
-        run.results = _load_json(path)
+        try:
+            run.results = _load_json(path)
+        except ConfigError as err:  # listed as unreadable; the other runs are reported
+            run.status, run.error = "unreadable", str(err)
+            return run
         run.status = str(run.results.get("status", "done"))
         run.error = run.results.get("error")
     else:
@@ -94,13 +98,20 @@ def load_run(run_dir: Path, variant: str, name: str | None = None, entry: dict[s
     evals = [tested] if entry.get("test") and tested.is_file() else sorted(run_dir.glob("eval/test-*/results.json"),
                                                                           key=lambda p: p.stat().st_mtime)[-1:]
     for path in evals:  # the test's references, splits and per-item scores (the run's own come first)
-        ev = _load_json(path)
+        try:
+            ev = _load_json(path)
+        except ConfigError as err:
+            run.test_error = str(err)
+            continue
         run.results["references"] = {**(ev.get("references") or {}), **(run.results.get("references") or {})}
         if tuned(ev):
             run.results.setdefault("eval_splits", ev.get("splits"))
         if not (run_dir / "per_item").is_dir():
             run.items_dir = path.parent
-    run.config = _load_config(run_dir)
+    try:
+        run.config = _load_config(run_dir)
+    except ConfigError as err:
+        run.status, run.error = "unreadable", str(err)
     folds = run.results.get("folds") or {}
     seed = entry.get("seed", run.results.get("seed", run.config.get("seed_everything")))
     run.seed = int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else None
@@ -127,6 +138,38 @@ def list_factors(overrides: dict[str, Any], sweep_dir: Path) -> set[str]:
             raise ConfigError(f"{sweep_dir / 'sweep.json'}: variant file {p} is not readable ({err}); the "
                               "report needs it to know the studied keys") from err
     return keys
+
+
+def is_cv(specs: list[str]) -> bool:
+    """Whether a spec is a `lit-exp cv` folder (its sweep.json kind is ``cv``)."""
+    for spec in specs:
+        path = Path(spec.partition("=")[2] or spec) / "sweep.json"
+        try:
+            if path.is_file() and json.loads(path.read_text()).get("kind") == "cv":
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def study_of(run: Run) -> str | None:
+    """The study a run belongs to: its model's ``class_path`` (``None`` when the run has no config)."""
+    return run.config.get("model.class_path") if run.config else None
+
+
+def check_one_study(runs: list[Run], factors: set[str]) -> None:
+    """Runs of different studies (model classes) are never paired, unless the model class is the studied factor."""
+    if is_studied("model.class_path", factors):
+        return
+    by_study: dict[str, list[str]] = {}
+    for r in runs:
+        if r.status == "done" and study_of(r):
+            by_study.setdefault(str(study_of(r)), []).append(r.variant)
+    if len(by_study) > 1:
+        listed = "; ".join(f"{k}: {', '.join(dict.fromkeys(v))}" for k, v in by_study.items())
+        raise ConfigError(f"report: these runs are of different studies ({listed}); their metrics are not "
+                          "comparable and are not paired. Report each study on its own, or name the model class "
+                          "as the studied factor (--factor model.class_path)")
 
 
 def collect(specs: list[str]) -> tuple[list[Run], set[str], list[str]]:
@@ -176,8 +219,40 @@ def cv_check(specs: list[str], runs: list[Run]) -> list[str]:
     return lines
 
 
-def default_metrics(runs: list[Run]) -> list[str]:
-    """Every done run's ``headline`` keys; else its ``test`` keys; else (cv folds) its ``final`` val keys."""
+def val_metrics(runs: list[Run]) -> list[str]:
+    """The validation keys of the done runs' ``final`` section (a cv's fold comparison)."""
+    done = [r for r in runs if r.status == "done"]
+    return list(dict.fromkeys(k for r in done for k in (r.results.get("final") or {})
+                              if k.startswith("val/") or "/val/" in k))
+
+
+def known_metrics(runs: list[Run]) -> list[str]:
+    """Every metric a done run has (headline, test, final)."""
+    done = [r for r in runs if r.status == "done"]
+    return sorted({k for r in done for section in ("headline", "test", "final")
+                   for k in (r.results.get(section) or {})})
+
+
+def check_metrics(metrics: list[str], runs: list[Run]) -> None:
+    """A ``--metric`` that no run has is an error naming the metrics that exist (it printed empty tables)."""
+    import difflib
+
+    have = known_metrics(runs)
+    missing = [m for m in metrics if all(r.metric(m) is None for r in runs if r.status == "done")]
+    if missing:
+        close = {m: difflib.get_close_matches(m, have, n=3, cutoff=0.4) for m in missing}
+        hints = "; ".join(f"{m}: did you mean {', '.join(c)}?" for m, c in close.items() if c)
+        raise ConfigError(f"report: --metric {', '.join(missing)}: no finished run has it"
+                          + (f" ({hints})" if hints else "") + f". Metrics the runs have: {', '.join(have) or 'none'}")
+
+
+def default_metrics(runs: list[Run], cv: bool = False) -> list[str]:
+    """Every done run's ``headline`` keys; else its ``test`` keys; else (cv folds) its ``final`` val keys.
+    After `lit-exp cv` the fold comparison (validation metrics of every fold) comes first, then the test keys."""
+    if cv and val_metrics(runs):
+        done = [r for r in runs if r.status == "done"]
+        tested = list(dict.fromkeys(k for r in done for k in (r.results.get("test") or {})))
+        return val_metrics(runs) + [k for k in tested if k not in val_metrics(runs)]
     done = [r for r in runs if r.status == "done"] or runs
     names = list(dict.fromkeys(k for r in done for k in (r.results.get("headline") or {})))
     names = names or list(dict.fromkeys(k for r in done for k in (r.results.get("test") or {})))
@@ -185,12 +260,32 @@ def default_metrics(runs: list[Run]) -> list[str]:
                                       if k.startswith("val/") or "/val/" in k))
 
 
+def unpaired(table: Table, variants: list[str], baseline: str, factors: set[str]) -> dict[str, list[str]]:
+    """Variants whose config differs from the baseline's besides the studied factor: ``{variant: [keys]}``.
+
+    Their deltas and paired tests are refused (the difference would be credited to the factor). With no known
+    factor (plain run folders and no ``--factor``) every difference is only flagged."""
+    if not factors or baseline not in table.header:
+        return {}
+    col = {v: table.header.index(v) for v in variants if v in table.header}
+    out: dict[str, list[str]] = {}
+    for row in table.rows:
+        if row[-1] != "⚠ no" or "fold" in row[0]:  # fold files and fingerprints: the paired test decides
+            continue
+        for v, i in col.items():
+            if v != baseline and row[i] != row[col[baseline]]:
+                out.setdefault(v, []).append(_short(row[0]))
+    return out
+
+
 def config_tables(runs: list[Run], variants: list[str], factors: set[str]) -> tuple[Table, list[str]]:
     """The keys that differ between variants (plus the folds fingerprint) and the ⚠ lines for non-factors."""
     per_variant: dict[str, dict[str, str]] = {}
     warnings: list[str] = []
+    done = [r for r in runs if r.status == "done"]  # an unfinished run is listed, never diffed
+    variants = [v for v in variants if any(r.variant == v for r in done)]
     for v in variants:
-        cfgs = [dict(r.config, **{"folds.fingerprint": r.fingerprint}) for r in runs if r.variant == v]
+        cfgs = [dict(r.config, **{"folds.fingerprint": r.fingerprint}) for r in done if r.variant == v]
         keys = sorted({k for c in cfgs for k in c if not _ignored(k)})
         merged = {}
         for k in keys:
@@ -224,9 +319,12 @@ METRIC_HEADER = ["variant", "n", "mean", "std", "variance from", "above stronges
                  "pairs", "test", "statistic", "p", "95% CI of delta", "note"]
 
 
-def metric_tables(runs: list[Run], variants: list[str], baseline: str, metrics: list[str]) -> list[Table]:
+def metric_tables(runs: list[Run], variants: list[str], baseline: str, metrics: list[str],
+                  refused: dict[str, list[str]] | None = None) -> list[Table]:
     """Per metric: n, mean, std, source of variance, gap to the strongest floor, delta and % vs baseline, the
-    paired test that fits the runs (report_stats.paired_test), then the floor and reference rows."""
+    paired test that fits the runs (report_stats.paired_test), then the floor and reference rows. A variant in
+    ``refused`` (its config differs besides the studied factor) gets no delta and no test, and the reason."""
+    refused = refused or {}
     tables = []
     done = [r for r in runs if r.status == "done"]
     for m in metrics:
@@ -246,6 +344,10 @@ def metric_tables(runs: list[Run], variants: list[str], baseline: str, metrics: 
                    "variance from": variance_source(vr), "above strongest floor": floor_gap(vr, m)}
             if v == baseline:
                 row["note"] = "baseline"
+            elif v in refused:
+                why = f"not paired with {baseline}: differs besides the studied factor in {', '.join(refused[v])}"
+                row["note"] = why
+                t.notes.append(f"{v}: {why}")
             else:
                 pt = paired_test(base_runs, vr, m)
                 both = vr + base_runs
@@ -303,12 +405,17 @@ def build_report(specs: list[str], out: Path | None = None, baseline: str | None
     baseline = baseline or variants[0]
     if baseline not in variants:
         raise ConfigError(f"report: --baseline {baseline!r} is not a variant; variants are {variants}")
-    metrics = metrics or default_metrics(runs)
+    check_one_study(runs, all_factors)
+    if metrics:
+        check_metrics(metrics, runs)
+    metrics = metrics or default_metrics(runs, cv=is_cv(specs))
     out = Path(out) if out else Path(specs[0].partition("=")[2] or specs[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     cfg_table, warnings = config_tables(runs, variants, all_factors)
     warnings += cv_check(specs, runs) + tuned_warnings(runs) + floor_warnings(runs, variants)
-    tables = [*metric_tables(runs, variants, baseline, metrics), *item_tables(runs, variants, baseline, items),
+    refused = unpaired(cfg_table, variants, baseline, all_factors)
+    tables = [*metric_tables(runs, variants, baseline, metrics, refused),
+              *item_tables(runs, variants, baseline, items),
               cfg_table, runs_table(runs, metrics)]
     bad = [r for r in runs if r.status != "done" or r.test_error]
     if bad:  # a run that trained but whose requested test failed is listed too (F54)

@@ -117,11 +117,17 @@ def curve_figures(runs: list[Run], metrics: list[str], out: Path) -> list[str]:
 
 
 def copy_run_figures(runs: list[Run], out: Path) -> list[str]:
-    """Copy each run's ``figures/**/*.png`` into ``out/runs/<run>/`` so the report folder stands alone."""
+    """Copy each run's figures (every PNG of the run folder: ``figures/``, ``tables/``, ``eval/test-*/``; not an
+    earlier report's nor a superseded run's) into ``out/runs/<run>/`` so the report folder stands alone."""
     files = []
     for r in runs:
-        for png in sorted(Path(r.run_dir).glob("figures/**/*.png")):
-            rel = Path("runs") / slug(r.name) / png.relative_to(Path(r.run_dir) / "figures")
+        root = Path(r.run_dir)
+        for png in sorted(root.glob("**/*.png")):
+            inner = png.relative_to(root)
+            if inner.parts[0] in ("report", "superseded"):
+                continue
+            inner = inner.relative_to("figures") if inner.parts[0] == "figures" else inner
+            rel = Path("runs") / slug(r.name) / inner
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, out / rel)
             files.append(rel.as_posix())

@@ -358,3 +358,78 @@ def test_f29_a_switched_part_class_implies_its_own_arguments_but_not_other_keys(
     assert cfg["trainer.max_epochs"]["studied factor"] == "⚠ no"
     assert "⚠ differs besides the studied factor: trainer.max_epochs" in text
     assert "magnitude_hidden (" not in text.split("## ")[0]  # no warning line for the implied argument
+
+
+# ------------------------------------------------------------------ a report that cannot mislead (issue 25, item 2)
+def test_a_corrupt_results_json_is_listed_as_unreadable_and_the_rest_reported(tmp_path: Path) -> None:
+    make_sweep(tmp_path / "sw", {"w8": (width(8), 0.0), "w16": (width(16), 0.05)}, seeds=[0, 1, 2])
+    bad = tmp_path / "sw" / "w16-s1" / "results.json"
+    bad.write_text(bad.read_text()[:30])
+    text = (report.build_report([str(tmp_path / "sw")]) / "report.md").read_text()
+    tables = md_tables(text)
+    failed = {r["run"]: r for r in tables["Failed or missing runs"]}
+    assert failed["w16-s1"]["status"] == "unreadable" and str(bad) in failed["w16-s1"]["error"]
+    rows = {r["variant"]: r for r in tables[f"Metric {METRIC} (baseline w8)"]}
+    assert rows["w8"]["n"] == "3" and rows["w16"]["n"] == "2"
+
+
+def test_a_half_finished_sweep_lists_its_unfinished_runs_and_flags_nothing_false(tmp_path: Path) -> None:
+    make_sweep(tmp_path / "sw", {"w8": (width(8), 0.0), "w16": (width(16), 0.05)}, seeds=[0, 1])
+    shutil.rmtree(tmp_path / "sw" / "w16-s1")  # pending: no folder yet
+    (tmp_path / "sw" / "w8-s1" / "config.yaml").unlink()
+    (tmp_path / "sw" / "w8-s1" / "results.json").unlink()
+    text = (report.build_report([str(tmp_path / "sw")]) / "report.md").read_text()
+    assert "differs besides the studied factor" not in text and "differs within variant" not in text
+    missing = {r["run"] for r in md_tables(text)["Failed or missing runs"]}
+    assert missing == {"w16-s1", "w8-s1"}
+
+
+def test_a_metric_no_run_has_is_an_error_naming_the_metrics_that_exist(tmp_path: Path, capsys) -> None:
+    make_sweep(tmp_path / "sw", {"w8": (width(8), 0.0), "w16": (width(16), 0.05)}, seeds=[0, 1])
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", str(tmp_path / "sw"), "--metric", "toy/test/accc"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "toy/test/accc" in err and "did you mean toy/test/acc" in err
+    assert "Traceback" not in err and not (tmp_path / "sw" / "report").exists()
+
+
+def test_runs_of_different_studies_are_refused(tmp_path: Path) -> None:
+    write_run(tmp_path / "a", 0.7, {}, seed=0)
+    write_run(tmp_path / "b", 0.6, {"model": {"class_path": "other.Study", "init_args": {"width": 8}}}, seed=0)
+    with pytest.raises(ConfigError, match="different studies.*toy.Module.*other.Study"):
+        report.build_report([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}"])
+
+
+def test_a_variant_that_differs_besides_the_studied_factor_is_not_paired(tmp_path: Path) -> None:
+    longer = width(16, trainer={"max_epochs": 60})
+    make_sweep(tmp_path / "sw", {"w8": (width(8), 0.0), "w16": (longer, 0.05), "w32": (width(32), 0.02)},
+               seeds=list(range(10)))
+    text = (report.build_report([str(tmp_path / "sw")]) / "report.md").read_text()
+    rows = {r["variant"]: r for r in md_tables(text)[f"Metric {METRIC} (baseline w8)"]}
+    assert rows["w16"]["delta"] == "-" and rows["w16"]["p"] == "-"
+    assert "not paired with w8: differs besides the studied factor in trainer.max_epochs" in rows["w16"]["note"]
+    assert rows["w32"]["delta"] != "-" and rows["w32"]["pairs"] == "10"  # a fair variant is still compared
+
+
+def test_after_cv_the_fold_comparison_is_the_default(tmp_path: Path) -> None:
+    make_sweep(tmp_path / "cv", {"w8": (width(8), 0.0), "w16": (width(16), 0.05)}, seeds=[0], folds=3)
+    for run in (tmp_path / "cv").glob("w*/results.json"):
+        data = json.loads(run.read_text())
+        data["final"] = {"toy/val/acc": data["test"][METRIC]}
+        run.write_text(json.dumps(data))
+    text = (report.build_report([str(tmp_path / "cv")]) / "report.md").read_text()
+    titles = [line[3:] for line in text.splitlines() if line.startswith("## Metric ")]
+    assert titles[0] == "Metric toy/val/acc (baseline w8)"
+    rows = {r["variant"]: r for r in md_tables(text)[titles[0]]}
+    assert rows["w16"]["variance from"] == "folds" and rows["w16"]["pairs"] == "3"
+
+
+def test_every_figure_of_a_run_is_linked(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    make_sweep(tmp_path / "sw", {"w8": (width(8), 0.0), "w16": (width(16), 0.05)}, seeds=[0])
+    (tmp_path / "sw" / "w8-s0" / "tables").mkdir()
+    plt.imsave(tmp_path / "sw" / "w8-s0" / "tables" / "per_class.png", np.zeros((4, 4)))
+    out = report.build_report([str(tmp_path / "sw")])
+    assert (out / "runs" / "w8-s0" / "tables" / "per_class.png").is_file()
+    assert "(runs/w8-s0/tables/per_class.png)" in (out / "report.md").read_text()
