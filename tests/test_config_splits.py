@@ -63,12 +63,14 @@ def distill(a: dict[str, Any]) -> tuple[Any, Any] | None:
 
 
 def multilabel(a: dict[str, Any]) -> tuple[Any, Any] | None:
-    if a["dataset"] == "coco":  # validation is a seeded share of the pool
-        return _coco_source(a["root"], a["coco_pool"]), _coco_source(a["root"], a["coco_test"])
-    if a["dataset"] in ("csv", "jsonl"):
-        pool = a.get("file") or f"labels.{a['dataset']}"
-        return ({("label file", str(Path(str(a["root"])) / pool))},
-                {("label file", str(Path(str(a["root"])) / str(a["test_file"])))})
+    source = a.get("source") or {}
+    kind, s = str(source.get("class_path", "")), source.get("init_args") or {}
+    if kind.endswith("CocoCaptionSource"):  # validation is a seeded share of the pool
+        return _coco_source(s["root"], s["pool"]), _coco_source(s["root"], s["test"])
+    if kind.endswith("FileCaptionSource"):  # file null: labels.csv or labels.jsonl, whichever exists
+        pools = [s["file"]] if s.get("file") else ["labels.csv", "labels.jsonl"]
+        return ({("label file", str(Path(str(s["root"])) / p)) for p in pools},
+                {("label file", str(Path(str(s["root"])) / str(s["test_file"])))})
     return None  # ShapesWorld: pool and test worlds of different seeds
 
 

@@ -223,14 +223,15 @@ def test_f48_tools_building_a_study_compose_like_the_cli(tmp_path, monkeypatch):
         assert dm.prompt_args[key] == value, key
 
     delta = tmp_path / "fewer_steps.yaml"
-    delta.write_text("data: {init_args: {n_pool: 64, n_test: 32, towers: {init_args: {steps: 3}}}}\n")
+    delta.write_text("data: {init_args: {source: {init_args: {n_pool: 64, n_test: 32}},\n"
+                     "                   frozen: {init_args: {steps: 3}}}}\n")
     ml = [str(root / "multilabel/demo.yaml"), str(delta)]
-    towers = load_composed(*ml)["data"]["init_args"]["towers"]["init_args"]
+    towers = load_composed(*ml)["data"]["init_args"]["frozen"]["init_args"]
     assert towers["steps"] == 3 and "threads" in towers
     from lit_experiments.studies.multilabel.datamodule import MultilabelDataModule
 
     monkeypatch.setattr(MultilabelDataModule, "fold_pool", lambda self: (4, [0, 1, 0, 1]))  # no stand-in training
     dm_cv, _, _ = pool_of(ml)
     for key, value in towers.items():
-        if hasattr(dm_cv.towers, key):
-            assert getattr(dm_cv.towers, key) == value, key
+        if hasattr(dm_cv.frozen, key):
+            assert getattr(dm_cv.frozen, key) == value, key
