@@ -56,14 +56,78 @@ def progress_bar_wanted(argv: list[str], env: dict[str, str] | None = None, tty:
     return bool(tty) and not env.get("CI")
 
 
-def explain_parse_error(message: str, argv: list[str], parsers: dict[str, Any]) -> str:
-    """jsonargparse's message, shortened, with the key path and a close option name when one exists."""
+def _class_keys(path: str) -> list[str]:
+    """The constructor arguments of the class at dotted ``path`` (``[]`` when it cannot be imported)."""
+    import importlib
+    import inspect
+
+    module, _, name = path.rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module), name)
+        params = inspect.signature(target).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return []
+    return [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _where_key(key: str, sources: list[str]) -> list[str]:
+    """``file:line`` of each config file line that sets ``key`` (block or flow style)."""
+    pattern = re.compile(rf"(^|[{{,\s]){re.escape(key)}\s*:")
+    found = []
+    for path in sources:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        found += [f"{path}:{i}" for i, line in enumerate(lines, 1) if pattern.search(line.split("#")[0])]
+    return found
+
+
+def _nested_key_hint(message: str, sources: list[str]) -> str:
+    """For an unknown key inside a part (``Option 'hiden' is not accepted``) or a group (``Group 'trainer' does
+    not accept option 'max_epoch'``): the nearest accepted key and the file and line that set it."""
+    part = re.search(r"Option '([\w.]+)' is not accepted", message)
+    group = re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message)
+    if part:
+        key = part.group(1)
+        cls = re.search(r"'class_path': '([\w.]+)'", message)
+        accepted = _class_keys(cls.group(1)) if cls else []
+    elif group:
+        key = group.group(2).rsplit(".", 1)[-1]
+        if group.group(1) == "trainer":
+            from .trainer import LitTrainer
+
+            accepted = _class_keys("lightning.Trainer") + _class_keys_of(LitTrainer)
+        else:
+            accepted = []
+    else:
+        return ""
+    hint = ""
+    close = difflib.get_close_matches(key, sorted(set(accepted)), n=2, cutoff=0.6)
+    if close:
+        hint += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+    where = _where_key(key, sources)
+    if where:
+        hint += f" (set in {', '.join(where)})"
+    return hint
+
+
+def _class_keys_of(cls: type) -> list[str]:
+    return _class_keys(f"{cls.__module__}.{cls.__qualname__}")
+
+
+def explain_parse_error(message: str, argv: list[str], parsers: dict[str, Any], sources: list[str] | None = None
+                        ) -> str:
+    """jsonargparse's message, shortened, with the key path and a close option name when one exists; for an unknown
+    key inside a config file, the nearest accepted key and the file and line that set it."""
     sub = next((a for a in argv if a in parsers), None)
     lines = clean_parser_message(message)
     keys = [m.group(1) for line in lines if (m := re.match(r'Parser key "([^"]+)":?$', line))]
     rest = [line for line in lines if not re.match(r'(Parser key "[^"]+":?|Errors:|Problem with given class_path'
                                                    r"|Does not validate against any of the Union subtypes)", line)]
     text = "; ".join(rest) or message
+    text = re.sub(r"; Given value: .*$", "", text)  # the whole composed part, hundreds of characters
+    text += _nested_key_hint(message, sources or [])
     if len(keys) > 1:  # model -> (class_path) -> hidden: the full dotted key
         text = f"{keys[0]}.init_args.{'.'.join(keys[1:])}: {text}"
     elif keys:
@@ -125,8 +189,8 @@ class LitCLI(LightningCLI):
                           file=sys.stderr, flush=True)
                 self.config = parser.parse_args(composed)
         except ArgumentError as err:
-            raise ConfigError(explain_parse_error(str(err), self._argv, getattr(self, "_subcommand_parsers", {})
-                                                  )) from err
+            raise ConfigError(explain_parse_error(str(err), self._argv, getattr(self, "_subcommand_parsers", {}),
+                                                  self._config_sources)) from err
         sub = self.config.get("subcommand")
         if sub in EVAL_SUBCOMMANDS:
             # the checkpoint is loaded by us after the lazy build, never by Lightning (nor its hparams parsed)

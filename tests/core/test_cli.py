@@ -258,3 +258,17 @@ def test_a_delta_run_records_its_files_and_says_its_bases_on_stderr(tmp_path, ca
     assert results["config_files"] == [str(FIT), str(delta)]
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["model"]["init_args"]["hidden"] == 7 and not saved.get("config")
+
+
+def test_a_nested_key_typo_names_the_file_line_and_the_nearest_key(tmp_path, capsys):
+    """A misspelt key inside a part (or the trainer group) of a config file: the error says which file and line
+    set it and which accepted key is nearest (it named neither and dumped the whole composed part)."""
+    part = tmp_path / "part.yaml"
+    part.write_text("# a delta\nmodel:\n  init_args: {hiden: 3}\n")
+    code, out, err = run_split(["fit", "-c", FIT, "-c", part, "--print_config"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{part}:3" in err and "did you mean 'hidden'" in err and "Given value" not in err
+    group = tmp_path / "group.yaml"
+    group.write_text("trainer:\n  max_epoch: 3\n")
+    code, out, err = run_split(["fit", "-c", FIT, "-c", group, "--print_config"], capsys)
+    assert code == 2 and f"{group}:2" in err and "did you mean 'max_epochs'" in err
