@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -277,10 +277,34 @@ class TrainingHealth(L.Callback):
         cos = xn @ xn.T
         mean_cos = (cos.sum() - cos.diagonal().sum()) / (n * (n - 1))
         std = xn.std(dim=0).mean()
-        if mean_cos.item() > self.collapse_cosine or std.item() < self.collapse_std:
+        verdict = check_collapse({"cosine": mean_cos.item(), "std": std.item()}, high={"cosine": self.collapse_cosine},
+                                 low={"std": self.collapse_std})
+        if verdict.fired:
             self._fail("collapse", pl_module,
                        f"representation {name!r} collapsed across the batch (mean pairwise cosine "
                        f"{mean_cos.item():.4f}, mean per-feature std {std.item():.2e}, batch {n})")
+
+
+class Collapse(NamedTuple):
+    """The verdict of :func:`check_collapse`: ``streak`` batches in a row past a limit (0: healthy), ``fired``."""
+
+    streak: int
+    fired: bool
+
+
+def check_collapse(values: dict[str, float], *, low: dict[str, float] | None = None,
+                   high: dict[str, float] | None = None, streak: int = 0, patience: int = 1) -> Collapse:
+    """The one collapse guard (F10 / F11 / F19), for ``TrainingHealth`` and for a study's own monitor.
+
+    A batch counts as collapsed when a measured value is below its limit in ``low`` (the mean per-feature std of
+    L2-normalised rows, its ratio to the healthy ``1/sqrt(d)``, the effective rank) or above its limit in ``high``
+    (the mean pairwise cosine); a NaN crosses no limit. ``streak`` is the caller's count of collapsed batches in a
+    row before this one; the guard fires once the new count reaches ``patience`` (1: the first collapsed batch).
+    The caller names the representation and the likely cause when it fires."""
+    collapsed = (any(values[k] < limit for k, limit in (low or {}).items())
+                 or any(values[k] > limit for k, limit in (high or {}).items()))
+    streak = streak + 1 if collapsed else 0
+    return Collapse(streak, streak >= patience)
 
 
 def source_parameters(module: torch.nn.Module, source: Source, target: str = "?") -> list[tuple[str, torch.Tensor]]:

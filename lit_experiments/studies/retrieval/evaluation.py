@@ -1,309 +1,193 @@
-"""Figures and tables of the retrieval study's evaluation (F19, F21): pure functions of tensors.
+"""The test-time evaluation of the retrieval study (F19, F21, F49): numbers, per-query AP, files.
 
-* :func:`ranking_rows` / :func:`ranking_markdown` / :func:`ranking_grid`: one query's top-k results in the
-  ranking of :func:`lit_experiments.metrics.retrieval_metrics` (score descending, then gallery index
-  ascending), as rows, a Markdown table and a thumbnail grid.
-* :func:`similarity_histogram`: cosine similarity of positive vs negative pairs; the seed's collapse
-  symptom is every score above 0.99 (F19).
-* :func:`embedding_map`: a 2-D map (PCA, or UMAP when umap-learn is installed) coloured by label.
-* :func:`compare_checkpoints`: two checkpoints on the same queries, side by side, with the most improved
-  and most degraded queries (per-query AP).
-* the floor of every mAP (F49) is :func:`lit_experiments.metrics.expected_random_ap`, the expected AP of a
-  uniformly random ranking (closed form); :func:`linear_probe`: a logistic-regression probe on frozen features, a reference row.
-
-Figures are drawn on ``matplotlib.figure.Figure`` objects (Agg canvas), never through pyplot, so no global
-backend is set and nothing is shown.
+* :func:`retrieval_numbers`: self-retrieval numbers of the final embedding and, by the same metric code on the
+  same queries, of the backbone's features, SimSiam's embedding, the random-init backbone and a linear probe; the
+  floor of every mAP is :func:`lit_experiments.metrics.expected_random_ap`, the expected AP of a uniformly random
+  ranking (closed form); the ``*_xclip`` numbers leave the query's own video out of its ranking.
+* :func:`evaluation_outputs`: what :class:`~.module.RetrievalModule`'s test hook calls (files on rank 0 in
+  ``<run_dir>/retrieval/``); :func:`write_outputs`: ``metrics.json``, ``per_query_ap.csv``, ``ranking.md`` with a
+  thumbnail grid per query, the similarity histogram and the 2-D map (drawn by :mod:`.figures`), also for
+  ``lit-exp retrieval-report`` (:mod:`.report`).
+* :func:`linear_probe`: a logistic-regression probe on frozen features, a reference row.
 """
-
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import csv
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from matplotlib.figure import Figure
-from torch import Tensor
-
-from lit_experiments.metrics import compare_per_query_ap
-
-_FRAME = {True: "#1a9850", False: "#d73027", None: "#969696"}  # positive, negative, query label unknown
-_HEADLINE = ("map", "map@r", "r_precision", "precision@", "recall@", "hit_rate@")
-_SPREAD = ("std", "std_expected", "std_ratio", "cos_p05", "cos_p50", "cos_p95")
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 
-def ranking_rows(
-    scores_row: Tensor,
-    gallery_labels: Tensor,
-    gallery_names: Sequence[str],
-    query_label: int,
-    k: int,
-    exclude_index: int | None = None,
-) -> list[dict]:
-    """Top ``k`` gallery items of one query, ranked by score descending then gallery index ascending.
-
-    Args:
-        scores_row: ``(Ng,)`` scores of the query against the gallery; gallery_labels: int ``(Ng,)``;
-        gallery_names: ``Ng`` display names (e.g. frame paths); query_label: ``-1`` when unknown
-        (an external query); exclude_index: a gallery index left out (the query itself).
-
-    Returns:
-        ``k`` dicts ``{"rank" (1-based), "index" (gallery index), "frame", "score", "label",
-        "positive" (bool, or None when the query label is -1)}``.
-    """
-    ng = scores_row.shape[0]
-    if scores_row.dim() != 1 or gallery_labels.shape != (ng,) or len(gallery_names) != ng:
-        raise ValueError(
-            f"scores_row (Ng,), gallery_labels (Ng,) and Ng gallery_names expected, got {tuple(scores_row.shape)}, "
-            f"{tuple(gallery_labels.shape)} and {len(gallery_names)} names"
-        )
-    keep = torch.arange(ng)
-    if exclude_index is not None:
-        keep = keep[keep != exclude_index]
-    if not 1 <= k <= keep.numel():
-        raise ValueError(f"k must be in [1, {keep.numel()}] (gallery items left), got {k}")
-    vals = scores_row.detach().cpu()[keep]
-    order = torch.sort(vals, descending=True, stable=True).indices[:k]  # stable: index asc within ties
-    rows = []
-    for rank, j in enumerate(keep[order].tolist(), start=1):
-        label = int(gallery_labels[j])
-        rows.append(
-            {
-                "rank": rank,
-                "index": j,
-                "frame": str(gallery_names[j]),
-                "score": float(scores_row[j]),
-                "label": label,
-                "positive": None if int(query_label) == -1 else label == int(query_label),
-            }
-        )
-    return rows
+#: the embeddings besides the final one, by results-key suffix (``map_<name>``)
+OTHERS = ("backbone", "simsiam", "init", "probe")
 
 
-def ranking_markdown(title: str, rows: Sequence[dict]) -> str:
-    """Markdown table of :func:`ranking_rows` under a ``###`` title (positive: yes / no / - if unknown)."""
-    mark = {True: "yes", False: "no", None: "-"}
-    lines = [f"### {title}", "", "| rank | frame | score | label | positive |", "|---:|---|---:|---:|:---:|"]
-    lines += [f"| {r['rank']} | {r['frame']} | {r['score']:.4f} | {r['label']} | {mark[r['positive']]} |" for r in rows]
-    return "\n".join(lines) + "\n"
+def retrieval_numbers(f: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, ks: list[int],
+                      groups: torch.Tensor | None = None, others: dict[str, torch.Tensor | None] | None = None
+                      ) -> dict[str, Any]:
+    """Self-retrieval numbers of the final embedding ``z`` (``map``, ``map@r``, the @k metrics, spread) and, by the
+    same metric code on the same queries, of the backbone features ``f`` (``map_backbone``) and of every embedding
+    in ``others`` (``map_<name>``: ``simsiam`` = SimSiam's projector output, ``init`` = the random-init backbone,
+    ``probe`` = a linear probe's class probabilities; None values are left out). ``map_random`` is the expected AP
+    of a random ranking (closed form, the floor); ``map_chance`` the mean positive rate.
+
+    With ``groups`` (the video of each frame, more than one), the ``*_xclip`` numbers leave every frame of the
+    query's own video out of its ranking: neighbouring frames are near-duplicates and would make the numbers.
+    ``_per_item`` holds the per-query AP of every embedding (and the random ranking's expectation), by key."""
+    import torch
+    import torch.nn.functional as F
+
+    from lit_experiments.metrics import embedding_stats, expected_random_ap, retrieval_metrics
+    from lit_experiments.metrics.embedding import effective_rank
+
+    n = z.shape[0]
+    ks_ok = [k for k in ks if k <= n - 1] or [1]
+    embs = {"": z, "backbone": f, **{k: v for k, v in (others or {}).items() if v is not None}}
+
+    def run(x: torch.Tensor, **kw: Any) -> dict[str, Any]:
+        xn = F.normalize(x.float(), dim=1)
+        return retrieval_metrics(xn, xn, labels, labels, exclude_self=True, **kw)
+
+    outs = {name: run(x, ks=ks_ok) for name, x in embs.items()}
+    out_z, out_f = outs[""], outs["backbone"]
+    same = labels[:, None] == labels[None, :]
+    pos = same.sum(1) - 1
+    has = pos > 0
+    rand = expected_random_ap(pos, torch.full_like(pos, n - 1))
+    stats = embedding_stats(z.float())
+    res: dict[str, Any] = {k: float(v) for k, v in out_z.items() if k not in ("per_query_ap", "n_queries",
+                                                                              "n_skipped_queries")}
+    for name, out in outs.items():
+        if name:
+            res[f"map_{name}"], res[f"map@r_{name}"] = float(out["map"]), float(out["map@r"])
+    res.update({
+        "map_random": float(rand[has].mean()) if bool(has.any()) else float("nan"),
+        "map_chance": float((pos[has].double() / (n - 1)).mean()) if bool(has.any()) else float("nan"),
+        "n_queries": int(out_z["n_queries"]), "n_skipped_queries": int(out_z["n_skipped_queries"]),
+        "z_std": float(stats["std"]), "z_std_healthy": float(stats["std_expected"]),
+        "z_std_ratio": float(stats["std_ratio"]), "effective_rank": float(effective_rank(z.float())),
+        "cos_p50": float(stats["cos_p50"]), "cos_p95": float(stats["cos_p95"]),
+    })
+    per_item = {f"map{'_' + k if k else ''}": o["per_query_ap"] for k, o in outs.items()}
+    per_item["map_random"] = rand
+    dropped = [k for k in ks if k > n - 1]
+    if dropped:
+        res["ks_dropped"] = len(dropped)
+    if groups is not None and len(torch.unique(groups)) > 1:  # a query's own video left out (near-duplicates)
+        own = (groups[:, None] == groups[None, :]).sum(1)
+        ks_x = [k for k in ks_ok if k <= n - int(own.max())] or [1]
+        kw = {"ks": ks_x, "query_groups": groups, "gallery_groups": groups}
+        xouts = {name: run(x, **kw) for name, x in embs.items()}
+        other = groups[:, None] != groups[None, :]
+        pos_x = (same & other).sum(1)
+        has_x = pos_x > 0
+        rand_x = expected_random_ap(pos_x, other.sum(1))
+        xz = xouts[""]
+        res.update({
+            "map_xclip": float(xz["map"]), "precision@1_xclip": float(xz["precision@1"]),
+            "hit_rate@10_xclip": float(xz.get("hit_rate@10", float("nan"))),
+            "map_random_xclip": float(rand_x[has_x].mean()) if bool(has_x.any()) else float("nan"),
+            "map_chance_xclip": float((pos_x[has_x].double() / other.sum(1)[has_x]).mean()) if bool(has_x.any())
+            else float("nan"),
+        })
+        for name, out in xouts.items():
+            if name:
+                res[f"map_{name}_xclip"] = float(out["map"])
+            per_item[f"map{'_' + name if name else ''}_xclip"] = out["per_query_ap"]
+        per_item["map_random_xclip"] = rand_x
+    res["_per_query"] = (out_f["per_query_ap"], out_z["per_query_ap"], out_z, stats)
+    res["_per_item"] = per_item
+    return res
 
 
-def _thumb(ax, image: Tensor, title: str, color: str | None) -> None:
-    if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 (3, H, W), got {image.dtype} {tuple(image.shape)}")
-    ax.imshow(image.permute(1, 2, 0).cpu().numpy())
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=7)
-    for spine in ax.spines.values():
-        spine.set_visible(color is not None)
-        if color is not None:
-            spine.set_edgecolor(color)
-            spine.set_linewidth(4)
+def write_outputs(out: Path, res: dict[str, Any], z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor,
+                  frames: Any, queries: list[tuple[str, torch.Tensor, int, torch.Tensor]], k: int = 10,
+                  map_method: str = "pca", extra: dict[str, Any] | None = None) -> list[str]:
+    """Figures and tables of one evaluation into ``out`` (see the module docstring).
+
+    ``frames``: the gallery dataset (``image`` by index, ``frame_name(i)``); ``queries``: ``(name, image, label,
+    embedding)`` of each query to tabulate (internal frames or external images); ``extra``: more entries for
+    metrics.json. Returns the gallery's frame names in ``ids`` order."""
+    import torch
+    import torch.nn.functional as F
+
+    from .figures import embedding_map, ranking_grid, ranking_markdown, ranking_rows, similarity_histogram
+
+    out.mkdir(parents=True, exist_ok=True)
+    ap_f, ap_z = res["_per_query"][0], res["_per_query"][1]
+    names = [frames.frame_name(int(i)) for i in ids.tolist()]
+    with (out / "per_query_ap.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "frame", "label", "ap_backbone", "ap_embedding"])
+        for j in range(len(names)):
+            w.writerow([int(ids[j]), names[j], int(labels[j]), f"{float(ap_f[j]):.6f}", f"{float(ap_z[j]):.6f}"])
+    hist = similarity_histogram(z.float(), labels, out / "similarity_hist.png")
+    res["frac_pairs_above_0.99"] = float(hist["frac_above_0.99"])
+    embedding_map(z.float(), labels, out / "embedding_map.png", method=map_method)
+    zn = F.normalize(z.float(), dim=1)
+    md = ["# Rankings", "", "Score: cosine similarity of the final embeddings. Ranking: score descending, then "
+          "gallery index ascending (the order of every @k metric).", ""]
+    for name, image, label, emb in queries:
+        scores = zn @ F.normalize(emb.float().view(1, -1), dim=1).t()
+        exclude = names.index(name) if name in names else None
+        kk = min(k, len(names) - (exclude is not None))
+        rows = ranking_rows(scores.view(-1), labels, names, label, kk, exclude_index=exclude)
+        md += [ranking_markdown(f"query {name} (label {label})", rows), ""]
+        thumbs = torch.stack([frames[int(ids[r["index"]])]["image"] for r in rows])
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        ranking_grid(image, thumbs, rows, out / f"ranking_{safe}.png")
+    (out / "ranking.md").write_text("\n".join(md))
+    clean = {key: v for key, v in res.items() if not key.startswith("_")}
+    (out / "metrics.json").write_text(json.dumps({**clean, **(extra or {})}, indent=1))
+    return names
 
 
-def ranking_grid(
-    query_image: Tensor, gallery_images: Tensor, rows: Sequence[dict], path: str | Path, ncols: int = 6
-) -> Path:
-    """PNG grid: the query first, then each result titled ``#rank s=score label`` and framed green
-    (positive), red (negative) or grey (query label unknown). ``gallery_images`` (k, 3, H, W) uint8 is
-    aligned with ``rows``. Returns the path written."""
-    if gallery_images.dim() != 4 or gallery_images.shape[0] != len(rows):
-        raise ValueError(f"gallery_images must be (k, 3, H, W) with k = {len(rows)} rows, got {tuple(gallery_images.shape)}")
-    n = len(rows) + 1
-    cols = min(ncols, n)
-    nrows = math.ceil(n / cols)
-    fig = Figure(figsize=(1.7 * cols, 1.9 * nrows), dpi=100)
-    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
-    _thumb(axes[0], query_image, "query", None)
-    for ax, img, r in zip(axes[1:], gallery_images, rows):
-        _thumb(ax, img, f"#{r['rank']} s={r['score']:.3f} y={r['label']}", _FRAME[r["positive"]])
-    for ax in axes[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+def evaluation_outputs(module: Any, f_pack: tuple, z_pack: tuple, ks: list[int],
+                       others: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The test-time numbers of :class:`~.module.RetrievalModule` (``others``: see :func:`retrieval_numbers`);
+    files in ``<run_dir>/retrieval/`` on rank 0. ``_per_item`` / ``_groups`` stay in the result for the caller."""
+    f, labels, ids = f_pack
+    z = z_pack[0]
+    dm = getattr(module.trainer, "datamodule", None)
+    groups = video_groups(dm, ids)
+    res = retrieval_numbers(f, z, labels, ks, groups, others)
+    res["_groups"] = groups
+    if module._is_rank_zero() and dm is not None:
+        frames = dm.frames("test")
+        first = frames[int(ids[0])]
+        queries = [(first["frame"], first["image"], int(labels[0]), z[0])]
+        queries += external_queries(module, dm)
+        write_outputs(module.run_dir / "retrieval", res, z, labels, ids, frames, queries)
+    res.pop("_per_query", None)
+    return res
 
 
-def similarity_histogram(
-    emb: Tensor, labels: Tensor, path: str | Path, bins: int = 50, max_samples: int = 4000, seed: int = 0
-) -> dict[str, Tensor | float | int]:
-    """Cosine similarities of positive (same label) vs negative pairs, overlaid histograms as a PNG.
+def video_groups(dm: Any, ids: Any) -> Any:
+    """The video of every test frame (``clips`` of the split), or None when the split does not know them."""
+    clips = getattr(dm.frames("test"), "clips", None) if dm is not None else None
+    return None if clips is None else clips[ids.long().cpu()]
 
-    Distinct pairs ``i < j`` of a seeded subset of ``max_samples`` rows (all rows when fewer; the subset is
-    ``torch.randperm`` of a ``seed``-ed generator). Histograms over [-1, 1] with ``bins`` bins
-    (``torch.histc``). Returns ``pos_counts`` / ``neg_counts`` int64 (bins,), ``edges`` (bins + 1,),
-    ``n_pos_pairs``, ``n_neg_pairs``, ``pos_mean``, ``neg_mean`` (NaN without such pairs),
-    ``frac_above_0.99`` (all pairs; near 1 is the F19 collapse symptom) and ``n_samples``.
-    """
-    if emb.dim() != 2 or emb.shape[0] < 2 or labels.shape != (emb.shape[0],):
-        raise ValueError(f"emb (N, D) with N >= 2 and labels (N,) expected, got {tuple(emb.shape)} and {tuple(labels.shape)}")
-    z = F.normalize(emb.detach().double().cpu(), dim=1)
-    lab = labels.detach().cpu()
-    if z.shape[0] > max_samples:
-        keep = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:max_samples]
-        z, lab = z[keep], lab[keep]
-    m = z.shape[0]
-    upper = torch.ones(m, m, dtype=torch.bool).triu_(1)
-    sims = (z @ z.t()).clamp_(-1.0, 1.0)
-    same = lab[:, None] == lab[None, :]
-    pos, neg = sims[upper & same], sims[upper & ~same]
-    out: dict[str, Tensor | float | int] = {
-        "pos_counts": torch.histc(pos, bins=bins, min=-1.0, max=1.0).long(),
-        "neg_counts": torch.histc(neg, bins=bins, min=-1.0, max=1.0).long(),
-        "edges": torch.linspace(-1.0, 1.0, bins + 1, dtype=torch.float64),
-        "n_pos_pairs": pos.numel(),
-        "n_neg_pairs": neg.numel(),
-        "pos_mean": float(pos.mean()) if pos.numel() else math.nan,
-        "neg_mean": float(neg.mean()) if neg.numel() else math.nan,
-        "frac_above_0.99": float(((pos > 0.99).sum() + (neg > 0.99).sum()) / max(1, pos.numel() + neg.numel())),
-        "n_samples": m,
-    }
-    fig = Figure(figsize=(5, 3.2), dpi=100)
-    ax = fig.subplots()
-    edges = out["edges"].numpy()
-    for counts, name, color in ((out["neg_counts"], "negative", "#d73027"), (out["pos_counts"], "positive", "#1a9850")):
-        density = counts.double() / max(1, int(counts.sum()))
-        ax.stairs(density.numpy(), edges, fill=True, alpha=0.45, color=color, label=f"{name} ({int(counts.sum())} pairs)")
-    ax.set_xlabel("cosine similarity")
-    ax.set_ylabel("fraction of pairs")
-    ax.set_title(f"{m} samples; {out['frac_above_0.99']:.1%} of pairs > 0.99", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+
+def external_queries(module: Any, dm: Any) -> list[tuple[str, Any, int, Any]]:
+    queries = getattr(dm, "queries", None)
+    if queries is None:
+        return []
+    out = []
+    for i in range(len(queries)):
+        item = queries[i]
+        emb = module.embed(item["image"].unsqueeze(0))["embedding"][0].cpu()
+        out.append((f"external:{item['frame']}", item["image"], int(item["label"]), emb))
     return out
-
-
-def _pca_2d(x: Tensor) -> Tensor:
-    """Exact 2-D PCA (SVD of the centred data); signs fixed so each component's largest |loading| is > 0."""
-    xc = x - x.mean(0, keepdim=True)
-    _, _, vh = torch.linalg.svd(xc, full_matrices=False)
-    v = vh[:2]
-    sign = torch.sign(v.gather(1, v.abs().argmax(1, keepdim=True)))
-    return xc @ (v * sign).t()
-
-
-def embedding_map(emb: Tensor, labels: Tensor, path: str | Path, method: str = "pca") -> Tensor:
-    """2-D map of ``emb`` (N, D) coloured by ``labels`` (N,), saved as a PNG; returns the (N, 2) coordinates.
-
-    ``method="pca"``: exact PCA of the raw embeddings (float64 SVD, sklearn's sign convention up to the
-    flip rule in :func:`_pca_2d`). ``method="umap"``: umap-learn (cosine metric, seed 0) when installed,
-    otherwise a printed note and PCA.
-    """
-    if emb.dim() != 2 or labels.shape != (emb.shape[0],) or emb.shape[0] < 2:
-        raise ValueError(f"emb (N, D) with N >= 2 and labels (N,) expected, got {tuple(emb.shape)} and {tuple(labels.shape)}")
-    if method not in ("pca", "umap"):
-        raise ValueError(f"method must be 'pca' or 'umap', got {method!r}")
-    x = emb.detach().double().cpu()
-    used = method
-    if method == "umap":
-        try:
-            import umap  # optional dependency
-        except ImportError:
-            print("embedding_map: umap-learn is not installed; using PCA instead")
-            used = "pca"
-        else:
-            reducer = umap.UMAP(n_components=2, metric="cosine", random_state=0)
-            coords = torch.from_numpy(reducer.fit_transform(x.numpy())).double()
-    if used == "pca":
-        coords = _pca_2d(x)
-    lab = labels.detach().cpu()
-    fig = Figure(figsize=(5, 4.5), dpi=100)
-    ax = fig.subplots()
-    uniq = torch.unique(lab).tolist()
-    for i, u in enumerate(uniq):
-        sel = lab == u
-        ax.scatter(coords[sel, 0].numpy(), coords[sel, 1].numpy(), s=6, color=_cmap(i, len(uniq)), label=str(u))
-    if len(uniq) <= 20:
-        ax.legend(fontsize=6, markerscale=2, title="label", title_fontsize=7)
-    ax.set_title(f"{used.upper()} of {x.shape[0]} embeddings", fontsize=9)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return coords
-
-
-def _cmap(i: int, n: int) -> tuple:
-    from matplotlib import colormaps
-
-    return colormaps["tab20" if n > 10 else "tab10"](i % 20)
-
-
-def _f(x: object) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.4f}"
-
-
-def compare_checkpoints(
-    name_a: str,
-    out_a: dict,
-    name_b: str,
-    out_b: dict,
-    stats_a: dict,
-    stats_b: dict,
-    query_names: Sequence[str],
-    top: int = 10,
-) -> tuple[dict, str]:
-    """Checkpoint A vs B on the same queries (F19).
-
-    Args:
-        out_a, out_b: :func:`retrieval_metrics` outputs on the same queries in the same order;
-        stats_a, stats_b: :func:`embedding_stats` outputs; query_names: one name per query; top: rows of
-        the improved / degraded tables.
-
-    Returns:
-        ``(result, markdown)``. ``result``: ``"metrics"`` ``{key: {"a", "b", "delta"}}`` for mAP, mAP@R,
-        R-precision and every P@k / R@k / hit_rate@k in both; ``"spread"`` ``{key: {"a", "b"}}`` (std,
-        std_expected, std_ratio, cos p05/p50/p95); ``"improved"`` / ``"degraded"``: up to ``top`` tuples
-        ``(query_name, ap_a, ap_b)`` by ``|ap_b - ap_a|`` descending (from :func:`compare_per_query_ap`);
-        ``"n_improved"``, ``"n_degraded"``, ``"n_unchanged"``, ``"n_compared"``, ``"mean_delta"``.
-    """
-    ap_a, ap_b = out_a["per_query_ap"], out_b["per_query_ap"]
-    if ap_a.shape != ap_b.shape or ap_a.numel() != len(query_names):
-        raise ValueError(
-            f"out_a, out_b and query_names must cover the same queries: {ap_a.numel()}, {ap_b.numel()} and "
-            f"{len(query_names)} queries"
-        )
-    keys = [k for k in out_a if k.startswith(_HEADLINE) and k in out_b and k != "per_query_ap"]
-    metrics = {k: {"a": float(out_a[k]), "b": float(out_b[k]), "delta": float(out_b[k]) - float(out_a[k])} for k in keys}
-    spread = {k: {"a": float(stats_a[k]), "b": float(stats_b[k])} for k in _SPREAD if k in stats_a and k in stats_b}
-    cmp = compare_per_query_ap(ap_a, ap_b)
-    name = [str(q) for q in query_names]
-    improved = [(name[i], a, b) for i, a, b in cmp["improved"][:top]]
-    degraded = [(name[i], a, b) for i, a, b in cmp["degraded"][:top]]
-    result = {
-        "metrics": metrics,
-        "spread": spread,
-        "improved": improved,
-        "degraded": degraded,
-        "n_improved": len(cmp["improved"]),
-        "n_degraded": len(cmp["degraded"]),
-        "n_unchanged": cmp["n_unchanged"],
-        "n_compared": cmp["n_compared"],
-        "mean_delta": cmp["mean_delta"],
-    }
-    md = [f"## {name_a} vs {name_b}", "", f"| metric | {name_a} | {name_b} | delta |", "|---|---:|---:|---:|"]
-    md += [f"| {k} | {_f(v['a'])} | {_f(v['b'])} | {v['delta']:+.4f} |" for k, v in metrics.items()]
-    md += ["", "Embedding spread (F19: std near 0 and cos p05 near 1 mean collapse; healthy std near std_expected)", ""]
-    md += [f"| statistic | {name_a} | {name_b} |", "|---|---:|---:|"]
-    md += [f"| {k} | {_f(v['a'])} | {_f(v['b'])} |" for k, v in spread.items()]
-    md += [
-        "",
-        f"Per-query AP over {cmp['n_compared']} queries: {len(cmp['improved'])} improved, {len(cmp['degraded'])} "
-        f"degraded, {cmp['n_unchanged']} unchanged; mean delta {_f(cmp['mean_delta'])}.",
-    ]
-    for title, items in (("Most improved", improved), ("Most degraded", degraded)):
-        md += ["", f"### {title} queries", "", f"| query | AP {name_a} | AP {name_b} | delta |", "|---|---:|---:|---:|"]
-        md += [f"| {q} | {a:.4f} | {b:.4f} | {b - a:+.4f} |" for q, a, b in items] or ["| (none) | | | |"]
-    return result, "\n".join(md) + "\n"
 
 
 def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, c: float = 1.0) -> Tensor | None:
     """Class probabilities ``(N_test, C)`` of a logistic-regression probe (sklearn, L-BFGS, L2 ``c``) fitted on
     standardised ``train_x`` / ``train_y``; None when the training labels hold a single class."""
+    import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 

@@ -7,10 +7,16 @@ Stages (``stage.args.objective``, default: the stage name):
   ratio to the healthy ``1/sqrt(d)`` and the batch's effective rank; either below its floor for
   ``collapse_patience`` steps in a row is a :class:`HealthError` naming the collapse (F19). Every validation: weighted kNN accuracy of the backbone's
   features (bank = training frames, queries = validation frames), ``z`` std and effective rank.
-* ``fastap``: the frozen backbone's features (served by the feature cache, ``data.inputs: features``) through
-  the trainable projector; FastAP over labels (m-per-class batches) or temporal-window positives. With
-  ``data.inputs: images`` both augmented views of every frame enter the batch and each view is the other's
+* ``fastap``: the frozen backbone's features (served by the feature cache, ``data: {features: true}``) through
+  the trainable projector; FastAP over labels (m-per-class batches) or temporal-window positives. With image
+  inputs (``features: false``) both augmented views of every frame enter the batch and each view is the other's
   positive. Queries without a positive and empty bins are logged (F39).
+
+The frozen network (one name in every study): when a stage with ``data: {features: true}`` sets up, the module
+hands the datamodule its trained backbone as ``frozen`` (a :class:`~.parts.FrozenFeatures` copy in eval mode
+without gradients, whose cache key holds a digest of the weights, so a retrained backbone selects a new cache);
+``self.frozen`` (``StudyModule.frozen``) reads it back. The collapse guard is ``core.health.check_collapse``, the
+one ``TrainingHealth`` uses.
 
 Test (F49): on the held-out frames, by one metric code (``lit_experiments.metrics.retrieval``) on one set of
 queries, the mAP on the retrieval label (ShapesWorld's ``phase``) of
@@ -40,14 +46,15 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import CatMetric, Metric
+from torchmetrics import CatMetric
 
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.core.health import HealthError
+from lit_experiments.core.health import HealthError, check_collapse
 from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
 from lit_experiments.core.study import StudyModule
 from lit_experiments.metrics import RetrievalMetrics, WeightedKNNAccuracy
 from lit_experiments.metrics.embedding import effective_rank
+from lit_experiments.metrics.gathered import GatheredRows
 
 from .losses import FastAPLoss, SimSiamLoss
 from .parts import FrozenCopy, FrozenFeatures, Predictor, Projector, TimmBackbone
@@ -56,7 +63,7 @@ OBJECTIVES = ("simsiam", "fastap")
 
 
 @dataclass
-class KnnArgs:
+class RetrievalKnn:
     """Weighted kNN monitor: ``k`` neighbours, weights ``exp(cos / temperature)`` (SimSiam's 200 / 0.2)."""
 
     k: int = 200
@@ -64,7 +71,7 @@ class KnnArgs:
 
 
 @dataclass
-class StageArgs:
+class RetrievalStageArgs:
     """Allowed ``stage.args`` keys and their defaults.
 
     objective: ``simsiam`` | ``fastap`` (default: the stage's name when it is one of them, else ``simsiam``).
@@ -82,25 +89,15 @@ class StageArgs:
     collapse_patience: int = 20
 
 
-class EmbeddingBank(Metric):
-    """Embeddings, labels and sample indices of every rank, returned sorted by index (figures, tables)."""
+def embedding_rows() -> GatheredRows:
+    """Embeddings, retrieval labels and sample indices of every rank, sorted by index (figures, tables)."""
+    return GatheredRows(("emb", "labels", "ids"), dtypes={"emb": torch.float32, "labels": torch.long,
+                                                          "ids": torch.long}, order_by="ids")
 
-    full_state_update = False
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        for name in ("emb", "labels", "ids"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-
-    def update(self, emb: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
-        self.emb.append(emb.detach().float())
-        self.labels.append(labels.detach().long())
-        self.ids.append(ids.detach().long())
-
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cat = [torch.cat(s) if isinstance(s, list) else s for s in (self.emb, self.labels, self.ids)]
-        order = torch.argsort(cat[2])
-        return cat[0][order], cat[1][order], cat[2][order]
+def _pack(rows: GatheredRows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out = rows.compute()
+    return out["emb"], out["labels"], out["ids"]
 
 
 class RetrievalModule(StudyModule):
@@ -111,9 +108,9 @@ class RetrievalModule(StudyModule):
         projector: :class:`Projector` (3 layers, last BN without affine; seed: 2048 hidden / 256 out).
         predictor: :class:`Predictor` (bottleneck 512).
         simsiam_loss / fastap_loss: :class:`SimSiamLoss`, :class:`FastAPLoss` (``bins``, ``sigma``; F20).
-        knn: :class:`KnnArgs` of the kNN monitor.
+        knn: :class:`RetrievalKnn` of the kNN monitor.
         ks: cut-offs of precision / recall / hit rate @k (larger than the gallery are left out and said so).
-        stage_args: defaults of the stages' ``args`` (:class:`StageArgs`).
+        stage_args: defaults of the stages' ``args`` (:class:`RetrievalStageArgs`).
         optimizer: the optimizer of a plain ``fit``.
     """
 
@@ -133,8 +130,8 @@ class RetrievalModule(StudyModule):
     def __init__(
         self, backbone: TimmBackbone | None = None, projector: Projector | None = None,
         predictor: Predictor | None = None, simsiam_loss: SimSiamLoss | None = None,
-        fastap_loss: FastAPLoss | None = None, knn: KnnArgs | None = None,
-        ks: list[int] | None = None, stage_args: StageArgs | None = None, optimizer: OptimSpec | None = None,
+        fastap_loss: FastAPLoss | None = None, knn: RetrievalKnn | None = None,
+        ks: list[int] | None = None, stage_args: RetrievalStageArgs | None = None, optimizer: OptimSpec | None = None,
     ) -> None:
         super().__init__(optimizer)
         self.save_hyperparameters(ignore=["backbone", "projector", "predictor", "simsiam_loss", "fastap_loss"])
@@ -144,27 +141,27 @@ class RetrievalModule(StudyModule):
         self.projector.build(self.backbone.num_features)
         self.predictor.build(self.projector.out_dim)
         self.simsiam_loss, self.fastap_loss = simsiam_loss or SimSiamLoss(), fastap_loss or FastAPLoss()
-        self.knn_args = knn or KnnArgs()
+        self.knn_args = knn or RetrievalKnn()
         self.ks = sorted({int(k) for k in (ks or [1, 5, 10, 20, 50])})
-        self.stage_defaults = stage_args or StageArgs()
+        self.stage_defaults = stage_args or RetrievalStageArgs()
         self.args = self._stage_args(self.stage)
         self.knn_val = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
         self.knn_test = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
         self.knn_test_init = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
         self.val_map = RetrievalMetrics(ks=(1,), normalize=True)
         self.val_z = CatMetric()
-        self.test_z = EmbeddingBank()
-        self.test_f = EmbeddingBank()
-        self.test_s = EmbeddingBank()  # SimSiam's embedding
-        self.test_f0 = EmbeddingBank()  # the random-init backbone's features
-        self.test_bank = EmbeddingBank()  # the bank's features and retrieval labels (the linear probe)
+        self.z_rows = embedding_rows()  # the final embedding of the test frames
+        self.features_rows = embedding_rows()  # the backbone's features
+        self.simsiam_rows = embedding_rows()  # SimSiam's embedding
+        self.init_rows = embedding_rows()  # the random-init backbone's features
+        self.bank_rows = embedding_rows()  # the bank's features and retrieval labels (the linear probe)
         #: the projector as the SimSiam stage left it, taken when a FastAP stage starts (``test/map_simsiam``)
         self.simsiam_projector = FrozenCopy(self.projector)
         self._low_steps = 0
         self.__dict__["_init_backbone"] = None  # not a submodule: never saved, never trained
 
     # ------------------------------------------------------------------ stages
-    def _stage_args(self, stage: StageSpec) -> StageArgs:
+    def _stage_args(self, stage: StageSpec) -> RetrievalStageArgs:
         args = stage_args(stage, self.stage_defaults, OBJECTIVES)
         if args.objective not in OBJECTIVES:
             raise ConfigError(f"stage {stage.name!r}: args.objective={args.objective!r}; expected one of "
@@ -183,7 +180,7 @@ class RetrievalModule(StudyModule):
         return part(features)
 
     def setup(self, stage: str) -> None:
-        """Hand the datamodule the number of kNN classes and, for ``inputs: features``, the frozen backbone."""
+        """Hand the datamodule the number of kNN classes and, for ``features: true``, the backbone as ``frozen``."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None:
             return
@@ -195,8 +192,8 @@ class RetrievalModule(StudyModule):
             labels = dm.frames("train").class_labels
             for metric in (self.knn_val, self.knn_test, self.knn_test_init):
                 metric.num_classes = int(labels.max()) + 1
-        if getattr(dm, "inputs", "images") == "features":
-            dm.serve_features(FrozenFeatures(self.backbone, self.trainer.strategy.root_device))
+        if getattr(dm, "features", False):
+            dm.frozen = FrozenFeatures(self.backbone, self.trainer.strategy.root_device)
 
     def param_groups(self, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
         pred = {id(p) for p in self.predictor.parameters()}
@@ -245,12 +242,12 @@ class RetrievalModule(StudyModule):
 
     def _simsiam_step(self, batch: dict) -> torch.Tensor:
         if "view1" not in batch:
-            raise ConfigError("the simsiam objective needs image inputs with two views: set data inputs: images "
-                              "for this stage (features are for the FastAP stage)")
+            raise ConfigError("the simsiam objective needs image inputs with two views: set data features: false "
+                              "for this stage (cached features are for the FastAP stage)")
         z1, z2 = self.projector(self.backbone(batch["view1"])), self.projector(self.backbone(batch["view2"]))
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = self.simsiam_loss(p1, p2, z1, z2)
-        self.track(representations={"z": z1}, losses={"simsiam": loss})
+        self.track(representations={"z": z1}, losses={"loss": loss, "simsiam": loss})  # one term: total = term
         zn = F.normalize(z1.detach().float(), dim=1)
         z_std = zn.std(dim=0).mean()
         ratio = z_std * math.sqrt(z1.shape[1])
@@ -260,13 +257,16 @@ class RetrievalModule(StudyModule):
         self.log("train/z_std", z_std, batch_size=b)
         self.log("train/z_std_ratio", ratio, prog_bar=True, batch_size=b, on_epoch=True)
         self.log("train/z_effective_rank", rank.float(), batch_size=b, on_epoch=True)
-        self._check_collapse(float(ratio), float(rank), z1.shape[1])
+        self._guard_collapse(float(ratio), float(rank), z1.shape[1])
         return loss
 
-    def _check_collapse(self, ratio: float, rank: float, dim: int) -> None:
-        low = ratio < self.args.collapse_ratio or rank < self.args.collapse_rank
-        self._low_steps = self._low_steps + 1 if low else 0
-        if self._low_steps >= self.args.collapse_patience:
+    def _guard_collapse(self, ratio: float, rank: float, dim: int) -> None:
+        """``core.health.check_collapse`` over ``collapse_patience`` steps in a row (F19)."""
+        verdict = check_collapse({"ratio": ratio, "rank": rank}, low={"ratio": self.args.collapse_ratio,
+                                 "rank": self.args.collapse_rank}, streak=self._low_steps,
+                                 patience=self.args.collapse_patience)
+        self._low_steps = verdict.streak
+        if verdict.fired:
             raise HealthError(
                 f"stage {self.stage.name!r}: representation collapse (F19): for {self._low_steps} steps in a row the "
                 f"L2-normalised projector output z had std {ratio:.3f} x the healthy 1/sqrt({dim}) = "
@@ -288,7 +288,7 @@ class RetrievalModule(StudyModule):
                 f = self.features(batch)
         z = self.projector(f)
         loss = self.fastap_loss(z, labels=None if pos is not None else labels, pos_mask=pos)
-        self.track(representations={"z": z}, losses={"fastap": loss})
+        self.track(representations={"z": z}, losses={"loss": loss, "fastap": loss})
         stats, b = self.fastap_loss.last_stats, z.shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
         self.log("train/fastap", float(stats["fastap_mean"]), batch_size=b)
@@ -340,23 +340,23 @@ class RetrievalModule(StudyModule):
         role = "bank" if dataloader_idx == 1 else "query"
         self.knn_test.update(F.normalize(f.float(), dim=1), batch["class_label"], role)
         self.knn_test_init.update(F.normalize(f0.float(), dim=1), batch["class_label"], role)
+        labels, ids = batch["label"], batch["index"]
         if dataloader_idx == 1:
-            self.test_bank.update(f, batch["label"], batch["index"])
+            self.bank_rows.update(emb=f, labels=labels, ids=ids)
             return
-        self.test_f.update(f, batch["label"], batch["index"])
-        self.test_z.update(self.projector(f), batch["label"], batch["index"])
-        self.test_s.update(self.simsiam_embedding(f), batch["label"], batch["index"])
-        self.test_f0.update(f0, batch["label"], batch["index"])
+        self.features_rows.update(emb=f, labels=labels, ids=ids)
+        self.z_rows.update(emb=self.projector(f), labels=labels, ids=ids)
+        self.simsiam_rows.update(emb=self.simsiam_embedding(f), labels=labels, ids=ids)
+        self.init_rows.update(emb=f0, labels=labels, ids=ids)
 
     def on_test_epoch_end(self) -> None:
-        from .evaluation import linear_probe
-        from .report import evaluation_outputs
+        from .evaluation import evaluation_outputs, linear_probe
 
-        f_pack = self.test_f.compute()
-        bank = self.test_bank.compute() if self.test_bank.update_count else None
+        f_pack = _pack(self.features_rows)
+        bank = _pack(self.bank_rows) if self.bank_rows.update_count else None
         probe = linear_probe(bank[0], bank[1], f_pack[0]) if bank is not None else None
-        others = {"simsiam": self.test_s.compute()[0], "init": self.test_f0.compute()[0], "probe": probe}
-        results = evaluation_outputs(self, f_pack, self.test_z.compute(), self.ks, others)
+        others = {"simsiam": _pack(self.simsiam_rows)[0], "init": _pack(self.init_rows)[0], "probe": probe}
+        results = evaluation_outputs(self, f_pack, _pack(self.z_rows), self.ks, others)
         per_item, groups = results.pop("_per_item"), results.pop("_groups")
         results["knn_acc"] = float(self.knn_test.compute())
         results["knn_acc_init"] = float(self.knn_test_init.compute())
@@ -365,8 +365,8 @@ class RetrievalModule(StudyModule):
                 self.log(f"test/{name}", float(value))
         self._references(results)
         self._per_item(per_item, f_pack, groups)
-        for m in (self.knn_test, self.knn_test_init, self.test_f, self.test_z, self.test_s, self.test_f0,
-                  self.test_bank):
+        for m in (self.knn_test, self.knn_test_init, self.features_rows, self.z_rows, self.simsiam_rows,
+                  self.init_rows, self.bank_rows):
             m.reset()
         self.__dict__["_init_backbone"] = None
 

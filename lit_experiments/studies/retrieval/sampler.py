@@ -1,13 +1,81 @@
-"""A rank-aware m-per-class batch sampler (F39, F40)."""
+"""Batch orders of the retrieval study: the datamodule's ``sampler:`` part, and the rank-aware m-per-class batch
+sampler (F39, F40).
+
+* ``sampler: null``: shuffled frames (the SimSiam stage), a :class:`RandomBatches` with the run's seed;
+  :class:`RandomBatches` names a pinned ``seed``.
+* :class:`MPerClassBatches` (``m``, ``seed``): batches of ``batch_size // m`` groups of ``m`` frames through
+  :class:`MPerClassBatchSampler` (the FastAP stage). A group is a label or, with temporal positives, a block of
+  ``m`` consecutive frames of one video (the datamodule says which).
+
+Both are rank-aware themselves, so a DDP run sets ``trainer.use_distributed_sampler: false`` (checked by the
+datamodule). Their seed is ``core.seeding.run_seed(seed, "sampler")``: derived from the run's ``seed_everything``
+unless pinned (F50), read when the loader is built.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_experiments.core.errors import ConfigError
+from lit_experiments.core.seeding import run_seed
+
+
+class RetrievalSampler:
+    """The order of the training batches: ``loader(dataset, batch_size, world, rank, groups, **kw)``.
+
+    ``groups(m)`` gives the group of every training frame for groups of ``m`` (labels, or video blocks)."""
+
+    def loader(self, dataset: Dataset, batch_size: int, world: int, rank: int,
+               groups: Callable[[int], torch.Tensor], **kw: Any) -> DataLoader:
+        raise NotImplementedError
+
+
+class RandomBatches(RetrievalSampler):
+    """Shuffled frames, ``drop_last`` (SimSiam); split across ranks by a ``DistributedSampler`` of the same seed.
+
+    Args:
+        seed: the shuffle's seed (default: derived from ``seed_everything``, F50).
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def loader(self, dataset: Dataset, batch_size: int, world: int, rank: int,
+               groups: Callable[[int], torch.Tensor], **kw: Any) -> DataLoader:
+        seed = run_seed(self.seed, "sampler")
+        if world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            dist = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+            return DataLoader(dataset, batch_size=batch_size, sampler=dist, drop_last=True, **kw)
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen, **kw)
+
+
+class MPerClassBatches(RetrievalSampler):
+    """Batches of ``batch_size // m`` groups with ``m`` frames each (:class:`MPerClassBatchSampler`; F39, F40).
+
+    Args:
+        m: frames per label (or per block of consecutive frames of a video) in a batch.
+        seed: the sampler's seed (default: derived from ``seed_everything``, F50).
+    """
+
+    def __init__(self, m: int = 4, seed: int | None = None) -> None:
+        self.m, self.seed = m, seed
+
+    def loader(self, dataset: Dataset, batch_size: int, world: int, rank: int,
+               groups: Callable[[int], torch.Tensor], **kw: Any) -> DataLoader:
+        seed = run_seed(self.seed, "sampler")
+        if batch_size % self.m:
+            raise ConfigError(f"data.batch_size={batch_size} must be a multiple of data.sampler.init_args.m="
+                              f"{self.m}")
+        sampler = MPerClassBatchSampler(groups(self.m), m=self.m, batch_size=batch_size, num_replicas=world,
+                                        rank=rank, seed=seed)
+        return DataLoader(dataset, batch_sampler=sampler, **kw)
 
 
 class MPerClassBatchSampler(Sampler[list[int]]):

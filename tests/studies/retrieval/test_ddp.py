@@ -11,8 +11,9 @@ import torch
 
 from lit_experiments.core.trainer import LitTrainer
 from lit_experiments.studies.retrieval.datamodule import RetrievalDataModule
-from lit_experiments.studies.retrieval.module import KnnArgs, RetrievalModule
+from lit_experiments.studies.retrieval.module import RetrievalKnn, RetrievalModule
 from lit_experiments.studies.retrieval.parts import Predictor, Projector, TimmBackbone
+from lit_experiments.studies.retrieval.sources import ShapesClipFrames
 
 FAST = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, logger=False,
             enable_checkpointing=False)
@@ -47,8 +48,8 @@ class _Reindexed(torch.utils.data.Dataset):
 
 
 def _data() -> RetrievalDataModule:
-    return OddTest(n_train=2, n_val=1, n_test=4, shapes={"image_size": 32}, eval_batch_size=4, batch_size=8,
-                   cache_dir="cache")
+    return OddTest(source=ShapesClipFrames(n_train=2, n_val=1, n_test=4, shapes={"image_size": 32}), eval_batch_size=4,
+                   batch_size=8, cache_dir="cache")
 
 
 def _test(module, run_dir, **kw) -> dict[str, float]:
@@ -59,7 +60,7 @@ def _test(module, run_dir, **kw) -> dict[str, float]:
 def test_f44_two_rank_test_metrics_equal_the_one_rank_run(tmp_path):
     torch.manual_seed(0)
     module = RetrievalModule(TimmBackbone(model_kwargs={"channels": [8, 16, 32, 64]}), Projector(out_dim=16, hidden=32),
-                             Predictor(8), knn=KnnArgs(k=5), ks=[1, 5, 10])
+                             Predictor(8), knn=RetrievalKnn(k=5), ks=[1, 5, 10])
     module.eval()
     one = _test(module, tmp_path / "one")
     two = _test(module, tmp_path / "two", strategy="ddp_spawn", devices=2)

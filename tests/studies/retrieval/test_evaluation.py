@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import average_precision_score
 
 from lit_experiments.metrics import embedding_stats, retrieval_metrics
-from lit_experiments.studies.retrieval.evaluation import (
+from lit_experiments.studies.retrieval.figures import (
     compare_checkpoints,
     embedding_map,
     ranking_grid,

@@ -18,24 +18,26 @@ from lit_experiments.core.specs import StageSpec
 from lit_experiments.core.splits import SplitOverlapError
 from lit_experiments.data.tools import write_shapes
 from lit_experiments.metrics import expected_random_ap
-from lit_experiments.studies.retrieval import report
-from lit_experiments.studies.retrieval.datamodule import RetrievalDataModule, _collate
+from lit_experiments.studies.retrieval import evaluation
+from lit_experiments.studies.retrieval.datamodule import RetrievalDataModule, RetrievalPositives, _collate
 from lit_experiments.studies.retrieval.parts import TimmBackbone
-from lit_experiments.studies.retrieval.sampler import MPerClassBatchSampler
+from lit_experiments.studies.retrieval.sampler import MPerClassBatches, MPerClassBatchSampler
+from lit_experiments.studies.retrieval.sources import VideoFrameFolder
 
 from .helpers import results, run_curriculum, tiny_overlay
-from .test_data import fake_trainer, shapes_dm
+from .test_datamodule import fake_trainer, shapes_dm
 
 
-def frames_dm(tmp: Path, **kw) -> RetrievalDataModule:
+def frames_dm(tmp: Path, **source) -> RetrievalDataModule:
     """A frames folder written by the product's writer (`lit-exp data shapes --format frames`): 10 videos of 5
     frames named <video>_<t>.png; 5 frames and groups of 4 make blocks that would straddle videos in file order."""
     root = tmp / "frames"
     if not root.is_dir():
         write_shapes(root, "frames", n=10, image_size=16, num_frames=5, max_objects=1, motion_blur=True, queries=0)
-    args = dict(dataset="frames", root=str(root), cache_dir=str(tmp / "cache"), use_labels=False, batch_size=8,
-                m_per_class=4, temporal_window=2, sampler="m_per_class", val_fraction=0.2, test_fraction=0.2)
-    return RetrievalDataModule(**{**args, **kw})
+    folder = VideoFrameFolder(**{"root": str(root), "val_fraction": 0.2, "test_fraction": 0.2, **source})
+    return RetrievalDataModule(source=folder, cache_dir=str(tmp / "cache"), batch_size=8,
+                               positives=RetrievalPositives(use_labels=False, temporal_window=2),
+                               sampler=MPerClassBatches(m=4))
 
 
 def video_of(frame_name: str) -> str:
@@ -77,7 +79,7 @@ def test_f47_retrieval_temporal_positives_within_video(tmp_path):
     assert (dm.split_info["n_validation"], dm.split_info["n_test"]) == (2, 2)
     # the test split knows its videos, so the *_xclip numbers work on a frames folder
     test = dm.frames("test")
-    groups = report._groups(dm, torch.arange(len(test)))
+    groups = evaluation.video_groups(dm, torch.arange(len(test)))
     assert groups is not None and len(torch.unique(groups)) == 2
     assert [video_of(test.frame_name(i)) for i in range(len(test))] == [test.videos[g] for g in groups.tolist()]
 
@@ -105,14 +107,14 @@ def test_frames_folder_without_video_ids_is_an_error_naming_the_file(tmp_path):
         p.rename(p.with_name(p.name.replace("_", "x")))
     (root / "labels.csv").write_text("\n".join([lines[0]] + [ln.replace("_", "x", 1) for ln in lines[1:]]) + "\n")
     with pytest.raises(Exception, match="no video id"):
-        RetrievalDataModule(dataset="frames", root=str(root)).setup("fit")
+        RetrievalDataModule(source=VideoFrameFolder(root=str(root))).setup("fit")
 
 
 def test_stage_override_selects_the_m_per_class_sampler():
-    """A curriculum stage's ``data: {sampler: m_per_class}`` must give the FastAP stage m-per-class batches (it
-    once set an attribute the loader never read, and FastAP trained on shuffled frames)."""
-    dm = shapes_dm(sampler="random", use_labels=False, m_per_class=4, batch_size=16)
-    apply_data_overrides(dm, StageSpec(name="fastap", max_epochs=1, data={"sampler": "m_per_class"}))
+    """A curriculum stage's ``data: {sampler: ...}`` must give the FastAP stage m-per-class batches (it once set an
+    attribute the loader never read, and FastAP trained on shuffled frames)."""
+    dm = shapes_dm(sampler=None, positives=RetrievalPositives(use_labels=False), batch_size=16)
+    apply_data_overrides(dm, StageSpec(name="fastap", max_epochs=1, data={"sampler": MPerClassBatches(m=4)}))
     loader = dm.train_dataloader()
     assert isinstance(loader.batch_sampler, MPerClassBatchSampler)
     for b in loader:
@@ -143,7 +145,7 @@ def test_random_ranking_ap_closed_form_equals_brute_force():
     # the study's map_random on labelled frames against a permutation simulation (random rankings, sklearn AP)
     labels = torch.tensor([0] * 7 + [1] * 4 + [2] * 1)
     z = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
-    res = report.retrieval_numbers(z, z, labels, [1])
+    res = evaluation.retrieval_numbers(z, z, labels, [1])
     rng = np.random.default_rng(0)
     sims = np.zeros(20000)
     for q in range(12):
@@ -221,14 +223,15 @@ def seeded(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
 
 
 def test_f50_retrieval_sampler_and_init_follow_seed_everything(monkeypatch):
-    def batches(seed: int, **kw) -> list[list[int]]:
+    def batches(seed: int, pinned: int | None = None) -> list[list[int]]:
         seeded(monkeypatch, seed)
-        dm = shapes_dm(sampler="m_per_class", use_labels=False, m_per_class=4, batch_size=16, **kw)
+        dm = shapes_dm(sampler=MPerClassBatches(m=4, seed=pinned), positives=RetrievalPositives(use_labels=False),
+                       batch_size=16)
         return [b["index"].tolist() for b in dm.train_dataloader()]
 
     assert batches(0) == batches(0)
     assert batches(0) != batches(1)
-    assert batches(0, sampler_seed=5) == batches(1, sampler_seed=5)  # pinned in the YAML
+    assert batches(0, pinned=5) == batches(1, pinned=5)  # pinned in the YAML
 
     def weights(seed: int, **kw) -> torch.Tensor:
         seeded(monkeypatch, seed)

@@ -24,16 +24,16 @@ DEMO = ROOT / "configs" / "retrieval" / "demo.yaml"
 def run_reduced(tmp_path: Path, simsiam_steps: int, fastap_epochs: int, n_train: int) -> dict:
     run = tmp_path / "run"
     override = {
-        "data": {"init_args": {"n_train": n_train, "cache_dir": str(tmp_path / "cache")}},
+        "data": {"init_args": {"source": {"init_args": {"n_train": n_train}}, "cache_dir": str(tmp_path / "cache")}},
         "trainer": {"run_dir": str(run), "enable_progress_bar": False, "enable_model_summary": False},
         "stages": [
             {"name": "simsiam", "max_steps": simsiam_steps, "trainable": ["backbone", "projector", "predictor"],
              "optimizer": {"name": "SGD", "lr": 0.05, "lr_batch": 256, "weight_decay": 1.0e-4,
                            "kwargs": {"momentum": 0.9}, "scheduler": "cosine"},
-             "data": {"inputs": "images", "sampler": "random"}},
+             "data": {"sampler": None}},
             {"name": "fastap", "max_epochs": fastap_epochs, "trainable": ["projector"],
              "optimizer": {"name": "AdamW", "lr": 1.0e-3, "weight_decay": 1.0e-4},
-             "data": {"inputs": "features", "sampler": "m_per_class", "batch_size": 64}},
+             "data": {"features": True, "batch_size": 64}},
         ],
     }
     (tmp_path / "reduced.yaml").write_text(yaml.safe_dump(override))

@@ -1,9 +1,9 @@
 """Tiny override for the every-config test: any retrieval config runs one step per stage + test in seconds.
 
 A narrow backbone of the config's timm architecture (``channels`` 8-64, ``pretrained: false``), 32 px frames,
-small widths; a frames folder (with external queries) is written under ``tmp`` for a ``dataset: frames``
-config. Stage names, trainable globs, optimizers, samplers and inputs stay the config's, restated with one step
-each (lists replace whole).
+small widths; a frames folder (with external queries) is written under ``tmp`` for a ``VideoFrameFolder`` source.
+Stage names, trainable globs, optimizers, samplers and inputs stay the config's, restated with one step each
+(lists replace whole).
 """
 from __future__ import annotations
 
@@ -15,15 +15,18 @@ from lit_experiments.data.tools import write_shapes
 
 def tiny(config: Path, raw: dict, tmp: Path) -> dict:
     data = raw["data"]["init_args"]
+    source = data.get("source") or {}
     d: dict[str, Any] = {"eval_batch_size": 64, "num_workers": 0, "cache_dir": str(tmp / "cache")}
-    if data.get("dataset") == "frames":
+    if str(source.get("class_path", "")).endswith(".VideoFrameFolder"):
         root = tmp / "frames"
         write_shapes(root, "frames", n=12, image_size=32, num_frames=8, max_objects=1, motion_blur=True, queries=2)
-        d.update(root=str(root), image_size=None)
+        d["source"] = {"init_args": {"root": str(root), "image_size": None}}
     else:
-        d.update(n_train=8, n_val=4, n_test=4, shapes={**data.get("shapes", {}), "image_size": 32})
+        shapes = (source.get("init_args") or {}).get("shapes", {})
+        d["source"] = {"init_args": {"n_train": 8, "n_val": 4, "n_test": 4, "shapes": {**shapes, "image_size": 32}}}
     d["batch_size"] = 16
-    d["m_per_class"] = 8 if data.get("use_labels", True) else 4
+    if data.get("sampler"):
+        d["sampler"] = {"init_args": {"m": 8 if (data.get("positives") or {}).get("use_labels", True) else 4}}
     backbone = raw["model"]["init_args"]["backbone"]["init_args"]
     model = {
         "backbone": {"init_args": {"pretrained": False,

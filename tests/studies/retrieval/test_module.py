@@ -46,7 +46,8 @@ def simsiam_only(tmp: Path, steps: int) -> dict:
     model = overlay["model"]["init_args"]
     model["projector"]["init_args"].update(hidden=64, out_dim=64)
     model["predictor"]["init_args"].update(hidden=16)
-    overlay["data"]["init_args"].update(batch_size=64, n_train=16)
+    overlay["data"]["init_args"]["batch_size"] = 64
+    overlay["data"]["init_args"]["source"]["init_args"]["n_train"] = 16
     return overlay
 
 

@@ -16,7 +16,9 @@ from lit_experiments.core.errors import ConfigError
 from lit_experiments.data.errors import BadSampleError, DataLayoutError
 from lit_experiments.data.shapes import ShapesWorld
 from lit_experiments.data.tools import write_shapes
-from lit_experiments.studies.retrieval.datamodule import RetrievalDataModule, ShapesFrames
+from lit_experiments.studies.retrieval.datamodule import RetrievalDataModule, RetrievalPositives
+from lit_experiments.studies.retrieval.sampler import MPerClassBatches
+from lit_experiments.studies.retrieval.sources import ShapesClipFrames, ShapesFrames, VideoFrameFolder
 
 SHAPES = {"image_size": 32, "num_frames": 8, "min_objects": 1, "max_objects": 2, "motion_blur": True}
 
@@ -27,12 +29,14 @@ def frames_folder(tmp: Path, n: int = 6, queries: int = 2) -> Path:
     return root
 
 
-def folder_dm(root: Path, **kw) -> RetrievalDataModule:
-    return RetrievalDataModule(dataset="frames", root=str(root), cache_dir=str(root.parent / "cache"), **kw)
+def folder_dm(root: Path, **source) -> RetrievalDataModule:
+    """A datamodule over a frames folder; ``source``: more ``VideoFrameFolder`` arguments."""
+    return RetrievalDataModule(source=VideoFrameFolder(root=str(root), **source), cache_dir=str(root.parent / "cache"))
 
 
 def shapes_dm(**kw) -> RetrievalDataModule:
-    args = dict(n_train=6, n_val=2, n_test=2, shapes=SHAPES, batch_size=16, m_per_class=8, cache_dir="cache")
+    """A datamodule over 6 / 2 / 2 ShapesWorld clips, shuffled batches of 16 unless ``kw`` says otherwise."""
+    args = dict(source=ShapesClipFrames(n_train=6, n_val=2, n_test=2, shapes=SHAPES), batch_size=16, cache_dir="cache")
     return RetrievalDataModule(**{**args, **kw})
 
 
@@ -102,7 +106,7 @@ def test_shapes_frames_labels_are_the_phase_and_the_first_objects_category():
 
 
 def test_m_per_class_batches_hold_batch_size_over_m_labels_times_m():
-    dm = shapes_dm(sampler="m_per_class", batch_size=16, m_per_class=8)
+    dm = shapes_dm(sampler=MPerClassBatches(m=8), batch_size=16)
     batches = list(dm.train_dataloader())
     assert batches
     for batch in batches:
@@ -111,7 +115,8 @@ def test_m_per_class_batches_hold_batch_size_over_m_labels_times_m():
 
 
 def test_without_labels_positives_are_same_clip_within_the_temporal_window():
-    dm = shapes_dm(sampler="m_per_class", use_labels=False, batch_size=16, m_per_class=4, temporal_window=2)
+    dm = shapes_dm(sampler=MPerClassBatches(m=4), positives=RetrievalPositives(use_labels=False, temporal_window=2),
+                   batch_size=16)
     batches = list(dm.train_dataloader())
     assert batches
     dm.trainer = fake_trainer(training=True)
@@ -131,13 +136,13 @@ def test_without_labels_positives_are_same_clip_within_the_temporal_window():
 
 
 def test_feature_inputs_without_a_backbone_is_a_config_error():
-    dm = shapes_dm(inputs="features", sampler="m_per_class")
-    with pytest.raises(ConfigError, match="inputs=features needs the module to hand over its backbone"):
+    dm = shapes_dm(features=True, sampler=MPerClassBatches(m=8))
+    with pytest.raises(ConfigError, match="features=true needs the module to hand over its backbone"):
         dm.train_dataloader()
 
 
 def test_multi_device_with_lightnings_distributed_sampler_is_a_config_error():
-    dm = shapes_dm(sampler="m_per_class")
+    dm = shapes_dm(sampler=MPerClassBatches(m=8))
     dm.trainer = fake_trainer(world_size=2, use_distributed_sampler=True)
     with pytest.raises(ConfigError, match=re.escape("trainer.use_distributed_sampler: false")):
         dm.train_dataloader()
