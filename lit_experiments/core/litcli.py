@@ -31,7 +31,7 @@ from .configs import compose_config_args
 from .curriculum import apply_data_overrides
 from .errors import ConfigError, LitExpError, clean_parser_message
 from .predict import PredictionWriter
-from .results import RunResults, to_float_dict
+from .results import RunResults, error_line, format_metric_table, to_float_dict
 from .rundir import resolve_run_dir
 from .seeding import mark_run_seed
 from .specs import StageSpec
@@ -321,20 +321,65 @@ class LitCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         self.trainer.set_run_config(self._parser(self.subcommand).dump(cfg, skip_none=False), self._config_files())
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a failed or interrupted ``fit`` / ``validate`` / ``test`` / ``predict`` still leaves its record:
+        results.json with ``status`` (``failed`` / ``interrupted``) and the error's first line (the curriculum
+        runner keeps its own)."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as exc:
+            if subcommand != "curriculum":
+                self._record_failure(subcommand, exc)
+            raise
+
+    def _record_failure(self, subcommand: str, exc: BaseException) -> None:
+        interrupted = isinstance(exc, KeyboardInterrupt) or bool(getattr(self.trainer, "interrupted", False))
+        if isinstance(exc, SystemExit) and not interrupted and exc.code in (0, None):
+            return
+        if not Path(self.trainer.run_dir).is_dir():  # refused before anything was written: nothing to record
+            return
+        try:
+            results = self._results()
+            status = "interrupted" if interrupted else "failed"
+            results.data.update(status=status, subcommand=subcommand,
+                                error="KeyboardInterrupt" if interrupted else error_line(exc))
+            metrics = to_float_dict(self.trainer.callback_metrics)
+            if subcommand == "fit":
+                results.set_stage("fit", {"status": status, "metrics": metrics,
+                                          "epochs": self.trainer.current_epoch, "steps": self.trainer.global_step})
+            path = results.save()
+            if self.trainer.is_global_zero:
+                print(f"results.json ({status}): {path}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 - the record is best effort; the run's own error is what the user sees
+            pass
+
+    def _print_metrics(self, title: str, metrics: dict[str, float], keep: Any = None) -> None:
+        shown = {k: v for k, v in metrics.items() if keep is None or keep(k)}
+        table = format_metric_table(title, shown)
+        if table and self.trainer.is_global_zero:
+            print(table, flush=True)
+
     def after_fit(self) -> None:
         results = self._results()
-        results.set_stage("fit", {"status": "done", "metrics": to_float_dict(self.trainer.callback_metrics),
+        metrics = to_float_dict(self.trainer.callback_metrics)
+        results.data["status"] = "done"
+        results.set_stage("fit", {"status": "done", "metrics": metrics,
                                   "epochs": self.trainer.current_epoch, "steps": self.trainer.global_step})
-        results.merge("final", to_float_dict(self.trainer.callback_metrics))
+        results.merge("final", metrics)
+        self._print_metrics(f"fit metrics ({self.trainer.run_dir.name}, last epoch)", metrics,
+                            lambda k: "val/" in k or k.endswith("loss") or k.endswith("loss_epoch"))
         self._finish(results)
 
     def after_validate(self) -> None:
         results = self._results()
-        results.merge("validate", to_float_dict(self.trainer.callback_metrics))
+        metrics = to_float_dict(self.trainer.callback_metrics)
+        results.data["status"] = "done"
+        results.merge("validate", metrics)  # Lightning prints its own validate table
         self._finish(results)
 
     def after_test(self) -> None:
         results = self._results()
+        results.data["status"] = "done"
         results.merge("test", to_float_dict(self.trainer.callback_metrics))
         self._finish(results)
 

@@ -63,12 +63,16 @@ def finite_or_null(value: Any, notes: dict[str, str], path: str = "", nulls: set
 
 def format_test_table(data: dict[str, Any]) -> str:
     """A short aligned table of a run's test metrics (empty string when it has none)."""
-    test = data.get("test") or {}
-    if not test:
+    return format_metric_table(f"test metrics ({data.get('run_name', 'run')})", data.get("test") or {})
+
+
+def format_metric_table(title: str, metrics: dict[str, Any]) -> str:
+    """``title:`` then one aligned ``name  value`` line per metric (empty string when there is none)."""
+    if not metrics:
         return ""
-    width = max(len(k) for k in test)
-    lines = [f"test metrics ({data.get('run_name', 'run')}):"]
-    for key, value in test.items():
+    width = max(len(k) for k in metrics)
+    lines = [f"{title}:"]
+    for key, value in metrics.items():
         shown = "nan/inf (null)" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"  {key:<{width}}  {shown}")
     return "\n".join(lines)

@@ -272,3 +272,28 @@ def test_a_nested_key_typo_names_the_file_line_and_the_nearest_key(tmp_path, cap
     group.write_text("trainer:\n  max_epoch: 3\n")
     code, out, err = run_split(["fit", "-c", FIT, "-c", group, "--print_config"], capsys)
     assert code == 2 and f"{group}:2" in err and "did you mean 'max_epochs'" in err
+
+
+# ------------------------------------------------------------------ every failure leaves a record (issue 25)
+def test_a_failed_fit_writes_results_json_with_status_and_error(tmp_path, capsys, monkeypatch):
+    from lit_experiments.studies.toy.module import ToyModule
+
+    def broken(self, batch, batch_idx):
+        raise RuntimeError("the loss went sideways")
+
+    monkeypatch.setattr(ToyModule, "training_step", broken)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="sideways"):  # a bug keeps its traceback, and its record
+        main(["fit", "-c", str(FIT), f"--trainer.run_dir={run_dir}", "--trainer.max_epochs=1"])
+    data = json.loads((run_dir / "results.json").read_text())
+    assert data["status"] == "failed" and "the loss went sideways" in data["error"]
+    assert data["stages"]["fit"]["status"] == "failed" and data["subcommand"] == "fit"
+
+
+def test_fit_prints_its_metrics(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, out, err = run_split(["fit", "-c", FIT, f"--trainer.run_dir={run_dir}", "--trainer.max_epochs=1"], capsys)
+    data = json.loads((run_dir / "results.json").read_text())
+    assert code == 0 and data["status"] == "done"
+    line = next(line for line in out.splitlines() if line.strip().startswith("val/acc"))
+    assert float(line.split()[1]) == pytest.approx(data["final"]["val/acc"], abs=5e-5)
