@@ -66,9 +66,9 @@ class SlotModel(nn.Module):
         if enc.sa_grid[0] * enc.sa_grid[1] != n:
             raise ValueError(f"slot-attention grid {enc.sa_grid} does not match the input's {n} positions")
         self.grouper.build(c_in, enc.sa_grid)
-        self.decoder.build(self.grouper.slot_dim, enc.target.shape[-1], enc.target.shape[-2], enc.grid)
+        self.decoder.build(self.grouper.dim, enc.target.shape[-1], enc.target.shape[-2], enc.grid)
         if self.predictor is not None and t > 1:  # an image model never calls it (and must not own idle weights)
-            self.predictor.build(self.grouper.slot_dim)
+            self.predictor.build(self.grouper.dim)
         self.to(enc.sa_input.device)
 
     # ------------------------------------------------------------------ forward

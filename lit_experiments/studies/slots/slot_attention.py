@@ -123,7 +123,7 @@ class SlotAttention(nn.Module):
     :meth:`build` from the first batch (the module's dry run). Given here, the part is built at once.
 
     Args:
-        slot_dim: slot size D (also the key / value size); decoders and predictors read it from here.
+        dim: slot size D (also the key / value size); decoders and predictors read it from here.
         num_slots: K.
         iters: iterations on a frame grouped from the initial slots.
         iters_video: iterations on later frames whose slots a predictor carried over (None: ``iters``).
@@ -141,7 +141,7 @@ class SlotAttention(nn.Module):
 
     def __init__(
         self,
-        slot_dim: int = 128,
+        dim: int = 128,
         num_slots: int = 7,
         iters: int = 3,
         iters_video: int | None = None,
@@ -160,7 +160,7 @@ class SlotAttention(nn.Module):
             raise ValueError(f"tau must be > 0, got {tau}")
         if iters < 1 or (iters_video is not None and iters_video < 1):
             raise ValueError(f"iters / iters_video must be >= 1, got {iters} / {iters_video}")
-        self.num_slots, self.slot_dim, self.iters, self.tau, self.eps = num_slots, slot_dim, iters, tau, eps
+        self.num_slots, self.dim, self.iters, self.tau, self.eps = num_slots, dim, iters, tau, eps
         self.iters_video = iters_video or iters
         self.mlp_hidden, self.use_pos_emb, self.pos_scale, self.bilevel = mlp_hidden, pos_emb, pos_scale, bilevel
         self.init = init if init is not None else GaussianSlotInit()
@@ -178,7 +178,7 @@ class SlotAttention(nn.Module):
             return
         if self.use_pos_emb and grid is None:
             raise ValueError("SlotAttention(pos_emb=True) needs the grid (h, w) of the input positions")
-        d = self.slot_dim
+        d = self.dim
         self.input_norm = nn.LayerNorm(in_dim)
         self.input_mlp = mlp(in_dim, self.mlp_hidden, d)
         if self.use_pos_emb:
@@ -215,7 +215,7 @@ class SlotAttention(nn.Module):
         k, v = self.to_k(kv), self.to_v(kv)
         if slots is None:
             slots = self.init(b)
-        scale = self.slot_dim**-0.5 / self.tau
+        scale = self.dim**-0.5 / self.tau
         attn = features.new_zeros(b, self.num_slots, x.shape[1])
         n_iters = iters or self.iters
         init = slots
@@ -230,6 +230,6 @@ class SlotAttention(nn.Module):
             weights = attn + self.eps
             weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over positions
             updates = torch.einsum("bkn,bnd->bkd", weights, v)
-            slots = self.gru(updates.reshape(-1, self.slot_dim), prev.reshape(-1, self.slot_dim)).view_as(prev)
+            slots = self.gru(updates.reshape(-1, self.dim), prev.reshape(-1, self.dim)).view_as(prev)
             slots = slots + self.mlp(self.norm_mlp(slots))
         return SlotAttentionOutput(slots=slots, attn=attn, sa_input=x)

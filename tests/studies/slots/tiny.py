@@ -39,7 +39,7 @@ def _part(raw_model: dict, name: str) -> dict | None:
 def tiny_model(raw: dict) -> dict[str, Any]:
     """Small sizes for every part the config has (a part set to null stays null)."""
     model = raw["model"].get("init_args", {})
-    m: dict[str, Any] = {"grouper": {"init_args": {"slot_dim": 16, "mlp_hidden": 16, "num_slots": 3}},
+    m: dict[str, Any] = {"grouper": {"init_args": {"dim": 16, "mlp_hidden": 16, "num_slots": 3}},
                          "decoder": {"init_args": {"hidden": 16}}}
     if _part(model, "predictor") is not None:
         m["predictor"] = {"init_args": {"hidden": 16}}
