@@ -333,7 +333,9 @@ class LitCLI(LightningCLI):
             raise
 
     def _record_failure(self, subcommand: str, exc: BaseException) -> None:
-        interrupted = isinstance(exc, KeyboardInterrupt) or bool(getattr(self.trainer, "interrupted", False))
+        # Lightning answers Ctrl-C with SystemExit(1) and an interrupted trainer (it marks any failure interrupted)
+        interrupted = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, SystemExit) and bool(getattr(self.trainer, "interrupted", False)))
         if isinstance(exc, SystemExit) and not interrupted and exc.code in (0, None):
             return
         if not Path(self.trainer.run_dir).is_dir():  # refused before anything was written: nothing to record
