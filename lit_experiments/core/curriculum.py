@@ -169,7 +169,14 @@ def validate_plan(model: Any, stages: list[StageSpec], only: str | None) -> list
                 raise ValueError(f"optimizer.scheduler={stage.optimizer.scheduler!r}; expected one of {SCHEDULERS}")
         except ValueError as err:
             raise ValueError(f"stage {stage.name!r}: {err}") from None
-    return parse_only(only, stages)
+        if stage.max_epochs == 0 or stage.max_steps == 0:  # a stage trains: one that asks for nothing is a typo
+            key = "max_epochs: 0" if stage.max_epochs == 0 else "max_steps: 0"
+            raise ValueError(f"stage {stage.name!r}: {key} trains nothing; give it steps or remove the stage "
+                             f"(`{{name: {stage.name}, delete: true}}` in a delta)")
+    selected = parse_only(only, stages)
+    if only is not None and not selected:
+        raise ValueError(f"--only {only!r} selects no stage; the curriculum has {names}")
+    return selected
 
 
 def open_run(base: LitTrainer, model: Any, datamodule: Any, stages: list[StageSpec], resume: str | None,

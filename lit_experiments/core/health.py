@@ -179,12 +179,15 @@ class TrainingHealth(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         steps = trainer.global_step - self._start_step
-        if steps > 0 or trainer.interrupted or not _asked_for_steps(trainer):
+        in_curriculum = bool(getattr(pl_module, "_in_curriculum", False))  # a stage trains, however it is set
+        if steps > 0 or trainer.interrupted or (not in_curriculum and not _asked_for_steps(trainer)):
             return
         if self._start_step > 0:
             why = (f"the Trainer had already run {self._start_step} step(s) before this fit: it is reused from an "
                    f"earlier fit/stage (max_steps={trainer.max_steps}, max_epochs={trainer.max_epochs} already "
                    "reached); build a new Trainer per stage")
+        elif trainer.limit_train_batches == 0:
+            why = "trainer.limit_train_batches=0 runs no training batch"
         elif trainer.num_training_batches == 0:
             why = "the training dataloader has 0 batches (empty data or a split smaller than one batch with drop_last)"
         else:

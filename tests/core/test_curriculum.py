@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from lit_experiments.cli import main
 from lit_experiments.core.curriculum import parse_only
 from lit_experiments.core.rundir import RunDirError
 from lit_experiments.core.specs import StageSpec, matches_any
@@ -15,6 +17,7 @@ from lit_experiments.experiments.curves import read_curves
 
 from .toys import RecordingToy, data, stages, trainer, weights
 
+CURRICULUM_YAML = Path(__file__).resolve().parents[2] / "configs" / "toy" / "curriculum.yaml"
 THREE = (("encoder", 1, ["encoder", "head"]), ("head", 1, ["head"]), ("all", 1, ["*"]))
 
 
@@ -296,3 +299,33 @@ def _fresh(seed: int) -> int:
     finally:
         if old is not None:
             os.environ["LIT_EXP_RUN_SEED"] = old
+
+
+# ------------------------------------------------------------------ a stage trains (issue 25, item 3)
+@pytest.mark.parametrize("stage, what", [("{name: head, max_epochs: 0}", "max_epochs: 0"),
+                                         ("{name: head, max_steps: 0, max_epochs: null}", "max_steps: 0")])
+def test_a_stage_configured_to_train_nothing_is_refused_before_anything_is_written(tmp_path, capsys, stage, what):
+    delta = tmp_path / "zero.yaml"
+    delta.write_text(f"stages:\n  - {stage}\n")
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["curriculum", "-c", str(CURRICULUM_YAML), "-c", str(delta), f"--trainer.run_dir={run_dir}"])
+    err = capsys.readouterr().err
+    assert exc.value.code != 0 and f"stage 'head': {what} trains nothing" in err and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+def test_a_stage_whose_trainer_runs_no_batch_fails_instead_of_ending_done(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main(["curriculum", "-c", str(CURRICULUM_YAML), f"--trainer.run_dir={run_dir}",
+              "--trainer.limit_train_batches=0"])
+    assert "limit_train_batches=0 runs no training batch" in capsys.readouterr().err
+    data = json.loads((run_dir / "results.json").read_text())
+    assert data["stages"]["encoder"]["status"] == "failed"
+
+
+def test_an_only_that_selects_nothing_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["curriculum", "-c", str(CURRICULUM_YAML), f"--trainer.run_dir={tmp_path / 'run'}", "--only", ","])
+    assert exc.value.code != 0 and "selects no stage" in capsys.readouterr().err
