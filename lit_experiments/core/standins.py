@@ -3,7 +3,9 @@
 * :func:`cache_path` - ``<cache_dir>/<prefix>-<sha1 of the key>.pt`` (the key: config, data, training, version).
 * :func:`load_or_train` - load the saved weights into the model, or train it (under
   :func:`~lit_experiments.core.seeding.isolated_rng`: the global RNGs are untouched) and save it atomically (a
-  temporary file renamed into place; a failed save leaves nothing behind).
+  temporary file renamed into place; a failed save leaves nothing behind). Each file has a sha256 beside it
+  (``<file>.sha256``); a file that does not match it or cannot be read is named with "delete it and rerun"
+  (:class:`StandinCacheError`), never a pickle hint.
 * :func:`fit_loop` - the one training loop of every stand-in: loss, backward, optional clipping, optimizer and
   scheduler step, progress every ``log_every`` steps, an optional callback (a learning curve).
 * :func:`loss_summary` - the first / last tenth of a loss trace (at most 10 steps each) and the wall time.
@@ -22,7 +24,49 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import LitExpError
 from .seeding import isolated_rng
+
+
+class StandinCacheError(LitExpError, RuntimeError):
+    """A stand-in cache file that is corrupt, truncated or not the stand-in's; the message names the file."""
+
+    exit_code = 2
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def read_cached(path: Path) -> Any:
+    """``torch.load`` of a stand-in cache file (weights only) after its checksum; a bad file is a
+    :class:`StandinCacheError` naming it."""
+    def bad(why: str) -> StandinCacheError:
+        return StandinCacheError(f"stand-in cache {path} is unusable: {why}. Delete it (and {_sidecar(path).name}) "
+                                 "and rerun: the stand-in is trained again and saved under the same name")
+
+    sidecar = _sidecar(path)
+    if sidecar.is_file():
+        expected = sidecar.read_text().strip()
+        if expected and _sha256(path) != expected:
+            raise bad("its sha256 does not match the one written with it (the file was truncated or changed)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file says the same thing
+        raise bad(f"it cannot be read as saved weights ({type(err).__name__})") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob or "info" not in blob:
+        raise bad("it holds no stand-in (expected a dict with `state_dict` and `info`)")
+    if not sidecar.is_file():  # a file from before checksums: its sum from now on
+        sidecar.write_text(_sha256(path) + "\n")
+    return blob
 
 
 def cache_path(cache_dir: str | Path, prefix: str, key: dict[str, Any]) -> Path:
@@ -42,6 +86,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        _sidecar(path).write_text(_sha256(Path(tmp)) + "\n")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -54,8 +99,12 @@ def load_or_train(path: Path, model: torch.nn.Module, train: Callable[[], dict[s
     ``model`` in place and returns its info), add ``extra`` to the info and save both atomically
     (``cached: False``). ``path`` is in the returned info."""
     if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(blob["state_dict"])
+        blob = read_cached(path)
+        try:
+            model.load_state_dict(blob["state_dict"])
+        except RuntimeError as err:
+            raise StandinCacheError(f"stand-in cache {path} does not fit this stand-in ({str(err).splitlines()[0]}); "
+                                    "delete it and rerun") from None
         return {**blob["info"], "cached": True, "path": str(path)}
     with isolated_rng():
         info = train()

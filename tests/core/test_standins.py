@@ -43,3 +43,31 @@ def test_f50_standin_thread_count_not_served(tmp_path, restore_threads):
     # everything else in the key still counts too
     torch.set_num_threads(1)
     assert standins.cache_path(tmp_path, "standin", {**key, "data": {"n": 8, "seed": 1}}) != paths[1]
+
+
+# ------------------------------------------------------------------ corruption names the file (issue 25, item 4)
+@pytest.mark.parametrize("damage", ["truncate", "random", "flip"])
+def test_a_corrupt_standin_cache_names_the_file_and_never_advises_unsafe_loading(tmp_path, damage):
+    path = tmp_path / "standin-x.pt"
+    model = torch.nn.Linear(2, 2)
+    standins.load_or_train(path, model, _train_counter(model, []))
+    assert (tmp_path / "standin-x.pt.sha256").is_file()
+    blob = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif damage == "random":
+        path.write_bytes(bytes(range(256)) * 8)
+    else:  # same length, one byte changed: only the checksum sees it
+        path.write_bytes(blob[:-40] + bytes([blob[-40] ^ 1]) + blob[-39:])
+    with pytest.raises(standins.StandinCacheError) as err:
+        standins.load_or_train(path, torch.nn.Linear(2, 2), _train_counter(model, []))
+    text = str(err.value)
+    assert str(path) in text and "Delete it" in text and "weights_only" not in text
+
+
+def test_a_standin_cache_of_another_shape_names_the_file(tmp_path):
+    path = tmp_path / "standin-y.pt"
+    model = torch.nn.Linear(2, 2)
+    standins.load_or_train(path, model, _train_counter(model, []))
+    with pytest.raises(standins.StandinCacheError, match="does not fit this stand-in"):
+        standins.load_or_train(path, torch.nn.Linear(3, 2), _train_counter(model, []))
