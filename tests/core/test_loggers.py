@@ -48,3 +48,15 @@ def test_f38_without_an_api_key_wandb_goes_offline_and_says_so_once(tmp_path, mo
     assert resolve_wandb_mode(WandbSpec(mode="disabled")) == "disabled"
     with pytest.raises(ValueError, match="sometimes"):
         resolve_wandb_mode(WandbSpec(mode="sometimes"))
+
+
+def test_third_party_deprecation_noise_is_filtered_on_import():
+    """torchao (imported by transformers' SigLIP / SAM3 models) made torch print two deprecation lines on every
+    distill and multilabel command; the package filters exactly those."""
+    import subprocess
+    import sys
+
+    code = "import lit_experiments, logging; import transformers.models.siglip.modeling_siglip"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "register_constant() on Enum subclasses" not in done.stderr
