@@ -20,7 +20,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities import rank_zero_info
 
 from .lazy import lazy_build
-from .results import RunResults, error_line, format_test_table, to_float_dict
+from .results import RunResults, error_line, format_test_table, skipped_samples, to_float_dict
 from .rundir import (
     RunDirError,
     check_resume_config,
@@ -420,3 +420,6 @@ def _merge_extra(results: RunResults, model: Any, datamodule: Any = None) -> Non
     split_info = getattr(datamodule, "split_info", None)
     if split_info:  # core.splits.check_disjoint's record (F47)
         results.merge("splits", split_info)
+    skipped = skipped_samples(datamodule) if datamodule is not None else None
+    if skipped is not None:  # on_bad_sample: skip is counted, never silent
+        results.merge("data", skipped)

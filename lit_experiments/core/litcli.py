@@ -31,7 +31,7 @@ from .configs import compose_config_args
 from .curriculum import apply_data_overrides
 from .errors import ConfigError, LitExpError, clean_parser_message
 from .predict import PredictionWriter
-from .results import RunResults, error_line, format_metric_table, to_float_dict
+from .results import RunResults, error_line, format_metric_table, skipped_samples, to_float_dict
 from .rundir import resolve_run_dir
 from .seeding import mark_run_seed
 from .specs import StageSpec
@@ -262,6 +262,9 @@ class LitCLI(LightningCLI):
         split_info = getattr(self.datamodule, "split_info", None)
         if split_info:
             results.merge("splits", split_info)
+        skipped = skipped_samples(self.datamodule)
+        if skipped is not None:  # on_bad_sample: skip is counted, never silent
+            results.merge("data", skipped)
         results.set_headline(list(getattr(self.model, "headline_metrics", [])))
         path = results.save()
         if self.trainer.is_global_zero:

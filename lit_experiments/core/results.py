@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import time
+import types
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,44 @@ def finite_or_null(value: Any, notes: dict[str, str], path: str = "", nulls: set
     if isinstance(value, list):
         return [finite_or_null(v, notes, f"{path}.{i}", nulls) for i, v in enumerate(value)]
     return value
+
+
+def skipped_samples(datamodule: Any, depth: int = 5) -> dict[str, Any] | None:
+    """What the datamodule's readers skipped under ``on_bad_sample: skip``: ``{"skipped_samples": n,
+    "skipped_files": [first 20]}`` (a reader keeps a ``skipped_files`` list, data/errors.py), or ``None`` when it
+    has no such reader. Found by walking the datamodule's attributes (sources, datasets, subsets), each once."""
+    seen: set[int] = set()
+    files: list[str] = []
+    found = False
+
+    def walk(obj: Any, level: int) -> None:
+        nonlocal found
+        if level > depth or id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
+            return
+        seen.add(id(obj))
+        listed = getattr(obj, "skipped_files", None) if not isinstance(obj, (dict, list, tuple)) else None
+        if isinstance(listed, list):
+            found = True
+            files.extend(str(f) for f in listed)
+            return
+        if isinstance(obj, dict):
+            children = list(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            children = list(obj)[:64]
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            children = [v for k, v in vars(obj).items() if k not in ("trainer", "_trainer")]
+        else:
+            return
+        for child in children:
+            if hasattr(child, "parameters") and callable(child.parameters):  # a network: no reader inside
+                continue
+            walk(child, level + 1)
+
+    walk(datamodule, 0)
+    if not found:
+        return None
+    unique = list(dict.fromkeys(files))
+    return {"skipped_samples": len(unique), "skipped_files": unique[:20]}
 
 
 def format_test_table(data: dict[str, Any]) -> str:

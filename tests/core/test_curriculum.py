@@ -329,3 +329,29 @@ def test_an_only_that_selects_nothing_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["curriculum", "-c", str(CURRICULUM_YAML), f"--trainer.run_dir={tmp_path / 'run'}", "--only", ","])
     assert exc.value.code != 0 and "selects no stage" in capsys.readouterr().err
+
+
+def test_samples_skipped_by_a_reader_are_counted_in_results_json(tmp_path, monkeypatch):
+    """`on_bad_sample: skip` drops unreadable samples; the run's record says how many and which (it said nothing)."""
+    from torch.utils.data import Subset
+
+    from lit_experiments.data.errors import BadSamples
+    from lit_experiments.studies.toy.datamodule import ToyDataModule
+
+    class Reader:  # what a file reader holds: its policy with the files it skipped
+        def __init__(self, files):
+            self.bad = BadSamples("reader", "skip")
+            for f in files:
+                self.bad.bad(f, OSError("truncated"))
+
+    real_setup = ToyDataModule.setup
+
+    def setup(self, stage=None):
+        real_setup(self, stage)
+        self.sources = {"train": Subset(Reader(["a.png", "b.png"]), [0]), "test": [Reader(["c.png"])]}
+
+    monkeypatch.setattr(ToyDataModule, "setup", setup)
+    run_dir = tmp_path / "run"
+    main(["curriculum", "-c", str(CURRICULUM_YAML), f"--trainer.run_dir={run_dir}", "--only", "encoder"])
+    data = json.loads((run_dir / "results.json").read_text())["data"]
+    assert data == {"skipped_samples": 3, "skipped_files": ["a.png", "b.png", "c.png"]}
