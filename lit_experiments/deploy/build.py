@@ -86,5 +86,12 @@ def reference_batch(dm: Any, split: str = "test") -> Any:
 
 
 def default_out(configs: Sequence[str], info: Any, sub: str) -> Path:
+    """``<run_dir>/<sub>`` (``runs/<sub>/<config stem>/<sub>`` without a run), or ``<sub>-2``, ``-3``, ... when an
+    earlier call wrote there: a folder of results is a record, never overwritten."""
     run_dir = getattr(info, "run_dir", None)
-    return (Path(run_dir) if run_dir else Path("runs") / sub / Path(configs[-1]).stem) / sub
+    base = (Path(run_dir) if run_dir else Path("runs") / sub / Path(configs[-1]).stem) / sub
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{sub}-{n}")
+    return path

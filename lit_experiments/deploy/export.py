@@ -241,11 +241,14 @@ def parity_failure(path: Path, report: dict[str, Any]) -> str:
 
 
 def export_and_check(parts: dict[str, ExportPart], out: Path, fmt: str,
-                     tolerance: float = DEFAULT_TOLERANCE) -> dict[str, dict[str, Any]]:
+                     tolerance: float = DEFAULT_TOLERANCE,
+                     verdicts: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Save the inputs, export, check every part; returns ``{name: parity report}``; raises after all parts
-    when one exceeds ``tolerance``."""
+    when one exceeds ``tolerance``. ``verdicts`` (when given) gets each part's verdict as it is reached (``passed``,
+    errors, or the export's error), so a failed export still says which parts passed."""
     out.mkdir(parents=True, exist_ok=True)
     reports, failures = {}, []
+    verdicts = {} if verdicts is None else verdicts
     for name, part in parts.items():
         path = out / f"{name}{FORMATS[fmt]}"
         inputs = part.inputs()
@@ -254,10 +257,12 @@ def export_and_check(parts: dict[str, ExportPart], out: Path, fmt: str,
         start = time.perf_counter()
         try:
             export_part(part, path, fmt)
-        except LitExpError:
+        except LitExpError as err:
+            verdicts[name] = {"passed": False, "error": str(err).splitlines()[0][:300]}
             raise
         except Exception as err:  # noqa: BLE001 - an export failure names the part and the exporter's first line
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            verdicts[name] = {"passed": False, "error": f"export failed: {type(err).__name__}: {first}"}
             raise LitExpError(f"part {name!r}: {fmt} export failed: {type(err).__name__}: {first} (run with "
                               "--debug for the exporter's full message)") from err
         seconds = time.perf_counter() - start
@@ -265,6 +270,7 @@ def export_and_check(parts: dict[str, ExportPart], out: Path, fmt: str,
         report["export_seconds"] = round(seconds, 3)
         path.with_suffix(".parity.json").write_text(json.dumps(report, indent=1))
         reports[name] = report
+        verdicts[name] = {k: report[k] for k in ("passed", "max_abs_err", "max_rel_err") if k in report}
         state = "ok" if report["passed"] else "FAILED"
         print(f"{name}: {path} max_abs_err {report['max_abs_err']:.3g} max_rel_err {report['max_rel_err']:.3g} "
               f"(tolerance {tolerance:.3g}) {state}", flush=True)
@@ -303,14 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     model, dm, info = load_study(args.config, args.ckpt)
     parts = select_parts(model.export_parts(reference_batch(dm, args.split)), args.parts, type(model).__name__)
     out = Path(args.out) if args.out else default_out(args.config, info, "export") / args.format
+    verdicts: dict[str, dict[str, Any]] = {}
     try:
-        reports = export_and_check(parts, out, args.format, args.tolerance)
+        reports = export_and_check(parts, out, args.format, args.tolerance, verdicts)
     finally:
+        not_reached = {"passed": None, "note": "not reached: an earlier part's export failed"}
         manifest = {"config": list(args.config), "ckpt": args.ckpt, "study": type(model).__name__,
-                    "format": args.format, "tolerance": args.tolerance, "parts": {
+                    "format": args.format, "tolerance": args.tolerance,
+                    "status": "passed" if len(verdicts) == len(parts) and all(v.get("passed") for v in
+                                                                              verdicts.values()) else "failed",
+                    "parts": {
                         n: {"file": f"{n}{FORMATS[args.format]}", "inputs": list(p.input_names),
                             "outputs": list(p.output_names), "dynamic_batch": list(p.dynamic_batch),
-                            "postprocess": p.postprocess_name()} for n, p in parts.items()}}
+                            "postprocess": p.postprocess_name(), "verdict": verdicts.get(n, not_reached)}
+                        for n, p in parts.items()}}
         out.mkdir(parents=True, exist_ok=True)
         (out / "export.json").write_text(json.dumps(manifest, indent=1))
     worst = max(r["max_abs_err"] for r in reports.values())

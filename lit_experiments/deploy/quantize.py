@@ -19,8 +19,8 @@ headline metrics (``headline_metrics`` of the study, else every test metric; ``-
 median over ``--repeats`` forwards (``StudyModule.dry_run`` on the first test batch, after a warm-up) / the
 batch's samples, at ``--threads`` (``torch.get_num_threads()`` stated); size = the file of ``torch.save`` of the
 copy's state dict (``models/<mode>.pt``); peak memory = peak RSS during the mode's test loop and timing, minus the
-RSS at its start (sampled in a thread, :class:`~.latency.PeakRSS`). ``--out`` (default ``<run_dir>/quantize``)
-receives ``quantize.md``, ``quantize.csv`` and ``quantize.json`` (one row per mode: ``mode``, metrics,
+RSS at its start (sampled in a thread, :class:`~.latency.PeakRSS`). ``--out`` (default ``<run_dir>/quantize``, or
+``quantize-2``, ... when that holds an earlier table; the run's own results.json is never rewritten) receives ``quantize.md``, ``quantize.csv`` and ``quantize.json`` (one row per mode: ``mode``, metrics,
 ``latency_ms``, ``size_mb``, ``peak_mem_mb``, ratios ``latency_ratio`` / ``size_ratio`` and ``<metric>_delta``
 against fp32).
 """
@@ -184,20 +184,6 @@ def write_tables(rows: list[dict[str, Any]], headline: list[str], out: Path, met
 
 
 # ---------------------------------------------------------------------- the command
-def record_in_run(info: Any, out: Path, rows: list[dict[str, Any]]) -> None:
-    """Add the table to the checkpoint's run ``results.json`` (section ``quantize``: ``rows`` and the folder),
-    when the checkpoint lies in a run folder; the file is rewritten atomically, nothing else in it changes."""
-    run_dir = getattr(info, "run_dir", None)
-    path = Path(run_dir) / "results.json" if run_dir is not None else None
-    if path is None or not path.is_file():
-        return
-    from ..core.jsonfile import write_json
-
-    data = json.loads(path.read_text())
-    data["quantize"] = {"dir": str(out), "checkpoint": str(info.path), "rows": rows}
-    write_json(path, data)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lit-exp quantize", description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--config", action="append", required=True, help="study YAML (repeatable, composed)")
@@ -245,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_memory": f"peak_mem_mb = peak RSS during the mode's copy, test loop and timing minus the RSS "
                                f"at its start ({measured[0]['memory_source']})",
                 "all_metrics": {m["mode"]: m["metrics"] for m in measured}}
-        write_tables(rows, headline, out, meta)
-        record_in_run(info, out, rows)
+        write_tables(rows, headline, out, meta)  # in its own folder: the run's results.json is a record
     finally:
         torch.set_num_threads(threads)
     print(f"quantize: {len(rows)} modes -> {out / 'quantize.md'}")

@@ -76,6 +76,7 @@ def test_every_part_exports_to_onnx_within_1e4_of_eager_at_two_batch_sizes(onnx_
 
     manifest = json.loads((onnx_out / "export.json").read_text())
     assert list(manifest["parts"]) == list(PARTS) and manifest["study"] == "ToyModule"
+    assert manifest["status"] == "passed" and all(p["verdict"]["passed"] for p in manifest["parts"].values())
     for name, outputs in PARTS.items():
         report = json.loads((onnx_out / f"{name}.parity.json").read_text())
         assert report["passed"] and report["tolerance"] == 1e-4
@@ -175,7 +176,11 @@ def test_f43_a_silently_changed_torch_export_fails_the_command(toy, tmp_path, ca
     assert report["passed"] is False and report["max_abs_err"] > 1e-4
     head = json.loads((out / "head.parity.json").read_text())  # checked after the failed part: its own verdict
     assert head["passed"] is True and head["max_abs_err"] <= 1e-4
-    assert list(json.loads((out / "export.json").read_text())["parts"]) == list(PARTS)
+    manifest = json.loads((out / "export.json").read_text())
+    assert list(manifest["parts"]) == list(PARTS) and manifest["status"] == "failed"
+    verdicts = {n: p["verdict"] for n, p in manifest["parts"].items()}  # which parts passed, in the record
+    assert verdicts["encoder"]["passed"] is False and verdicts["encoder"]["max_abs_err"] == report["max_abs_err"]
+    assert verdicts["head"]["passed"] is True and verdicts["head"]["max_abs_err"] == head["max_abs_err"]
     monkeypatch.setattr(export_mod, "export_part", original)  # the same command, unchanged: within 1e-4
     assert run(["export", "-c", config, "--ckpt", ckpt, "--format", "torch_export", "--parts", "encoder",
                 "--out", out], capsys)[0] == 0

@@ -129,21 +129,21 @@ def test_unknown_mode_is_a_clear_error(toy, capsys):
     assert exc.value.code == 2 and "'int4'" in err and "int8_weight_only" in err and "Traceback" not in err
 
 
-def test_the_table_is_added_to_the_runs_results_json_and_nothing_else_changes(toy, tmp_path):
+def test_quantize_writes_its_own_folder_and_never_rewrites_the_runs_results_json(toy, tmp_path):
+    """A run folder is a record: quantize writes `<run>/quantize` (then `quantize-2`, ...), never the run's
+    results.json (it added a `quantize` section to it)."""
     config, ckpt = toy
     run = tmp_path / "run"
     shutil.copytree(ckpt.parents[1], run)  # the toy run's folder: config.yaml, checkpoints/, results.json
-    before = json.loads((run / "results.json").read_text())
-    before.pop("quantize", None)  # the `table` fixture's quantisation of this checkpoint recorded itself here
-    (run / "results.json").write_text(json.dumps(before))
-    assert before["study"] == "ToyModule" and before["stages"]["fit"]["status"] == "done"
-    assert main(["quantize", "-c", str(run / "config.yaml"), "--ckpt", str(run / "checkpoints" / ckpt.name),
-                 "--mode", "fp32,int8_weight_only", "--repeats", "1", "--threads", "1", "--metrics", LOSS]) == 0
-    after = json.loads((run / "results.json").read_text())
-    table = json.loads((run / "quantize" / "quantize.json").read_text())
-    assert after["quantize"]["rows"] == table["rows"] and [r["mode"] for r in table["rows"]] == ["fp32",
-                                                                                                 "int8_weight_only"]
-    assert after["quantize"]["dir"] == str(run / "quantize")
-    fp32, int8 = table["rows"]  # --metrics: the chosen metric and its delta against fp32
+    before = (run / "results.json").read_bytes()
+    assert json.loads(before)["study"] == "ToyModule"
+    args = ["quantize", "-c", str(run / "config.yaml"), "--ckpt", str(run / "checkpoints" / ckpt.name),
+            "--mode", "fp32,int8_weight_only", "--repeats", "1", "--threads", "1", "--metrics", LOSS]
+    assert main(args) == 0 and main(args) == 0
+    assert (run / "results.json").read_bytes() == before
+    first = json.loads((run / "quantize" / "quantize.json").read_text())
+    second = json.loads((run / "quantize-2" / "quantize.json").read_text())
+    assert [r["mode"] for r in first["rows"]] == [r["mode"] for r in second["rows"]] == ["fp32", "int8_weight_only"]
+    fp32, int8 = first["rows"]  # --metrics: the chosen metric and its delta against fp32
     assert ACC not in fp32 and int8[f"{LOSS}_delta"] == pytest.approx(int8[LOSS] - fp32[LOSS]) != 0
-    assert {k: v for k, v in after.items() if k != "quantize"} == before
+
