@@ -70,7 +70,10 @@ def last_error(log: Path) -> str:
     for i, ln in enumerate(lines):
         if ln.startswith("lit-exp: error:") or "WILL NOT RUN" in ln:
             inner = next((x for x in lines[i + 1:] if x.startswith("- ")), None)
-            return (inner[2:] if inner else ln.split("error:", 1)[-1].strip())[:200]
+            text = inner[2:] if inner else ln.split("error:", 1)[-1].strip()
+            if text.endswith(":") and i + 1 < len(lines):  # the message goes on on the next line
+                text += " " + lines[i + 1]
+            return text[:240]
     return (lines[-1][:200] if lines else "no output")
 
 
@@ -177,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             folder = out / "data" / f"{fmt_name}_{Path(config).stem}" if fmt_name is not None else None
             problem = None
-            if folder is not None and not (folder / ".done").exists():
+            spec = json.dumps(writes)
+            done = folder / ".done" if folder is not None else None
+            if done is not None and not (done.exists() and done.read_text() == spec):
                 start = time.perf_counter()
                 for sub, shape_args in writes:
                     log = out / "logs" / f"data_{name}{'_' + sub if sub else ''}.log"
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                         break
                 data_s[name] = time.perf_counter() - start
                 if problem is None:
-                    (folder / ".done").write_text("")
+                    done.write_text(spec)
             plan.append((name, ROOT / config, problem) if problem else (name, seed_config(config, folder, out), None))
     rows: list[dict[str, Any]] = []
     reports: dict[str, Any] = {}
