@@ -22,10 +22,6 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 
-#: the embeddings besides the final one, by results-key suffix (``map_<name>``)
-OTHERS = ("backbone", "simsiam", "init", "probe")
-
-
 def retrieval_numbers(f: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, ks: list[int],
                       groups: torch.Tensor | None = None, others: dict[str, torch.Tensor | None] | None = None
                       ) -> dict[str, Any]:

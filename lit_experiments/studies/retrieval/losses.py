@@ -176,7 +176,8 @@ class FastAPLoss(nn.Module):
             raise FastAPNoPositiveError(
                 f"FastAPLoss: no query of the batch of {n} has a positive (every label / pos_mask row is "
                 "alone): build the train DataLoader with batch_sampler=MPerClassBatchSampler(labels, m >= 2, "
-                "batch_size) (retrieval config: use_labels: true) so every batch holds m samples per class (F39)")
+                "batch_size) (retrieval config: sampler MPerClassBatches, positives: {use_labels: true}) so every "
+                "batch holds m samples per class (F39)")
         if s[2] < -RANGE_TOL or s[3] > 1.0 + RANGE_TOL:
             bad = s[3] if s[3] > 1.0 + RANGE_TOL else s[2]
             raise FastAPRangeError(
