@@ -43,15 +43,17 @@ def _coco_source(root: Any, args: dict[str, Any] | None) -> set[tuple[str, str]]
 
 
 def slots(a: dict[str, Any]) -> tuple[Any, Any] | None:
-    if a["dataset"] != "movi":
+    source = a.get("source") or {}
+    if not str(source.get("class_path", "")).endswith("MoviClipSplits"):
         return None  # ShapesWorld: one world per split, seeds seed + 0 / 1 / 2
-    from lit_experiments.studies.slots.datamodule import DEFAULT_MOVI_SPLITS
+    from lit_experiments.studies.slots.sources import DEFAULT_MOVI_SPLITS
 
-    folders = {**DEFAULT_MOVI_SPLITS, **(a.get("movi_splits") or {})}
+    s = source.get("init_args") or {}
+    folders = {**DEFAULT_MOVI_SPLITS, **(s.get("folders") or {})}
     val, test = folders["val"], folders["test"]
-    if val == test and a.get("val_fraction") is not None:
+    if val == test and s.get("val_fraction") is not None:
         return None  # a seeded part of the folder is held out as validation and removed from test
-    return {("MOVi folder", f"{a['movi_root']}/{val}")}, {("MOVi folder", f"{a['movi_root']}/{test}")}
+    return {("MOVi folder", f"{s['root']}/{val}")}, {("MOVi folder", f"{s['root']}/{test}")}
 
 
 def distill(a: dict[str, Any]) -> tuple[Any, Any] | None:

@@ -17,7 +17,7 @@ One rule composes files, used by the CLI (every ``-c`` file of a Lightning subco
 export): :func:`merge`.
 
 * Mappings merge key by key, at every depth: ``init_args`` of a part and dict-typed arguments (``prompts``,
-  ``shapes``, ``clips``, ``augment``, ...) alike (F48). A later ``null`` replaces.
+  ``world``, ``clips``, ``augment``, ...) alike (F48). A later ``null`` replaces.
 * A part whose ``class_path`` changes to another class starts from the new class: the old ``init_args`` are
   dropped, not carried over. The same class (or no ``class_path`` in the delta) merges ``init_args``.
 * Lists replace whole (``trainable``, ``colors``, ...), except the top-level ``stages:`` list, which merges by
