@@ -18,19 +18,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.errors import LitExpError
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class DataLayoutError(FileNotFoundError):
-    """A required file or folder is missing."""
+class DataLayoutError(LitExpError, FileNotFoundError):
+    """A required file or folder is missing (the CLI prints the message as one block)."""
 
 
-class LabelError(ValueError):
+class LabelError(LitExpError, ValueError):
     """A label is not in the class list."""
 
 
-class BadSampleError(OSError):
-    """A sample file could not be read (on_bad_sample='error')."""
+class BadSampleError(LitExpError, OSError):
+    """A sample file could not be read (on_bad_sample='error'); one block naming the file, no traceback."""
 
 
 def require(path: str | os.PathLike, what: str, layout: str, is_dir: bool | None = None) -> Path:

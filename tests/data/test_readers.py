@@ -1,6 +1,7 @@
 """Writer / reader round trips (``lit-exp data shapes``) and bad-input handling of every reader."""
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +298,46 @@ def test_coco_annotation_naming_an_unknown_image_is_an_error(tmp_path):
     (co / "annotations" / "instances.json").write_text(json.dumps(ann))
     with pytest.raises(LabelError, match=r"instances\.json: annotation #2 .* names image_id 987654, which is not"):
         CocoInstances(co)
+
+
+# ------------------------------------------------------------------ a bad file is one block (issue 25, item 4)
+SLOTS_DEMO = Path(__file__).resolve().parents[2] / "configs" / "slots" / "demo.yaml"
+
+
+def test_a_truncated_movi_clip_is_one_block_naming_the_file_and_the_run_records_it(tmp_path, capsys):
+    """It printed three chained tracebacks (96 lines) before its good last line."""
+    import json as _json
+
+    from lit_experiments.cli import main as cli_main
+    from lit_experiments.data.tools import main as data_main
+
+    for split in ("train", "validation"):
+        data_main(["shapes", "--format", "movi", "--out", str(tmp_path / "movi" / split), "--n", "6",
+                   "--image-size", "32", "--num-frames", "3"])
+    bad = sorted((tmp_path / "movi" / "train").glob("*.npz"))[0]
+    bad.write_bytes(bad.read_bytes()[:300])
+    delta = tmp_path / "movi.yaml"
+    delta.write_text("data:\n  init_args:\n    source:\n"
+                     "      class_path: lit_experiments.studies.slots.sources.MoviClipSplits\n"
+                     f"      init_args: {{root: {tmp_path / 'movi'}, folders: {{train: train, val: train, "
+                     "test: validation}, val_fraction: 0.25}\n    cache_dir: null\n"
+                     "stages:\n  - {name: slots, max_steps: 2}\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["curriculum", "-c", str(SLOTS_DEMO), "-c", str(delta), f"--trainer.run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "Traceback" not in err and "direct cause" not in err
+    block = [line for line in err.splitlines() if line.startswith(("lit-exp: error", "  "))]
+    assert block[0].startswith("lit-exp: error: MoviClips: unreadable clip") and str(bad) in block[0]
+    record = _json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["status"] == "failed" and str(bad) in record["error"]
+
+
+@pytest.mark.parametrize("make", [lambda: BadSampleError("x.png: truncated"),
+                                  lambda: DataLayoutError("no folder r/images"),
+                                  lambda: LabelError("labels.csv:3: unknown class 'kat'")])
+def test_every_data_error_is_one_block_for_the_cli(make):
+    from lit_experiments.core.errors import explain
+
+    report = explain(make())
+    assert report is not None and report.exit_code == 1 and len(report.render().splitlines()) <= 3
