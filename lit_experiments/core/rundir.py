@@ -120,12 +120,16 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
-    """``{key: [saved, new]}`` for every key that differs, keys in :data:`RESUME_IGNORED` aside."""
+    """``{key: [saved, new]}`` for every key that differs, keys in :data:`RESUME_IGNORED` aside. A key the saved
+    config lacks whose new value is off (``None``, ``False``, empty) is an option added since the run was saved,
+    at its default: not a difference."""
     a, b = flatten(saved), flatten(new)
     ignored = tuple(RESUME_IGNORED)
     diff = {}
     for key in sorted(set(a) | set(b)):
         if key in ignored or key.startswith(tuple(f"{k}." for k in ignored)):
+            continue
+        if key not in a and b.get(key) in (None, False, {}, [], ""):
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             diff[key] = [a.get(key, "<absent>"), b.get(key, "<absent>")]

@@ -199,3 +199,16 @@ def test_ddp_ranks_launched_later_write_where_rank_zero_chose(tmp_path, monkeypa
     monkeypatch.setattr(rundir.rank_zero_only, "rank", 1)
     assert rundir.resolve_run_dir(taken) == chosen  # not taken-3
     assert rundir.resolve_run_dir(tmp_path / "fresh") == tmp_path / "fresh"
+
+
+def test_an_option_added_since_the_run_was_saved_is_not_a_change_at_its_default():
+    """A config.yaml written before a new trainer option existed (e.g. `trainer.compile`, off by default) resumes
+    without --resume_changed; the same option switched on, or a changed value, is still a difference."""
+    from lit_experiments.core.rundir import config_diff
+
+    saved = {"trainer": {"max_epochs": 2}, "model": {"init_args": {"hidden": 8}}}
+    assert config_diff(saved, {**saved, "trainer": {"max_epochs": 2, "compile": False, "loader": None}}) == {}
+    assert config_diff(saved, {**saved, "trainer": {"max_epochs": 2, "compile": True}}) == {
+        "trainer.compile": ["<absent>", True]}
+    assert "trainer.max_epochs" in config_diff(saved, {**saved, "trainer": {"max_epochs": 3}})
+    assert "model.init_args.hidden" in config_diff(saved, {"trainer": {"max_epochs": 2}, "model": {"init_args": {}}})
