@@ -25,14 +25,15 @@ class DistillTestMixin:
 
     def _clip_test_step(self, batch: dict) -> None:
         out, size, t = self(batch), self._size(batch), batch["frames"]
+        clips = batch["image"].shape[0] // t  # each clip weighs the same, however the ranks batch them (F44)
         update_metric(self.video_student, postprocess(out, size=size, **self.calibration.postprocess_kwargs()),
                       batch["targets"])
-        self.video_change["student"].update(temporal_change(out, t))
+        self.video_change["student"].update(temporal_change(out, t), weight=clips)
         if "teacher" in batch:
             update_metric(self.video_teacher, postprocess(batch["teacher"], size=size,
                                                           **self.teacher_calibration.postprocess_kwargs()),
                           batch["targets"])
-            self.video_change["teacher"].update(temporal_change(batch["teacher"], t))
+            self.video_change["teacher"].update(temporal_change(batch["teacher"], t), weight=clips)
 
     def _clip_results(self, undefined: dict[str, str]) -> None:
         for who, metric in (("student", self.video_student), ("teacher", self.video_teacher)):
