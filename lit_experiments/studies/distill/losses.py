@@ -7,9 +7,9 @@
   at most ``max_matches``: F25), paired with student queries (:func:`matching.match_student_to_teacher`).
 * :class:`FeatureDistillLoss`: encoder feature distillation, MSE + (1 - cosine) (EfficientSAM3's first stage).
 
-Every ``forward`` returns a dict of **unweighted** terms, ``total`` (the weighted sum, the only term to back-
-propagate) and detached counts (``n_matched`` ...; counts are not losses). A term with weight 0 stays in the dict
-(for logging) but not in ``total``'s graph. Terms without pairs are ``0`` attached to the graph, never NaN.
+Every ``forward`` returns a dict of **unweighted** terms, ``loss`` (the weighted sum, the only term to back-
+propagate; each term's weight is the constructor's ``<term>_weight``) and detached counts (``n_matched`` ...; counts are not losses). A term with weight 0 stays in the dict
+(for logging) but not in ``loss``'s graph. Terms without pairs are ``0`` attached to the graph, never NaN.
 
 Mask resolution: predicted mask logits are resized bilinearly to the target's (ground truth or teacher) size
 (``resize="pred_to_target"``) or targets down to the prediction's (``"target_to_pred"``), see
@@ -111,7 +111,7 @@ class SetLoss(nn.Module):
     Default weights follow DETR (box L1 5, GIoU 2) and Mask2Former (mask BCE 5, dice 5, class 2); presence 1.
 
     Args:
-        weight_*: weights of the terms in ``total`` (>= 0).
+        *_weight: weights of the terms in ``loss`` (>= 0).
         cost_*: weights of the matching cost (:func:`matching.hungarian_match`).
         query_loss / mask_loss: ``"bce"`` or ``"focal"``.
         resize: mask resolution policy (module doc).
@@ -119,21 +119,21 @@ class SetLoss(nn.Module):
 
     TERMS = ("mask_bce", "dice", "box_l1", "giou", "query", "presence")
 
-    def __init__(self, weight_mask_bce: float = 5.0, weight_dice: float = 5.0, weight_box_l1: float = 5.0,
-                 weight_giou: float = 2.0, weight_query: float = 2.0, weight_presence: float = 1.0,
+    def __init__(self, mask_bce_weight: float = 5.0, dice_weight: float = 5.0, box_l1_weight: float = 5.0,
+                 giou_weight: float = 2.0, query_weight: float = 2.0, presence_weight: float = 1.0,
                  cost_mask: float = 1.0, cost_dice: float = 1.0, cost_box: float = 1.0, cost_giou: float = 1.0,
                  cost_class: float = 1.0, query_loss: Literal["bce", "focal"] = "bce",
                  mask_loss: Literal["bce", "focal"] = "bce", focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  resize: Resize = "pred_to_target") -> None:
         super().__init__()
-        weights = {"weight_mask_bce": weight_mask_bce, "weight_dice": weight_dice, "weight_box_l1": weight_box_l1,
-                   "weight_giou": weight_giou, "weight_query": weight_query, "weight_presence": weight_presence}
+        weights = {"mask_bce_weight": mask_bce_weight, "dice_weight": dice_weight, "box_l1_weight": box_l1_weight,
+                   "giou_weight": giou_weight, "query_weight": query_weight, "presence_weight": presence_weight}
         costs = {"cost_mask": cost_mask, "cost_dice": cost_dice, "cost_box": cost_box, "cost_giou": cost_giou,
                  "cost_class": cost_class}
         _check_weights("SetLoss", **weights, **costs, focal_gamma=focal_gamma)
         if not 0.0 <= focal_alpha <= 1.0:
             raise ConfigError(f"SetLoss: focal_alpha={focal_alpha!r}; expected 0..1")
-        self.weights = {k.removeprefix("weight_"): float(v) for k, v in weights.items()}
+        self.weights = {k.removesuffix("_weight"): float(v) for k, v in weights.items()}
         self.costs = {k: float(v) for k, v in costs.items()}
         self.query_loss = _choice("SetLoss", "query_loss", query_loss, ("bce", "focal"))
         self.mask_loss = _choice("SetLoss", "mask_loss", mask_loss, ("bce", "focal"))
@@ -167,7 +167,7 @@ class SetLoss(nn.Module):
             present = torch.tensor([len(t["masks"]) > 0 for t in targets], dtype=presence.dtype,
                                    device=presence.device)
             terms["presence"] = F.binary_cross_entropy_with_logits(presence, present)
-        terms["total"] = zero + sum(w * terms[k] for k, w in self.weights.items() if w)
+        terms["loss"] = zero + sum(w * terms[k] for k, w in self.weights.items() if w)
         terms["n_matched"] = query_target.sum().detach()
         return terms
 
@@ -190,35 +190,35 @@ class DistillLoss(nn.Module):
     5. ``presence``: binary KL of the student's presence logit to ``sigmoid`` of the teacher's (0 when either
        has no presence head);
     6. optional ``gt``: ``gt_loss`` (a :class:`SetLoss`) on ground-truth ``targets``, total weighted by
-       ``weight_gt`` (only computed when ``gt_loss`` is given and ``weight_gt > 0``).
+       ``gt_weight`` (only computed when ``gt_loss`` is given and ``gt_weight > 0``).
 
     Teacher tensors must not require grad (F01: targets are detached at the source; a teacher that still has a
     graph is a bug upstream and raises). Counts: ``n_kept`` (teacher queries kept), ``n_matched`` (pairs).
     """
 
-    def __init__(self, weight_mask_bce: float = 5.0, weight_dice: float = 5.0, weight_box_l1: float = 5.0,
-                 weight_giou: float = 2.0, weight_logit: float = 2.0, weight_presence: float = 1.0,
+    def __init__(self, mask_bce_weight: float = 5.0, dice_weight: float = 5.0, box_l1_weight: float = 5.0,
+                 giou_weight: float = 2.0, logit_weight: float = 2.0, presence_weight: float = 1.0,
                  max_matches: int = 10, min_teacher_score: float = 0.3,
                  method: Literal["hungarian", "greedy"] = "hungarian",
                  logit_queries: Literal["all", "matched"] = "all", cost_mask: float = 1.0, cost_dice: float = 1.0,
                  cost_box: float = 1.0, cost_giou: float = 1.0, gt_loss: SetLoss | None = None,
-                 weight_gt: float = 0.0, resize: Resize = "pred_to_target") -> None:
+                 gt_weight: float = 0.0, resize: Resize = "pred_to_target") -> None:
         super().__init__()
-        weights = {"weight_mask_bce": weight_mask_bce, "weight_dice": weight_dice, "weight_box_l1": weight_box_l1,
-                   "weight_giou": weight_giou, "weight_logit": weight_logit, "weight_presence": weight_presence}
+        weights = {"mask_bce_weight": mask_bce_weight, "dice_weight": dice_weight, "box_l1_weight": box_l1_weight,
+                   "giou_weight": giou_weight, "logit_weight": logit_weight, "presence_weight": presence_weight}
         costs = {"cost_mask": cost_mask, "cost_dice": cost_dice, "cost_box": cost_box, "cost_giou": cost_giou}
-        _check_weights("DistillLoss", **weights, **costs, weight_gt=weight_gt)
+        _check_weights("DistillLoss", **weights, **costs, gt_weight=gt_weight)
         if isinstance(max_matches, bool) or int(max_matches) != max_matches or max_matches < 0:
             raise ConfigError(f"DistillLoss: max_matches={max_matches!r}; expected an integer >= 0")
         if not 0.0 <= min_teacher_score <= 1.0:
             raise ConfigError(f"DistillLoss: min_teacher_score={min_teacher_score!r}; expected 0..1")
-        self.weights = {k.removeprefix("weight_"): float(v) for k, v in weights.items()}
+        self.weights = {k.removesuffix("_weight"): float(v) for k, v in weights.items()}
         self.costs = {k: float(v) for k, v in costs.items()}
         self.max_matches, self.min_teacher_score = int(max_matches), float(min_teacher_score)
         self.method = _choice("DistillLoss", "method", method, ("hungarian", "greedy"))
         self.logit_queries = _choice("DistillLoss", "logit_queries", logit_queries, ("all", "matched"))
         self.resize = _choice("DistillLoss", "resize", resize, matching.RESIZES)
-        self.gt_loss, self.weight_gt = gt_loss, float(weight_gt)
+        self.gt_loss, self.gt_weight = gt_loss, float(gt_weight)
 
     @staticmethod
     def _check_teacher(teacher: Outputs) -> None:
@@ -261,13 +261,13 @@ class DistillLoss(nn.Module):
         else:
             terms["presence"] = soft_bce(s_presence, t_presence.sigmoid().to(s_presence.dtype))
         total = zero + sum(w * terms[k] for k, w in self.weights.items() if w)
-        if self.gt_loss is not None and self.weight_gt > 0:
+        if self.gt_loss is not None and self.gt_weight > 0:
             if targets is None:
-                raise ValueError("DistillLoss: weight_gt > 0 needs ground-truth targets in forward(...)")
+                raise ValueError("DistillLoss: gt_weight > 0 needs ground-truth targets in forward(...)")
             gt = self.gt_loss(student, targets)
-            terms["gt"] = gt["total"]
-            total = total + self.weight_gt * gt["total"]
-        terms["total"] = total
+            terms["gt"] = gt["loss"]
+            total = total + self.gt_weight * gt["loss"]
+        terms["loss"] = total
         terms["n_kept"] = torch.tensor(float(n_kept), device=s_logits.device)
         terms["n_matched"] = used.sum().detach().to(s_logits.dtype)
         return terms
@@ -280,7 +280,7 @@ class FeatureDistillLoss(nn.Module):
     projection or resize of the student's features to the teacher's is the caller's part (a trainable
     module of the student), never done here. The cosine is taken over ``channel_dim`` (1 for (B, C, H, W),
     -1 for tokens) and averaged over the other positions. The teacher features must not require grad (F01).
-    Returns ``{"mse", "cosine", "total"}``.
+    Returns ``{"mse", "cosine", "loss"}``.
     """
 
     def __init__(self, mse_weight: float = 1.0, cosine_weight: float = 1.0, channel_dim: int = 1) -> None:
@@ -299,4 +299,4 @@ class FeatureDistillLoss(nn.Module):
         teacher = teacher.to(student.dtype)
         mse = F.mse_loss(student, teacher)
         cosine = (1 - F.cosine_similarity(student, teacher, dim=self.channel_dim)).mean()
-        return {"mse": mse, "cosine": cosine, "total": self.mse_weight * mse + self.cosine_weight * cosine}
+        return {"mse": mse, "cosine": cosine, "loss": self.mse_weight * mse + self.cosine_weight * cosine}

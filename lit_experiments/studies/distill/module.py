@@ -257,11 +257,11 @@ class DistillModule(DistillTestMixin, StudyModule):
             raise ConfigError("the decoder objective distils the teacher's outputs: give data.init_args.teacher")
         out = self(batch)
         terms = self.distill_loss(out, batch["teacher"])
-        total = terms["total"]
+        total = terms["loss"]
         if self.args.gt_weight > 0:
             gt = self.set_loss(out, batch["targets"])
-            total = total + self.args.gt_weight * gt["total"]
-            self.log("train/gt", gt["total"].detach(), batch_size=len(batch["prompt"]))
+            total = total + self.args.gt_weight * gt["loss"]
+            self.log("train/gt", gt["loss"].detach(), batch_size=len(batch["prompt"]))
         b = len(batch["prompt"])
         if video and self.args.temporal_weight > 0:
             temporal = temporal_change(out, batch["frames"])
@@ -288,11 +288,11 @@ class DistillModule(DistillTestMixin, StudyModule):
                                                       align_corners=False)
         terms = self.feature_loss(student, teacher)
         b = len(batch["prompt"])
-        self.track(losses={"loss": terms["total"]})
-        self.log("train/loss", terms["total"].detach(), prog_bar=True, batch_size=b)
+        self.track(losses={"loss": terms["loss"]})
+        self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=b)
         self.log("train/feature_mse", terms["mse"].detach(), batch_size=b, on_step=False, on_epoch=True)
         self.log("train/feature_cosine", terms["cosine"].detach(), batch_size=b, on_step=False, on_epoch=True)
-        return terms["total"]
+        return terms["loss"]
 
     def on_fit_start(self) -> None:
         """F53: before the first distillation, the teacher against ground truth on every prompt family of the

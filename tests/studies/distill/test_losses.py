@@ -61,8 +61,8 @@ def test_soft_bce_is_the_binary_kl():
 @pytest.mark.parametrize("query_loss", ["bce", "focal"])
 def test_set_loss_terms_equal_a_reference_on_the_hungarian_pairs(query_loss):
     outputs, targets = _outputs(3, 5), _targets([2, 0, 4])
-    weights = {"weight_mask_bce": 2.0, "weight_dice": 1.5, "weight_box_l1": 5.0, "weight_giou": 2.0,
-               "weight_query": 0.7, "weight_presence": 0.3}
+    weights = {"mask_bce_weight": 2.0, "dice_weight": 1.5, "box_l1_weight": 5.0, "giou_weight": 2.0,
+               "query_weight": 0.7, "presence_weight": 0.3}
     terms = SetLoss(**weights, query_loss=query_loss)(outputs, targets)
     bce, dice, l1, giou = [], [], [], []
     query_target = torch.zeros(3, 5)
@@ -89,13 +89,13 @@ def test_set_loss_terms_equal_a_reference_on_the_hungarian_pairs(query_loss):
            "giou": torch.stack(giou).mean(), "query": query, "presence": presence}
     for key, value in ref.items():
         assert torch.allclose(terms[key], value, atol=1e-5), key
-    total = sum(weights[f"weight_{k}"] * v for k, v in ref.items())
-    assert torch.allclose(terms["total"], total, atol=1e-4)
+    total = sum(weights[f"{k}_weight"] * v for k, v in ref.items())
+    assert torch.allclose(terms["loss"], total, atol=1e-4)
 
 
 def test_set_loss_gradient_reaches_every_output():
     outputs = _outputs(2, 4)
-    SetLoss()(outputs, _targets([3, 1]))["total"].backward()
+    SetLoss()(outputs, _targets([3, 1]))["loss"].backward()
     for key, value in outputs.items():
         assert value.grad is not None and torch.isfinite(value.grad).all() and value.grad.abs().sum() > 0, key
 
@@ -109,7 +109,7 @@ def test_set_loss_on_empty_targets_is_zero_with_grad_for_masks_and_boxes():
     assert torch.allclose(terms["query"], F.binary_cross_entropy_with_logits(outputs["pred_logits"],
                                                                              torch.zeros(2, 4)))
     assert torch.allclose(terms["presence"], F.softplus(outputs["presence_logits"][:, 0]).mean())  # target 0
-    terms["total"].backward()
+    terms["loss"].backward()
     assert outputs["pred_masks"].grad is not None and torch.isfinite(outputs["pred_masks"].grad).all()
 
 
@@ -126,7 +126,7 @@ def test_set_loss_without_presence_head_and_with_focal_masks():
     assert len(ref) == 3 and torch.allclose(terms["mask_bce"], torch.stack(ref).mean(), atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,key", [({"weight_dice": -1.0}, "weight_dice"), ({"query_loss": "ce"}, "query_loss"),
+@pytest.mark.parametrize("kwargs,key", [({"dice_weight": -1.0}, "dice_weight"), ({"query_loss": "ce"}, "query_loss"),
                                         ({"cost_box": -2}, "cost_box"), ({"resize": "nearest"}, "resize")])
 def test_set_loss_rejects_bad_config_naming_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
@@ -157,7 +157,7 @@ def test_distill_logits_on_all_queries_silence_the_unpaired_ones():
         target[b, kept] = teacher["pred_logits"][b, kept].sigmoid()
     ref = soft_bce(teacher["pred_logits"], target)
     assert terms["n_matched"] == 4 and torch.allclose(terms["logit"], ref, atol=1e-6) and ref > 0.05
-    terms["total"].backward()
+    terms["loss"].backward()
     assert all(torch.isfinite(v.grad).all() for v in student.values())
 
 
@@ -195,11 +195,11 @@ def test_distill_loss_guards_and_ground_truth_term():
     with pytest.raises(ValueError, match="F01"):
         DistillLoss()(student, {k: v.clone().requires_grad_(True) for k, v in teacher.items()})
     gt = SetLoss()
-    combined = DistillLoss(gt_loss=gt, weight_gt=0.5)(student, teacher, targets)
+    combined = DistillLoss(gt_loss=gt, gt_weight=0.5)(student, teacher, targets)
     plain = DistillLoss()(student, teacher)
-    assert torch.allclose(combined["total"], plain["total"] + 0.5 * gt(student, targets)["total"], atol=1e-5)
+    assert torch.allclose(combined["loss"], plain["loss"] + 0.5 * gt(student, targets)["loss"], atol=1e-5)
     with pytest.raises(ValueError, match="targets"):
-        DistillLoss(gt_loss=gt, weight_gt=0.5)(student, teacher)
+        DistillLoss(gt_loss=gt, gt_weight=0.5)(student, teacher)
     with pytest.raises(ConfigError, match="max_matches"):
         DistillLoss(max_matches=-1)
 
@@ -209,7 +209,7 @@ def test_distill_loss_across_mask_resolutions_and_without_presence():
     student.pop("presence_logits")
     terms = DistillLoss(min_teacher_score=0.0)(student, teacher)
     assert terms["presence"].item() == 0.0 and terms["n_matched"] == 10
-    terms["total"].backward()
+    terms["loss"].backward()
     assert torch.isfinite(student["pred_masks"].grad).all() and student["pred_masks"].grad.abs().sum() > 0
 
 
@@ -221,8 +221,8 @@ def test_feature_distill_loss_equals_mse_plus_one_minus_cosine(shape, dim):
     cos = (s * t).sum(dim) / (s.norm(dim=dim) * t.norm(dim=dim))
     assert torch.allclose(terms["mse"], ((s - t) ** 2).mean())
     assert torch.allclose(terms["cosine"], (1 - cos).mean(), atol=1e-6)
-    assert torch.allclose(terms["total"], 2 * terms["mse"] + 0.5 * terms["cosine"])
-    assert FeatureDistillLoss(channel_dim=dim)(t, t)["total"].abs() < 1e-5
+    assert torch.allclose(terms["loss"], 2 * terms["mse"] + 0.5 * terms["cosine"])
+    assert FeatureDistillLoss(channel_dim=dim)(t, t)["loss"].abs() < 1e-5
 
 
 def test_feature_distill_loss_needs_equal_shapes_and_a_frozen_teacher():

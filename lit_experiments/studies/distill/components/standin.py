@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,7 +83,13 @@ DEFAULT_DATA: dict[str, Any] = {"n_train": 2048, "n_eval": 256, "seed": 0, "neg_
 #: queries of the default stand-in: with 8 the queries stay interchangeable (each scores 1/8) within 1200 steps
 DEFAULT_QUERIES = 2
 #: SetLoss weights of the stand-in recipe (masks resized down to the prediction, as the prototype's loss did)
-DEFAULT_LOSS: dict[str, Any] = {"weight_box_l1": 2.0, "weight_giou": 1.0, "resize": "target_to_pred"}
+DEFAULT_LOSS: dict[str, Any] = {"box_l1_weight": 2.0, "giou_weight": 1.0, "resize": "target_to_pred"}
+
+
+def _key_loss(loss: dict[str, Any]) -> dict[str, Any]:
+    """The loss arguments as the cache key names them: ``<term>_weight`` written ``weight_<term>``, the names the
+    cached stand-ins were trained under (a renamed argument must not retrain every stand-in)."""
+    return {(f"weight_{k.removesuffix('_weight')}" if k.endswith("_weight") else k): v for k, v in loss.items()}
 LossFn = Callable[[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]]
 
 
@@ -136,10 +141,9 @@ def _fit(teacher: Sam3Teacher, data: dict[str, Any], steps: int, batch_size: int
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    losses: list[float] = []
-    t0 = time.perf_counter()
     per_image = int(data["prompts_per_image"])
-    for step in range(steps):
+
+    def step_loss(step: int) -> torch.Tensor:
         if per_image > 1:  # several prompts per image: the vision encoder runs once per image
             units = bank.image_units(max(1, batch_size // per_image), per_image, gen)
             image_index = torch.arange(len(units)) // per_image
@@ -156,19 +160,17 @@ def _fit(teacher: Sam3Teacher, data: dict[str, Any], steps: int, batch_size: int
             for row, j in enumerate(first):
                 labels[row, bank.present[units[j][0]]] = 1.0
             aux = F.binary_cross_entropy_with_logits(aux_head(vision.last_hidden_state.mean(1)), labels)
-        loss = loss_fn(out, targets)["total"] + aux_weight * aux
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        standins.log_progress("sam3 stand-in", step, steps, losses, log_every, t0)
-        if callback is not None and every > 0 and (step + 1) % every == 0:
-            callback(step + 1)
-            model.train()
+        return loss_fn(out, targets)["loss"] + aux_weight * aux
+
+    def curve_point(step: int) -> None:
+        callback(step)
+        model.train()  # the callback evaluates the model
+
+    summary = standins.fit_loop("sam3 stand-in", steps, step_loss, opt, sched, log_every,
+                                clip=(model.parameters(), 1.0), callback=curve_point if callback else None,
+                                every=every)
     teacher.freeze()
-    return {**standins.loss_summary(losses, t0, steps), "threads": torch.get_num_threads()}
+    return {**summary, "threads": torch.get_num_threads()}
 
 
 def train_standin_teacher(config: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
@@ -192,7 +194,7 @@ def train_standin_teacher(config: dict[str, Any] | None = None, data: dict[str, 
         raise ConfigError(f"train_standin_teacher: aux_weight={aux_weight}; expected >= 0")
     loss = {**DEFAULT_LOSS, **(loss or {})}
     training = {"steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-                "aux_weight": float(aux_weight), "loss": loss}
+                "aux_weight": float(aux_weight), "loss": _key_loss(loss)}
     path = cache_path(cache_dir, config, data, training)
     teacher = Sam3Teacher(config=config, init_seed=seed)
     info = standins.load_or_train(
