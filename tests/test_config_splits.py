@@ -77,9 +77,12 @@ def multilabel(a: dict[str, Any]) -> tuple[Any, Any] | None:
 
 
 def retrieval(a: dict[str, Any]) -> tuple[Any, Any] | None:
-    if a["dataset"] != "frames" or a.get("val_videos") is None or a.get("test_videos") is None:
+    source = a.get("source") or {}
+    s = source.get("init_args") or {}
+    if (not str(source.get("class_path", "")).endswith(".VideoFrameFolder") or s.get("val_videos") is None
+            or s.get("test_videos") is None or s.get(ALLOW) is True):
         return None  # worlds of different seeds, or whole videos split in order (val before test)
-    return ({("video", str(v)) for v in a["val_videos"]}, {("video", str(v)) for v in a["test_videos"]})
+    return ({("video", str(v)) for v in s["val_videos"]}, {("video", str(v)) for v in s["test_videos"]})
 
 
 def one_pool(a: dict[str, Any]) -> None:
