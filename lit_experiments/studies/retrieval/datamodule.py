@@ -167,7 +167,7 @@ class RetrievalDataModule(StudyDataModule):
         if world > 1 and trainer._accelerator_connector.use_distributed_sampler:
             raise ConfigError("RetrievalDataModule's samplers are rank-aware themselves: set "
                               "trainer.use_distributed_sampler: false for a multi-device run (F40)")
-        kw = {"num_workers": self.num_workers, "collate_fn": _collate, "persistent_workers": self.num_workers > 0}
+        kw = {**self.loader_kwargs(), "collate_fn": _collate}  # num_workers, persistent, pin (CUDA), prefetch
         sampler = self.sampler if self.sampler is not None else RandomBatches()
         if not isinstance(sampler, RetrievalSampler):
             raise ConfigError(f"data sampler={sampler!r}: expected a RetrievalSampler part (class_path in "
