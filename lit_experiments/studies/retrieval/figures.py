@@ -211,15 +211,22 @@ def embedding_map(emb: Tensor, labels: Tensor, path: str | Path, method: str = "
     if used == "pca":
         coords = _pca_2d(x)
     lab = labels.detach().cpu()
-    fig = Figure(figsize=(5, 4.5), dpi=100)
-    ax = fig.subplots()
     uniq = torch.unique(lab).tolist()
-    for i, u in enumerate(uniq):
-        sel = lab == u
-        ax.scatter(coords[sel, 0].numpy(), coords[sel, 1].numpy(), s=6, color=_cmap(i, len(uniq)), label=str(u))
-    if len(uniq) <= 20:
-        ax.legend(fontsize=6, markerscale=2, title="label", title_fontsize=7)
-    ax.set_title(f"{used.upper()} of {x.shape[0]} embeddings", fontsize=9)
+    n = len(uniq)
+    fig = Figure(figsize=(5 + (1.6 if n > 12 else 0), 4.5), dpi=100)
+    ax = fig.subplots()
+    # every point drawn once, in a fixed random order, half transparent: no class hides under another
+    order = torch.randperm(len(lab), generator=torch.Generator().manual_seed(0))
+    labelled = [u for u in uniq if u >= 0]
+    colour_of = {u: _cmap(labelled.index(u), len(labelled)) if u >= 0 else (0.55, 0.55, 0.55, 1.0) for u in uniq}
+    colours = [colour_of[int(lab[j])] for j in order.tolist()]
+    ax.scatter(coords[order, 0].numpy(), coords[order, 1].numpy(), s=7, c=colours, alpha=0.55, linewidths=0)
+    for u in uniq:  # legend entries (empty scatters): every label, the unlabelled ones (label < 0) in grey
+        ax.scatter([], [], s=14, color=colour_of[u], label="unlabelled" if u < 0 else str(u))
+    ax.legend(fontsize=6, markerscale=1.5, title="label", title_fontsize=7, ncol=1 if n <= 24 else 2,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    repeat = f"; {n} labels, colours repeat every 20" if n > 20 else ""
+    ax.set_title(f"{used.upper()} of {x.shape[0]} embeddings (alpha 0.55{repeat})", fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

@@ -175,3 +175,31 @@ def test_f19_compare_checkpoints_lists_match_sklearn_per_query_ap():
     assert "### Most improved queries" in md and "### Most degraded queries" in md
     with pytest.raises(ValueError, match="same queries: 50, 50 and 3 queries"):
         compare_checkpoints("a", out_a, "b", out_b, {}, {}, names[:3])
+
+
+def test_embedding_map_shows_every_label_and_no_class_hides_another(tmp_path, monkeypatch):
+    """Issue 25: the map drew classes one after another, opaque (the last class hid the others where they
+    overlapped), and dropped the legend past 20 labels. Now: one scatter in a shuffled order, half transparent,
+    a legend entry for every label (unlabelled -1 in grey)."""
+    from matplotlib.figure import Figure
+
+    saved = {}
+    real_savefig = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        saved["fig"] = self
+        return real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    g = torch.Generator().manual_seed(0)
+    emb, labels = torch.randn(400, 6, generator=g), torch.randint(-1, 25, (400,), generator=g)
+    coords = embedding_map(emb, labels, tmp_path / "map.png")
+    ax = saved["fig"].axes[0]
+    entries = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert entries == ["unlabelled"] + [str(u) for u in range(25)]
+    points = [c for c in ax.collections if len(c.get_offsets())]
+    assert len(points) == 1 and len(points[0].get_offsets()) == 400 and points[0].get_alpha() < 1
+    where = {tuple(np.round(c, 6)): j for j, c in enumerate(coords.numpy())}
+    drawn = [int(labels[where[tuple(np.round(o, 6))]]) for o in np.asarray(points[0].get_offsets())]
+    assert sorted(drawn) != drawn and sorted(drawn, reverse=True) != drawn  # not drawn class after class
+    assert "colours repeat" in ax.get_title()
