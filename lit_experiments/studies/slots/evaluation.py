@@ -225,7 +225,8 @@ class SegmentationScores(torch.nn.Module):
 
 
 def overlay_figure(video: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor, max_clips: int = 4, max_frames: int = 4):
-    """Matplotlib figure: per clip rows of frames, GT ids and predicted slot ids blended over the image."""
+    """Matplotlib figure: per clip three rows (the image, the ground-truth objects and the predicted slots blended
+    over it), one column per frame ``t``; each block of three rows is labelled with its clip."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,7 +241,7 @@ def overlay_figure(video: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor, ma
         for j in range(t):
             img = video[i, j].permute(1, 2, 0).float().cpu().numpy()
             img = img / 255.0 if img.max() > 1.0 else img
-            for r, (title, lab) in enumerate((("frame", None), ("GT", gt[i, j]), ("slots", pred[i, j]))):
+            for r, (title, lab) in enumerate((("image", None), ("GT objects", gt[i, j]), ("slots", pred[i, j]))):
                 ax = axes[3 * i + r, j]
                 shown = img
                 if lab is not None:
@@ -250,6 +251,8 @@ def overlay_figure(video: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor, ma
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if j == 0:
-                    ax.set_ylabel(f"{title} {i}", fontsize=7)
+                    ax.set_ylabel(f"clip {i}\n{title}", fontsize=7)
+                if i == 0 and r == 0:
+                    ax.set_title(f"frame t={j}", fontsize=7)
     fig.tight_layout()
     return fig

@@ -148,3 +148,21 @@ def test_validation_logs_the_other_mask_source(tmp_path, path, source):
     other = "decoder" if source == "attn" else "attn"
     assert any(k.endswith("val/fg_ari") for k in keys), sorted(keys)
     assert any(k.endswith(f"val/fg_ari_{other}") for k in keys), sorted(keys)
+
+
+def test_overlay_figure_labels_clips_and_frames():
+    """Issue 25: the mask figure labelled every row "frame i" although each block of rows is a clip and the
+    columns are its frames."""
+    import torch
+
+    from lit_experiments.studies.slots.evaluation import overlay_figure
+
+    video = torch.rand(2, 3, 3, 8, 8)
+    ids = torch.randint(0, 4, (2, 3, 8, 8))
+    fig = overlay_figure(video, ids, ids)
+    axes = fig.axes
+    assert len(axes) == 2 * 3 * 3
+    rows = [ax.get_ylabel() for ax in axes if ax.get_ylabel()]
+    assert rows == ["clip 0\nimage", "clip 0\nGT objects", "clip 0\nslots", "clip 1\nimage", "clip 1\nGT objects",
+                    "clip 1\nslots"]
+    assert [ax.get_title() for ax in axes if ax.get_title()] == ["frame t=0", "frame t=1", "frame t=2"]
