@@ -69,7 +69,8 @@ class DistillDataModule(StudyDataModule):
         source: the images (:class:`~.components.sources.DistillShapes` or :class:`~.components.sources.DistillCoco`).
         frozen: the frozen :class:`~.components.teacher.Sam3Teacher` whose outputs are cached and served (``null``:
             no teacher outputs, e.g. ground truth only).
-        prompts: :class:`~.components.prompts.PromptSettings` (``ratios``, ``generic``, ``seed``, ``per_image``).
+        prompts: the keys of :class:`~.components.prompts.PromptSettings` (``ratios``, ``generic``, ``seed``,
+            ``per_image``; a mapping, so a delta that sets one key keeps the base's others, F48).
         sampler: the training order (:class:`~.components.units.EpochOrder`; ``null``: its default).
         cache_dir: where the teacher-output caches live.
         batch_size / eval_batch_size / num_workers / fold: the loaders (:class:`StudyDataModule`).
@@ -81,7 +82,7 @@ class DistillDataModule(StudyDataModule):
 
     def __init__(
         self, source: DistillShapes | DistillCoco, frozen: Sam3Teacher | None = None,
-        prompts: PromptSettings | None = None, sampler: EpochOrder | None = None, cache_dir: str = ".cache/features",
+        prompts: dict[str, Any] | None = None, sampler: EpochOrder | None = None, cache_dir: str = ".cache/features",
         batch_size: int = 16, eval_batch_size: int | None = 64, num_workers: int = 0, fold: dict | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size, fold=fold)
