@@ -61,13 +61,26 @@ def next_free(path: Path) -> Path:
     return path.with_name(f"{path.name}-{n}")
 
 
+def expand_run_dir(text: str) -> str:
+    """``{wandb_run_id}`` -> ``$WANDB_RUN_ID`` (set by ``wandb agent`` for every run); an error without it."""
+    if "{wandb_run_id}" not in text:
+        return text
+    run_id = os.environ.get("WANDB_RUN_ID")
+    if not run_id:
+        raise RunDirError(f"run_dir {text}: {{wandb_run_id}} is filled from $WANDB_RUN_ID, which `wandb agent` sets "
+                          "for each run; it is not set here (run the sweep through `wandb agent`, or give a plain "
+                          "--trainer.run_dir)")
+    return text.replace("{wandb_run_id}", run_id)
+
+
 def resolve_run_dir(requested: str | Path, on_existing: str | None = None) -> Path:
     """The directory a new run writes to: ``requested``, or a fresh ``-N`` sibling when it holds a run.
 
-    Rank zero decides and shares the choice with the ranks Lightning launches later (through the
-    environment), so every rank writes to the same place.
+    ``{wandb_run_id}`` in ``requested`` is the run id a wandb sweep agent gives each run (``$WANDB_RUN_ID``), so
+    the agents of one sweep write a folder per run. Rank zero decides and shares the choice with the ranks
+    Lightning launches later (through the environment), so every rank writes to the same place.
     """
-    requested = Path(requested)
+    requested = Path(expand_run_dir(str(requested)))
     policy = on_existing or os.environ.get(ON_EXISTING_ENV) or "suffix"
     if policy not in ON_EXISTING:
         raise RunDirError(f"on_existing={policy!r} (--on_existing or ${ON_EXISTING_ENV}); expected one of {ON_EXISTING}")

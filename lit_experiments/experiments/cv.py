@@ -17,6 +17,7 @@ A requested test that fails is listed in cv.json ``failed_tests`` (and by `lit-e
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 from pathlib import Path
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                         "loss, max otherwise)")
     args = sweep.parse_with_overrides(parser, argv)
     args.seeds = args.seeds or "0"
+    if not (args.select.startswith("val/") or "/val/" in args.select):
+        raise ConfigError(f"--select {args.select}: expected a validation metric (val/NAME or STAGE/val/NAME); the "
+                          "test split never picks a model")
     mode = args.mode or ("min" if "loss" in args.select else "max")
     plan = sweep.plan_from_args(args, kind="cv")
     out = sweep.sweep_dir(args, plan)
@@ -184,7 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         sweep.record_plan(plan, out, "cv")
         sweep.print_commands(plan, out)
         return 0
-    index = sweep.run_plan(plan, out, kind="cv")
+    def check_select(results: dict[str, Any]) -> None:
+        """The first finished fold run shows what every run logs: a --select it lacks stops the cv now (it was
+        found only after every fold of every variant had trained), with cv.json saying why."""
+        final = results.get("final") or {}
+        if metric_value(final, args.select) is None:
+            have = sorted(k for k in final if "val/" in k)
+            close = difflib.get_close_matches(args.select, have, n=2, cutoff=0.5)
+            message = (f"--select {args.select}: the first finished run logged no such validation metric"
+                       + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                       + f"; it logged {', '.join(have) or 'none'}. Nothing else was trained")
+            write_json(out / CV_FILE, {"error": message, "select": args.select, "metrics_found": have})
+            raise ConfigError(message)
+
+    index = sweep.run_plan(plan, out, kind="cv", check=check_select)
     done = [r for r in index["runs"] if r["status"] == "done"]
     if args.test != "none" and done:
         chosen = done

@@ -433,15 +433,17 @@ def record_plan(plan: Plan, out: Path, kind: str) -> None:
         save_index(out, plan_index(plan, out, kind))
 
 
-def run_plan(plan: Plan, out: Path, kind: str = "sweep") -> dict[str, Any]:
+def run_plan(plan: Plan, out: Path, kind: str = "sweep", check: Any = None) -> dict[str, Any]:
     """Run every run of ``plan`` not done yet; ``sweep.json`` is rewritten after each. Returns the index.
 
-    Holds the folder's lock; Ctrl-C records the run ``interrupted`` and raises :class:`SweepInterrupted`."""
+    Holds the folder's lock; Ctrl-C records the run ``interrupted`` and raises :class:`SweepInterrupted`.
+    ``check(results)``, when given, sees the first finished run's results.json and may stop the sweep (raise)
+    before anything else trains (cv's ``--select``)."""
     with lock_folder(out):
-        return _run_locked(plan, out, kind)
+        return _run_locked(plan, out, kind, check)
 
 
-def _run_locked(plan: Plan, out: Path, kind: str) -> dict[str, Any]:
+def _run_locked(plan: Plan, out: Path, kind: str, check: Any = None) -> dict[str, Any]:
     import signal
 
     index = plan_index(plan, out, kind)
@@ -491,6 +493,9 @@ def _run_locked(plan: Plan, out: Path, kind: str) -> dict[str, Any]:
                                                       if "val/" in k}
         entry["wall_s"] = round(time.perf_counter() - start, 2)
         save_index(out, index)
+        if check is not None and entry["status"] == "done":
+            check(data or {})
+            check = None  # the first finished run says what every run logs
         shown_by_run[run.name] = shown_metrics
         shown = entry["error"] if entry["status"] == "failed" else _headline({"headline": shown_metrics})
         print(f"{label} -> {entry['status']}, {shown}", flush=True)
@@ -517,8 +522,11 @@ def wandb_sweep(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         params["config"] = {"values": [str(Path(f).resolve()) for f in args.list]}
     params["seed_everything"] = {"values": plan.seeds}
     cfg = [a for c in plan.configs for a in ("-c", c)]
+    # every agent's run gets its own folder: core.rundir fills {wandb_run_id} from $WANDB_RUN_ID
+    run_dir = str(Path(sweep_dir(args, plan)).resolve() / "{wandb_run_id}")
     return {"program": "lit-exp", "method": "grid", "name": Path(plan.configs[-1]).stem, "parameters": params,
-            "command": ["${program}", plan.subcommand, *cfg, "${args}"]}
+            "command": ["${program}", plan.subcommand, *cfg, *plan.overrides, "--trainer.run_dir", run_dir,
+                        "${args}"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,29 @@ def test_f31_two_cv_calls_and_two_ablations_read_identical_folds(tmp_path):
     assert exc.value.code == 2
 
 
+def test_f31_every_fold_run_trains_on_the_saved_folds_drawn_with_another_seed_than_the_datamodules(tmp_path,
+                                                                                                   monkeypatch):
+    """`--fold_seed 5` while the toy datamodule's seed is 0: every fold run of the cv call must split its pool by
+    folds.json, not by a fold it re-draws from its own seed (the two draws differ here)."""
+    seen = []
+    original = StudyDataModule.use_fold
+
+    def spy(self, train_idx, val_idx, info):  # records what each run's datamodule was given, changes nothing
+        seen.append((info["index"], list(train_idx), list(val_idx)))
+        return original(self, train_idx, val_idx, info)
+
+    monkeypatch.setattr(StudyDataModule, "use_fold", spy)
+    out = tmp_path / "cv"
+    assert cv(tmp_path, out, "--folds", "3", "--test", "none", "--fold_seed", "5") == 0
+    saved = json.loads((out / "folds.json").read_text())
+    n, labels = ToyDataModule(n_train=45).fold_pool()
+    redrawn = folds_mod.make_folds(n, labels, 3, 0)  # what a run would draw from the datamodule's seed
+    assert redrawn != saved["folds"]
+    assert sorted({index for index, _, _ in seen}) == [0, 1, 2]
+    for index, train, val in seen:
+        assert train == saved["folds"][index]["train"] and val == saved["folds"][index]["val"], index
+
+
 def test_fold_of_other_data_is_refused_by_the_datamodule(tmp_path):
     n, labels = ToyDataModule(n_train=30).fold_pool()
     path = tmp_path / "folds.json"
@@ -174,3 +197,26 @@ def test_f54_cv_failed_test_exits_nonzero(tmp_path, monkeypatch, capsys):
     assert "⚠" in text and "the requested test of base__seed0__fold0 (base) failed" in text
     listed = [line for line in text.splitlines() if line.startswith("| base__seed0__fold") and "test failed" in line]
     assert len(listed) == 2 and all("scoring on the test split broke" in line for line in listed)
+
+
+def test_a_misspelt_select_stops_the_cv_after_its_first_run_and_says_why(tmp_path, monkeypatch, capsys):
+    """Issue 25: `--select` with a typo was found only after every fold of every variant had trained, and no
+    cv.json was written."""
+    from lit_experiments.experiments import sweep as sweep_mod
+
+    calls = []
+    real = sweep_mod.execute
+    monkeypatch.setattr(sweep_mod, "execute", lambda args: (calls.append(args), real(args)))
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "toy" / "fit.yaml")
+    out = tmp_path / "cv"
+    with pytest.raises(SystemExit) as exc:
+        main(["cv", "-c", config, "--trainer.max_epochs", "1", "--folds", "3", "--grid",
+                  "data.init_args.batch_size=16,32", "--select", "val/acuracy", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(calls) == 1  # one of six fold runs trained
+    assert "val/acuracy" in err and "did you mean val/acc" in err and "Traceback" not in err
+    saved = json.loads((out / "cv.json").read_text())
+    assert saved["select"] == "val/acuracy" and "val/acc" in saved["metrics_found"]
+    with pytest.raises(SystemExit):  # a test metric never picks a model
+        main(["cv", "-c", config, "--folds", "3", "--select", "test/acc", "--out", str(tmp_path / "cv2")])
+    assert len(calls) == 1

@@ -146,15 +146,25 @@ def test_print_writes_one_command_per_run_and_runs_nothing(tmp_path, capsys, mon
     assert not (out / "hidden=8__seed0").exists()
 
 
-def test_wandb_sweep_file(tmp_path):
-    path = tmp_path / "wb.yaml"
-    assert main(base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16", "--seeds", "0,1",
-                                       "--wandb-sweep", str(path)]) == 0
+def test_wandb_sweep_file_gives_every_agent_run_its_own_folder(tmp_path, monkeypatch):
+    path, out = tmp_path / "wb.yaml", tmp_path / "sw"
+    assert main(base_args(tmp_path) + ["--grid", "model.init_args.hidden=8,16", "--seeds", "0,1", "--out", str(out),
+                                       "--trainer.max_epochs", "1", "--wandb-sweep", str(path)]) == 0
     spec = yaml.safe_load(path.read_text())
     assert spec["method"] == "grid" and spec["program"] == "lit-exp"
     assert spec["parameters"] == {"model.init_args.hidden": {"values": [8, 16]},
                                   "seed_everything": {"values": [0, 1]}}
-    assert spec["command"] == ["${program}", "curriculum", "-c", CURRICULUM, "-c", tiny(tmp_path), "${args}"]
+    assert spec["command"] == ["${program}", "curriculum", "-c", CURRICULUM, "-c", tiny(tmp_path),
+                               "--trainer.max_epochs", "1", "--trainer.run_dir", str(out.resolve() / "{wandb_run_id}"),
+                               "${args}"]
+    for run_id, hidden in (("abc123", "8"), ("def456", "16")):  # what two agents run (they all got one run_dir)
+        monkeypatch.setenv("WANDB_RUN_ID", run_id)
+        args = [a for a in spec["command"][1:] if a != "${args}"]
+        assert main(args + ["--model.init_args.hidden", hidden, "--seed_everything", "0"]) is None
+    assert sorted(p.parent.name for p in out.glob("*/results.json")) == ["abc123", "def456"]
+    monkeypatch.delenv("WANDB_RUN_ID")
+    with pytest.raises(SystemExit):  # outside an agent the placeholder is an error, not a folder named {wandb_run_id}
+        main([a for a in spec["command"][1:] if a != "${args}"])
 
 
 def test_unknown_grid_key_names_it_and_the_nearest_keys(tmp_path, capsys):
