@@ -90,14 +90,28 @@ def cv_summary(sweep_dir: Path, index: dict[str, Any], folds: dict[str, Any], se
     for run in index["runs"]:
         if run["status"] == "done" and (sweep_dir / run["results"]).is_file():
             by_variant.setdefault(run["variant"], []).append(run)
+    tables: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], bool]] = {}
     for variant, runs in by_variant.items():
         data = [json.loads((sweep_dir / r["results"]).read_text()) for r in runs]
         tests = [r.get("test_metrics") for r in runs]
         use_test = all(tests)
         table = [{**(t if use_test else {}), **{k: v for k, v in d.get("final", {}).items() if "val/" in k}}
                  for t, d in zip(tests, data)]
-        keys = [k for k in table[0] if all(t.get(k) is not None for t in table)]
-        out["variants"][variant] = {k: summarise([t[k] for t in table]) for k in keys}
+        tables[variant] = (runs, data, table, use_test)
+    every_key = list(dict.fromkeys(k for _, _, table, _ in tables.values() for row in table for k in row))
+    out["undefined"] = []
+    for variant, (runs, data, table, use_test) in tables.items():
+        summary: dict[str, Any] = {}
+        for k in every_key:
+            missing = [r["name"] for r, row in zip(runs, table) if row.get(k) is None]
+            if not missing:
+                summary[k] = summarise([row[k] for row in table])
+                continue
+            # undefined (NaN / null) or not logged in some run: null, listed, never dropped or averaged over less
+            summary[k] = {"mean": None, "std": None, "n": len(table) - len(missing),
+                          "values": [row.get(k) for row in table], "undefined_in": missing}
+            out["undefined"].append({"variant": variant, "metric": k, "runs": missing})
+        out["variants"][variant] = summary
         failed = [r["name"] for r in runs if r.get("test_error")]
         out["source"][variant] = "test+val" if use_test else f"val (test failed: {', '.join(failed)})" if failed \
             else "val"
@@ -154,6 +168,9 @@ def score_on_test(plan: Any, out: Path, entry: dict[str, Any]) -> None:
 def print_cv(summary: dict[str, Any]) -> None:
     for variant, metrics in summary["variants"].items():
         for name, s in metrics.items():
+            if s["mean"] is None:
+                print(f"{variant:<24} {name:<24} undefined in {', '.join(s['undefined_in'])} (n={s['n']} defined)")
+                continue
             std = "n/a" if s["std"] is None else f"{s['std']:.4f}"
             print(f"{variant:<24} {name:<24} {s['mean']:.4f} +- {std} (n={s['n']}, "
                   f"{summary['source'][variant]})")

@@ -220,3 +220,26 @@ def test_a_misspelt_select_stops_the_cv_after_its_first_run_and_says_why(tmp_pat
     with pytest.raises(SystemExit):  # a test metric never picks a model
         main(["cv", "-c", config, "--folds", "3", "--select", "test/acc", "--out", str(tmp_path / "cv2")])
     assert len(calls) == 1
+
+
+def test_a_metric_undefined_in_a_run_is_null_and_listed_not_dropped(tmp_path, capsys):
+    """Issue 25: a metric undefined (NaN -> null) in one run of a variant vanished from cv.json."""
+    from lit_experiments.experiments.cv import cv_summary, print_cv
+
+    runs = []
+    for variant, values in (("a", [0.5, 0.6, 0.7]), ("b", [0.4, None, 0.8])):
+        for fold, value in enumerate(values):
+            name = f"{variant}__seed0__fold{fold}"
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "results.json").write_text(json.dumps(
+                {"status": "done", "final": {"val/acc": value, "val/loss": 1.0 - fold / 10}}))
+            runs.append({"name": name, "variant": variant, "status": "done", "fold": fold, "seed": 0,
+                         "results": f"{name}/results.json"})
+    folds = {"fingerprint": "fp", "n_folds": 3, "kind": "kfold"}
+    summary = cv_summary(tmp_path, {"runs": runs}, folds, "val/loss", "min")
+    assert summary["variants"]["a"]["val/acc"]["mean"] == pytest.approx(0.6)
+    b = summary["variants"]["b"]["val/acc"]
+    assert b["mean"] is None and b["n"] == 2 and b["undefined_in"] == ["b__seed0__fold1"]
+    assert summary["undefined"] == [{"variant": "b", "metric": "val/acc", "runs": ["b__seed0__fold1"]}]
+    print_cv({**summary, "source": {"a": "val", "b": "val"}})
+    assert "undefined in b__seed0__fold1" in capsys.readouterr().out
