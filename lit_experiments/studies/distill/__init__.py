@@ -1,14 +1,18 @@
 """distill study: SAM3 teacher into a mobile student (seed 003); see docs/architecture.md.
 
-Parts: ``teacher`` (``Sam3Teacher``), ``standin`` (``StandinTeacher``, the demo's trained tiny SAM3; its prompt
-vocabulary: colours or shape categories plus generic words) with ``standin_curve`` (its learning curve per prompt
-family), ``student`` (``ImageEncoder``, ``TextEncoder``, ``PromptDecoder``, ``Student``), ``prompts``
-(``PromptSampler``, ``DualTokenizer``), ``matching`` and ``losses``, ``datamodule`` (``DistillDataModule``: units,
-both ids, cached teacher outputs, validation held out of training and checked disjoint from test) and ``clips``
-(ShapesWorld clips), ``module`` (``DistillModule``: ``encoder``, ``decoder`` and ``video`` objectives, calibrations
-stored with the weights) with ``testing`` (the test's reporting) and ``references`` (floors, per-unit scores, the
-teacher per prompt family), ``evaluation`` / ``calibration`` / ``gallery`` (SA-Co metrics, ECE, F46 numbers, masks
-per prompt), ``deploy`` (exportable parts, latency card) and ``demo`` (``lit-exp distill-demo``).
+Top level: ``module`` (``DistillModule``: ``encoder``, ``decoder`` and ``video`` objectives, calibrations stored
+with the weights; the teacher read as ``self.frozen``), ``datamodule`` (``DistillDataModule``: parts ``source``,
+``frozen``, ``sampler``, ``prompts``; units, both ids, cached teacher outputs, validation held out of training and
+checked disjoint from test), ``losses``, ``evaluation`` (SA-Co metrics, F46 numbers; the test-time entry),
+``deploy`` (exportable parts, latency card), ``demo`` (``lit-exp distill-demo``) and ``plugin``.
+``components/``: ``sources`` (``DistillShapes`` with its ``ClipSizes``, ``DistillCoco``), ``teacher``
+(``Sam3Teacher``), ``standin`` (``StandinTeacher``, the demo's trained tiny SAM3; its prompt vocabulary: colours
+or shape categories plus generic words) with ``standin_bank`` and ``standin_curve`` (its learning curve per prompt
+family), ``student`` (``ImageEncoder``, ``TextEncoder``, ``PromptDecoder``, ``Student``: the width ``dim`` said
+once), ``prompts`` (``PromptSettings``, ``PromptSampler``, ``DualTokenizer``), ``units`` (``EpochOrder``, the unit
+dataset), ``clips`` (ShapesWorld clips), ``teacher_cache``, ``matching``, and the test's helpers ``testing`` (the
+test's reporting), ``references`` (floors, per-unit scores, the teacher per prompt family), ``calibration`` (ECE,
+fitted thresholds) and ``gallery`` (masks per prompt).
 
 Honest numbers (issue 22):
 
