@@ -95,6 +95,8 @@ class TrainingHealth(L.Callback):
         self._bad_step: torch.Tensor | None = None  # first batch (1-based) with a non-finite loss, -1 if none
         self._finite_done = False
         self._start_step = start_step
+        self._outputs: dict[int, tuple[str, Any]] = {}  # storage address -> (trainable module, storage held)
+        self._hooks: list[Any] = []
 
     # ---------------------------------------------------------------- helpers
     def _stage(self, pl_module: L.LightningModule) -> str:
@@ -154,8 +156,39 @@ class TrainingHealth(L.Callback):
             if not torch.isfinite(param.grad).all():
                 self._fail("nonfinite_grad", pl_module, f"gradient of {name!r} is not finite")
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._active() and self.policy["target_grad"] != "off":
+            self._watch_trainable_outputs(pl_module)
+
+    def _watch_trainable_outputs(self, pl_module: L.LightningModule) -> None:
+        """Record the storage of every output of a module with its own trainable parameters during this step, so a
+        declared target that *is* such an output (a moving target, also under ``no_grad`` or ``detach``) is found
+        (F01). The storages are held until the step's check, so their addresses cannot be reused meanwhile."""
+        self._unwatch()
+        self._outputs = {}
+
+        def record(name: str):
+            def hook(module: torch.nn.Module, args: Any, out: Any) -> None:
+                passed = {t.untyped_storage().data_ptr() for t in _tensors(args)}  # inputs handed through
+                for t in _tensors(out):
+                    storage = t.untyped_storage()
+                    if storage.data_ptr() not in passed:
+                        self._outputs.setdefault(storage.data_ptr(), (name, storage))
+            return hook
+
+        for name, module in pl_module.named_modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                self._hooks.append(module.register_forward_hook(record(name)))
+
+    def _unwatch(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self._unwatch()
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         self._batches += 1
         if isinstance(loss, torch.Tensor):
@@ -164,7 +197,10 @@ class TrainingHealth(L.Callback):
         if self._batches % every == 0:
             self._check_finite(trainer, pl_module)
         if self._active():
-            self._check_window(pl_module, loss)
+            try:
+                self._check_window(pl_module, loss)
+            finally:
+                self._outputs = {}
             self._steps += 1
             if not self._active():
                 pl_module._tracking = False
@@ -172,6 +208,8 @@ class TrainingHealth(L.Callback):
             self._check_no_grad(pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._unwatch()
+        self._outputs = {}
         pl_module._tracking = False
         self._check_finite(trainer, pl_module)
         if not self._no_grad_done and self._grad_steps > 0:  # a stage shorter than the window
@@ -241,6 +279,7 @@ class TrainingHealth(L.Callback):
                 self._fail("target_grad", pl_module, f"target {name!r} requires grad")
             if sources.get(name) is not None:
                 self._check_source(pl_module, name, sources[name])
+                self._check_moving(pl_module, name, target)
         for name, rep in tracked.get("representations", {}).items():
             self._check_collapse(pl_module, name, rep)
 
@@ -250,6 +289,17 @@ class TrainingHealth(L.Callback):
             self._fail("target_grad", pl_module,
                        f"target {name!r} is computed from a source with trainable parameters in this stage "
                        f"{_few(live)} (with or without no_grad the target moves with the model)")
+
+    def _check_moving(self, pl_module: L.LightningModule, name: str, target: Any) -> None:
+        """A target with a declared source must not be the output of a module trainable in this stage."""
+        if not isinstance(target, torch.Tensor) or not self._outputs:
+            return
+        found = self._outputs.get(target.untyped_storage().data_ptr())
+        if found is not None:
+            self._fail("target_grad", pl_module,
+                       f"target {name!r} is the output of {found[0] or type(pl_module).__name__!r}, which has "
+                       "parameters trainable in this stage (under no_grad or detached, the target still moves with "
+                       "the model); its declared source is not what it is computed from")
 
     def _check_losses(self, pl_module: L.LightningModule, losses: dict[str, torch.Tensor],
                       with_graph: set[str]) -> None:
@@ -335,6 +385,20 @@ def source_parameters(module: torch.nn.Module, source: Source, target: str = "?"
         return [pair for item in source for pair in source_parameters(module, item, target)]
     raise TypeError(f"track(targets=...): source of target {target!r} is a {type(source).__name__}; expected a "
                     "module, a module name, a parameter/tensor or a list of these")
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a module's output (a tensor, a tuple / list / dict of them, or a dataclass of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    fields = getattr(value, "__dataclass_fields__", None)
+    if fields:
+        return [t for f in fields for t in _tensors(getattr(value, f, None))]
+    return []
 
 
 def _asked_for_steps(trainer: L.Trainer) -> bool:

@@ -97,6 +97,24 @@ def test_f30_classes_without_positives_or_negatives_are_excluded_and_counted():
         assert out[k].item() == pytest.approx(ref[k], abs=1e-9), k
 
 
+def test_f30_a_class_with_exactly_one_positive_or_negative_is_in_the_macro_auc():
+    """A class with one positive (or one negative) has a defined AUC: it stays in the macro mean, as sklearn scores
+    it; only classes without a positive or without a negative are left out."""
+    s, t = _data(5, n=12)
+    t[:, 0] = 0
+    t[3, 0] = 1  # exactly one positive
+    t[:, 1] = 1
+    t[7, 1] = 0  # exactly one negative
+    t[:, 2] = 0  # no positive: excluded
+    out = multilabel_metrics(s, t)
+    keep = [0, 1, 3, 4, 5]
+    ref = np.mean([roc_auc_score(t[:, c].numpy(), s[:, c].numpy()) for c in keep])
+    assert out["auc_macro"].item() == pytest.approx(ref, abs=1e-12)
+    assert out["auc_excluded_classes"] == 1
+    one = roc_auc_score(t[:, 0].numpy(), s[:, 0].numpy())
+    assert one != pytest.approx(ref, abs=1e-3)  # leaving the one-positive class out moves the mean
+
+
 def test_tune_thresholds_reaches_the_best_f1_per_class():
     s, t = _data(4, n=50, ties=True)
     t[:, 5] = 0

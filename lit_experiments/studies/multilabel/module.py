@@ -175,7 +175,12 @@ class MultilabelModule(StudyModule):
         out = self(batch)
         terms = self.loss(out, batch["targets"].float())
         b = len(batch["targets"])
-        self.track(losses={"loss": terms["loss"]})
+        # F01: the embeddings the head regresses from come from the frozen towers (the datamodule's frozen part):
+        # a tower with a trainable parameter (or an embedding that carries grad) stops the run
+        towers = self.frozen
+        embeddings = {name: (batch[name], towers if isinstance(towers, torch.nn.Module) else [])
+                      for name in ("image_emb", "text_emb") if batch.get(name) is not None}
+        self.track(losses={"loss": terms["loss"]}, targets=embeddings or None)
         self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=b)
         for name, value in terms.items():
             if name != "loss":

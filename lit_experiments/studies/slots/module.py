@@ -121,9 +121,12 @@ class SlotsModule(StudyModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self(batch)
         terms = self.losses(out)
-        # F01: the guard fails the run if the reconstruction target carries grad
+        # F01: the guard fails the run if the reconstruction target carries grad, if its declared source (the
+        # batch's frozen features or frames, from the datamodule's frozen part) has trainable parameters, or if
+        # the target is the output of a part trainable in this stage (a projection, under no_grad or not)
+        frozen = self.frozen
         self.track(
-            targets={"recon_target": out.target},
+            targets={"recon_target": (out.target, [frozen] if isinstance(frozen, torch.nn.Module) else [])},
             # clips of a batch must differ in what the model groups (a cache or loader returning one clip's
             # features for every clip is caught). The slots are not checked: with a learned init they
             # legitimately barely depend on the input at the first steps, and gaussian noise hides collapse.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 from lit_experiments.cli import main
 from lit_experiments.core.configs import load_composed
@@ -49,6 +49,22 @@ def test_f41_stored_thresholds_come_from_validation_and_test_labels_do_not_move_
     flip = test_results(tmp_path, args, ckpt)
     assert flip["thresholds"]["tuned"] == plain["thresholds"]["tuned"] == pytest.approx(want.tolist())
     assert flip["test"]["test/map"] != pytest.approx(plain["test"]["test/map"])  # the flip reached the metrics
+
+
+def test_f41_test_f1_at_the_tuned_thresholds_is_scored_at_the_validation_thresholds(tmp_path):
+    """The test's ``test/tuned/*`` numbers are the test outputs scored at the thresholds tuned on validation
+    (sklearn on the module's own test outputs); a test step that tuned on the test labels scores higher."""
+    args = write_config(tmp_path)
+    ckpt = fit(args, tmp_path)
+    res = test_results(tmp_path, args, ckpt)["test"]
+    module, dm = module_and_data(ckpt, args)
+    val, test = outputs(module, dm.split("val")), outputs(module, dm.split("test"))
+    th = tune_thresholds(val["probs"], val["targets"]).numpy()
+    y, p = test["targets"].numpy().astype(int), test["probs"].numpy()
+    want = f1_score(y, (p >= th).astype(int), average="macro", zero_division=0)
+    assert res["test/tuned/f1_macro"] == pytest.approx(want, abs=1e-6)
+    on_test = tune_thresholds(test["probs"], test["targets"]).numpy()  # the bug's thresholds give another number
+    assert f1_score(y, (p >= on_test).astype(int), average="macro", zero_division=0) > want + 1e-3
 
 
 def test_f30_classes_without_positives_are_excluded_and_counted_in_the_test(tmp_path):
@@ -106,6 +122,24 @@ def test_towers_get_no_gradient_and_do_not_change(tmp_path):
     assert all(not p.requires_grad and p.grad is None for p in towers.parameters())
     assert not ({id(p) for p in module.parameters()} & {id(p) for p in towers.parameters()})
     assert towers.weights_digest() == digest and not towers.training
+
+
+def test_f01_towers_left_trainable_are_caught_by_health_guard(tmp_path, monkeypatch, capsys, caplog):
+    """The study declares the frozen towers as the source of the embeddings its head learns from; the bug put into
+    the product's towers (``freeze`` leaves the weights trainable) stops the fit at its first steps (F01)."""
+    from lit_experiments.core.health import TrainingHealthError
+
+    def no_freeze(self):  # the towers' freeze lost: the weights keep requires_grad
+        self.model.requires_grad_(True)
+        return self
+
+    args = write_config(tmp_path)
+    monkeypatch.setattr(SiglipTowers, "freeze", no_freeze)
+    with pytest.raises((TrainingHealthError, SystemExit)) as err:
+        main(["fit", *args])
+    seen = capsys.readouterr()
+    said = str(err.value) + seen.out + seen.err + caplog.text
+    assert "target_grad" in said and "image_emb" in said and "F01" in said
 
 
 def test_a_checkpoint_of_other_towers_is_refused(tmp_path, capsys):

@@ -145,6 +145,24 @@ def test_f01_target_through_trainable_projection_is_caught_by_health_guard(monke
 
 
 
+def test_f01_target_from_the_trainable_projection_under_no_grad_is_caught_by_health_guard(monkeypatch):
+    """The seed's bug as its log describes it, in the product's FeatureInput: the trainable projection's output is
+    the reconstruction target, computed under no_grad (so it never requires grad). The study declares its target's
+    source, so the guard finds the target is a trainable part's output and stops the run."""
+    product_forward = FeatureInput.forward
+
+    def target_through_projection(self: FeatureInput, batch: dict) -> Encoded:
+        enc = product_forward(self, batch)
+        with torch.no_grad():
+            target = self.projection(self._features(batch).float())
+        return Encoded(sa_input=enc.sa_input, target=target, grid=enc.grid)
+
+    monkeypatch.setattr(FeatureInput, "forward", target_through_projection)
+    module = tiny_module(parts=tiny_parts(projection_dim=16))
+    with pytest.raises(TrainingHealthError, match=r"target_grad.*'recon_target' is the output of .*projection"):
+        tiny_trainer(steps=2).fit(module, datamodule=tiny_data())
+
+
 def test_f01_projection_feeds_slot_attention_only_and_target_is_frozen():
     dm = tiny_data()
     module = tiny_module(parts=tiny_parts(projection_dim=8))
