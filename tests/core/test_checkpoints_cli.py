@@ -172,10 +172,16 @@ def test_satipatthana_predict_writes_logits_trust_and_states_that_score_the_test
 
 
 def test_f09_lazy_parts_are_built_before_the_weights_load(sati_run, capsys, monkeypatch):
-    """Put the bug back in the product: no dry run before loading -> the lazily built baseline is missing."""
+    """The product builds the lazy parts before the weights load, so the stage-4 checkpoint (its lazily built
+    baseline included) loads and scores; with the bug put back into the product's checkpoints module (no dry run
+    before loading) the same command fails naming the missing baseline."""
+    args = ["test", "-c", SATI, "-c", sati_run / "override.yaml", "--ckpt_path",
+            sati_run / "stages" / "04_baseline" / "final.ckpt"]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert eval_results(out)["test"]
     monkeypatch.setattr(checkpoints, "lazy_build", lambda model, batch: None)
-    code, out, err = run(["test", "-c", SATI, "-c", sati_run / "override.yaml", "--ckpt_path",
-                          sati_run / "stages" / "04_baseline" / "final.ckpt"], capsys)
+    code, out, err = run(args, capsys)
     assert code == 2 and "unexpected" in err and "baseline" in err
 
 
@@ -252,9 +258,14 @@ def test_slots_last_ckpt_test_and_predict_masks(slots_run, capsys):
 
 
 def test_f09_slots_parts_exist_before_the_weights_load(slots_run, capsys, monkeypatch):
+    """The product loads a slots checkpoint whose data-shaped parts exist only after a dry run; without the dry
+    run before loading (the bug put into the product's checkpoints module) the load fails in one block."""
+    args = ["test", *slots_args(slots_run), "--ckpt_path", slots_run / "stages" / "00_slots" / "final.ckpt"]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert eval_results(out)["test"]
     monkeypatch.setattr(checkpoints, "lazy_build", lambda model, batch: None)
-    code, out, err = run(["test", *slots_args(slots_run), "--ckpt_path",
-                          slots_run / "stages" / "00_slots" / "final.ckpt"], capsys)
+    code, out, err = run(args, capsys)
     assert code == 2 and "unexpected" in err and "Traceback" not in err
 
 

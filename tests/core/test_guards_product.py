@@ -72,8 +72,23 @@ def wrap_step(monkeypatch, after) -> None:
                         lambda self, batch, batch_idx: after(self, batch, original(self, batch, batch_idx)))
 
 
+@pytest.fixture(scope="module")
+def clean_product_run(tmp_path_factory) -> dict:
+    """The product twin every guard twin starts from: the real toy curriculum with nothing injected must run every
+    stage to its end with every guard passing. A bug put into the product's own code (the optimizer built once,
+    the dry run skipped or missing a part, a stage trainer reused, a loss term read from a detached log) stops
+    this run, so each twin below fails on a product regression, not only when its guard is removed."""
+    results = run_toy(tmp_path_factory.mktemp("clean"))
+    assert results["status"] == "done" and results["plan"] == ["encoder", "head"]
+    assert set(results["stages"]) == {"encoder", "head"}
+    for key in ("encoder/train/loss", "head/train/loss", "head/val/acc"):
+        assert key in results["final"], key
+    return results
+
+
 # ------------------------------------------------------------------- F08 / F32 / F33: optimizer and Trainer
-def test_f08_optimizer_built_once_and_reused_product(tmp_path, monkeypatch):
+def test_f08_optimizer_built_once_and_reused_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     original = StudyModule.configure_optimizers
 
     def built_once(self):
@@ -103,7 +118,8 @@ def reuse_first_stage_trainer(monkeypatch) -> None:
     monkeypatch.setattr(LitTrainer, "stage_trainer", reused)
 
 
-def test_f33_reused_stage_trainer_is_a_zero_step_error_product(tmp_path, monkeypatch):
+def test_f33_reused_stage_trainer_is_a_zero_step_error_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     reuse_first_stage_trainer(monkeypatch)
     err = cli_error(tmp_path, monkeypatch)
     assert isinstance(err, TrainingHealthError), err
@@ -111,7 +127,8 @@ def test_f33_reused_stage_trainer_is_a_zero_step_error_product(tmp_path, monkeyp
     assert "reused" in str(err) and "F33" in str(err)
 
 
-def test_f33_one_block_report_without_debug_product(tmp_path, monkeypatch, capsys):
+def test_f33_one_block_report_without_debug_product(tmp_path, monkeypatch, capsys, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     reuse_first_stage_trainer(monkeypatch)
     monkeypatch.delenv("LIT_EXP_DEBUG", raising=False)
     with pytest.raises(SystemExit) as info:
@@ -123,21 +140,24 @@ def test_f33_one_block_report_without_debug_product(tmp_path, monkeypatch, capsy
 
 
 # ----------------------------------------------------------------------------------- F09: lazy parts
-def test_f09_lazy_build_skipped_product(tmp_path, monkeypatch):
+def test_f09_lazy_build_skipped_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     monkeypatch.setattr(LazyBuild, "setup", lambda self, trainer, pl_module, stage: None)
     err = cli_error(tmp_path, monkeypatch)
     assert isinstance(err, HealthError), err
     assert "uninitialised" in str(err) and "head.weight" in str(err) and "F09" in str(err)
 
 
-def test_f09_dry_run_that_misses_a_lazy_part_product(tmp_path, monkeypatch):
+def test_f09_dry_run_that_misses_a_lazy_part_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     monkeypatch.setattr(ToyModule, "dry_run", lambda self, batch: self.encoder(batch["x"]))  # head never reached
     err = cli_error(tmp_path, monkeypatch)
     assert isinstance(err, HealthError), err
     assert "LazyBuild" in str(err) and "head.weight" in str(err) and "F09" in str(err)
 
 
-def test_f09_dead_glob_among_others_product(tmp_path, monkeypatch):
+def test_f09_dead_glob_among_others_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     stages = yaml.safe_load(TOY.read_text())["stages"]
     stages[0]["trainable"] = ["head", "encoder.99.*"]
     extra = tmp_path / "dead_glob.yaml"
@@ -150,7 +170,8 @@ def test_f09_dead_glob_among_others_product(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------- F07: losses without a graph
-def test_f07_detached_loss_term_product(tmp_path, monkeypatch):
+def test_f07_detached_loss_term_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     original = StudyModule.track
 
     def track_detached_copies(self, *, losses=None, **kw):  # the "log" keeps detached copies of the terms
@@ -162,13 +183,15 @@ def test_f07_detached_loss_term_product(tmp_path, monkeypatch):
         run_toy(tmp_path)
 
 
-def test_f07_encoder_reached_only_through_a_detached_copy_gets_no_grad_product(tmp_path, monkeypatch):
+def test_f07_encoder_reached_only_through_a_detached_copy_gets_no_grad_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     detach_encoder_output(monkeypatch)
     with pytest.raises(TrainingHealthError, match=r"no_grad.*stage 'encoder'.*encoder\.0\.weight.*F07"):
         run_toy(tmp_path)
 
 
-def test_short_stage_with_an_untrained_param_product(tmp_path, monkeypatch):
+def test_short_stage_with_an_untrained_param_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     detach_encoder_output(monkeypatch)
     stages = toy_stages(encoder={"max_epochs": None, "max_steps": 1})
     with pytest.raises(TrainingHealthError, match=r"no_grad.*stage 'encoder'.*in 1 step.*encoder\.0\.weight"):
@@ -176,7 +199,8 @@ def test_short_stage_with_an_untrained_param_product(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ F01: targets
-def test_f01_target_that_requires_grad_product(tmp_path, monkeypatch):
+def test_f01_target_that_requires_grad_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     def declare_target(self, batch, loss):
         self.track(targets={"recon_target": self.head(self.encoder(batch["x"]))})  # through trainable parts
         return loss
@@ -186,7 +210,8 @@ def test_f01_target_that_requires_grad_product(tmp_path, monkeypatch):
         run_toy(tmp_path)
 
 
-def test_f01_target_via_trainable_projection_under_no_grad_product(tmp_path, monkeypatch):
+def test_f01_target_via_trainable_projection_under_no_grad_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     def declare_target(self, batch, loss):
         with torch.no_grad():  # hides the dependence from requires_grad
             target = self.head(self.encoder(batch["x"]))
@@ -199,20 +224,23 @@ def test_f01_target_via_trainable_projection_under_no_grad_product(tmp_path, mon
 
 
 # ----------------------------------------------------------------------- losses and representations
-def test_nan_loss_at_step_5_of_8_product(tmp_path, monkeypatch):
+def test_nan_loss_at_step_5_of_8_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     wrap_step(monkeypatch, lambda self, batch, loss: loss * float("nan") if self.global_step == 4 else loss)
     stages = toy_stages(encoder={"max_epochs": None, "max_steps": 8})
     with pytest.raises(TrainingHealthError, match=r"nonfinite_loss.*stage 'encoder'.*not finite at step 5 "):
         run_toy(tmp_path, stages, log_every_n_steps=50)  # read at the end of the stage
 
 
-def test_loss_below_its_declared_floor_product(tmp_path, monkeypatch):
+def test_loss_below_its_declared_floor_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     wrap_step(monkeypatch, lambda self, batch, loss: loss - 10.0)
     with pytest.raises(TrainingHealthError, match=r"loss_bound.*'loss'.*floor 0.0.*F01/F20"):
         run_toy(tmp_path)
 
 
-def test_f10_collapsed_representation_product(tmp_path, monkeypatch):
+def test_f10_collapsed_representation_product(tmp_path, monkeypatch, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     original = ToyModule.training_step
 
     def closed_gate(self, batch, batch_idx):  # every sample's features equal: a gate closed at init
@@ -227,7 +255,8 @@ def test_f10_collapsed_representation_product(tmp_path, monkeypatch):
         run_toy(tmp_path)
 
 
-def test_toy_curriculum_passes_every_guard_product(tmp_path):
+def test_toy_curriculum_passes_every_guard_product(tmp_path, clean_product_run):
+    assert clean_product_run["status"] == "done"  # the product passes first
     results = run_toy(tmp_path)
     assert [results["stages"][n]["status"] for n in ("encoder", "head")] == ["done", "done"]
     assert results["stages"]["head"]["steps"] > 0

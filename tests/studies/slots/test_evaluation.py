@@ -87,6 +87,8 @@ F05_MUTANTS: dict[str, tuple[str, Callable]] = {
 
 @pytest.mark.parametrize("mutant", sorted(F05_MUTANTS))
 def test_f05_each_wrong_resize_put_into_the_product_fails_the_check(monkeypatch, mutant):
+    """The product's evaluation path passes the check, and each wrong resize put in its place fails it."""
+    _f05_check()
     attr, replacement = F05_MUTANTS[mutant]
     monkeypatch.setattr(evaluation, attr, replacement)  # the product's own evaluation path
     with pytest.raises(AssertionError):
