@@ -236,3 +236,32 @@ def test_a_preflight_reads_caches_but_never_fills_them(tmp_path):
     with caches_read_only(scratch) as built:
         again = FeatureCache(cache_dir, vit, world, transform=resize, batch_size=3, progress=False)
     assert again.path == real.path and not again.built_now and built == []  # on disk: read, not rebuilt
+
+
+# ------------------------------------------------------------------ every demo config (issue 24: in make test)
+DEMOS = ["slots", "satipatthana", "retrieval", "multilabel", "distill"]
+
+
+@pytest.mark.parametrize("study", DEMOS)
+def test_preflight_of_every_demo_config_runs_each_stage(study, tmp_path):
+    """Each study's demo (with its tiny override, as tests/test_every_config.py runs it) passes preflight: every
+    stage of the config is built, stepped and projected, with the parameters of the model it builds."""
+    import importlib
+
+    import yaml
+
+    from lit_experiments.core.configs import load_composed
+
+    config = ROOT / "configs" / study / "demo.yaml"
+    raw = load_composed(config)
+    override = importlib.import_module(f"tests.studies.{study}.tiny").tiny(config, raw, tmp_path)
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(override, sort_keys=False))
+    report = run_preflight([str(config), str(tiny)], steps=1, device="cpu", gpu="rtx5080", out=tmp_path / "out")
+    composed = load_composed(config, tiny)
+    names = [s["name"] for s in composed.get("stages") or [{"name": "fit"}]]
+    assert report["ok"], report
+    assert [s["stage"] for s in report["stages"]] == names
+    for stage in report["stages"]:
+        assert stage["trainable_params"] + stage["frozen_params"] == report["parameters"] > 0
+        assert stage["ok"] and stage["step_s"] > 0 and stage["flops_per_step"] > 0 and stage["stage_s"] > 0
