@@ -57,11 +57,15 @@ def slots(a: dict[str, Any]) -> tuple[Any, Any] | None:
 
 
 def distill(a: dict[str, Any]) -> tuple[Any, Any] | None:
-    if a["dataset"] != "coco":
+    source = a.get("source") or {}
+    if not str(source.get("class_path", "")).endswith("DistillCoco"):
         return None  # ShapesWorld: one world per split
-    val = a["coco_val"] or {}
-    val_source = a["coco_train"] if "holdout" in val else val  # a held-out part of train (removed from train)
-    return _coco_source(a["root"], val_source), _coco_source(a["root"], a["coco_test"])
+    s = source.get("init_args") or {}
+    if s.get(ALLOW) is True:
+        return None  # the source opts in (every number of the run marked tuned_on_test)
+    val = s.get("val") or {}
+    val_source = s["train"] if "holdout" in val else val  # a held-out part of train (removed from train)
+    return _coco_source(s["root"], val_source), _coco_source(s["root"], s["test"])
 
 
 def multilabel(a: dict[str, Any]) -> tuple[Any, Any] | None:

@@ -207,20 +207,21 @@ def test_f48_tools_building_a_study_compose_like_the_cli(tmp_path, monkeypatch):
     from lit_experiments.experiments.cv import pool_of
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    from lit_experiments.studies.distill.teacher import tiny_config
+    from lit_experiments.studies.distill.components.teacher import tiny_config
 
-    teacher = {"class_path": "lit_experiments.studies.distill.teacher.Sam3Teacher",  # no stand-in training
+    teacher = {"class_path": "lit_experiments.studies.distill.components.teacher.Sam3Teacher",  # no stand-in training
                "init_args": {"checkpoint": None, "config": tiny_config(image_size=32, patch_size=8, hidden=32,
                                                                        num_queries=4)}}
     tiny = tmp_path / "tiny_teacher.yaml"
-    tiny.write_text(yaml.safe_dump({"data": {"init_args": {"teacher": teacher, "n_train": 6, "n_val": 3,
-                                                           "n_test": 3, "cache_dir": str(tmp_path / "c")}}}))
+    tiny.write_text(yaml.safe_dump({"data": {"init_args": {
+        "frozen": teacher, "source": {"init_args": {"n_train": 6, "n_val": 3, "n_test": 3}},
+        "cache_dir": str(tmp_path / "c")}}}))
     files = [str(root / "distill/demo.yaml"), str(root / "distill/ab_baseline.yaml"), str(tiny)]
     expected = load_composed(*files)["data"]["init_args"]["prompts"]
     assert "per_image" in expected
     _, dm, _ = build_study(files)
     for key, value in expected.items():
-        assert dm.prompt_args[key] == value, key
+        assert getattr(dm.prompts, key) == value, key
 
     delta = tmp_path / "fewer_steps.yaml"
     delta.write_text("data: {init_args: {source: {init_args: {n_pool: 64, n_test: 32}},\n"
