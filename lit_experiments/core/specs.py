@@ -187,6 +187,20 @@ def stage_args(stage: StageSpec, defaults: Any, objectives: Sequence[str] = ()) 
     return args
 
 
+def as_dataclass(cls: type, value: Any, key: str) -> Any:
+    """``value`` (a mapping from a YAML, an instance of ``cls``, or None) as an instance of the dataclass ``cls``;
+    a key the dataclass lacks is a config error naming ``key`` and the allowed keys. ``None`` stays ``None``."""
+    if not isinstance(value, dict):
+        return value
+    from .errors import ConfigError
+
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{key}: unknown keys {unknown}; allowed: {', '.join(allowed)}")
+    return cls(**value)
+
+
 def matches_any(param_name: str, globs: list[str]) -> bool:
     """True when a glob matches ``param_name`` or one of its dotted module prefixes."""
     parts = param_name.split(".")

@@ -49,8 +49,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.seeding import run_seed
+from lit_experiments.core.specs import as_dataclass
 from lit_experiments.core.splits import check_disjoint
 from lit_experiments.core.study import StudyDataModule
 
@@ -88,13 +88,7 @@ class DistillDataModule(StudyDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size, fold=fold)
         self.source, self.frozen, self.cache_dir = source, frozen, cache_dir
         self.sampler = sampler or EpochOrder()
-        if isinstance(prompts, dict):
-            unknown = sorted(set(prompts) - set(PromptSettings.__dataclass_fields__))
-            if unknown:
-                raise ConfigError(f"data.init_args.prompts: unknown keys {unknown}; allowed: "
-                                  f"{', '.join(PromptSettings.__dataclass_fields__)}")
-            prompts = PromptSettings(**prompts)
-        self.prompts = prompts or PromptSettings()
+        self.prompts = as_dataclass(PromptSettings, prompts, "data.init_args.prompts") or PromptSettings()
         self.feature_level: int | None = None
         self.video = False
         #: the student's text tower whose tokenizer and context make ``student_input_ids`` (default: the module's)

@@ -17,6 +17,7 @@ from typing import Any
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.seeding import run_seed
+from lit_experiments.core.specs import as_dataclass
 from lit_experiments.core.splits import ensure_holdout
 from lit_experiments.data.shapes import ShapesWorld
 
@@ -69,13 +70,7 @@ class DistillShapes:
         self.sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
         self.seed, self.concept = int(seed), concept
         self.world = {**DEFAULT_WORLD, **(world or {})}
-        if isinstance(clips, dict):
-            unknown = sorted(set(clips) - set(ClipSizes.__dataclass_fields__))
-            if unknown:
-                raise ConfigError(f"data.init_args.source.init_args.clips: unknown keys {unknown}; allowed: "
-                                  f"{list(ClipSizes.__dataclass_fields__)}")
-            clips = ClipSizes(**clips)
-        self.clips = clips
+        self.clips = as_dataclass(ClipSizes, clips, "data.init_args.source.init_args.clips")
         self.allow_val_test_overlap = bool(allow_val_test_overlap)
 
     def units(self, split: str) -> UnitSource:
