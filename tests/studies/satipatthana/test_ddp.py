@@ -5,6 +5,7 @@ its index, and the evaluation loader never pads (F37)."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -44,5 +45,10 @@ def test_f44_two_rank_test_metrics_equal_one_rank(built_module, tmp_path):
     assert keys == {k for k in two if k.startswith("test/")}
     for k in sorted(keys):
         assert two[k] == pytest.approx(one[k], abs=1e-5), k
+    # the per-sample rows behind the floors and the per-item file are gathered from both ranks as well
+    items = [json.loads((tmp_path / f"r{n}" / "per_item" / "satipatthana_test.json").read_text()) for n in (1, 2)]
+    assert items[1]["ids"] == items[0]["ids"] and len(items[0]["ids"]) == 31
+    for name, values in items[0]["scores"].items():
+        assert items[1]["scores"][name] == pytest.approx(values, abs=1e-5), name
     # the counts behind the means: one rank's share alone would give another accuracy on this split
     assert 0.0 < one["test/acc"] < 1.0 or one["test/trust_auroc"] not in (0.0, 1.0)
