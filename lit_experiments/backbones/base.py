@@ -23,9 +23,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_experiments.core.errors import LitExpError
 
-class BackboneWeightsError(RuntimeError):
-    """Pretrained weights for a backbone could not be found or loaded."""
+
+class BackboneWeightsError(LitExpError, RuntimeError):
+    """Pretrained weights for a backbone could not be found or loaded (one block naming the path, no traceback)."""
+
+    exit_code = 2
+
+
+def load_error_summary(err: BaseException, shown: int = 3) -> str:
+    """A ``load_state_dict`` error in a few words: how many keys are missing / unexpected / of another shape, with
+    the first names (the library's own message lists every key)."""
+    import re
+
+    text = str(err)
+    parts = []
+    for label, pattern in (("missing", r'Missing key\(s\) in state_dict: (.*?)\.\s*(?:\n|$)'),
+                           ("unexpected", r'Unexpected key\(s\) in state_dict: (.*?)\.\s*(?:\n|$)')):
+        match = re.search(pattern, text)
+        if match:
+            keys = re.findall(r'"([^"]+)"', match.group(1))
+            parts.append(f"{len(keys)} {label} key(s) ({', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''})")
+    shapes = re.findall(r"size mismatch for ([^:]+): copying a param with shape (\S+ \S+|\S+) from checkpoint, the "
+                        r"shape in current model is (\S+ \S+|\S+)\.", text)
+    if shapes:
+        first = "; ".join(f"{k}: file {a}, model {b}" for k, a, b in shapes[:shown])
+        parts.append(f"{len(shapes)} shape mismatch(es) ({first}{'; ...' if len(shapes) > shown else ''})")
+    if parts:
+        return ", ".join(parts)
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {line[:300]}"
 
 
 def _as_tokens(t: torch.Tensor) -> torch.Tensor:

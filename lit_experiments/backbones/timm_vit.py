@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from .base import BackboneWeightsError, FrozenBackbone, resolve_layers
+from .base import BackboneWeightsError, FrozenBackbone, load_error_summary, resolve_layers
 
 
 def create_timm_model(name: str, pretrained: bool | str, **kwargs) -> nn.Module:
@@ -48,7 +48,8 @@ def create_timm_model(name: str, pretrained: bool | str, **kwargs) -> nn.Module:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise BackboneWeightsError(
-            f"could not load weights for timm model '{name}' from {path}: {type(e).__name__}: {e}"
+            f"could not load weights for timm model '{name}' from {path}: {load_error_summary(e)}. Expected a state "
+            f"dict of '{name}' (timm.create_model('{name}').state_dict(), saved as .safetensors / .pth / .bin)"
         ) from e
 
 

@@ -115,7 +115,7 @@ def build_run(configs: list[str], overrides: list[str], tmp: Path, device: str |
     if "model" not in raw:
         raise ConfigError(f"{' + '.join(map(str, files))}: no `model:` in the composed config (a fragment such as "
                           "configs/trainer/gpu.yaml is given after a study config: -c STUDY.yaml -c FRAGMENT.yaml)")
-    weights = config_weights(raw, files)
+    weights = config_weights(raw, files, overrides)
     stage_dicts = raw.get("stages")
     rest = {k: v for k, v in raw.items() if k not in CURRICULUM_KEYS}
     trainer = dict(rest.get("trainer") or {})
@@ -154,7 +154,8 @@ def build_run(configs: list[str], overrides: list[str], tmp: Path, device: str |
 
 
 def datamodule_modules(datamodule: Any) -> list[Any]:
-    """``nn.Module`` attributes of the datamodule (a ``frozen:`` part, a feature backbone)."""
+    """``nn.Module`` attributes of the datamodule (a ``frozen:`` part, a feature backbone), and the networks such a
+    part holds outside its children (``held_modules()``: one it builds on first use, once built)."""
     import torch
 
     found, seen = [], set()
@@ -162,6 +163,11 @@ def datamodule_modules(datamodule: Any) -> list[Any]:
         if isinstance(value, torch.nn.Module) and id(value) not in seen:
             seen.add(id(value))
             found.append(value)
+            held = value.held_modules() if callable(getattr(value, "held_modules", None)) else []
+            for sub in held:
+                if isinstance(sub, torch.nn.Module) and id(sub) not in seen:
+                    seen.add(id(sub))
+                    found.append(sub)
     return found
 
 

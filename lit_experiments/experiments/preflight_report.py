@@ -121,10 +121,51 @@ def owner_file(files: list[Path], key: tuple[str, ...]) -> Path | None:
     return found
 
 
-def config_weights(raw: dict[str, Any], files: list[Path]) -> list[dict[str, Any]]:
-    """Every weight a config key names, with where it comes from; a missing file is a :class:`ConfigError` naming
-    the config file and the key."""
+def weight_overrides(overrides: list[str]) -> dict[tuple[str, ...], Any]:
+    """The weight keys (:data:`WEIGHT_KEYS`) a command line sets (``--data.init_args.frozen.init_args.pretrained
+    PATH`` or ``--key=PATH``), by their dotted path; the value as YAML reads it."""
+    import yaml
+
+    found: dict[tuple[str, ...], Any] = {}
+    for i, token in enumerate(overrides):
+        if not token.startswith("--") or "." not in token:
+            continue
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(overrides):
+                continue
+            value = overrides[i + 1]
+        path = tuple(key.split("."))
+        if path[-1] in WEIGHT_KEYS:
+            try:
+                found[path] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                found[path] = value
+    return found
+
+
+def with_overrides(raw: dict[str, Any], found: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with the command line's weight keys set (what the parser will build)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for path, value in found.items():
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return out
+
+
+def config_weights(raw: dict[str, Any], files: list[Path], overrides: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every weight a config key names (and a weight key of the command line ``overrides``), with where it comes
+    from; a missing file is a :class:`ConfigError` naming the config file (or the command line) and the key."""
     out = []
+    given = weight_overrides(list(overrides or []))
+    if given:
+        raw = with_overrides(raw, given)
     for path, value in _walk(raw):
         if path[-1] not in WEIGHT_KEYS or isinstance(value, (dict, list)):
             continue
@@ -139,7 +180,7 @@ def config_weights(raw: dict[str, Any], files: list[Path]) -> list[dict[str, Any
             out.append({"key": key, "source": "file" if local.is_file() else "folder", "path": str(local.resolve()),
                         "sha256": sha256_of(local)})
         elif _looks_like_path(value):
-            where = owner_file(files, path)
+            where = f"the command line (--{key})" if path in given else owner_file(files, path)
             raise ConfigError(f"{where or files[-1]}: {key}: weight file not found: {local} (expected a file of "
                               "weights in the library's own format, e.g. a state dict .pt / .safetensors, or a "
                               "save_pretrained folder; or `true` for the hub cache, `false` for random init)")

@@ -103,14 +103,37 @@ class SiglipTowers(nn.Module):
             from transformers import AutoTokenizer
 
             offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+            where = " (HF_HUB_OFFLINE=1: local path or hub cache only)" if offline else ""
             try:
+                self._check_model_type(checkpoint, model_cls, offline)
                 self.model = model_cls.from_pretrained(checkpoint, local_files_only=offline)
                 self.tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=offline)
             except OSError as err:
-                raise ConfigError(f"SiglipTowers: cannot load checkpoint {checkpoint!r} as {model_cls.__name__}"
-                                  f"{' (HF_HUB_OFFLINE=1: local path or hub cache only)' if offline else ''}: "
-                                  f"{err}") from err
+                raise ConfigError(f"{type(self).__name__}: cannot load checkpoint {checkpoint!r} as "
+                                  f"{model_cls.__name__}{where}: {err}") from err
+            except (ValueError, RuntimeError) as err:  # weights of another architecture (shapes, keys)
+                line = (str(err).strip().splitlines() or [""])[0][:400]
+                raise ConfigError(f"{type(self).__name__}: checkpoint {checkpoint!r} does not load as "
+                                  f"{model_cls.__name__}: {type(err).__name__}: {line}") from err
         self.freeze()
+
+    @classmethod
+    def _check_model_type(cls, checkpoint: str, model_cls: type, offline: bool) -> None:
+        """A checkpoint whose ``config.json`` names another model type (a FixRes ``siglip`` folder given to the
+        NaFlex towers, or the reverse) is a :class:`ConfigError` naming both, before its weights are read."""
+        from transformers import AutoConfig
+
+        found = AutoConfig.from_pretrained(checkpoint, local_files_only=offline)
+        expected = model_cls.config_class.model_type
+        if found.model_type != expected:
+            other = next((c.__name__ for c in TOWER_FAMILIES.values() if c.model_classes()[1].model_type ==
+                          found.model_type), None)
+            raise ConfigError(
+                f"{cls.__name__}: checkpoint {checkpoint!r} holds a {found.model_type!r} model "
+                f"({', '.join(getattr(found, 'architectures', None) or []) or 'no architectures listed'}); expected "
+                f"a {model_cls.__name__} checkpoint (model_type {expected!r})"
+                + (f": load it with {other} (class_path lit_experiments.studies.multilabel.towers.{other})"
+                   if other else ""))
 
     @staticmethod
     def model_classes() -> tuple[type, type]:

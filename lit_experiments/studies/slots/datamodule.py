@@ -121,6 +121,11 @@ class RegistryBackbone(nn.Module):
     def network(self) -> Any:
         return self.build()
 
+    def held_modules(self) -> list[nn.Module]:
+        """The network once built (it is held outside the children: ``lit-exp preflight`` counts its parameters and
+        reports the weight file it loaded)."""
+        return list(self._built)
+
     @property
     def name(self) -> str:
         return self.network.name
