@@ -72,7 +72,8 @@ def test_cache_reused_atomic_and_global_rng_untouched(tmp_path, monkeypatch: pyt
         np.random.RandomState(5).randint(1 << 30)
     assert not info["cached"] and info["steps"] == 10
     assert "step 10/10" in capsys.readouterr().out  # progress lines
-    assert [p.name for p in tmp_path.iterdir()] == [info["path"].split("/")[-1]]  # no temp file left
+    name = info["path"].split("/")[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name, name + ".sha256"]  # its checksum, no temp file
     assert towers.cache_key() != SiglipTowers(config=CFG).cache_key()  # trained, not the initialisation
 
     def no_training(*args, **kwargs):
