@@ -174,7 +174,7 @@ class StageSpec:
 def stage_args(stage: StageSpec, defaults: Any, objectives: Sequence[str] = ()) -> Any:
     """A study's ``stage.args`` over ``defaults`` (a dataclass instance): a key the dataclass lacks is an error
     naming it; a dataclass field ``objective`` not given in the stage defaults to the stage's name when that name
-    is one of ``objectives``. The study checks the objective itself."""
+    is one of ``objectives``, and an objective outside ``objectives`` (when given) is an error naming them."""
     from .errors import ConfigError
 
     known = {f.name for f in fields(defaults)}
@@ -184,6 +184,9 @@ def stage_args(stage: StageSpec, defaults: Any, objectives: Sequence[str] = ()) 
     args = type(defaults)(**{**asdict(defaults), **stage.args})
     if "objective" in known and "objective" not in stage.args and stage.name in objectives:
         args.objective = stage.name
+    if objectives and "objective" in known and args.objective not in objectives:
+        raise ConfigError(f"stage {stage.name!r}: objective {args.objective!r} is unknown; expected one of "
+                          f"{list(objectives)}")
     return args
 
 

@@ -144,7 +144,7 @@ class RetrievalModule(StudyModule):
         self.knn_args = knn or RetrievalKnn()
         self.ks = sorted({int(k) for k in (ks or [1, 5, 10, 20, 50])})
         self.stage_defaults = stage_args or RetrievalStageArgs()
-        self.args = self._stage_args(self.stage)
+        self.args = stage_args(self.stage, self.stage_defaults, OBJECTIVES)
         self.knn_val = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
         self.knn_test = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
         self.knn_test_init = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
@@ -161,15 +161,8 @@ class RetrievalModule(StudyModule):
         self.__dict__["_init_backbone"] = None  # not a submodule: never saved, never trained
 
     # ------------------------------------------------------------------ stages
-    def _stage_args(self, stage: StageSpec) -> RetrievalStageArgs:
-        args = stage_args(stage, self.stage_defaults, OBJECTIVES)
-        if args.objective not in OBJECTIVES:
-            raise ConfigError(f"stage {stage.name!r}: args.objective={args.objective!r}; expected one of "
-                              f"{list(OBJECTIVES)}")
-        return args
-
     def on_stage(self, stage: StageSpec) -> None:
-        self.args = self._stage_args(stage)
+        self.args = stage_args(stage, self.stage_defaults, OBJECTIVES)
         self._low_steps = 0
         if self.args.objective == "fastap" and not bool(self.simsiam_projector.taken):
             self.simsiam_projector.take(self.projector)
