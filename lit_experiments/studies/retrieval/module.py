@@ -50,7 +50,8 @@ from torchmetrics import CatMetric
 
 from lit_experiments.core.errors import ConfigError
 from lit_experiments.core.health import HealthError, check_collapse
-from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
+from lit_experiments.core.specs import OptimSpec, StageSpec
+from lit_experiments.core.specs import stage_args as read_stage_args
 from lit_experiments.core.study import StudyModule
 from lit_experiments.metrics import RetrievalMetrics, WeightedKNNAccuracy
 from lit_experiments.metrics.embedding import effective_rank
@@ -144,7 +145,7 @@ class RetrievalModule(StudyModule):
         self.knn_args = knn or RetrievalKnn()
         self.ks = sorted({int(k) for k in (ks or [1, 5, 10, 20, 50])})
         self.stage_defaults = stage_args or RetrievalStageArgs()
-        self.args = stage_args(self.stage, self.stage_defaults, OBJECTIVES)
+        self.args = read_stage_args(self.stage, self.stage_defaults, OBJECTIVES)
         self.knn_val = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
         self.knn_test = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
         self.knn_test_init = WeightedKNNAccuracy(1, self.knn_args.k, self.knn_args.temperature)
@@ -162,7 +163,7 @@ class RetrievalModule(StudyModule):
 
     # ------------------------------------------------------------------ stages
     def on_stage(self, stage: StageSpec) -> None:
-        self.args = stage_args(stage, self.stage_defaults, OBJECTIVES)
+        self.args = read_stage_args(stage, self.stage_defaults, OBJECTIVES)
         self._low_steps = 0
         if self.args.objective == "fastap" and not bool(self.simsiam_projector.taken):
             self.simsiam_projector.take(self.projector)
