@@ -3,7 +3,7 @@
 Each line goes through `lit_experiments.cli.main` in order, with two kinds of change only:
 
 * placeholders become real files: `a.yaml` / `cfg.yaml` are study configs with the stages the line names,
-  `b.yaml` a small delta, `DIR` a temp dir, `RUN_DIR` / `runs/X/2026...` the run dir an earlier line of the same
+  `b.yaml` a small delta, `DIR` a temp dir (`MOVI_DIR`, `COCO_DIR`, ... one each, `MOVI_DIR/train` inside it), `RUN_DIR` / `runs/X/2026...` the run dir an earlier line of the same
   config wrote (for `curves`, the run that logged the metric);
 * a run gets the study's tiny override (`tests/studies/<study>/tiny.py`) composed after the README's configs,
   so it takes seconds; its command-line options still apply on top.
@@ -55,18 +55,18 @@ class Session:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.runs: dict[str, Path] = {}  # first config of a command -> the run dir it wrote
-        self.tiny_files: dict[str, Path] = {}
+        self.tiny_files: dict[tuple[str, ...], Path] = {}
 
-    def tiny(self, config: str) -> list[str]:
-        """``-c <tiny override>`` for the study of ``config`` (``configs/<study>/...``)."""
-        study = Path(config).relative_to(ROOT / "configs").parts[0]
-        if config not in self.tiny_files:
+    def tiny(self, *configs: str) -> list[str]:
+        """``-c <tiny override>`` for the study of ``configs`` (``configs/<study>/...``, all of a command's)."""
+        study = Path(configs[0]).relative_to(ROOT / "configs").parts[0]
+        if configs not in self.tiny_files:
             module = importlib.import_module(f"tests.studies.{study}.tiny")
-            raw = load_composed(config)  # a delta's bases included
+            raw = load_composed(*configs)  # a delta's bases included, every -c of the line (a swapped source)
             path = self.tmp / f"tiny_{study}_{len(self.tiny_files)}.yaml"
-            path.write_text(yaml.safe_dump(module.tiny(Path(config), raw, self.tmp / f"tiny_{study}")))
-            self.tiny_files[config] = path
-        return ["-c", str(self.tiny_files[config]), *TINY_ARGS.get(study, [])]
+            path.write_text(yaml.safe_dump(module.tiny(Path(configs[-1]), raw, self.tmp / f"tiny_{study}")))
+            self.tiny_files[configs] = path
+        return ["-c", str(self.tiny_files[configs]), *TINY_ARGS.get(study, [])]
 
     def run_with_metric(self, metric: str) -> Path:
         for run_dir in reversed(list(self.runs.values())):
@@ -98,6 +98,9 @@ class Session:
                     arg = arg.replace("RUN_DIR", str(self.runs[configs[0]]))
                 else:
                     arg = str(self.run_with_metric(args[args.index("--metric") + 1]))
+            elif re.fullmatch(r"[A-Z]+_DIR(/.*)?", arg):  # a "Bring your data" folder: one temp folder per name
+                head, _, rest = arg.partition("/")
+                arg = str(self.tmp / head.lower() / rest)
             elif re.search(r"\b[A-Z_]{3,}\b", arg) and not arg.startswith("--"):
                 pytest.fail(f"README line {command!r}: placeholder {arg!r} has no mapping in this test")
             args[i] = arg
@@ -106,7 +109,7 @@ class Session:
             return [*args, "--print_config"], "needs a GPU (none here): parsed with --print_config only"
         if args and args[0] in BUILD_COMMANDS and configs and "--print_config" not in args and "--help" not in args:
             last = max(i for i, a in enumerate(args) if a in configs)
-            args[last + 1:last + 1] = self.tiny(configs[0])
+            args[last + 1:last + 1] = self.tiny(*configs)
             note = "tiny override composed after the README's configs"
         return args, note
 

@@ -25,7 +25,7 @@ LAYOUT = """\
   labels.csv | labels.jsonl   CSV header "image,labels,caption" (labels joined by ';'), or JSON lines
                               {"image": "images/x.png", "labels": ["a", "b"] or "a;b", "caption": "..."}
   classes.txt                 optional: one class name a line (the label order)
-  images/...                  image paths are relative to <root>
+  images/...                  image paths are relative to the label file's folder (<root> for the default)
 """
 
 
@@ -64,13 +64,14 @@ class MultiLabelFiles(FileDataset):
         self.classes = list(classes)
         index = {c: i for i, c in enumerate(self.classes)}
         self.samples = []
+        base = self.file.parent  # a label file in a subfolder (e.g. test/labels.csv) names its own images
         for line, labs, image, caption in rows:
             for lab in labs:
                 if lab not in index:
                     raise LabelError(
                         f"{self.file}:{line}: label {lab!r} is not in the class list ({source}: {self.classes})"
                     )
-            self.samples.append({"path": root / image, "labels": [index[lab] for lab in labs], "caption": caption,
+            self.samples.append({"path": base / image, "labels": [index[lab] for lab in labs], "caption": caption,
                                  "line": line})
         self._scan(check_files)
 

@@ -3,7 +3,7 @@
 The ``frozen`` towers become a randomly initialised tiny SigLIP of the config's towers class (``Siglip2Towers``
 stays NaFlex; a stand-in becomes plain ``SiglipTowers``: no checkpoint, no stand-in training); a COCO source reads
 a ShapesWorld written in COCO layout under ``tmp`` (pool and test folders, with captions; the image side comes
-from the tiny towers); a ShapesWorld source keeps its class with fewer, smaller images. Heads, losses and variants
+from the tiny towers), a csv source a ShapesWorld written as ``labels.csv`` with a ``test/`` folder; a ShapesWorld source keeps its class with fewer, smaller images. Heads, losses and variants
 stay the config's.
 """
 from __future__ import annotations
@@ -37,6 +37,11 @@ def tiny(config: Path, raw: dict, tmp: Path) -> dict:
         d["source"] = {"init_args": {"root": str(tmp / "coco"), **{
             split: {"ann_file": f"{split}/annotations/instances.json", "image_dir": f"{split}/images",
                     "captions_file": f"{split}/annotations/captions.json"} for split in ("pool", "test")}}}
+    elif str(source.get("class_path", "")).endswith("FileCaptionSource"):  # csv + a test folder of its own
+        write_shapes(tmp / "labels", "multilabel", n=12, image_size=16, max_objects=2)
+        write_shapes(tmp / "labels" / "test", "multilabel", n=4, seed=4, image_size=16, max_objects=2)
+        d["source"] = {"init_args": {"root": str(tmp / "labels"), "file": "labels.csv",
+                                     "test_file": "test/labels.csv"}}
     else:
         world = ((source.get("init_args") or {}).get("world") or {})
         d["source"] = {"init_args": {"n_pool": 12, "n_test": 4, "world": {**world, "image_size": 16}}}
