@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -92,3 +93,35 @@ def test_visual_check_writes_grids_and_gallery_with_brute_force_iou(tmp_path) ->
     assert len(list((tmp_path / "vis" / "thumbs").glob("*.png"))) == 2 * 3 * 4
     with pytest.raises(ValueError, match="non-empty strings"):
         G.visual_check(_toy(0), _toy(0), images, ["ok", " "], tmp_path / "bad")
+
+
+def test_legends_name_the_colours_the_masks_are_drawn_in(tmp_path) -> None:
+    """Issue 25: the legend said blue / red (the word "red" in white) over masks drawn black and white. Each
+    legend word must be the colour of its swatch and of the drawn outline, a colour no ShapesWorld object has."""
+    from matplotlib.colors import to_hex
+
+    from lit_experiments.data.shapes import COLORS
+
+    images = torch.full((2, 3, SIZE, SIZE), 120, dtype=torch.uint8)
+    for i in range(2):
+        images[i, 1, 2:10, 2 + i:10 + i] = 255
+    G.visual_check(_toy(0), _toy(2), images, ["square"], tmp_path / "vis", batch_size=5)
+    page = (tmp_path / "vis" / "index.html").read_text()
+    legend = re.findall(r'(Left|right): the (teacher|student)\'s mask, <span class="swatch" data-color="(#[0-9a-f]{6})"'
+                        r'[^>]*></span> (\w+) outline', page)
+    assert [(w, c) for _, w, c, _ in legend] == [("teacher", G.TEACHER_COLOR), ("student", G.STUDENT_COLOR)]
+    assert "color:#ffffff" not in page.replace("background:#ffffff", "")  # no legend text drawn in white
+    for _, who, color, word in legend:
+        assert to_hex(word) == color, (who, word, color)  # the word names the swatch's colour
+        rgb = torch.tensor([int(color[k:k + 2], 16) for k in (1, 3, 5)])
+        assert all((rgb - torch.tensor(c)).abs().sum() > 150 for c in COLORS.values()), (who, color)
+        shift = 0 if who == "teacher" else 2
+        mask = torch.roll(images[0, 1] > 200, shift, dims=1)
+        edge = G.outline(mask)
+        thumb = torch.as_tensor(np.array(Image.open(tmp_path / "vis" / "thumbs" / f"000_000_{who}.png")))
+        small = torch.nn.functional.interpolate(thumb.permute(2, 0, 1)[None].float(), size=(SIZE, SIZE),
+                                                mode="nearest")[0].to(torch.uint8)
+        drawn = small[:, edge].T  # (n, 3): the outline pixels as written to the PNG
+        assert edge.sum() > 0 and (drawn == rgb.to(torch.uint8)).all(), (who, color, drawn[:3])
+        inside = mask & ~edge
+        assert not (small[:, inside].T == images[0][:, inside].T).all(1).any()  # the inside is tinted

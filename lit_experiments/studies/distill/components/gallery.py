@@ -1,7 +1,9 @@
 """Visual checks of the distill study: the seed's "15 prompts x 25 images" look at masks per prompt.
 
+* :func:`overlay`: a mask drawn on an image as a tint of its colour with a 1-pixel outline in it (teacher white,
+  student black: no ShapesWorld object colour; the legends name the colours from :data:`COLOR_NAMES`).
 * :func:`mask_grid`: one PNG, rows = prompts, columns = images, each cell the image with its mask overlaid
-  (``torchvision.utils.draw_segmentation_masks`` + ``make_grid``; prompts as row labels, matplotlib Agg).
+  (:func:`overlay` + ``make_grid``; prompts as row labels, the colour named in the title, matplotlib Agg).
 * :func:`html_gallery`: a self-contained folder (``index.html`` + ``thumbs/*.png``, relative links only) with one
   row per prompt and one column per image; each cell shows the teacher's mask (left) and the student's (right)
   and their IoU (two empty masks: IoU 1), plus the IoU of each against ground truth when given. Prompt and image
@@ -21,13 +23,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.io import write_png
-from torchvision.utils import draw_segmentation_masks, make_grid
+from torchvision.utils import make_grid
 
 from ..evaluation import ScoreFn, postprocess, run_units
 
-#: mask colours: white and black stay visible on every ShapesWorld colour (a red overlay vanished on red objects,
-#: which the colour prompts of the demo segment)
-TEACHER_COLOR, STUDENT_COLOR = "#000000", "#ffffff"
+#: mask colours: white and black are no ShapesWorld object colour (red, green, blue, yellow, purple, cyan, orange,
+#: pink) and stay visible on all of them and on the grey background (a red overlay vanished on red objects, which
+#: the demo's colour prompts segment). A mask is drawn as a tint of its colour with a 1-pixel outline in it.
+TEACHER_COLOR, STUDENT_COLOR = "#ffffff", "#000000"
+#: the word the legends use for each colour (legends are written from these, so they name what is drawn)
+COLOR_NAMES = {"#ffffff": "white", "#000000": "black"}
+
+
+def legend(color: str) -> str:
+    """How a legend names a mask drawn in ``color``: ``"white outline and tint"``."""
+    return f"{COLOR_NAMES.get(color.lower(), color)} outline and tint"
+
+
+def _rgb(color: str) -> Tensor:
+    c = color.lstrip("#")
+    return torch.tensor([int(c[i:i + 2], 16) for i in (0, 2, 4)], dtype=torch.uint8)
+
+
+def outline(mask: Tensor) -> Tensor:
+    """The pixels of a bool (H, W) mask with a 4-neighbour outside the mask (the image border counts as inside)."""
+    outside = (~mask).float()[None, None]
+    near = F.max_pool2d(F.pad(outside, (1, 1, 1, 1), value=0.0), 3, 1)[0, 0] > 0
+    return mask & near
 
 
 def _check_images(images: Tensor) -> Tensor:
@@ -47,9 +69,15 @@ def _binary(mask: Tensor, size: tuple[int, int]) -> Tensor:
     return m
 
 
-def overlay(image: Tensor, mask: Tensor, color: str = STUDENT_COLOR, alpha: float = 0.5) -> Tensor:
-    """uint8 (3, H, W) image with ``mask`` (H', W') drawn over it (resized to the image by nearest)."""
-    return draw_segmentation_masks(image, _binary(mask, tuple(image.shape[-2:])), alpha=alpha, colors=color)
+def overlay(image: Tensor, mask: Tensor, color: str = STUDENT_COLOR, alpha: float = 0.35) -> Tensor:
+    """uint8 (3, H, W) image with ``mask`` (H', W'; resized to the image by nearest) drawn over it: a tint of
+    ``color`` at ``alpha`` and a 1-pixel outline in ``color``."""
+    m = _binary(mask, tuple(image.shape[-2:]))
+    rgb = _rgb(color)[:, None]
+    out = image.clone()  # only masked pixels change (a blend of the whole image rounds the others off by one)
+    out[:, m] = (image[:, m].float() * (1 - alpha) + rgb.float() * alpha).round().to(torch.uint8)
+    out[:, outline(m)] = rgb
+    return out
 
 
 def mask_grid(images: Tensor, masks: Tensor | Sequence[Tensor], prompts: Sequence[str], path: str | Path,
@@ -85,7 +113,7 @@ def mask_grid(images: Tensor, masks: Tensor | Sequence[Tensor], prompts: Sequenc
     ax.set_xticklabels([str(c) for c in range(n)], fontsize=6)
     ax.tick_params(length=0)
     if title:
-        ax.set_title(title.replace("$", r"\$"), fontsize=9)
+        ax.set_title(title.replace("$", r"\$"), fontsize=9, color="black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -116,6 +144,11 @@ class GalleryEntry:
 
 def _thumb(image: Tensor, size: int) -> Tensor:
     return F.interpolate(image[None], size=(size, size), mode="nearest")[0]  # uint8 stays uint8
+
+
+def _swatch(color: str) -> str:
+    return (f'<span class="swatch" data-color="{color}" style="display:inline-block;width:0.9em;height:0.9em;'
+            f'background:{color};border:1px solid #555;vertical-align:middle"></span>')
 
 
 def html_gallery(out_dir: str | Path, entries: Sequence[GalleryEntry], thumb_size: int = 96,
@@ -156,8 +189,9 @@ def html_gallery(out_dir: str | Path, entries: Sequence[GalleryEntry], thumb_siz
 <style>body{{font-family:sans-serif}} td,th{{border:1px solid #ccc;padding:2px;font-size:11px;text-align:center}}
 table{{border-collapse:collapse}} img{{image-rendering:pixelated;margin:1px}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{len(rows)} prompts x {len(cols)} images. Left: teacher (<span style="color:{TEACHER_COLOR}">blue</span>),
-right: student (<span style="color:{STUDENT_COLOR}">red</span>).
+<p>{len(rows)} prompts x {len(cols)} images. Left: the teacher's mask, {_swatch(TEACHER_COLOR)} {legend(TEACHER_COLOR)};
+right: the student's mask, {_swatch(STUDENT_COLOR)} {legend(STUDENT_COLOR)} (the union of each model's kept
+predictions; no outline: nothing kept).
 Mean teacher/student IoU {sum(ious) / len(ious):.3f} (two empty masks count as IoU 1).</p>
 <table><tr><th>prompt \\ image</th>{head}</tr>
 {body}
@@ -200,7 +234,8 @@ def visual_check(teacher_fn: ScoreFn, student_fn: ScoreFn, images: Tensor, promp
                          f"{images.shape[0]}, H, W)")
     entries = [GalleryEntry(p, i, images[i], t[r, i], s[r, i], None if gt_masks is None else gt_masks[r, i])
                for r, p in enumerate(prompts) for i in range(images.shape[0])]
-    paths = {f"{who}_grid": mask_grid(images, m, prompts, out_dir / f"{who}_grid.png", color, title=who)
+    paths = {f"{who}_grid": mask_grid(images, m, prompts, out_dir / f"{who}_grid.png", color,
+                                      title=f"{who}'s mask per prompt (row) and image (column): {legend(color)}")
              for who, m, color in (("teacher", t, TEACHER_COLOR), ("student", s, STUDENT_COLOR))}
     paths["html"] = html_gallery(out_dir, entries)
     ious = [mask_iou(t[r, i], s[r, i]) for r in range(len(prompts)) for i in range(images.shape[0])]
