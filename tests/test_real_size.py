@@ -105,6 +105,7 @@ def assert_one_block_error(proc: subprocess.CompletedProcess, *needles: str) -> 
     assert "Traceback" not in text, text[-4000:]
     for needle in needles:
         assert needle in text, f"{needle!r} not in:\n{text[-4000:]}"
+    print("\n" + "\n".join(line for line in text.strip().splitlines() if "error" in line.lower())[-1500:])
     return text
 
 
