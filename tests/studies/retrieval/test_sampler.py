@@ -163,3 +163,28 @@ def test_bad_arguments_name_the_value() -> None:
         MPerClassBatchSampler(np.zeros((4, 2), dtype=int), 2, 4)
     with pytest.raises(ConfigError, match="fewer than num_replicas = 64"):
         MPerClassBatchSampler(labels, 4, 20, num_replicas=64, rank=0)
+
+
+def test_f40_the_datamodule_deals_two_ranks_disjoint_m_per_class_batches() -> None:
+    """Through the product's own path: ``RetrievalDataModule.train_dataloader`` under a 2-rank trainer must give the
+    two ranks different, disjoint m-per-class batches (a sampler built as rank 0 of 1 gives both the same)."""
+    from types import SimpleNamespace
+
+    from lit_experiments.studies.retrieval.datamodule import RetrievalDataModule
+    from lit_experiments.studies.retrieval.sampler import MPerClassBatches
+    from lit_experiments.studies.retrieval.sources import ShapesClipFrames
+
+    shapes = {"image_size": 32, "num_frames": 8, "min_objects": 1, "max_objects": 2, "motion_blur": True}
+    m, batch_size = 4, 8
+    per_rank, labels = [], None
+    for rank in range(2):
+        dm = RetrievalDataModule(source=ShapesClipFrames(n_train=12, n_val=2, n_test=2, shapes=shapes),
+                                 batch_size=batch_size, cache_dir="cache", sampler=MPerClassBatches(m=m))
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, training=True,
+                                     _accelerator_connector=SimpleNamespace(use_distributed_sampler=False))
+        loader = dm.train_dataloader()
+        per_rank.append([list(map(int, b)) for b in loader.batch_sampler])
+        labels = dm.group_labels(m).numpy()
+    assert len(per_rank[0]) >= 2
+    assert per_rank[0] != per_rank[1], "both ranks train on the same batches (a sampler built as rank 0 of 1)"
+    check_ranks(per_rank, labels, m, batch_size)
