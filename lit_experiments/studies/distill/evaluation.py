@@ -13,7 +13,8 @@
   report test metrics with it (plain keys), at the uncalibrated 0.5 (``raw/``) and the ECE before / after.
 * :func:`comparison_table`: teacher, student and ``ratio = student / teacher`` per metric. The ratio is NaN when
   either value is NaN or the teacher's value is <= 0 (0: undefined; negative, e.g. an IL_MCC below chance:
-  a ratio would flip its meaning). :func:`write_table` writes it as Markdown and CSV.
+  a ratio would flip its meaning). :func:`write_table` writes it as Markdown and CSV; :func:`write_sections`
+  writes several such tables under headings (the test's ``teacher_vs_student.{md,csv}``).
 * F46 replaces the seed's single "prompt sensitivity" with two numbers, both "higher is better", both computed
   for any ``score_fn(images uint8 (N, 3, H, W), prompts list[str]) -> output contract`` (teacher or student):
 
@@ -189,6 +190,29 @@ def write_table(rows: Sequence[Mapping[str, float | str]], directory: str | Path
         writer = csv.DictWriter(fh, fieldnames=["metric", "teacher", "student", "ratio"])
         writer.writeheader()
         writer.writerows(rows)
+    return md, csv_path
+
+
+Section = tuple[str, Sequence[Mapping[str, float | str]], str]
+
+
+def write_sections(sections: Sequence[Section], directory: str | Path,
+                   name: str = "teacher_vs_student") -> tuple[Path, Path]:
+    """Write ``<name>.md`` (per ``(title, rows, note)`` a heading, ``note`` when given, and the
+    :func:`to_markdown` table of ``rows``; a section without rows is left out) and ``<name>.csv`` (full
+    precision, a ``section`` column) into ``directory``; returns both paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    md, csv_path = directory / f"{name}.md", directory / f"{name}.csv"
+    parts = ["# teacher vs student (test)\n"]
+    for title, rows, note in sections:
+        if rows:
+            parts.append(f"## {title}\n" + (f"\n{note}\n" if note else "") + "\n" + to_markdown(rows))
+    md.write_text("\n".join(parts))
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["section", "metric", "teacher", "student", "ratio"])
+        writer.writeheader()
+        writer.writerows({"section": title, **r} for title, rows, _ in sections for r in rows)
     return md, csv_path
 
 

@@ -23,13 +23,14 @@ study, or one without a student, is an error naming it.
 Validation: SA-Co metrics of the student at the threshold 0.5 (``val/miou`` ...) and a
 :class:`~.calibration.Calibration` (query / presence temperatures, threshold) of the student and one of the
 teacher, fitted on the validation units only and stored in buffers, so every checkpoint carries the calibration of
-its own weights (F42). Test: the student's metrics at its stored calibration (``test/student/*``) and at 0.5
-(``test/student_raw/*``), the teacher's at its calibration (``test/teacher/*``) and at 0.5
-(``test/teacher_raw/*``), ratios student / teacher at their calibrations (``test/ratio/*``), a table in
-``<run_dir>/distill/teacher_vs_student.{md,csv}``, ECE of both before and after calibration with a reliability
-plot (``<run_dir>/distill/reliability.png``), the F46 numbers (each model at its calibration) and the gallery;
-the student's numbers are repeated as ``test/<metric>`` and the teacher's as ``test/teacher_<metric>``. The
-headline is ``test/miou_pos`` with ``test/miou_pos_ratio`` (student / teacher on positive units) and concept
+its own weights (F42). Test (each number under one name): the student's metrics at its stored calibration
+(``test/<metric>``) and at 0.5 (``test/student_raw/*``), the teacher's at its calibration
+(``test/teacher_<metric>``) and at 0.5 (``test/teacher_raw/*``), ratios student / teacher at their calibrations
+(``test/<metric>_ratio``), ECE of both at their calibrations (``test/ece``, ``test/teacher_ece``) and at T = 1
+(``test/{student,teacher}_raw/ece``) with a reliability plot (``<run_dir>/distill/reliability.png``), the F46
+numbers (each model at its calibration) and the gallery; every one of them in
+``<run_dir>/distill/teacher_vs_student.{md,csv}`` (:meth:`~.testing.DistillTestMixin.write_teacher_vs_student`).
+The headline is ``test/miou_pos`` with ``test/miou_pos_ratio`` (student / teacher on positive units) and concept
 responsiveness; results.json ``references`` holds their floors (predict nothing, prompt-blind) and the teacher,
 ``per_item/test_units{,_pos}.json`` the per-unit IoUs (:mod:`.references`). Before the first fit, the teacher is
 scored on every prompt family of the validation images (results.json ``teacher_families``, F53). With clips (``data.init_args.clips``), the clip frames are
@@ -47,7 +48,8 @@ import torch
 from torchmetrics import MeanMetric
 
 from lit_experiments.core.errors import ConfigError
-from lit_experiments.core.specs import OptimSpec, StageSpec, stage_args
+from lit_experiments.core.specs import OptimSpec, StageSpec
+from lit_experiments.core.specs import stage_args as read_stage_args
 from lit_experiments.core.study import StudyModule
 from lit_experiments.metrics.gathered import GatheredRows
 
@@ -67,7 +69,6 @@ from .evaluation import (
     postprocess,
     unit_metric,
     update_metric,
-    write_table,
 )
 from .losses import DistillLoss, FeatureDistillLoss, SetLoss
 
@@ -136,7 +137,7 @@ class DistillModule(DistillTestMixin, StudyModule):
         self.calibration_metric, self.probe_images = calibration_metric, int(probe_images)
         self.gallery_images = int(gallery_images)
         self.stage_defaults = stage_args or DistillStageArgs()
-        self.args = self._stage_args(self.stage)
+        self.args = read_stage_args(self.stage, self.stage_defaults, OBJECTIVES)
         # the calibration of the current weights (fitted at each validation end; saved with the checkpoint)
         self.register_buffer("calibration_values", torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float64))
         # the teacher's, fitted on the same validation units (so the table compares calibrated with calibrated)
@@ -154,15 +155,8 @@ class DistillModule(DistillTestMixin, StudyModule):
                                            flatten=("index", "unit"))
 
     # ------------------------------------------------------------------ stages
-    def _stage_args(self, stage: StageSpec) -> DistillStageArgs:
-        args = stage_args(stage, self.stage_defaults, OBJECTIVES)
-        if args.objective not in OBJECTIVES:
-            raise ConfigError(f"stage {stage.name!r}: objective {args.objective!r} is unknown; expected one of "
-                              f"{list(OBJECTIVES)}")
-        return args
-
     def on_stage(self, stage: StageSpec) -> None:
-        self.args = self._stage_args(stage)
+        self.args = read_stage_args(stage, self.stage_defaults, OBJECTIVES)
         if self.args.init_from and getattr(self, "_in_curriculum", False):
             self.load_student(self.args.init_from, f"stage {stage.name!r}: args.init_from")
 
@@ -356,26 +350,26 @@ class DistillModule(DistillTestMixin, StudyModule):
         student = {k: float(v) for k, v in self.test_student.compute().items()}
         raw = {k: float(v) for k, v in self.test_raw.compute().items()}
         undefined: dict[str, str] = {}
-        for name in METRICS:
-            self._log_defined(f"test/student/{name}", student[name], undefined)
+        for name in METRICS:  # one name per number: the student's as test/<metric>, the teacher's test/teacher_*
+            self._log_defined(f"test/{name}", student[name], undefined)
             self._log_defined(f"test/student_raw/{name}", raw[name], undefined)
         teacher: dict[str, float] = {}
+        rows: list[dict[str, Any]] = []
+        teacher_raw: dict[str, float] = {}
         if self.test_teacher.update_count:
             teacher = {k: float(v) for k, v in self.test_teacher.compute().items()}
-            for name, value in self.test_teacher_raw.compute().items():
+            teacher_raw = {k: float(v) for k, v in self.test_teacher_raw.compute().items()}
+            for name, value in teacher_raw.items():
                 if name in METRICS:
-                    self._log_defined(f"test/teacher_raw/{name}", float(value), undefined)
+                    self._log_defined(f"test/teacher_raw/{name}", value, undefined)
             rows = comparison_table(teacher, student, METRICS)
             for row in rows:
-                self._log_defined(f"test/teacher/{row['metric']}", float(row["teacher"]), undefined)
+                self._log_defined(f"test/teacher_{row['metric']}", float(row["teacher"]), undefined)
                 if row["ratio"] == row["ratio"]:  # NaN when the teacher's value is <= 0 (no meaningful ratio)
-                    self.log(f"test/ratio/{row['metric']}", float(row["ratio"]))
-            if self._is_rank_zero():
-                write_table(rows, self.run_dir / "distill", "teacher_vs_student")
+                    self.log(f"test/{row['metric']}_ratio", float(row["ratio"]))
         if self.probe_images > 0:
             for name, value in self.prompt_probes().items():
                 self._log_defined(name, value, undefined)
-        self._log_headline(undefined)
         self._references(student, teacher if self.test_teacher.update_count else None)
         if self._is_rank_zero():
             gallery = self.write_gallery()
@@ -384,7 +378,9 @@ class DistillModule(DistillTestMixin, StudyModule):
         if self.frozen is not None and hasattr(self.frozen, "settings"):
             self.add_results("teacher", self.frozen.settings())
         self._clip_results(undefined)
-        self._calibration_results()
+        note = self._calibration_results()
+        if rows and self._is_rank_zero():
+            self.write_teacher_vs_student(rows, comparison_table(teacher_raw, raw, METRICS), note)
         self.add_results("calibration", self.calibration.state_dict())
         if self.teacher_calibration.fitted:
             self.add_results("teacher_calibration", self.teacher_calibration.state_dict())

@@ -175,3 +175,17 @@ def test_reliability_plot_writes_one_png_for_teacher_and_student(tmp_path) -> No
     assert not math.isnan(C.ece(p * 0.4, y))
     with pytest.raises(ValueError, match="no models"):
         C.reliability_plot({}, tmp_path / "x.png")
+
+
+def test_a_calibration_that_raises_ece_says_so_on_the_plot_and_in_words(tmp_path) -> None:
+    """Issue 25: the reliability plot showed a calibrated ECE worse than the raw one without a word."""
+    from lit_experiments.studies.distill.components.calibration import ece_note, reliability_plot
+
+    note = ece_note({"student": 0.303, "student_raw": 0.253, "teacher": 0.20, "teacher_raw": 0.25})
+    assert "raised the student's ECE from 0.253 to 0.303" in note and "teacher" not in note
+    assert "fitted by NLL" in note and "scored on test" in note
+    assert ece_note({"student": 0.2, "student_raw": 0.25}) == ""
+    probs, labels = torch.linspace(0, 1, 50), (torch.arange(50) % 2).float()
+    plain = reliability_plot({"a": (probs, labels)}, tmp_path / "plain.png")
+    noted = reliability_plot({"a": (probs, labels)}, tmp_path / "noted.png", note=note)
+    assert plain.read_bytes() != noted.read_bytes()

@@ -48,16 +48,64 @@ def test_decoder_stage_fits_stores_calibration_and_tables_student_and_teacher(tm
     assert module.teacher_calibration.temperature == pytest.approx(want.temperature)
     module._run_dir = tmp_path / "run"
     res = trainer.test(module, datamodule=dm)[0]
-    for key in ("test/student/miou", "test/teacher/miou", "test/student_raw/miou",
-                "test/student/paraphrase_stability", "test/teacher/paraphrase_stability"):
+    for key in ("test/miou", "test/teacher_miou", "test/student_raw/miou",
+                "test/paraphrase_stability", "test/teacher_paraphrase_stability"):
         assert 0.0 <= res[key] <= 1.0
-    for who in ("student", "teacher"):  # F46: present minus absent prompt score, in [-1, 1]
-        assert -1.0 <= res[f"test/{who}/concept_responsiveness"] <= 1.0
+    for who in ("", "teacher_"):  # F46: present minus absent prompt score, in [-1, 1]
+        assert -1.0 <= res[f"test/{who}concept_responsiveness"] <= 1.0
     assert (tmp_path / "run" / "distill" / "reliability.png").is_file()
-    for key in ("test/student/ece", "test/student_raw/ece", "test/teacher/ece", "test/teacher_raw/ece"):
+    for key in ("test/ece", "test/student_raw/ece", "test/teacher_ece", "test/teacher_raw/ece"):
         assert 0.0 <= res[key] <= 1.0
     table = (tmp_path / "run" / "distill" / "teacher_vs_student.md").read_text()
     assert "miou" in table and "teacher" in table
+    check_table_matches_results(table, res)
+    check_one_name_per_number(res)
+
+
+def _cells(table: str) -> dict[tuple[str, str], list[str]]:
+    """``(section heading, metric) -> [teacher, student, ratio]`` of the Markdown tables."""
+    out, section = {}, ""
+    for line in table.splitlines():
+        if line.startswith("## "):
+            section = line[3:]
+        elif line.startswith("| ") and not line.startswith("| metric"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out[(section, cells[0])] = cells[1:]
+    return out
+
+
+def check_table_matches_results(table: str, res: dict) -> None:
+    """The README's teacher_vs_student.md: calibrated, raw, ECE and prompt rows, equal to the logged numbers."""
+    cells = _cells(table)
+    sections = {s for s, _ in cells}
+    want = {"at each model's validation calibration": {"miou_pos": ("test/teacher_miou_pos", "test/miou_pos")},
+            "at the uncalibrated threshold 0.5 (raw)": {"miou_pos": ("test/teacher_raw/miou_pos",
+                                                                     "test/student_raw/miou_pos")},
+            "calibration: ECE of the unit scores (lower is better)": {
+                "ece (at its calibration)": ("test/teacher_ece", "test/ece"),
+                "ece (raw, T = 1)": ("test/teacher_raw/ece", "test/student_raw/ece")},
+            "prompt (F46), each at its calibration": {
+                "concept_responsiveness": ("test/teacher_concept_responsiveness", "test/concept_responsiveness")}}
+    for section, rows in want.items():
+        assert section in sections, (section, sorted(sections))
+        for metric, (t_key, s_key) in rows.items():
+            teacher, student = cells[(section, metric)][:2]
+            assert float(teacher) == pytest.approx(res[t_key], abs=5e-5), (section, metric)
+            assert float(student) == pytest.approx(res[s_key], abs=5e-5), (section, metric)
+    raised = res["test/ece"] > res["test/student_raw/ece"] or res["test/teacher_ece"] > res["test/teacher_raw/ece"]
+    assert ("calibration raised" in table) == raised  # a worse calibrated ECE is said in words
+
+
+def check_one_name_per_number(res: dict) -> None:
+    """Each number of the test under one name: no alias of a student / teacher / ratio metric, a short table."""
+    from lit_experiments.core.results import format_metric_table
+
+    aliases = [k for k in res if k.startswith(("test/student/", "test/teacher/", "test/ratio/"))]
+    assert not aliases, aliases
+    for name in ("miou", "miou_pos", "concept_responsiveness"):
+        assert f"test/{name}" in res and f"test/teacher_{name}" in res
+    lines = format_metric_table("test metrics (distill)", res).splitlines()
+    assert len(lines) <= 50, len(lines)
 
 
 def test_unknown_objectives_and_args_are_named():
@@ -143,7 +191,8 @@ def test_test_writes_the_gallery_and_the_headline_names(tmp_path, teacher):
     html = (gallery / "index.html").read_text()
     assert all(p in html for p in dm.vocab)  # one row per vocabulary prompt
     assert module.extra_results["gallery"]["html"].endswith("index.html")
-    assert res["test/miou"] == res["test/student/miou"] and res["test/teacher_miou"] == res["test/teacher/miou"]
-    assert res["test/miou_ratio"] == pytest.approx(res["test/student/miou"] / res["test/teacher/miou"], rel=1e-5)
-    assert res["test/concept_responsiveness"] == res["test/student/concept_responsiveness"]
+    assert res["test/miou_ratio"] == pytest.approx(res["test/miou"] / res["test/teacher_miou"], rel=1e-5)
+    assert -1.0 <= res["test/concept_responsiveness"] <= 1.0 and "test/student_blind/concept_responsiveness" in res
+    check_one_name_per_number(res)
+    check_table_matches_results((tmp_path / "run" / "distill" / "teacher_vs_student.md").read_text(), res)
     assert module.extra_results["teacher"]["checkpoint"] is None  # the teacher's settings are in results.json

@@ -1,5 +1,5 @@
 """The distill test's reporting, as a mixin of :class:`~.module.DistillModule`: clip scores (F27), the F46 probes,
-the gallery, ECE and the reliability plot, and the headline names.
+the gallery, ECE and the reliability plot, and ``teacher_vs_student.{md,csv}`` (every test number of both models).
 
 Everything here reads the module's state (student, calibrations, torchmetrics states, ``trainer.datamodule``)
 and logs or writes through it; ``DistillModule.on_test_epoch_end`` calls it in order.
@@ -12,8 +12,14 @@ from typing import Any
 
 import torch
 
-from ..evaluation import concept_responsiveness, paraphrase_stability, postprocess, update_metric
-from .calibration import ece, reliability_plot, unit_scores
+from ..evaluation import (
+    concept_responsiveness,
+    paraphrase_stability,
+    postprocess,
+    update_metric,
+    write_sections,
+)
+from .calibration import ece, ece_note, reliability_plot, unit_scores
 from .clips import temporal_change
 from .gallery import visual_check
 
@@ -101,10 +107,10 @@ class DistillTestMixin:
                     return fn(imgs, [fixed] * len(prompts))
 
                 for tag, f in (("", fn), ("_blind", blind)):
-                    out[f"test/{who}{tag}/concept_responsiveness"] = concept_responsiveness(f, images, present, absent,
-                                                                                            **temps)
-                    out[f"test/{who}{tag}/paraphrase_stability"] = paraphrase_stability(f, images, groups,
-                                                                                        group_images=where, **kw)
+                    pre = f"test/{who}_blind/" if tag else ("test/" if who == "student" else "test/teacher_")
+                    out[f"{pre}concept_responsiveness"] = concept_responsiveness(f, images, present, absent, **temps)
+                    out[f"{pre}paraphrase_stability"] = paraphrase_stability(f, images, groups, group_images=where,
+                                                                             **kw)
         return out
 
     def _references(self, student: dict[str, float], teacher: dict[str, float] | None) -> None:
@@ -119,9 +125,7 @@ class DistillTestMixin:
                 "prompt_blind": "every object of the image for every prompt, score 1 (a perfect segmenter that "
                                 "ignores the text)"}
         t_pos = teacher.get("miou_pos", float("nan")) if teacher else float("nan")
-        ratio = student["miou_pos"] / t_pos if t_pos > 0 else float("nan")
-        if ratio == ratio:
-            self.log("test/miou_pos_ratio", ratio)
+        # test/miou_pos_ratio (student / teacher on positive units) is logged with the other ratios
         for name, values in floors.items():
             for metric in ("miou_pos", "miou"):
                 self.add_reference(f"test/{metric}", name, values[metric], "floor", what[name])
@@ -141,8 +145,8 @@ class DistillTestMixin:
                 if key in logged:
                     self.add_reference(f"test/{dst}{metric}", "prompt_blind", logged[key], "floor",
                                        f"the {who} with one fixed prompt for every unit (ignores the text)")
-        if teacher and "test/teacher/concept_responsiveness" in logged:
-            self.add_reference("test/concept_responsiveness", "teacher", logged["test/teacher/concept_responsiveness"],
+        if teacher and "test/teacher_concept_responsiveness" in logged:
+            self.add_reference("test/concept_responsiveness", "teacher", logged["test/teacher_concept_responsiveness"],
                                "reference", "the teacher at its validation calibration")
         rows = self.test_unit_rows.compute()
         index, unit = rows["index"], rows["unit"]
@@ -180,11 +184,13 @@ class DistillTestMixin:
                                student_kwargs=self.calibration.postprocess_kwargs())
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in res.items()}
 
-    def _calibration_results(self) -> None:
+    def _calibration_results(self) -> str:
         """ECE of the unit scores (``max_q sigmoid(logit_q / T) * sigmoid(presence / Tp)`` against "the prompt
-        has ground truth") of student and teacher, at their calibrations and at T = 1 (``*_raw``), and one
-        reliability plot of the four in ``<run_dir>/distill/reliability.png``."""
-        curves = {}
+        has ground truth") of student and teacher, at their calibrations (``test/ece``, ``test/teacher_ece``) and at
+        T = 1 (``test/<who>_raw/ece``), and one reliability plot of the four in
+        ``<run_dir>/distill/reliability.png``. Returns :func:`~.calibration.ece_note` (empty when calibration did
+        not raise an ECE), which the plot and ``teacher_vs_student.md`` print."""
+        curves, eces = {}, {}
         for who, cal in (("student", self.calibration), ("teacher", self.teacher_calibration)):
             if not self.test_rows[who].update_count:
                 continue
@@ -193,26 +199,49 @@ class DistillTestMixin:
             labels = records["presence_labels"]
             for tag, (t, tp) in (("", (cal.temperature, cal.presence_temperature)), ("_raw", (1.0, 1.0))):
                 probs = unit_scores(records, t, tp)
-                self.log(f"test/{who}{tag}/ece", ece(probs, labels))
-                curves[f"{who}{tag}"] = (probs, labels)
+                value = ece(probs, labels)
+                name = f"test/{who}_raw/ece" if tag else ("test/ece" if who == "student" else "test/teacher_ece")
+                self.log(name, value)
+                eces[f"{who}{tag}"] = float(value)
+                curves[f"{who} at T = 1 (raw)" if tag else f"{who} at its calibration"] = (probs, labels)
+        note = ece_note(eces)
         if curves and self._is_rank_zero():
             path = reliability_plot(curves, self.run_dir / "distill" / "reliability.png",
-                                    title="unit scores vs prompt has ground truth (test)")
-            self.add_results("reliability_plot", {"path": str(path)})
+                                    title="unit scores vs prompt has ground truth (test)", note=note)
+            self.add_results("reliability_plot", {"path": str(path), **({"note": note} if note else {})})
+        return note
 
-    def _log_headline(self, undefined: dict[str, str]) -> None:
-        """The demo's names: the student's numbers as ``test/<metric>``, the teacher's as ``test/teacher_<metric>``
-        and ``test/miou_ratio`` = student / teacher mIoU (all units; the headline ratio ``test/miou_pos_ratio`` is
-        taken on positive units, :meth:`_references`)."""
+    def write_teacher_vs_student(self, rows: list[dict[str, Any]], raw_rows: list[dict[str, Any]],
+                                 note: str) -> None:
+        """``<run_dir>/distill/teacher_vs_student.{md,csv}``: every test number of both models, one section each:
+        at their calibrations with ratios, at 0.5 (raw), ECE (at their calibrations and at T = 1), the prompt
+        numbers (F46) with the prompt-blind floors, and the clips (F27); ``note`` (ECE raised) under ECE."""
         logged = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
-        for name in ("miou", "miou_pos", "presence_f1", "il_mcc", "cgf1", "concept_responsiveness",
-                     "paraphrase_stability"):  # test/miou_pos_ratio: see _references
-            for src, dst in ((f"test/student/{name}", f"test/{name}"), (f"test/teacher/{name}",
-                                                                       f"test/teacher_{name}")):
-                if src in logged:
-                    self.log(dst, logged[src])
-        if "test/ratio/miou" in logged:
-            self.log("test/miou_ratio", logged["test/ratio/miou"])
+
+        def row(metric: str, s_key: str, t_key: str, ratio: bool = True) -> dict[str, Any] | None:
+            if s_key not in logged and t_key not in logged:
+                return None
+            s, t = logged.get(s_key, math.nan), logged.get(t_key, math.nan)
+            r = s / t if ratio and math.isfinite(s) and math.isfinite(t) and t > 0 else "-"
+            return {"metric": metric, "teacher": t, "student": s, "ratio": r}
+
+        prompt = [row(m, f"test/{m}", f"test/teacher_{m}") for m in ("concept_responsiveness",
+                                                                     "paraphrase_stability")]
+        prompt += [row(f"{m} (prompt-blind floor)", f"test/student_blind/{m}", f"test/teacher_blind/{m}", False)
+                   for m in ("concept_responsiveness", "paraphrase_stability")]
+        clips = [row(m, f"test/video/student/{m}", f"test/video/teacher/{m}")
+                 for m in (*METRICS, "temporal_stability")]
+        sections = [
+            ("at each model's validation calibration", rows, ""),
+            ("at the uncalibrated threshold 0.5 (raw)", raw_rows, ""),
+            ("calibration: ECE of the unit scores (lower is better)",
+             [row("ece (at its calibration)", "test/ece", "test/teacher_ece", False),
+              row("ece (raw, T = 1)", "test/student_raw/ece", "test/teacher_raw/ece", False)], note),
+            ("prompt (F46), each at its calibration", prompt, ""),
+            ("clips (F27), each frame a unit, each at its calibration", clips, ""),
+        ]
+        write_sections([(title, [r for r in rs if r], text) for title, rs, text in sections],
+                       self.run_dir / "distill", "teacher_vs_student")
 
     def _log_defined(self, name: str, value: float, undefined: dict[str, str]) -> None:
         """Log a finite metric; an undefined one (NaN: e.g. IL_MCC when no unit is predicted present, an empty
