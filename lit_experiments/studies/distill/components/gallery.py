@@ -103,17 +103,21 @@ def mask_grid(images: Tensor, masks: Tensor | Sequence[Tensor], prompts: Sequenc
     grid = make_grid(cells, nrow=n, padding=pad, pad_value=255)
     step_y, step_x = images.shape[-2] + pad, size + pad
     h, w = grid.shape[-2:]
-    fig = plt.figure(figsize=(w / 100 + 1.8, h / 100 + 0.6), dpi=100)
-    ax = fig.add_axes((1.6 / (w / 100 + 1.8), 0.1 / (h / 100 + 0.6), (w / 100) / (w / 100 + 1.8),
-                       (h / 100) / (h / 100 + 0.6)))
+    top = 0.45 if title and len(title) * 6.5 > w + 180 else 0.3  # room for a title of 1 or 2 lines
+    fig = plt.figure(figsize=(w / 100 + 1.8, h / 100 + 0.3 + top), dpi=100)
+    ax = fig.add_axes((1.6 / (w / 100 + 1.8), 0.3 / (h / 100 + 0.3 + top), (w / 100) / (w / 100 + 1.8),
+                       (h / 100) / (h / 100 + 0.3 + top)))
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_yticks([pad + step_y * r + images.shape[-2] / 2 for r in range(len(prompts))])
     ax.set_yticklabels([p.replace("$", r"\$") for p in prompts], fontsize=8)
     ax.set_xticks([pad + step_x * c + size / 2 for c in range(n)])
     ax.set_xticklabels([str(c) for c in range(n)], fontsize=6)
     ax.tick_params(length=0)
-    if title:
-        ax.set_title(title.replace("$", r"\$"), fontsize=9, color="black")
+    if title:  # centred on the figure and wrapped to its width, so a narrow grid does not cut it off
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title.replace("$", r"\$"), max(16, int((w / 100 + 1.8) * 100 / 6.5))),
+                     fontsize=8, color="black", y=0.995, va="top")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -235,7 +239,7 @@ def visual_check(teacher_fn: ScoreFn, student_fn: ScoreFn, images: Tensor, promp
     entries = [GalleryEntry(p, i, images[i], t[r, i], s[r, i], None if gt_masks is None else gt_masks[r, i])
                for r, p in enumerate(prompts) for i in range(images.shape[0])]
     paths = {f"{who}_grid": mask_grid(images, m, prompts, out_dir / f"{who}_grid.png", color,
-                                      title=f"{who}'s mask per prompt (row) and image (column): {legend(color)}")
+                                      title=f"{who} mask: {legend(color)}")
              for who, m, color in (("teacher", t, TEACHER_COLOR), ("student", s, STUDENT_COLOR))}
     paths["html"] = html_gallery(out_dir, entries)
     ious = [mask_iou(t[r, i], s[r, i]) for r in range(len(prompts)) for i in range(images.shape[0])]
