@@ -4,8 +4,9 @@ Each study's README section has a "Bring your data" subsection: the layout, the 
 lines that write a small example of it and the one command that trains the seed config on it. Here every such
 block runs through :class:`tests.test_readme_commands.Session` (the same placeholder mapping: ``MOVI_DIR`` and the
 like become temp folders; the study's tiny override composed after the README's configs), each run one step per
-stage (``--trainer.max_steps=1``). A run must end ``done`` and every stage must have trained on a non-empty
-training split (a frames folder once gave a retrieval run with no training frames).
+stage (``--trainer.max_steps=1``). A run must end ``done``, read its splits from the README's folder (results.json
+``splits``) and train every stage for its step (a frames folder once gave a retrieval run with no training
+frames: a stage of 0 steps).
 """
 from __future__ import annotations
 
@@ -76,18 +77,6 @@ def test_every_study_has_its_subsection_and_every_format_a_run():
         assert f"configs/{study}/" in run and "--data.init_args.source.init_args.root" in run, run
 
 
-def _trained_steps(run_dir: Path) -> dict[str, int]:
-    """Training rows logged per stage (``*/train/*`` columns with a value): 0 when the training split is empty."""
-    steps = {}
-    for csv in sorted(run_dir.rglob("metrics.csv")):
-        rows = csv.read_text().splitlines()
-        header = rows[0].split(",")
-        cols = [i for i, name in enumerate(header) if "train/" in name]
-        steps[str(csv.relative_to(run_dir))] = sum(
-            any(i < len(r.split(",")) and r.split(",")[i] for i in cols) for r in rows[1:])
-    return steps
-
-
 def _id(study: str, lines: list[str]) -> str:
     return f"{study}-" + FORMAT.search(lines[0]).group(1)
 
@@ -100,12 +89,14 @@ def test_bring_your_data_runs_as_written(study, lines, tmp_path):
         if args[0] in RUN_COMMANDS:
             args.append("--trainer.max_steps=1")
         out = session.execute(args)
+    root = args[args.index("--data.init_args.source.init_args.root") + 1]
     path = Path(next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("results.json: ")))
     results = json.loads(path.read_text())
     assert results["status"] == "done", f"{lines[-1]}: status {results['status']}: {results.get('error')}"
-    steps = _trained_steps(path.parent)
+    steps = {name: stage.get("steps", 0) for name, stage in results["stages"].items()}
     assert steps and all(n > 0 for n in steps.values()), f"{lines[-1]}: a stage trained on nothing: {steps}"
-
+    assert root in json.dumps(results["splits"]), f"{lines[-1]}: the splits are not read from {root}: " \
+                                                  f"{results['splits']}"
 
 def test_a_label_file_in_a_subfolder_reads_its_own_images(tmp_path):
     """`--format multilabel --out DIR/test` beside `--out DIR`: test/labels.csv names test/images/000000.png, not
