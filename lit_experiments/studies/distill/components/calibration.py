@@ -291,22 +291,21 @@ def reliability_plot(probs_by_model: Mapping[str, tuple[Any, Any]], path: str | 
         raise ValueError("reliability_plot: no models to plot")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    fig = plt.figure(figsize=(4.5, 6.2), dpi=100)
+    ax = fig.add_axes((0.14, 0.42, 0.8, 0.52))  # the legend and the note go under the axes, never over a curve
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
     for name, (probs, labels) in probs_by_model.items():
         b = reliability_bins(probs, labels, n_bins)
         keep = b["count"] > 0
         ax.plot(b["confidence"][keep].numpy(), b["frequency"][keep].numpy(), marker="o", ms=3,
                 label=f"{name} (ECE {ece(probs, labels, n_bins):.3f}, n={int(b['count'].sum())})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed frequency", title=title)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean predicted probability", ylabel="observed frequency",
+           title=title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.45, -0.13), fontsize=8, frameon=False)
     if note:
         import textwrap
 
-        fig.text(0.02, 0.01, textwrap.fill(note, 70), fontsize=7.5, color="darkred", va="bottom")
-        fig.tight_layout(rect=(0, 0.04 + 0.035 * len(textwrap.wrap(note, 70)), 1, 1))
-    else:
-        fig.tight_layout()
+        fig.text(0.03, 0.015, textwrap.fill(note, 72), fontsize=7.5, color="darkred", va="bottom")
     fig.savefig(path)
     plt.close(fig)
     return path
