@@ -171,7 +171,7 @@ def test_reliability_plot_writes_one_png_for_teacher_and_student(tmp_path) -> No
     y = (torch.rand(500, generator=gen) < p).long()
     path = C.reliability_plot({"teacher": (p, y), "student": (p * 0.4, y)}, tmp_path / "fig" / "rel.png")
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.size == (450, 450)
+        assert im.format == "PNG" and im.size == (450, 620)  # the legend and a note under the axes (issue 25)
     assert not math.isnan(C.ece(p * 0.4, y))
     with pytest.raises(ValueError, match="no models"):
         C.reliability_plot({}, tmp_path / "x.png")
