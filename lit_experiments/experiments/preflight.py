@@ -140,7 +140,7 @@ def build_run(configs: list[str], overrides: list[str], tmp: Path, device: str |
 
         # jsonargparse wraps a constructor's error in Union / Subtypes lines: the constructor's own message says it
         lines = [ln for ln in clean_parser_message(str(err)) if ln != "Errors:" and not ln.startswith(
-            ("Does not validate", "Subtypes:"))] or [f"{type(err).__name__}: {err}"]
+            ("Does not validate", "Subtypes:", "Given value:"))] or [f"{type(err).__name__}: {err}"]
         raise PreflightError("\n".join([f"{names}: building the model / datamodule failed:", *lines])) from err
     stages: list[Any] = []
     if stage_dicts:

@@ -108,6 +108,8 @@ class SiglipTowers(nn.Module):
                 self._check_model_type(checkpoint, model_cls, offline)
                 self.model = model_cls.from_pretrained(checkpoint, local_files_only=offline)
                 self.tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=offline)
+            except ConfigError:
+                raise
             except OSError as err:
                 raise ConfigError(f"{type(self).__name__}: cannot load checkpoint {checkpoint!r} as "
                                   f"{model_cls.__name__}{where}: {err}") from err
