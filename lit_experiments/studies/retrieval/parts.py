@@ -51,15 +51,42 @@ class TimmBackbone(nn.Module):
             torch.manual_seed(self.init_seed)
             self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **self.model_kwargs)
         if checkpoint:
-            path = Path(checkpoint)
-            if not path.is_file():
-                raise ConfigError(f"backbone checkpoint {str(path)!r} does not exist (expected a state dict file)")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
-            self.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+            self._load_checkpoint(Path(checkpoint))
         self.num_features = int(self.model.num_features)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Load a state dict file of this model: a run's backbone (``model.`` prefixes, a ``state_dict`` wrapper) or
+        timm's own weight file (``model.safetensors`` / ``pytorch_model.bin``; its classifier is dropped, as the
+        backbone is built without one). A missing file or another architecture is a one-block ConfigError."""
+        expected = (f"expected a state dict of timm model {self.name!r} (timm.create_model({self.name!r}).state_dict() "
+                    "saved as .safetensors / .pth / .bin)")
+        if not path.is_file():
+            raise ConfigError(f"backbone checkpoint {str(path)!r}: weight file not found; {expected}")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = state.get("state_dict", state)
+        except Exception as err:  # noqa: BLE001 - re-raised as a one-block config error
+            raise ConfigError(f"backbone checkpoint {str(path)!r} cannot be read: {type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:160] if str(err) else ''}; {expected}") from err
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+        own = self.model.state_dict()
+        classifier = (getattr(self.model, "pretrained_cfg", None) or {}).get("classifier")
+        if classifier:  # timm's weight files keep the classifier the backbone is built without (num_classes=0)
+            state = {k: v for k, v in state.items() if k in own or not k.startswith(f"{classifier}.")}
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+        if missing or unexpected or shapes:
+            raise ConfigError(f"backbone checkpoint {str(path)!r} is not this architecture: {len(missing)} keys "
+                              f"missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} "
+                              f"of another shape {shapes[:3]}; {expected}")
+        self.model.load_state_dict(state)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model((images - self.mean) / self.std)

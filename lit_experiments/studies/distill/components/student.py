@@ -51,6 +51,43 @@ def _trim_unused_blocks(model: nn.Module) -> None:
         model.blocks = model.blocks[: max(stages)]
 
 
+def _check_weight_file(name: str, path: Path) -> None:
+    """A weight file for timm model ``name`` must hold its tensors: timm loads ``features_only`` models non-strictly
+    (another architecture's file would leave the encoder at random init with a warning). The file's keys, through
+    the model's own ``checkpoint_filter_fn`` as timm applies it, must cover every tensor of the model but its
+    classifier; otherwise a one-block ConfigError naming the path and what was expected."""
+    import sys
+
+    import timm
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state.get("model", state))
+    except Exception as err:  # noqa: BLE001 - re-raised as a one-block config error
+        raise ConfigError(f"ImageEncoder: weight file {str(path)!r} cannot be read: {type(err).__name__}") from err
+    model = timm.create_model(name, pretrained=False)
+    own = model.state_dict()
+    keys = set(state)
+    if set(own) - keys:
+        convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+        if convert is not None:
+            try:
+                keys = set(convert(dict(state), model))
+            except Exception:  # noqa: BLE001 - not convertible: reported as missing keys below
+                pass
+    classifier = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head")
+    missing = sorted(k for k in set(own) - keys if not k.startswith(classifier.split(".")[0] + "."))
+    if missing:
+        raise ConfigError(f"ImageEncoder: weight file {str(path)!r} is not a state dict of timm model {name!r}: "
+                          f"{len(missing)} of its tensors missing {missing[:3]}; expected "
+                          f"timm.create_model({name!r}).state_dict() saved as .safetensors / .pth / .bin")
+
+
 class ImageEncoder(nn.Module):
     """A timm mobile encoder (``features_only``) whose chosen levels are projected to ``out_dim`` and fused.
 
@@ -84,6 +121,8 @@ class ImageEncoder(nn.Module):
         if isinstance(pretrained, str) and not Path(pretrained).expanduser().is_file():
             raise ConfigError(f"ImageEncoder: pretrained={pretrained!r}: weight file not found (pretrained must be "
                               "false, true for the local hub cache, or the path of a weight file)")
+        if isinstance(pretrained, str):  # before timm loads it (non-strictly for features_only models)
+            _check_weight_file(name, Path(pretrained).expanduser())
         try:
             self.backbone = create_timm_model(name, pretrained, features_only=True, out_indices=tuple(out_indices),
                                               **(model_kwargs or {}))

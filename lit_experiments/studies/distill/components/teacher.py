@@ -132,7 +132,7 @@ class Sam3Teacher(nn.Module):
 
     @staticmethod
     def _load(checkpoint: str) -> tuple[nn.Module, Any]:
-        from transformers import AutoTokenizer, Sam3Model, Sam3Processor
+        from transformers import AutoTokenizer, Sam3Config, Sam3Model, Sam3Processor
 
         offline = _offline()
         where = " (HF_HUB_OFFLINE=1: a local path or the hub cache only)" if offline else ""
@@ -140,11 +140,30 @@ class Sam3Teacher(nn.Module):
         if looks_local and not Path(checkpoint).expanduser().is_dir():
             raise ConfigError(f"Sam3Teacher: checkpoint {checkpoint!r} is not a directory; expected a local "
                               "transformers checkpoint folder or a hub id such as 'facebook/sam3'")
+        expected = ("expected a Sam3Model checkpoint folder (Sam3Model.save_pretrained: config.json of model_type "
+                    "'sam3', or a sam3_video one with its detector_config)")
         try:
-            model = Sam3Model.from_pretrained(checkpoint, local_files_only=offline)
+            config, _ = Sam3Config.get_config_dict(checkpoint, local_files_only=offline)
         except (OSError, ValueError) as err:
             raise ConfigError(f"Sam3Teacher: cannot load checkpoint {checkpoint!r} as Sam3Model{where}: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+        if not config:
+            raise ConfigError(f"Sam3Teacher: cannot load checkpoint {checkpoint!r} as Sam3Model{where}: no config.json; "
+                              f"{expected}")
+        detector = config.get("detector_config") or {}  # facebook/sam3's sam3_video config holds the Sam3Config
+        if config.get("model_type") != "sam3" and detector.get("model_type") != "sam3":
+            raise ConfigError(f"Sam3Teacher: checkpoint {checkpoint!r} holds a model of type "  # else: random init
+                              f"{config.get('model_type')!r}; {expected}")
+        try:
+            model, info = Sam3Model.from_pretrained(checkpoint, local_files_only=offline, output_loading_info=True)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Sam3Teacher: cannot load checkpoint {checkpoint!r} as Sam3Model{where}: "
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+        missing, mismatched = info.get("missing_keys") or [], info.get("mismatched_keys") or []
+        if missing or mismatched:  # left at random init by from_pretrained (a warning only)
+            raise ConfigError(f"Sam3Teacher: checkpoint {checkpoint!r} does not hold this Sam3Model's weights: "
+                              f"{len(missing)} missing {sorted(missing)[:3]}, {len(mismatched)} of another shape "
+                              f"{[m[0] if isinstance(m, tuple) else m for m in mismatched][:3]}; {expected}")
         try:
             tokenizer = Sam3Processor.from_pretrained(checkpoint, local_files_only=offline).tokenizer
         except (OSError, ValueError):
