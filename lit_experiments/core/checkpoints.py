@@ -67,11 +67,12 @@ def read_checkpoint(path: str | Path, weights_only: bool | None = None) -> dict[
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=weights_only is not False)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"--ckpt_path {p}: not a torch checkpoint, or it holds objects a weights-only load "
-                              f"refuses ({_first_line(err)}); if you trust the file, add --weights_only false"
-                              ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"--ckpt_path {p}: not a readable torch checkpoint ({_first_line(err)})") from err
+        raise CheckpointError(f"--ckpt_path {p}: not a readable checkpoint of this workbench: corrupt, truncated or "
+                              f"another kind of file ({type(err).__name__}); use the run's own final.ckpt / last.ckpt, "
+                              "or retrain") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"--ckpt_path {p}: not a readable torch checkpoint: corrupt or truncated "
+                              f"({_first_line(err)})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"--ckpt_path {p}: no 'state_dict' in it; expected a stage's final.ckpt or a "
                               "Lightning checkpoint (last.ckpt)")

@@ -275,3 +275,17 @@ def test_the_runs_own_config_yaml_scores_its_checkpoint(toy_run, capsys):
                           toy_run / "stages" / "01_head" / "final.ckpt"], capsys)
     assert code == 0, err
     assert eval_results(out)["test"]["test/acc"] == pytest.approx(reference, abs=1e-7)
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 16, b"\x80\x04K\x01."])
+def test_a_corrupt_checkpoint_is_named_and_never_advised_to_be_unpickled(tmp_path, content):
+    """Issue 25: for random bytes the message advised `--weights_only false`, i.e. unpickling an untrusted file."""
+    from lit_experiments.core.checkpoints import read_checkpoint
+    from lit_experiments.core.errors import CheckpointError
+
+    path = tmp_path / "final.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    text = str(err.value)
+    assert str(path) in text and "weights_only" not in text and "trust" not in text
