@@ -229,13 +229,18 @@ def siglip_checkpoint(folder: Path, naflex: bool):
     return model
 
 
+def coco_folder(tmp_path_factory, name: str, image_size: int, n_train: int, n_test: int) -> Path:
+    """COCO-format ShapesWorld in COCO 2017's folders: ``train2017`` (the pool) and ``val2017`` (held out)."""
+    root = tmp_path_factory.mktemp(name)
+    write_shapes(root / "train2017", "coco", "--n", str(n_train), "--image-size", str(image_size))
+    write_shapes(root / "val2017", "coco", "--n", str(n_test), "--seed", "1", "--image-size", str(image_size))
+    return root
+
+
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory) -> Path:
     """COCO-format ShapesWorld at 256 px (the towers resize to 224 / 256): a pool and a held-out set."""
-    root = tmp_path_factory.mktemp("coco")
-    write_shapes(root / "train2017", "coco", "--n", "12", "--image-size", "256")
-    write_shapes(root / "val2017", "coco", "--n", "4", "--seed", "1", "--image-size", "256")
-    return root
+    return coco_folder(tmp_path_factory, "coco", 256, 12, 4)
 
 
 def coco_paths(root: Path) -> list[str]:

@@ -39,6 +39,7 @@ import tests.test_real_size as real_size
 from tests.test_real_size import (
     assert_loaded_from,
     assert_one_block_error,
+    coco_folder,
     config_args,
     lit_exp,
     sha256_file,
@@ -193,10 +194,7 @@ def sam3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def coco_1008(tmp_path_factory) -> Path:
     """COCO-format ShapesWorld at the teacher's 1008 px: a training pool (4 % of it held out) and a test set."""
-    root = tmp_path_factory.mktemp("coco1008")
-    write_shapes(root / "train2017", "coco", "--n", "3", "--image-size", "1008")
-    write_shapes(root / "val2017", "coco", "--n", "1", "--seed", "1", "--image-size", "1008")
-    return root
+    return coco_folder(tmp_path_factory, "coco1008", 1008, 3, 1)
 
 
 @pytest.fixture(scope="module")
