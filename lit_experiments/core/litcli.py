@@ -97,7 +97,7 @@ def _nested_key_hint(message: str, sources: list[str]) -> str:
         if group.group(1) == "trainer":
             from .trainer import LitTrainer
 
-            accepted = _class_keys("lightning.Trainer") + _class_keys_of(LitTrainer)
+            accepted = _class_keys("lightning.Trainer") + _class_keys(f"{LitTrainer.__module__}.LitTrainer")
         else:
             accepted = []
     else:
@@ -110,10 +110,6 @@ def _nested_key_hint(message: str, sources: list[str]) -> str:
     if where:
         hint += f" (set in {', '.join(where)})"
     return hint
-
-
-def _class_keys_of(cls: type) -> list[str]:
-    return _class_keys(f"{cls.__module__}.{cls.__qualname__}")
 
 
 def explain_parse_error(message: str, argv: list[str], parsers: dict[str, Any], sources: list[str] | None = None
