@@ -10,7 +10,9 @@ no labels -> ``KFold``; all shuffled with ``--fold_seed``. ``folds.json`` holds 
 it and refuses when the data differ. Each fold run gets ``--data.init_args.fold {"file": ..., "index": k}``; the
 datamodule checks the data fingerprint, splits its pool and records ``folds`` in the run's results.json.
 The held-out test split stays outside the folds; ``--test`` scores the best fold's model (by ``--select``), every
-fold's, or none on it. ``<sweep>/cv.json`` holds mean / std (ddof=1) / n / values per variant and metric.
+fold's, or none on it; ``--select`` is checked against the validation metrics of a dry composition of the first
+run (:func:`check_select_dry`) before any fold trains, and again after the first finished run.
+``<sweep>/cv.json`` holds mean / std (ddof=1) / n / values per variant and metric.
 A requested test that fails is listed in cv.json ``failed_tests`` (and by `lit-exp report`) and the command exits
 1 (F54): a variant never drops silently out of the summary.
 """
@@ -178,6 +180,44 @@ def print_cv(summary: dict[str, Any]) -> None:
         print(f"FAILED test of {failed['run']} ({failed['variant']}, fold {failed['fold']}): {failed['error']}")
 
 
+def check_select_dry(plan: Any, out: Path, select: str, refuse: Any) -> None:
+    """``--select`` against the validation metrics the first planned run logs, found by a dry composition of that
+    run (``preflight.dry_val_metrics``: built as the curriculum builds it, one validation batch per stage, no
+    training step): a name it lacks is refused (``refuse(source, logged, tail)`` writes cv.json and raises) before
+    any fold trains. A run that cannot be composed dry, or that logs no validation metric from one batch, is left
+    to the check after the first finished run (its own error is recorded there as a failed run)."""
+    from .preflight import dry_val_metrics
+    from .sweep import first_line, read_results
+
+    for done in plan.runs:  # a run finished by an earlier call over this folder says it without a dry run
+        data, _ = read_results(out / done.name / "results.json")
+        if data is not None and data.get("status") == "done":
+            if metric_value(data.get("final") or {}, select) is None:
+                refuse(f"the finished run {done.name}", data.get("final") or {}, "No fold was trained")
+            return
+    run = plan.runs[0]
+    configs, rest, i = list(plan.configs), [], 0
+    while i < len(run.args):  # a --list variant's "-c FILE" is composed like the base files
+        if run.args[i] in ("-c", "--config") and i + 1 < len(run.args):
+            configs.append(run.args[i + 1])
+            i += 2
+        else:
+            rest.append(run.args[i])
+            i += 1
+    try:
+        logged = dry_val_metrics(configs, [*plan.overrides, *rest])
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the first run reports its own error; --select is
+        # checked after it
+        print(f"cv: --select {select} is checked after the first run (the run could not be composed dry: "
+              f"{first_line(exc)})", flush=True)
+        return
+    if any("val/" in k for k in logged) and metric_value(dict.fromkeys(logged, 0.0), select) is None:
+        refuse(f"a dry composition of {run.name} (one validation batch, no training)", logged,
+               "No fold was trained")
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import sweep
 
@@ -205,18 +245,26 @@ def main(argv: list[str] | None = None) -> int:
         sweep.record_plan(plan, out, "cv")
         sweep.print_commands(plan, out)
         return 0
+
+    def refuse(source: str, logged: Any, tail: str) -> None:
+        have = sorted({k for k in logged if "val/" in k})
+        short = {k[k.rfind("val/"):] for k in have}  # a curriculum's <stage>/val/acc is also val/acc
+        close = difflib.get_close_matches(args.select, sorted(short | set(have)), n=2, cutoff=0.5)
+        message = (f"--select {args.select}: {source} logged no such validation metric"
+                   + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                   + f"; it logged {', '.join(have) or 'none'}. {tail}")
+        write_json(out / CV_FILE, {"error": message, "select": args.select, "metrics_found": have})
+        raise ConfigError(message)
+
+    with sweep.lock_folder(out):  # a cv writing this folder now is named before anything is composed
+        check_select_dry(plan, out, args.select, refuse)
+
     def check_select(results: dict[str, Any]) -> None:
-        """The first finished fold run shows what every run logs: a --select it lacks stops the cv now (it was
-        found only after every fold of every variant had trained), with cv.json saying why."""
+        """Second line of defence: the first finished fold run shows what every run logs; a --select it lacks
+        stops the cv before anything else trains, with cv.json saying why."""
         final = results.get("final") or {}
         if metric_value(final, args.select) is None:
-            have = sorted(k for k in final if "val/" in k)
-            close = difflib.get_close_matches(args.select, have, n=2, cutoff=0.5)
-            message = (f"--select {args.select}: the first finished run logged no such validation metric"
-                       + (f" (did you mean {' or '.join(close)}?)" if close else "")
-                       + f"; it logged {', '.join(have) or 'none'}. Nothing else was trained")
-            write_json(out / CV_FILE, {"error": message, "select": args.select, "metrics_found": have})
-            raise ConfigError(message)
+            refuse("the first finished run", final, "Nothing else was trained")
 
     index = sweep.run_plan(plan, out, kind="cv", check=check_select)
     done = [r for r in index["runs"] if r["status"] == "done"]

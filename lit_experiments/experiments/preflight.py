@@ -98,8 +98,9 @@ class Built:
 
 
 def build_run(configs: list[str], overrides: list[str], tmp: Path, device: str | None,
-              precision: str | None) -> Built:
-    """Compose ``configs``, check the weights they name, and build model, datamodule and Trainer (``run=False``)."""
+              precision: str | None, weights: bool = True) -> Built:
+    """Compose ``configs``, check the weights they name (``weights``: hash them), and build model, datamodule and
+    Trainer (``run=False``)."""
     import yaml
 
     from ..core.configs import composition_of, load_composed
@@ -115,7 +116,7 @@ def build_run(configs: list[str], overrides: list[str], tmp: Path, device: str |
     if "model" not in raw:
         raise ConfigError(f"{' + '.join(map(str, files))}: no `model:` in the composed config (a fragment such as "
                           "configs/trainer/gpu.yaml is given after a study config: -c STUDY.yaml -c FRAGMENT.yaml)")
-    weights = config_weights(raw, files, overrides)
+    found = config_weights(raw, files, overrides) if weights else []
     stage_dicts = raw.get("stages")
     rest = {k: v for k, v in raw.items() if k not in CURRICULUM_KEYS}
     trainer = dict(rest.get("trainer") or {})
@@ -150,7 +151,7 @@ def build_run(configs: list[str], overrides: list[str], tmp: Path, device: str |
             except (TypeError, ValueError) as err:
                 name = item.get("name", i) if isinstance(item, dict) else i
                 raise ConfigError(f"{names}: stages[{i}] ({name}): {err}") from err
-    return Built(cli, cli.model, cli.datamodule, cli.trainer, stages, bool(stage_dicts), files, raw, weights)
+    return Built(cli, cli.model, cli.datamodule, cli.trainer, stages, bool(stage_dicts), files, raw, found)
 
 
 def datamodule_modules(datamodule: Any) -> list[Any]:
@@ -404,6 +405,85 @@ def run_preflight(configs: list[str], overrides: list[str] | None = None, steps:
     (out_dir / "preflight.json").write_text(json.dumps(report, indent=2, default=str))
     report["json"] = str(out_dir / "preflight.json")
     return report
+
+
+# ------------------------------------------------------------------------------- dry composition (cv --select)
+def dry_val_metrics(configs: list[str], overrides: list[str] | None = None) -> list[str]:
+    """The metric names a run of ``configs`` (+ ``overrides``) logs when it validates, found without training it:
+    ``lit-exp cv`` checks ``--select`` against them before any fold trains.
+
+    The run is built as ``curriculum`` builds it (``build_run``, no weight hashing), each stage is entered as the
+    curriculum enters it (``set_stage``, its ``data:`` overrides) and validates one batch with a stage Trainer
+    (no training step, no optimizer, no checkpoint; the Trainer's folder is a temporary one, removed). Caches are
+    used where the run will use them (one not on disk yet is built there, as the first run would build it). The
+    process's seeds and RNG states are restored afterwards. Returns the ``callback_metrics`` names of every stage
+    in order (a curriculum's ``<stage>/val/...``); curriculum-only keys among ``overrides`` (``--test_after``) are
+    left out."""
+    import os
+    import random
+
+    import lightning as L
+    import numpy as np
+    import torch
+
+    from ..core.curriculum import data_defaults, validate_plan
+    from ..core.lazy import lazy_build
+    from ..core.seeding import RUN_SEED_ENV, mark_run_seed
+
+    rest, items, i = [], list(overrides or []), 0
+    while i < len(items):  # ``--key value`` / ``--key=value`` pairs; a curriculum key is not the parser's
+        key, pair = items[i][2:].partition("=")[0], (items[i:i + 1] if "=" in items[i] else items[i:i + 2])
+        if key.split(".")[0] not in CURRICULUM_KEYS:
+            rest += pair
+        i += len(pair)
+    from ..core.configs import load_composed
+
+    accelerator = str(((load_composed(*configs).get("trainer") or {}).get("accelerator")) or "auto")
+    device = "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", RUN_SEED_ENV)}
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    tmp = Path(tempfile.mkdtemp(prefix="lit-exp-dry-"))
+    names: list[str] = []
+    try:
+        with quiet():
+            built = build_run(list(configs), rest, tmp, device, None, weights=False)
+            model, dm = built.model, built.datamodule
+            defaults: dict[str, Any] = {}
+            if built.curriculum:
+                try:
+                    validate_plan(model, built.stages, None)
+                    defaults = data_defaults(dm, built.stages)
+                except (ValueError, TypeError) as err:
+                    raise ConfigError(f"{' + '.join(map(str, built.files))}: {err}") from err
+            else:
+                built.stages = [model.stage]
+            if dm is not None and hasattr(dm, "example_batch"):
+                lazy_build(model, dm.example_batch())
+            seed = built.base.seed
+            for index, stage in enumerate(built.stages):
+                L.seed_everything(seed + index, workers=True, verbose=False)
+                mark_run_seed(seed, seed + index)
+                if built.curriculum:
+                    model.set_stage(stage, in_curriculum=True)
+                    for key, value in {**defaults, **stage.data}.items():
+                        setattr(dm, key, value)
+                trainer = _stage_trainer(built.base, L.Callback(), tmp / "stages" / f"{index:02d}_{stage.name}", 1)
+                trainer.validate(model, datamodule=dm, verbose=False)
+                names += [str(k) for k in trainer.callback_metrics if str(k) not in names]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return names
 
 
 def _cpu_name() -> str:

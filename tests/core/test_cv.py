@@ -199,9 +199,9 @@ def test_f54_cv_failed_test_exits_nonzero(tmp_path, monkeypatch, capsys):
     assert len(listed) == 2 and all("scoring on the test split broke" in line for line in listed)
 
 
-def test_a_misspelt_select_stops_the_cv_after_its_first_run_and_says_why(tmp_path, monkeypatch, capsys):
+def test_a_misspelt_select_stops_the_cv_before_any_fold_trains_and_says_why(tmp_path, monkeypatch, capsys):
     """Issue 25: `--select` with a typo was found only after every fold of every variant had trained, and no
-    cv.json was written."""
+    cv.json was written. A dry composition of the first run (one validation batch, no step) names the metrics."""
     from lit_experiments.experiments import sweep as sweep_mod
 
     calls = []
@@ -211,15 +211,60 @@ def test_a_misspelt_select_stops_the_cv_after_its_first_run_and_says_why(tmp_pat
     out = tmp_path / "cv"
     with pytest.raises(SystemExit) as exc:
         main(["cv", "-c", config, "--trainer.max_epochs", "1", "--folds", "3", "--grid",
-                  "data.init_args.batch_size=16,32", "--select", "val/acuracy", "--out", str(out)])
+              "data.init_args.batch_size=16,32", "--select", "val/acuracy", "--out", str(out)])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and len(calls) == 1  # one of six fold runs trained
+    assert exc.value.code == 2 and calls == []  # none of the six fold runs trained
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["cv.json", "folds.json"]
+    assert not [p for p in out.iterdir() if p.is_dir()]  # no run folder
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("results.json"))
     assert "val/acuracy" in err and "did you mean val/acc" in err and "Traceback" not in err
+    assert "it logged val/acc, val/loss" in err and "No fold was trained" in err
     saved = json.loads((out / "cv.json").read_text())
-    assert saved["select"] == "val/acuracy" and "val/acc" in saved["metrics_found"]
+    assert saved["select"] == "val/acuracy" and saved["metrics_found"] == ["val/acc", "val/loss"]
+    assert saved["error"].startswith("--select val/acuracy: a dry composition of")
     with pytest.raises(SystemExit):  # a test metric never picks a model
         main(["cv", "-c", config, "--folds", "3", "--select", "test/acc", "--out", str(tmp_path / "cv2")])
-    assert len(calls) == 1
+    assert calls == []
+
+
+def test_a_curriculum_select_is_checked_dry_against_every_stage(tmp_path, monkeypatch, capsys):
+    """A curriculum logs <stage>/val/NAME: val/acc and head/val/acc pass the dry check, head/val/accuracy does
+    not (did you mean head/val/acc), and the dry run leaves no run folder behind."""
+    from lit_experiments.experiments import sweep as sweep_mod
+    from lit_experiments.experiments.preflight import dry_val_metrics
+
+    logged = dry_val_metrics([CURRICULUM, tiny(tmp_path)], ["--test_after", "false"])
+    assert sorted(k for k in logged if "val/" in k) == ["encoder/val/acc", "encoder/val/loss", "head/val/acc",
+                                                       "head/val/loss"]
+    out = tmp_path / "cv"
+    monkeypatch.setattr(sweep_mod, "execute", lambda args: pytest.fail("a fold trained"))
+    with pytest.raises(SystemExit):
+        cv(tmp_path, out, "--folds", "2", "--select", "head/val/accuracy")
+    err = capsys.readouterr().err
+    assert "did you mean head/val/acc" in err and "encoder/val/loss" in err
+    assert not [p for p in out.iterdir() if p.is_dir()] and (out / "cv.json").is_file()
+
+
+def test_the_first_finished_run_still_checks_select_when_the_dry_run_misses_it(tmp_path, monkeypatch, capsys):
+    """Second line of defence: a metric the dry composition saw but the trained run did not log stops the cv after
+    its first run, with cv.json saying why."""
+    from lit_experiments.experiments import preflight
+    from lit_experiments.experiments import sweep as sweep_mod
+
+    calls = []
+    real = sweep_mod.execute
+    monkeypatch.setattr(sweep_mod, "execute", lambda args: (calls.append(args), real(args)))
+    monkeypatch.setattr(preflight, "dry_val_metrics", lambda *a, **k: ["val/acuracy", "val/loss"])
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "toy" / "fit.yaml")
+    out = tmp_path / "cv"
+    with pytest.raises(SystemExit) as exc:
+        main(["cv", "-c", config, "--trainer.max_epochs", "1", "--folds", "3", "--select", "val/acuracy",
+              "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(calls) == 1  # one of three fold runs trained
+    assert "the first finished run logged no such validation metric (did you mean val/acc" in err
+    saved = json.loads((out / "cv.json").read_text())
+    assert saved["select"] == "val/acuracy" and "val/acc" in saved["metrics_found"]
 
 
 def test_a_metric_undefined_in_a_run_is_null_and_listed_not_dropped(tmp_path, capsys):
