@@ -100,20 +100,59 @@ def skipped_samples(datamodule: Any, depth: int = 5) -> dict[str, Any] | None:
     return {"skipped_samples": len(unique), "skipped_files": unique[:20]}
 
 
-def format_test_table(data: dict[str, Any]) -> str:
-    """A short aligned table of a run's test metrics (empty string when it has none)."""
-    return format_metric_table(f"test metrics ({data.get('run_name', 'run')})", data.get("test") or {})
+#: a console metric table of more metrics than this is cut to the headline block and the first others
+TABLE_LINES = 15
+#: the other metrics a cut table still shows however long its headline block is
+TABLE_MIN_OTHERS = 5
 
 
-def format_metric_table(title: str, metrics: dict[str, Any]) -> str:
-    """``title:`` then one aligned ``name  value`` line per metric (empty string when there is none)."""
+def format_test_table(data: dict[str, Any], path: str | Path | None = None) -> str:
+    """A short aligned table of a run's test metrics (empty string when it has none): the headline metrics with
+    their floors / references first, then the others up to :data:`TABLE_LINES` lines; the rest are counted in
+    one last line naming ``path`` (the run's results.json, which keeps every metric)."""
+    run = data.get("run_name", "run")
+    where = str(path) if path is not None else f"{run}/results.json"
+    return format_metric_table(f"test metrics ({run})", data.get("test") or {}, headline=list(data.get("headline")
+                               or {}), references=data.get(REFERENCES) or {}, more_in=where)
+
+
+def _shown(value: Any) -> str:
+    return "nan/inf (null)" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_metric_table(title: str, metrics: dict[str, Any], headline: list[str] | tuple[str, ...] = (),
+                        references: dict[str, list[dict[str, Any]]] | None = None,
+                        more_in: str = "results.json", limit: int = TABLE_LINES) -> str:
+    """``title:`` then one aligned ``name  value`` line per metric (empty string when there is none).
+
+    The ``headline`` metrics come first, each followed by its floor / reference rows (``references``, as in
+    results.json); they are always shown. A table of at most ``limit`` metrics shows them all; a longer one shows
+    the other metrics until ``limit`` lines are filled (at least :data:`TABLE_MIN_OTHERS`; top-level names such as
+    ``test/miou`` before nested ones such as ``test/video/teacher/miou``) and ends with ``… and N more in
+    <more_in>``: nothing is lost, results.json keeps every metric."""
     if not metrics:
         return ""
-    width = max(len(k) for k in metrics)
+    heads = [k for k in dict.fromkeys(headline) if k in metrics]
+    rows: list[tuple[str, str, str]] = []  # (label, value, note)
+    for key in heads:
+        rows.append((key, _shown(metrics[key]), "headline"))
+        for ref in (references or {}).get(key) or []:
+            rows.append((f"  {ref.get('kind', 'floor')} {ref.get('name', '?')}", _shown(ref.get("value")), ""))
+    others = [k for k in metrics if k not in heads]
+    hidden: list[str] = []
+    if len(metrics) > limit:
+        room = max(limit - len(rows), TABLE_MIN_OTHERS)
+        ranked = sorted(range(len(others)), key=lambda i: (others[i].count("/"), i))[:room]
+        if len(others) - len(ranked) > 1:  # never a "1 more" line in place of the one metric it hides
+            keep = set(ranked)
+            hidden = [k for i, k in enumerate(others) if i not in keep]
+            others = [k for i, k in enumerate(others) if i in keep]
+    rows += [(k, _shown(metrics[k]), "") for k in others]
+    width = max(len(label) for label, _, _ in rows)
     lines = [f"{title}:"]
-    for key, value in metrics.items():
-        shown = "nan/inf (null)" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-        lines.append(f"  {key:<{width}}  {shown}")
+    lines += [f"  {label:<{width}}  {value}" + (f"  {note}" if note else "") for label, value, note in rows]
+    if hidden:
+        lines.append(f"  … and {len(hidden)} more in {more_in}")
     return "\n".join(lines)
 
 
