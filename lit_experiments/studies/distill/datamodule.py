@@ -183,6 +183,14 @@ class DistillDataModule(StudyDataModule):
             self._caches[key] = vision_cache(self, split, int(self.feature_level))
         return self._caches[key]
 
+    def build_caches(self, split: str, features: bool = True) -> None:
+        """Fill ``split``'s teacher caches here, in the process that holds the teacher on its device, before a
+        DataLoader forks workers: built lazily on a worker's first item, each of ``num_workers`` workers would run
+        the whole teacher over the split on the CPU at once (a copy of the teacher per worker)."""
+        self.teacher_cache(split)
+        if features:
+            self.teacher_features(split)
+
     def split(self, name: str) -> UnitSplit:
         self.prepare()
         if name not in self._splits:
@@ -202,6 +210,7 @@ class DistillDataModule(StudyDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.clip_split("train") if self.video else self.split("train")
+        self.build_caches("train", features=not self.video)  # a clip item reads no vision features
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = self.sampler.sampler(len(ds), rank, world, int(self.prompts.per_image))
@@ -209,11 +218,15 @@ class DistillDataModule(StudyDataModule):
                           collate_fn=collate_units, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.split("val"), collate_fn=collate_units)
+        ds = self.split("val")
+        self.build_caches("val")
+        return self.eval_loader(ds, collate_fn=collate_units)
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         """The test images; with ``clips``, also the test clips as a second loader (scored apart, F27)."""
-        images = self.eval_loader(self.split("test"), collate_fn=collate_units)
+        split = self.split("test")
+        self.build_caches("test")
+        images = self.eval_loader(split, collate_fn=collate_units)
         if self.clips is None:
             return images
         return [images, self.eval_loader(self.clip_split("test"), collate_fn=collate_clips,
