@@ -16,6 +16,10 @@ Stages (``stage.args.objective``; default: the stage name):
   true}``), plus ``temporal_weight`` x :func:`~.clips.temporal_change` of the student's presence and query
   scores between consecutive frames.
 
+The teacher's outputs (and vision features) are the targets of these losses: each step of the guard's window declares
+them with the frozen teacher as their source (``track(targets=...)``), so a teacher output that requires grad or a
+teacher with a trainable parameter stops the stage (F01).
+
 ``stage.args.init_from``: a checkpoint of this study (a stage's ``final.ckpt`` or a Lightning ``.ckpt``) whose
 student weights the stage starts from (the seed continued from existing checkpoints); a checkpoint of another
 study, or one without a student, is an error naming it.
@@ -251,6 +255,7 @@ class DistillModule(DistillTestMixin, StudyModule):
             raise ConfigError("the decoder objective distils the teacher's outputs: give data.init_args.teacher")
         out = self(batch)
         terms = self.distill_loss(out, batch["teacher"])
+        self.track(targets=self.teacher_targets(batch["teacher"], "teacher"))
         total = terms["loss"]
         if self.args.gt_weight > 0:
             gt = self.set_loss(out, batch["targets"])
@@ -268,6 +273,14 @@ class DistillModule(DistillTestMixin, StudyModule):
                 self.log(f"train/{name}", float(terms[name].detach()), batch_size=b, on_step=False, on_epoch=True)
         return total
 
+    def teacher_targets(self, outputs: dict[str, Any], prefix: str) -> dict[str, Any]:
+        """The teacher's outputs (cached or computed) as the targets of the loss, each with the frozen teacher
+        (``self.frozen``) as its source, for ``track(targets=...)``: a teacher output that requires grad, or a
+        teacher with a trainable parameter, stops the run (F01)."""
+        source = self.frozen
+        return {f"{prefix}/{k}": (v if source is None else (v, source)) for k, v in outputs.items()
+                if isinstance(v, torch.Tensor)}
+
     def _encoder_step(self, batch: dict) -> torch.Tensor:
         if self.feature_proj is None:
             raise ConfigError("the encoder objective needs model.init_args.teacher_feature_dim (the channels of the "
@@ -276,6 +289,7 @@ class DistillModule(DistillTestMixin, StudyModule):
             raise ConfigError("the encoder objective needs the teacher's vision features: set the stage's "
                               "data: {feature_level: -1} (an FPN level of the teacher's neck)")
         teacher = batch["teacher_features"]
+        self.track(targets=self.teacher_targets({"features": teacher}, "teacher"))
         student = self.feature_proj(self.student.encode_image(batch["image"]))
         if student.shape[-2:] != teacher.shape[-2:]:
             student = torch.nn.functional.interpolate(student, size=teacher.shape[-2:], mode="bilinear",

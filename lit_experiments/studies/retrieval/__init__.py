@@ -5,7 +5,7 @@ A ``RetrievalModule`` receives its parts by constructor (``class_path`` in the Y
 * backbone      ``parts.TimmBackbone`` (any timm model; ``resnet18`` by default, a narrow one in the CPU demo)
 * projector     ``parts.Projector`` (3 layers, last BN without affine; input width = the backbone's)
 * predictor     ``parts.Predictor`` (bottleneck)
-* simsiam_loss  ``losses.SimSiamLoss`` (the stop-gradient lives in ``losses.negative_cosine``)
+* simsiam_loss  ``losses.SimSiamLoss`` (the stop-gradient lives in ``losses.stop_gradient``)
 * fastap_loss   ``losses.FastAPLoss`` (``bins``; kernel width = bin spacing by default, other widths normalised)
 
 ``datamodule.RetrievalDataModule`` takes its parts by constructor too: a ``source`` (``sources.ShapesClipFrames``:

@@ -1,7 +1,9 @@
 """Losses of the retrieval study: SimSiam (self-supervised pre-training) and FastAP (He et al., CVPR 2018).
 
-* :class:`SimSiamLoss`: ``-cos(p1, sg(z2))/2 - cos(p2, sg(z1))/2``, floor -1. The stop-gradient lives in
-  one place, :func:`negative_cosine`; without it the two branches collapse to a constant (F19).
+* :class:`SimSiamLoss`: ``-cos(p1, sg(z2))/2 - cos(p2, sg(z1))/2``, floor -1. The stop-gradient ``sg`` lives in
+  one place, :func:`stop_gradient`; without it the two branches collapse to a constant (F19).
+  :meth:`SimSiamLoss.with_targets` also returns the two targets ``sg(z)``, which the module declares to the
+  TrainingHealth guard (``track(targets=...)``): a target that carries a gradient stops the run at its first step.
 * :class:`FastAPLoss`: ``1 - mean FastAP`` over the queries of a batch that have a positive. The soft
   distance histogram is built with a scatter (each pair touches only the few bins its kernel reaches),
   not with a dense ``(bins + 1, B, B)`` kernel tensor. Every pair adds total weight 1 to its query's
@@ -38,13 +40,20 @@ class FastAPNoPositiveError(FastAPError):
 
 
 # ----------------------------------------------------------------------------------------------- SimSiam
-def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
-    """Mean over the batch of ``-cos(p, stopgrad(z))``; the only stop-gradient of SimSiam (F19)."""
-    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
+def stop_gradient(z: Tensor) -> Tensor:
+    """SimSiam's stop-gradient: the projector output ``z`` as a constant target (F19). The only place it happens;
+    its output is the target the module declares to the TrainingHealth guard."""
+    return z.detach()
+
+
+def negative_cosine(p: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of ``-cos(p, target)``; ``target`` is :func:`stop_gradient` of a projector output."""
+    return -F.cosine_similarity(p, target, dim=-1).mean()
 
 
 class SimSiamLoss(nn.Module):
-    """Symmetric SimSiam loss ``0.5 * D(p1, z2) + 0.5 * D(p2, z1)`` with ``D = negative_cosine``.
+    """Symmetric SimSiam loss ``0.5 * D(p1, sg(z2)) + 0.5 * D(p2, sg(z1))`` with ``D = negative_cosine`` and
+    ``sg = stop_gradient``.
 
     ``p*`` are predictor outputs, ``z*`` projector outputs of the two views; ``z`` gets no gradient.
     The floor is -1 (``p`` parallel to ``z`` for every sample); a loss at the floor with a small spread of
@@ -54,8 +63,16 @@ class SimSiamLoss(nn.Module):
     floor: ClassVar[float] = -1.0
 
     def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+        return self.with_targets(p1, p2, z1, z2)[0]
+
+    def with_targets(self, p1: Tensor, p2: Tensor, z1: Tensor,
+                     z2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss and its targets ``{"stop_gradient(z1)": sg(z1), "stop_gradient(z2)": sg(z2)}``, the tensors the
+        loss regresses to (for ``StudyModule.track(targets=...)``: one that requires grad is an error, F01/F19)."""
         # looked up in the module namespace at call time, so tests can mutate the product's stop-gradient
-        return 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
+        t1, t2 = stop_gradient(z1), stop_gradient(z2)
+        loss = 0.5 * negative_cosine(p1, t2) + 0.5 * negative_cosine(p2, t1)
+        return loss, {"stop_gradient(z1)": t1, "stop_gradient(z2)": t2}
 
 
 # ------------------------------------------------------------------------------------------------ FastAP

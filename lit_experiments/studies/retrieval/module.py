@@ -3,8 +3,9 @@
 Stages (``stage.args.objective``, default: the stage name):
 
 * ``simsiam``: two views (``view1`` / ``view2`` from the datamodule) through backbone, projector and predictor;
-  symmetric negative cosine with stop-gradient. Logged every step: the std of the L2-normalised ``z``, its
-  ratio to the healthy ``1/sqrt(d)`` and the batch's effective rank; either below its floor for
+  symmetric negative cosine with stop-gradient (the stop-gradient branches are declared to the TrainingHealth guard
+  as the loss's targets: one that carries a gradient stops the run, F19). Logged every step: the std of the
+  L2-normalised ``z``, its ratio to the healthy ``1/sqrt(d)`` and the batch's effective rank; either below its floor for
   ``collapse_patience`` steps in a row is a :class:`HealthError` naming the collapse (F19). Every validation: weighted kNN accuracy of the backbone's
   features (bank = training frames, queries = validation frames), ``z`` std and effective rank.
 * ``fastap``: the frozen backbone's features (served by the feature cache, ``data: {features: true}``) through
@@ -240,8 +241,10 @@ class RetrievalModule(StudyModule):
                               "for this stage (cached features are for the FastAP stage)")
         z1, z2 = self.projector(self.backbone(batch["view1"])), self.projector(self.backbone(batch["view2"]))
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        loss = self.simsiam_loss(p1, p2, z1, z2)
-        self.track(representations={"z": z1}, losses={"loss": loss, "simsiam": loss})  # one term: total = term
+        loss, targets = self.simsiam_loss.with_targets(p1, p2, z1, z2)
+        # the stop-gradient branch is the loss's target: one that carries a gradient stops the run (F19)
+        self.track(targets=targets, representations={"z": z1},
+                   losses={"loss": loss, "simsiam": loss})  # one term: total = term
         zn = F.normalize(z1.detach().float(), dim=1)
         z_std = zn.std(dim=0).mean()
         ratio = z_std * math.sqrt(z1.shape[1])

@@ -194,11 +194,17 @@ def test_simsiam_value_stop_gradient_and_floor(monkeypatch: pytest.MonkeyPatch) 
     assert p1.grad.abs().sum() > 0 and p2.grad.abs().sum() > 0
     z = torch.randn(10, 32, generator=g)
     assert SimSiamLoss()(z * 3, z, z, z / 2).item() == pytest.approx(SimSiamLoss.floor, abs=1e-6) == -1.0
+    # the targets it declares to the guard are the stop-gradient outputs the loss uses
+    value, targets = SimSiamLoss().with_targets(p1, p2, z1, z2)
+    assert value.item() == pytest.approx(loss.item()) and set(targets) == {"stop_gradient(z1)", "stop_gradient(z2)"}
+    assert all(not t.requires_grad for t in targets.values())
+    assert torch.equal(targets["stop_gradient(z1)"], z1.detach())
     # SimSiamLoss reaches the stop-gradient through the module name: a mutated product is seen
-    monkeypatch.setattr(losses, "negative_cosine", lambda p, z: -F.cosine_similarity(p, z, dim=-1).mean())
+    monkeypatch.setattr(losses, "stop_gradient", lambda z: z)
     z1.grad = None
-    SimSiamLoss()(p1, p2, z1, z2).backward()
-    assert z1.grad is not None
+    value, targets = SimSiamLoss().with_targets(p1, p2, z1, z2)
+    value.backward()
+    assert z1.grad is not None and targets["stop_gradient(z1)"].requires_grad
 
 
 def test_fastap_under_autocast_keeps_float32_distances() -> None:

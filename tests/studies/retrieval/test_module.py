@@ -1,4 +1,4 @@
-"""Retrieval study end to end through the product's CLI: the collapse guard (F19), scores of any sign (F21),
+"""Retrieval study end to end through the product's CLI: the stop-gradient target and collapse guards (F19), scores of any sign (F21),
 and ``lit-exp retrieval-report`` comparing two checkpoints of one run against CSVs and sklearn."""
 from __future__ import annotations
 
@@ -60,13 +60,29 @@ def run_split(tmp: Path, overlay: dict, capsys: pytest.CaptureFixture) -> tuple[
     return int(code or 0), captured.out + captured.err
 
 
-def no_stop_gradient(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    return -F.cosine_similarity(p, z, dim=-1).mean()  # the bug: z keeps its gradient
+def no_stop_gradient(z: torch.Tensor) -> torch.Tensor:
+    return z  # the bug put into the product's stop_gradient: the target branch keeps its gradient
+
+
+def test_f19_a_simsiam_target_that_keeps_its_gradient_is_caught_by_the_health_guard(tmp_path, monkeypatch, capsys):
+    """The stop-gradient branch is the SimSiam loss's declared target: without the stop-gradient it carries a
+    gradient and the TrainingHealth guard stops the stage at its first step, naming the target."""
+    monkeypatch.setattr(losses, "stop_gradient", no_stop_gradient)
+    code, text = run_split(tmp_path / "bug", simsiam_only(tmp_path / "bug", 2), capsys)
+    assert code != 0, text[-2000:]
+    assert "TrainingHealth:target_grad" in text and "target 'stop_gradient(z1)' requires grad" in text, text[-2000:]
+    monkeypatch.undo()
+    run_dir = run_curriculum(tmp_path / "ok", simsiam_only(tmp_path / "ok", 2))
+    assert results(run_dir)["stages"]["simsiam"]["status"] == "done"
 
 
 def test_f19_without_stop_gradient_simsiam_collapses_and_the_guard_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(losses, "negative_cosine", no_stop_gradient)
-    code, text = run_split(tmp_path / "bug", simsiam_only(tmp_path / "bug", 30), capsys)
+    """With the target guard off (``trainer.health: {target_grad: off}``), the run without the stop-gradient
+    collapses within 30 steps and the module's collapse guard names it; with it, the rank stays above the floor."""
+    monkeypatch.setattr(losses, "stop_gradient", no_stop_gradient)
+    bug = simsiam_only(tmp_path / "bug", 30)
+    bug["trainer"]["health"] = {"target_grad": "off"}
+    code, text = run_split(tmp_path / "bug", bug, capsys)
     assert code != 0, text[-2000:]
     assert "representation collapse" in text and "(F19)" in text and "collapse_rank 6.5" in text, text[-2000:]
     monkeypatch.undo()
