@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo demo-seeds test test-full lint bench bench-gpu clean
+.PHONY: venv demo demo-seeds test test-full lint bench bench-gpu faults clean
 
 # (re)install when the dependency file changed; otherwise a no-op
 $(STAMP): pyproject.toml
@@ -37,12 +37,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check lit_experiments tests bench
 
 bench: $(STAMP)
-	@for script in $(filter-out bench/gpu.py,$(wildcard bench/*.py)); do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in $(filter-out bench/gpu.py bench/faults.py,$(wildcard bench/*.py)); do echo "== $$script"; $(PY) $$script || exit 1; done
 
 # the GPU check (docs/gpu.md): every seed config preflighted on this machine's GPU -> bench/out/gpu.md. make cannot
 # take --device: on a CPU, make bench-gpu ARGS="--device cpu --quick" (the demo configs, a few minutes)
 bench-gpu: $(STAMP)
 	WANDB_MODE=disabled $(PY) bench/gpu.py $(ARGS)
+
+# issue 25's fault cases through lit-exp, before / after -> bench/out/faults.md (about 8 min; ARGS="--only sweep")
+faults: $(STAMP)
+	$(PY) bench/faults.py $(ARGS)
 
 clean:
 	rm -rf runs lightning_logs wandb .feature_cache bench/out

@@ -361,6 +361,11 @@ class LitCLI(LightningCLI):
             print(table, flush=True)
 
     def after_fit(self) -> None:
+        trainer = self.trainer
+        if trainer.global_step == 0 and not trainer.interrupted:  # issue 25: a fit that trains nothing never ends done
+            raise LitExpError(f"fit ran 0 optimizer steps (max_steps={trainer.max_steps}, max_epochs="
+                              f"{trainer.max_epochs}, limit_train_batches={trainer.limit_train_batches}): nothing was "
+                              "trained")
         results = self._results()
         metrics = to_float_dict(self.trainer.callback_metrics)
         results.data["status"] = "done"
