@@ -160,7 +160,7 @@ MUTANTS: list[Mutant] = [
            "        return 1\n    return 0 if all(",
            "        return 0\n    return 0 if all(",
            "a failed requested cv test exits 0"),
-    # ------------------------------------------------------------------ pending: retrieval / distill refactors
+    # ------------------------------------------------------------------ retrieval / distill
     Mutant("F20-fastap-width-unnormalised", "F20", f"{RET}/losses.py",
            "self.normalise = not math.isclose(self.sigma, delta, rel_tol=1e-12)",
            "self.normalise = False",
