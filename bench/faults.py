@@ -1097,6 +1097,7 @@ class Row:
     why: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     setup_error: str = ""
+    noise: int = 0  # third-party deprecation / future warning lines (not data: counted, not failed)
 
 
 def run_case(ctx: Ctx, c: Case) -> Row:
@@ -1119,6 +1120,7 @@ def run_case(ctx: Ctx, c: Case) -> Row:
         row.first_line = next((line for line in res.lines if line.strip()), "")
         row.error_line = error_line(res)
         row.traceback = TRACEBACK in res.text
+        row.noise = sum(1 for line in res.lines if WARNING.search(line))
         row.why = list(c.check(ctx, work, st, res))
         row.data_lost = bool(row.why)
         (work / "output.txt").write_text(res.text + "\n")
@@ -1190,7 +1192,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = round(time.perf_counter() - start, 1)
     bad = [r for r in ordered if r.traceback or r.data_lost]
     summary = (f"{len(ordered)} cases on {args.repo} ({sha}): {sum(r.traceback for r in ordered)} with a traceback, "
-               f"{sum(r.data_lost for r in ordered)} with lost or misstated data; wall {wall} s")
+               f"{sum(r.data_lost for r in ordered)} with lost or misstated data; wall {wall} s"
+               + (f"; deprecation-warning lines in {', '.join(r.id for r in ordered if r.noise)}"
+                  if any(r.noise for r in ordered) else ""))
     md = f"# Fault cases of issue 25 (bench/faults.py)\n\n{summary}\n\n{table(ordered)}\n"
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "faults.md").write_text(md)

@@ -110,6 +110,9 @@ def run_test(model: nn.Module, dm: Any, root: Path, limit: float | int | None) -
     """The study's own test loop on ``model`` (CPU, no logger): the logged test metrics."""
     import lightning as L
 
+    from ..core.loggers import silence_lightning_tips
+
+    silence_lightning_tips()  # a plain Trainer here: the pytree deprecation notice, once per mode, is no one's to act on
     quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
     levels = [lg.level for lg in quiet]
     for lg in quiet:
