@@ -201,6 +201,14 @@ def _cleanup(model: Any) -> None:
         torch.cuda.empty_cache()
 
 
+def _where(err: BaseException, frames: int = 4) -> list[str]:
+    """The innermost ``frames`` frames of an unexpected error as ``path:line in function`` (a stage that fails for a
+    reason preflight cannot explain is located, not only named)."""
+    import traceback
+
+    return [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(err.__traceback__)[-frames:]]
+
+
 def run_steps(built: Built, root: Path, steps: int, cuda: bool, cap_bytes: int | None) -> tuple[Any, str | None]:
     """One shortened ``fit`` of the current stage; ``(probe, None)`` or ``(probe, "oom: ...")``."""
     probe = probe_class()(cuda, cap_bytes, datamodule_modules(built.datamodule))
@@ -333,6 +341,7 @@ def measure_stage(built: Built, index: int, stage: Any, defaults: dict[str, Any]
         row.update(ok=False, error=report.lines[0] if report else f"{type(err).__name__}: {err}")
         if report is None:
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            row["where"] = _where(err)
         return row
     row.update(
         wall_s=time.perf_counter() - start, trainable_params=probe.trainable, frozen_params=probe.frozen,

@@ -264,6 +264,7 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{gib(r.get('rss_bytes'))}; optimizer {r.get('optimizer')}")
         if r.get("error"):
             lines.append(f"  {r['stage']}: WILL NOT RUN: {r['error']}")
+            lines.extend(f"    at {w}" for w in r.get("where") or [])
     lines.append(f"  peak mem: {'CUDA max_memory_allocated' if report['device'] == 'cuda' else 'live tensor bytes of the first step (CPU)'}"
                  f"; projections: measured step + data wait per batch x batches (+ validation passes)"
                  + (f"; {card['name']}: FLOPs / ({card['bf16_tflops']} TFLOPS x {report['utilisation']}) but at least "

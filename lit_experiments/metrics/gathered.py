@@ -8,11 +8,22 @@ sampler dealt the samples to the ranks.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torchmetrics import Metric
+
+
+class _Column:
+    """A computed column on its way out of torchmetrics' ``compute`` wrapper, which squeezes every one-element tensor
+    to 0-d: one validation unit (an evaluation batch of 1 in a preflight) must still come back as 1 row."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
 
 
 class GatheredRows(Metric):
@@ -51,6 +62,14 @@ class GatheredRows(Metric):
             if name in self.flatten:
                 value = value.reshape(-1)
             getattr(self, name).append(value)
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        wrapped = super()._wrap_compute(lambda *a, **k: {n: _Column(t) for n, t in compute(*a, **k).items()})
+
+        @functools.wraps(compute)
+        def rows(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+            return {n: c.value.clone() for n, c in wrapped(*args, **kwargs).items()}
+        return rows
 
     def compute(self) -> dict[str, torch.Tensor]:
         cat = {n: (torch.cat(v) if isinstance(v, list) else v) for n in self.names for v in [getattr(self, n)]}
