@@ -361,7 +361,7 @@ def finish(run: CurriculumRun) -> dict[str, Any]:
     results.save()
     L.seed_everything(run.base.seed, workers=True, verbose=False)
     _close_shared(run, "success")
-    table = format_test_table(results.data)
+    table = format_test_table(results.data, results.path)
     if table:
         say(table)
     return results.data

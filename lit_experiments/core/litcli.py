@@ -31,7 +31,7 @@ from .configs import compose_config_args
 from .curriculum import apply_data_overrides
 from .errors import ConfigError, LitExpError, clean_parser_message
 from .predict import PredictionWriter
-from .results import RunResults, error_line, format_metric_table, skipped_samples, to_float_dict
+from .results import RunResults, error_line, format_metric_table, format_test_table, skipped_samples, to_float_dict
 from .rundir import resolve_run_dir
 from .seeding import mark_run_seed
 from .specs import StageSpec
@@ -264,7 +264,18 @@ class LitCLI(LightningCLI):
         results.set_headline(list(getattr(self.model, "headline_metrics", [])))
         path = results.save()
         if self.trainer.is_global_zero:
+            if self.subcommand == "test":  # Lightning's own table is off (verbose=False): this short one instead
+                table = format_test_table(results.data, path)
+                if table:
+                    print(table, flush=True)
             print(f"results.json: {path}")
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """validate / test print the workbench's short metric table, not Lightning's table of every metric."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if subcommand in ("validate", "test"):
+            kwargs["verbose"] = False
+        return kwargs
 
     def _stage_for_eval(self, stages: list[StageSpec] | None, from_path: str | None) -> None:
         """Put the model (and datamodule) in the stage the checkpoint was written in (else the last one)."""
@@ -380,7 +391,8 @@ class LitCLI(LightningCLI):
         results = self._results()
         metrics = to_float_dict(self.trainer.callback_metrics)
         results.data["status"] = "done"
-        results.merge("validate", metrics)  # Lightning prints its own validate table
+        results.merge("validate", metrics)
+        self._print_metrics(f"validate metrics ({results.data.get('run_name', 'run')})", metrics)
         self._finish(results)
 
     def after_test(self) -> None:

@@ -297,3 +297,21 @@ def test_fit_prints_its_metrics(tmp_path, capsys):
     assert code == 0 and data["status"] == "done"
     line = next(line for line in out.splitlines() if line.strip().startswith("val/acc"))
     assert float(line.split()[1]) == pytest.approx(data["final"]["val/acc"], abs=5e-5)
+
+
+def test_validate_and_test_print_one_short_table_not_lightnings(tmp_path, capsys):
+    """Issue 25: each metric once, under one name, in the workbench's short table (Lightning's own table is off)."""
+    run_dir = tmp_path / "run"
+    code, out, err = run_split(["fit", "-c", FIT, f"--trainer.run_dir={run_dir}", "--trainer.max_epochs=1"], capsys)
+    assert code == 0, err
+    ckpt = str(next(run_dir.rglob("*.ckpt")))
+    for sub, title in (("validate", "validate metrics ("), ("test", "test metrics (")):
+        eval_dir = tmp_path / sub
+        code, out, err = run_split([sub, "-c", FIT, f"--trainer.run_dir={eval_dir}", f"--ckpt_path={ckpt}"], capsys)
+        assert code == 0, err
+        assert title in out, out
+        assert "metric" not in out.replace(title, "").replace("metrics (", ""), out  # no "Validate metric" table
+        path = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("results.json: "))
+        data = json.loads(Path(path).read_text())
+        shown = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and "/" in line.split()[0]]
+        assert sorted(shown) == sorted(data["validate" if sub == "validate" else "test"]), (shown, data)
