@@ -265,3 +265,19 @@ def test_preflight_of_every_demo_config_runs_each_stage(study, tmp_path):
     for stage in report["stages"]:
         assert stage["trainable_params"] + stage["frozen_params"] == report["parameters"] > 0
         assert stage["ok"] and stage["step_s"] > 0 and stage["flops_per_step"] > 0 and stage["stage_s"] > 0
+
+
+def test_a_stage_that_fails_unexpectedly_is_located_not_only_named(tmp_path, capsys, monkeypatch):
+    """A bug in a study's step (here the toy's training_step) fails that stage; the row names the error and where it
+    was raised (the innermost frames), in the table and in preflight.json, without a traceback."""
+    def broken(self, batch, batch_idx):
+        raise RuntimeError("zero-dimensional tensor (at position 0) cannot be concatenated")
+
+    monkeypatch.setattr(ToyModule, "training_step", broken)
+    code = main(["preflight", "-c", str(TOY), "--steps", "1", "--out", str(tmp_path / "pf")])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.out + captured.err
+    row = json.loads((tmp_path / "pf" / "preflight.json").read_text())["stages"][0]
+    assert row["ok"] is False and row["error"].startswith("RuntimeError: zero-dimensional")
+    assert row["where"] and row["where"][-1].endswith("in broken") and __file__ in row["where"][-1]
+    assert f"    at {row['where'][-1]}" in captured.out
