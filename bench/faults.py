@@ -1037,7 +1037,7 @@ def printed_metrics(res: Outcome) -> list[tuple[str, float]]:
     out = []
     for line in res.out.splitlines():
         parts = [p for p in re.split(r"[│\s]+", line) if p]
-        if len(parts) == 2 and "/" in parts[0] and (line.startswith("  ") or line.startswith("│")):
+        if len(parts) >= 2 and "/" in parts[0] and (line.startswith("  ") or line.startswith("│")):
             with contextlib.suppress(ValueError):
                 out.append((parts[0], float(parts[1])))
     return out
