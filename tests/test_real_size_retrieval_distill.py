@@ -18,10 +18,9 @@ Not offline: nothing these two configs need. The SAM3 tokenizer files are not co
 open_clip's BPE file; that it is the same tokenizer as ``facebook/sam3``'s is checked against open_clip's
 ``SimpleTokenizer`` ids, not against the hub's files (not on this machine).
 
-Time on this 2-core CPU: the retrieval tests 2-3 min together. The distill seed test is NOT within minutes: the
-teacher's feature cache runs SAM3 at 1008 px at ~3.5 min per image here, so the preflight of 3 images needs
-15-25 min (its limit here is 40 min); it was not seen to pass on 2026-12-07 (the first try ran into the 900 s limit
-while building the second split's cache). The distill missing-teacher test passed.
+Time on this 2-core CPU (2026-12-07, nothing else running): the whole file 10.4 min; the distill seed test 9 min
+(its preflight 7.5 min, of which 4.3 min fill the teacher caches of 3 images at 1008 px in the main process), the
+retrieval tests under a minute together.
 
 Numbers: ``LIT_EXP_REAL_SIZE_OUT=DIR`` keeps each preflight.json there (docs/gpu.md's "real size on this CPU").
 """
