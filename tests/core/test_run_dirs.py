@@ -166,7 +166,7 @@ def test_curriculum_prints_its_test_table_and_the_results_path_once(capsys):
     table = [line for line in lines if line.strip().startswith("test/acc")]
     assert len(table) == 1
     acc = strict_json(RUN / "results.json")["test"]["test/acc"]
-    assert table[0].split()[-1] == f"{acc:.4f}"
+    assert table[0].split()[1] == f"{acc:.4f}"  # name, value (then a note such as "headline")
     assert sum(str(RUN / "results.json") in line for line in lines) == 1
 
 
