@@ -315,9 +315,29 @@ def project(row: dict[str, Any], built: Built, stage: Any, card: dict[str, Any] 
     }
 
 
-def measure_stage(built: Built, index: int, stage: Any, defaults: dict[str, Any], root: Path, steps: int, cuda: bool,
-                  cap_bytes: int | None, card: dict[str, Any] | None, utilisation: float) -> dict[str, Any]:
-    """Enter the stage as the curriculum does, run its steps, and measure (one row of the table)."""
+def prepare_stages(built: Built) -> dict[str, Any]:
+    """The stages' ``data:`` defaults, the plan validated as the curriculum validates it (a plain ``fit`` config is
+    one stage), and the lazy build on the datamodule's example batch."""
+    from ..core.curriculum import data_defaults, validate_plan
+    from ..core.lazy import lazy_build
+
+    model, dm = built.model, built.datamodule
+    defaults: dict[str, Any] = {}
+    if built.curriculum:
+        try:
+            validate_plan(model, built.stages, None)
+            defaults = data_defaults(dm, built.stages)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{' + '.join(map(str, built.files))}: {err}") from err
+    else:
+        built.stages = [model.stage]
+    if dm is not None and hasattr(dm, "example_batch"):
+        lazy_build(model, dm.example_batch())
+    return defaults
+
+
+def enter_stage(built: Built, index: int, stage: Any, defaults: dict[str, Any]) -> None:
+    """Seed and enter stage ``index`` as the curriculum does (the run's seed + index; its ``data:`` overrides)."""
     import lightning as L
 
     from ..core.seeding import mark_run_seed
@@ -329,6 +349,12 @@ def measure_stage(built: Built, index: int, stage: Any, defaults: dict[str, Any]
         built.model.set_stage(stage, in_curriculum=True)
         for key, value in {**defaults, **stage.data}.items():
             setattr(built.datamodule, key, value)
+
+
+def measure_stage(built: Built, index: int, stage: Any, defaults: dict[str, Any], root: Path, steps: int, cuda: bool,
+                  cap_bytes: int | None, card: dict[str, Any] | None, utilisation: float) -> dict[str, Any]:
+    """Enter the stage as the curriculum does, run its steps, and measure (one row of the table)."""
+    enter_stage(built, index, stage, defaults)
     row: dict[str, Any] = {"stage": stage.name, "ok": True, "error": None, "trainable": stage.trainable}
     configured = getattr(built.datamodule, "batch_size", None)
     start = time.perf_counter()
@@ -435,9 +461,7 @@ def dry_val_metrics(configs: list[str], overrides: list[str] | None = None) -> l
     import numpy as np
     import torch
 
-    from ..core.curriculum import data_defaults, validate_plan
-    from ..core.lazy import lazy_build
-    from ..core.seeding import RUN_SEED_ENV, mark_run_seed
+    from ..core.seeding import RUN_SEED_ENV
 
     rest, items, i = [], list(overrides or []), 0
     while i < len(items):  # ``--key value`` / ``--key=value`` pairs; a curriculum key is not the parser's
@@ -458,25 +482,9 @@ def dry_val_metrics(configs: list[str], overrides: list[str] | None = None) -> l
         with quiet():
             built = build_run(list(configs), rest, tmp, device, None, weights=False)
             model, dm = built.model, built.datamodule
-            defaults: dict[str, Any] = {}
-            if built.curriculum:
-                try:
-                    validate_plan(model, built.stages, None)
-                    defaults = data_defaults(dm, built.stages)
-                except (ValueError, TypeError) as err:
-                    raise ConfigError(f"{' + '.join(map(str, built.files))}: {err}") from err
-            else:
-                built.stages = [model.stage]
-            if dm is not None and hasattr(dm, "example_batch"):
-                lazy_build(model, dm.example_batch())
-            seed = built.base.seed
+            defaults = prepare_stages(built)
             for index, stage in enumerate(built.stages):
-                L.seed_everything(seed + index, workers=True, verbose=False)
-                mark_run_seed(seed, seed + index)
-                if built.curriculum:
-                    model.set_stage(stage, in_curriculum=True)
-                    for key, value in {**defaults, **stage.data}.items():
-                        setattr(dm, key, value)
+                enter_stage(built, index, stage, defaults)
                 trainer = _stage_trainer(built.base, L.Callback(), tmp / "stages" / f"{index:02d}_{stage.name}", 1)
                 trainer.validate(model, datamodule=dm, verbose=False)
                 names += [str(k) for k in trainer.callback_metrics if str(k) not in names]
@@ -505,21 +513,11 @@ def _cpu_name() -> str:
 
 def _measure(built: Built, tmp: Path, steps: int, cuda: bool, cap_bytes: int | None, card: dict[str, Any] | None,
              utilisation: float) -> dict[str, Any]:
-    from ..core.curriculum import data_defaults, validate_plan
-    from ..core.lazy import lazy_build, uninitialized_names
+    from ..core.lazy import uninitialized_names
 
     model, dm = built.model, built.datamodule
-    if built.curriculum:
-        try:
-            validate_plan(model, built.stages, None)
-            defaults = data_defaults(dm, built.stages)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{' + '.join(map(str, built.files))}: {err}") from err
-    else:
-        defaults, built.stages = {}, [model.stage]
     start = time.perf_counter()
-    if dm is not None and hasattr(dm, "example_batch"):
-        lazy_build(model, dm.example_batch())
+    defaults = prepare_stages(built)
     setup_s = time.perf_counter() - start
     extra = datamodule_modules(dm)
     weights = built.weights + module_weights(model, *extra)
