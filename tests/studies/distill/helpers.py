@@ -38,3 +38,28 @@ def make_dm(teacher: Any = None, *, shapes: dict | None = None, root: str | None
     dm.feature_level, dm.video = feature_level, video
     dm.text_tower = text_tower() if text == "tiny" else text
     return dm
+
+
+def run_test_loop(tmp: Any, teacher: Any, *, probe_images: int = 4, gallery_images: int = 0,
+                  threshold: float | None = None) -> tuple[DistillDataModule, Any, dict[str, float]]:
+    """A tiny untrained student tested through Lightning's test loop on 8 ShapesWorld test images (run dir
+    ``tmp/run``); ``threshold``: both models' stored score threshold (a low one keeps some masks of both).
+    Returns the datamodule, the module and the test results."""
+    import lightning as L
+
+    from lit_experiments.core.lazy import LazyBuild
+    from lit_experiments.studies.distill.components.student import tiny_student
+    from lit_experiments.studies.distill.module import DistillModule
+
+    torch.manual_seed(0)
+    dm = make_dm(teacher=teacher, n_train=8, n_val=4, n_test=8, shapes={"image_size": 32},
+                 cache_dir=str(tmp / "cache"), batch_size=8)
+    module = DistillModule(tiny_student(image_size=32, num_queries=4), probe_images=probe_images,
+                           gallery_images=gallery_images)
+    module._run_dir = tmp / "run"
+    if threshold is not None:
+        for buffer in (module.calibration_values, module.teacher_calibration_values):
+            buffer.copy_(torch.tensor([1.0, 1.0, threshold, 1.0], dtype=torch.float64))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp),
+                        callbacks=[LazyBuild()])
+    return dm, module, trainer.test(module, datamodule=dm, verbose=False)[0]

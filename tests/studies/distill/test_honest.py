@@ -31,7 +31,7 @@ from lit_experiments.studies.distill.datamodule import DistillDataModule
 from lit_experiments.studies.distill.evaluation import postprocess
 from lit_experiments.studies.distill.module import DistillModule
 
-from .helpers import make_dm
+from .helpers import make_dm, run_test_loop
 
 SEED_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "distill" / "seed_sam3.yaml"
 
@@ -109,16 +109,7 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def test_f49_distill_headline_beside_its_floors_and_per_unit_scores(tmp_path, teacher):
-    torch.manual_seed(0)
-    dm = make_dm(teacher=teacher, n_train=8, n_val=4, n_test=8, shapes={"image_size": 32},
-                           cache_dir=str(tmp_path / "cache"), batch_size=8)
-    module = DistillModule(tiny_student(image_size=32, num_queries=4), probe_images=4, gallery_images=0)
-    module._run_dir = tmp_path / "run"
-    for buffer in (module.calibration_values, module.teacher_calibration_values):  # keep some masks of both models
-        buffer.copy_(torch.tensor([1.0, 1.0, 0.05, 1.0], dtype=torch.float64))
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
-                        callbacks=[LazyBuild()])
-    res = trainer.test(module, datamodule=dm)[0]
+    dm, module, res = run_test_loop(tmp_path, teacher, probe_images=4, threshold=0.05)  # some masks of both models
     assert res["test/teacher_miou_pos"] > 0  # the ratio is defined
     refs = module.extra_results["references"]
     headline = {m: res[m] for m in module.headline_metrics if m in res}

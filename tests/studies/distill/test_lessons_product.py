@@ -34,7 +34,7 @@ from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny
 from lit_experiments.studies.distill.evaluation import postprocess
 from lit_experiments.studies.distill.module import DistillModule
 
-from .helpers import make_dm
+from .helpers import make_dm, run_test_loop
 
 FAST = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, log_every_n_steps=1, limit_val_batches=0)
@@ -142,16 +142,7 @@ def test_f46_paraphrase_groups_name_one_concept_brute_force_through_the_test(tmp
     """The test's paraphrase stability of the teacher equals brute-force IoUs of the teacher's masks for ``c`` /
     ``a c`` / ``the c`` on the probe images that contain ``c`` (a group with another concept would mix in
     concept responsiveness); the teacher's masks move with the concept, so such a group changes the number."""
-    torch.manual_seed(0)
-    dm = make_dm(teacher=teacher, n_train=8, n_val=4, n_test=8, shapes={"image_size": 32},
-                 cache_dir=str(tmp_path / "cache"), batch_size=8)
-    module = DistillModule(tiny_student(image_size=32, num_queries=4), probe_images=6, gallery_images=0)
-    module._run_dir = tmp_path / "run"
-    for buffer in (module.calibration_values, module.teacher_calibration_values):  # keep some masks of both models
-        buffer.copy_(torch.tensor([1.0, 1.0, 0.05, 1.0], dtype=torch.float64))
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
-                        callbacks=[LazyBuild()])
-    res = trainer.test(module, datamodule=dm, verbose=False)[0]
+    dm, module, res = run_test_loop(tmp_path, teacher, probe_images=6, threshold=0.05)  # some masks of both models
     src = dm.unit_source("test")
     probe = [i for i in range(len(src)) if src.present[i] and len(src.present[i]) < len(dm.categories)][:6]
     assert probe

@@ -13,7 +13,7 @@ from lit_experiments.studies.distill.components.student import tiny_student
 from lit_experiments.studies.distill.components.teacher import Sam3Teacher, tiny_config
 from lit_experiments.studies.distill.module import DistillModule
 
-from .helpers import make_dm
+from .helpers import make_dm, run_test_loop
 
 
 @pytest.fixture(scope="module")
@@ -178,14 +178,7 @@ def test_init_from_a_checkpoint_of_another_study_or_a_missing_file_is_named(tmp_
 
 
 def test_test_writes_the_gallery_and_the_headline_names(tmp_path, teacher):
-    torch.manual_seed(0)
-    dm = make_dm(teacher=teacher, n_train=8, n_val=4, n_test=8, shapes={"image_size": 32},
-                           cache_dir=str(tmp_path / "cache"), batch_size=8)
-    module = DistillModule(tiny_student(image_size=32, num_queries=4), probe_images=4, gallery_images=3)
-    module._run_dir = tmp_path / "run"
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
-                        callbacks=[LazyBuild()])
-    res = trainer.test(module, datamodule=dm)[0]
+    dm, module, res = run_test_loop(tmp_path, teacher, probe_images=4, gallery_images=3)
     gallery = tmp_path / "run" / "distill" / "gallery"
     assert (gallery / "index.html").is_file() and (gallery / "student_grid.png").is_file()
     html = (gallery / "index.html").read_text()
