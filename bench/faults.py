@@ -563,14 +563,21 @@ def _(ctx, work, st, res):
     return p
 
 
+def one_epoch_problems(out: Path) -> list[str]:
+    """The per-run override ``--trainer.max_epochs 1`` reached every run's own config.yaml."""
+    p: list[str] = []
+    for cfg in out.glob("*/config.yaml"):
+        epochs = (yaml.safe_load(cfg.read_text()).get("trainer") or {}).get("max_epochs")
+        p += problems_if(epochs != 1, f"{cfg} has max_epochs {epochs}")
+    return p
+
+
 @case("sweep-overrides", "sweep takes no per-run overrides (--trainer.max_epochs 1 rejected)", "sweep",
       setup=_print_setup, command=lambda ctx, work, st: sweep_args(ctx, st["out"], grid="model.init_args.hidden=8",
                                                                    seeds="0"))
 def _(ctx, work, st, res):
     p = sweep_state_problems(st["out"]) + problems_if(res.code != 0, f"exit {res.code}")
-    for cfg in st["out"].glob("*/config.yaml"):
-        epochs = (yaml.safe_load(cfg.read_text()).get("trainer") or {}).get("max_epochs")
-        p += problems_if(epochs != 1, f"{cfg} has max_epochs {epochs}")
+    p += one_epoch_problems(st["out"])
     return p
 
 
@@ -591,9 +598,7 @@ def _(ctx, work, st, res):
 def _(ctx, work, st, res):
     p = sweep_state_problems(st["out"]) + problems_if(res.code != 0, f"exit {res.code}")
     p += problems_if(not (st["out"] / "cv.json").is_file(), "no cv.json")
-    for cfg in st["out"].glob("*/config.yaml"):
-        epochs = (yaml.safe_load(cfg.read_text()).get("trainer") or {}).get("max_epochs")
-        p += problems_if(epochs != 1, f"{cfg} has max_epochs {epochs}")
+    p += one_epoch_problems(st["out"])
     return p
 
 
