@@ -106,14 +106,13 @@ TABLE_LINES = 15
 TABLE_MIN_OTHERS = 5
 
 
-def format_test_table(data: dict[str, Any], path: str | Path | None = None) -> str:
+def format_test_table(data: dict[str, Any], path: str | Path) -> str:
     """A short aligned table of a run's test metrics (empty string when it has none): the headline metrics with
     their floors / references first, then the others up to :data:`TABLE_LINES` lines; the rest are counted in
     one last line naming ``path`` (the run's results.json, which keeps every metric)."""
-    run = data.get("run_name", "run")
-    where = str(path) if path is not None else f"{run}/results.json"
-    return format_metric_table(f"test metrics ({run})", data.get("test") or {}, headline=list(data.get("headline")
-                               or {}), references=data.get(REFERENCES) or {}, more_in=where)
+    return format_metric_table(f"test metrics ({data.get('run_name', 'run')})", data.get("test") or {},
+                               headline=list(data.get("headline") or {}), references=data.get(REFERENCES) or {},
+                               more_in=str(path))
 
 
 def _shown(value: Any) -> str:
