@@ -186,6 +186,7 @@ def check_select_dry(plan: Any, out: Path, select: str, refuse: Any) -> None:
     training step): a name it lacks is refused (``refuse(source, logged, tail)`` writes cv.json and raises) before
     any fold trains. A run that cannot be composed dry, or that logs no validation metric from one batch, is left
     to the check after the first finished run (its own error is recorded there as a failed run)."""
+    from ..core.configs import config_args
     from .preflight import dry_val_metrics
     from .sweep import first_line, read_results
 
@@ -196,14 +197,10 @@ def check_select_dry(plan: Any, out: Path, select: str, refuse: Any) -> None:
                 refuse(f"the finished run {done.name}", data.get("final") or {}, "No fold was trained")
             return
     run = plan.runs[0]
-    configs, rest, i = list(plan.configs), [], 0
-    while i < len(run.args):  # a --list variant's "-c FILE" is composed like the base files
-        if run.args[i] in ("-c", "--config") and i + 1 < len(run.args):
-            configs.append(run.args[i + 1])
-            i += 2
-        else:
-            rest.append(run.args[i])
-            i += 1
+    found = config_args(run.args)  # a --list variant's "-c FILE" is composed like the base files
+    taken = {pos + k for pos, width, _ in found for k in range(width)}
+    configs = [*plan.configs, *(f for _, _, f in found)]
+    rest = [a for i, a in enumerate(run.args) if i not in taken]
     try:
         logged = dry_val_metrics(configs, [*plan.overrides, *rest])
     except KeyboardInterrupt:
